@@ -35,7 +35,7 @@ VOCAB = 512
 torch.manual_seed(1234)
 
 
-def randomize(model, std=0.08):
+def randomize(model, std=0.15):
     """Re-initialises every parameter: matrices N(0, std), norm weights around 1, biases N(0, std)."""
     g = torch.Generator().manual_seed(99)
     with torch.no_grad():
@@ -43,7 +43,9 @@ def randomize(model, std=0.08):
             if name.endswith("norm.weight") or "layernorm" in name:
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
             elif "embed_tokens" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+                # Small next to the layers' outputs: with a tied head, a large embedding makes the
+                # residual stream predict its own input token and greedy decoding repeats it.
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
