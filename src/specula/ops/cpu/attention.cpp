@@ -1,0 +1,46 @@
+// CPU attention over the KV cache, causal by cache row (reference for the CUDA prefill and
+// decode kernels). Two passes per (token, head): scores, then softmax-weighted sum of values.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "specula/core/error.h"
+#include "specula/core/thread_pool.h"
+#include "specula/ops/cpu/cpu_ops.h"
+#include "specula/ops/cpu/vector_math.h"
+
+namespace specula::ops::cpu {
+
+void attention(ThreadPool& pool, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& slots,
+               float scale, Tensor& out) {
+  const int64_t tokens = q.dim(0), n_heads = q.dim(1), hd = q.dim(2), n_kv = k_cache.dim(0),
+                capacity = k_cache.dim(1), group = n_heads / n_kv;
+  const int32_t* slot = slots.as<const int32_t>();
+  for (int64_t t = 0; t < tokens; ++t)
+    SPECULA_CHECK(slot[t] >= 0 && slot[t] < capacity, "attention: cache slot ", slot[t],
+                  " is outside the KV cache of ", capacity, " rows");
+  pool.parallel_for(tokens * n_heads, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item / n_heads, h = item % n_heads, kv = h / group;
+      const int64_t length = static_cast<int64_t>(slot[t]) + 1;
+      const float* qv = q.as<const float>() + (t * n_heads + h) * hd;
+      const float* keys = k_cache.as<const float>() + kv * capacity * hd;
+      const float* values = v_cache.as<const float>() + kv * capacity * hd;
+      scores.resize(static_cast<size_t>(length));
+      float max_score = -INFINITY;
+      for (int64_t j = 0; j < length; ++j) {
+        scores[static_cast<size_t>(j)] = scale * dot_f32(qv, keys + j * hd, static_cast<size_t>(hd));
+        max_score = std::max(max_score, scores[static_cast<size_t>(j)]);
+      }
+      float sum = 0.0f;
+      for (float& s : scores) sum += (s = std::exp(s - max_score));
+      float* o = out.as<float>() + (t * n_heads + h) * hd;
+      std::fill(o, o + hd, 0.0f);
+      for (int64_t j = 0; j < length; ++j)
+        axpy_f32(scores[static_cast<size_t>(j)] / sum, values + j * hd, o, static_cast<size_t>(hd));
+    }
+  });
+}
+
+}  // namespace specula::ops::cpu

@@ -1,0 +1,35 @@
+// CPU linear layer out = alpha * x W^T + b (reference for ops/cuda/linear.cu and the CPU
+// backend's matmul). Work is split over output features: each thread converts a weight row to
+// fp32 once and reuses it for every token, so decode (T = 1) streams the weights once and
+// prefill amortises the conversion over the whole chunk.
+#include <vector>
+
+#include "specula/core/error.h"
+#include "specula/core/thread_pool.h"
+#include "specula/ops/cpu/cpu_ops.h"
+#include "specula/ops/cpu/vector_math.h"
+
+namespace specula::ops::cpu {
+
+void linear(ThreadPool& pool, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha) {
+  const int64_t tokens = x.rows(), in_features = weight.dim(1), out_features = weight.dim(0);
+  const size_t row_bytes = static_cast<size_t>(in_features) * dtype_size(weight.dtype);
+  std::vector<float> bias_f32;
+  if (!bias.empty()) {
+    bias_f32.resize(static_cast<size_t>(out_features));
+    row_to_f32(bias.data, bias.dtype, bias_f32.size(), bias_f32.data());
+  }
+  const float* xs = x.as<const float>();
+  float* ys = out.as<float>();
+  pool.parallel_for(out_features, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(static_cast<size_t>(in_features));
+    for (int64_t n = begin; n < end; ++n) {
+      row_to_f32(weight.as<const char>() + static_cast<size_t>(n) * row_bytes, weight.dtype, row.size(), row.data());
+      const float b = bias_f32.empty() ? 0.0f : bias_f32[static_cast<size_t>(n)];
+      for (int64_t t = 0; t < tokens; ++t)
+        ys[t * out_features + n] = alpha * dot_f32(xs + t * in_features, row.data(), row.size()) + b;
+    }
+  }, 16);
+}
+
+}  // namespace specula::ops::cpu

@@ -1,0 +1,69 @@
+// CudaContext: the CUDA backend's per-engine state, created once at load and passed to every op
+// through ops::OpContext (no global handles). It owns the stream every op launches on, the
+// cuBLASLt handle and its workspace (allocated once, so GEMMs never allocate during a step or a
+// graph capture), the device properties kernels size their grids by, and a device-side error
+// word that kernels set instead of trapping (for example an out-of-range token id), read by the
+// host once per step together with the step's result.
+//
+// Host-only header: no CUDA types appear here, so plain C++ files can hold a CudaContext.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace specula::cuda {
+
+// Bits of the device error word.
+enum DeviceErrorBits : uint32_t {
+  kErrorTokenOutOfRange = 1u << 0,
+  kErrorSlotOutOfRange = 1u << 1,
+};
+
+struct DeviceInfo {
+  int ordinal = 0;
+  std::string name;
+  int sm_major = 0, sm_minor = 0;
+  int multiprocessors = 0;
+  size_t total_memory = 0;
+  size_t max_shared_memory_per_block_optin = 0;
+  size_t l2_cache_bytes = 0;
+};
+
+class CudaContext {
+ public:
+  // Selects device `ordinal`, creates a non-blocking stream, a cuBLASLt handle and a workspace of
+  // `workspace_bytes` and the error word. Throws specula::Error if there is no usable device.
+  static std::unique_ptr<CudaContext> create(int ordinal = 0, size_t workspace_bytes = 64u << 20);
+  ~CudaContext();
+  CudaContext(const CudaContext&) = delete;
+  CudaContext& operator=(const CudaContext&) = delete;
+
+  void* stream() const { return stream_; }             // cudaStream_t
+  void* cublaslt() const { return cublaslt_; }         // cublasLtHandle_t
+  void* workspace() const { return workspace_; }
+  size_t workspace_bytes() const { return workspace_bytes_; }
+  uint32_t* error_word() const { return error_word_; } // device pointer
+  const DeviceInfo& info() const { return info_; }
+
+  void synchronize() const;                  // waits for the stream; throws on a CUDA error
+  // Reads and clears the error word (synchronous); throws specula::Error describing set bits.
+  void check_device_errors();
+  // Throws specula::Error "<what>: <cuda error string>" if the last launch failed.
+  static void check_launch(const char* what);
+
+ private:
+  CudaContext() = default;
+  void* stream_ = nullptr;
+  void* cublaslt_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  uint32_t* error_word_ = nullptr;
+  DeviceInfo info_;
+};
+
+// True if a CUDA device is present and usable (for tests that must say when they skip).
+bool cuda_device_available(std::string* why_not = nullptr);
+
+}  // namespace specula::cuda

@@ -1,0 +1,27 @@
+// Host-side declarations of the CUDA implementations of ops/ops.h (defined in ops/cuda/*.cu).
+// Plain C++ with no CUDA headers, so ops.cpp can dispatch to them; shapes and dtypes have already
+// been checked by the dispatcher when these run.
+#pragma once
+
+#include "specula/core/tensor.h"
+#include "specula/ops/ops.h"
+
+namespace specula::ops::cuda_impl {
+
+using specula::cuda::CudaContext;
+
+void embedding(CudaContext& ctx, const Tensor& table, const Tensor& ids, float scale, Tensor& out);
+void rms_norm(CudaContext& ctx, const Tensor& x, const Tensor& weight, float eps, Tensor& out);
+void add_rms_norm(CudaContext& ctx, Tensor& residual, const Tensor& delta, float delta_scale, const Tensor& weight,
+                  float eps, Tensor& out);
+void linear(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha);
+void qkv_rope_store(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
+                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, Tensor& q_out,
+                    Tensor& k_cache, Tensor& v_cache);
+void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& slots,
+               float scale, Tensor& out);
+void silu_mul(CudaContext& ctx, const Tensor& gate_up, Tensor& out);
+void argmax(CudaContext& ctx, const Tensor& logits, Tensor& out);
+void convert(CudaContext& ctx, const Tensor& src, Tensor& dst);
+
+}  // namespace specula::ops::cuda_impl

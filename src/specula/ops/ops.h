@@ -1,0 +1,92 @@
+// The operator set every model definition is written in. Each op takes Tensors and runs on the
+// backend of their device (all operands of one call share a device; a mix is an error). The CPU
+// implementations (ops/cpu/) are the reference: simple, fp32 arithmetic, multithreaded. The CUDA
+// implementations (ops/cuda/) are tested against them op by op on random inputs.
+//
+// Why these ops and not finer ones: batch-1 decode is bound by memory traffic and launch count, so
+// the boundaries are where fusion pays (residual add + RMSNorm; q/k norm + RoPE + KV-cache store;
+// SwiGLU over the fused gate/up output). Everything an op needs per step (token ids, positions,
+// cache slots) is a device tensor, never a host scalar, so a CUDA step can be captured once as a
+// graph and replayed with new values.
+//
+// Dtypes: weights BF16, F16 or F32; activations F32 on the CPU, BF16/F16 or F32 on CUDA (each op
+// accepts any float activation dtype its backend supports and converts on load/store, accumulating
+// in fp32). Index tensors are I32.
+#pragma once
+
+#include <cstdint>
+
+#include "specula/core/tensor.h"
+
+namespace specula {
+class ThreadPool;
+namespace cuda {
+struct CudaContext;
+}
+
+namespace ops {
+
+// Backend state passed down explicitly (no globals): the CPU thread pool and/or the CUDA stream,
+// library handles and workspace. An op on CPU tensors needs `pool`; on CUDA tensors, `cuda`.
+struct OpContext {
+  ThreadPool* pool = nullptr;
+  cuda::CudaContext* cuda = nullptr;
+};
+
+// out[t, :] = scale * table[ids[t], :].   table [V, H]; ids [T] I32; out [T, H].
+// An id outside [0, V) is an error on the CPU; on CUDA the row is written as zeros and the id is
+// reported through the CUDA context's error flag (no host sync inside a step).
+void embedding(OpContext& ctx, const Tensor& table, const Tensor& ids, float scale, Tensor& out);
+
+// out = weight * (x / sqrt(mean(x^2) + eps)), over the last dimension, per row.
+// x [R, D]; weight [D]; out [R, D] (may alias x).
+void rms_norm(OpContext& ctx, const Tensor& x, const Tensor& weight, float eps, Tensor& out);
+
+// Fused residual update and norm: residual += delta_scale * delta; out = rms_norm(residual).
+// residual [R, D] (read and written); delta [R, D]; weight [D]; out [R, D].
+void add_rms_norm(OpContext& ctx, Tensor& residual, const Tensor& delta, float delta_scale,
+                  const Tensor& weight, float eps, Tensor& out);
+
+// out = alpha * (x @ weight^T) + bias.   x [T, K]; weight [N, K] (nn.Linear layout);
+// bias [N] or empty; out [T, N].
+void linear(OpContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
+            float alpha = 1.0f);
+
+// Rotary embedding parameters of one model (see model/rope.h for how they are derived).
+// inv_freq [head_dim / 2] F32 on the op's device; cos and sin are multiplied by attention_scaling.
+struct RopeParams {
+  Tensor inv_freq;
+  float attention_scaling = 1.0f;
+};
+
+// Everything between the fused QKV projection and attention, in one pass:
+//   q, k, v = split(qkv[t]) into [n_heads, hd], [n_kv, hd], [n_kv, hd]
+//   if q_norm/k_norm are given: per-head RMSNorm (Qwen3), eps = norm_eps
+//   RoPE (HF rotate-half convention) on q and k at positions[t], computed in fp32
+//   q_out[t] = q;  k_cache[h, slots[t]] = k[h];  v_cache[h, slots[t]] = v[h]
+// qkv [T, (n_heads + 2 n_kv) * hd]; positions, slots [T] I32; q_out [T, n_heads, hd];
+// k_cache, v_cache [n_kv, capacity, hd]. Slots are cache rows, positions are RoPE angles: they
+// differ for draft trees, whose tokens share positions but not rows.
+void qkv_rope_store(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm,
+                    float norm_eps, const RopeParams& rope, const Tensor& positions, const Tensor& slots,
+                    Tensor& q_out, Tensor& k_cache, Tensor& v_cache);
+
+// Scaled dot-product attention of T queries over the KV cache, causal by cache row: query t sees
+// rows [0, slots[t]]. GQA: query head j uses KV head j / (n_heads / n_kv).
+// q [T, n_heads, hd]; k_cache, v_cache [n_kv, capacity, hd]; slots [T] I32;
+// out [T, n_heads * hd]. Softmax in fp32.
+void attention(OpContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+               const Tensor& slots, float scale, Tensor& out);
+
+// out[t, i] = silu(gate_up[t, i]) * gate_up[t, I + i].   gate_up [T, 2I]; out [T, I].
+void silu_mul(OpContext& ctx, const Tensor& gate_up, Tensor& out);
+
+// out[t] = argmax_v logits[t, v] (ties: lowest id).   logits [T, V]; out [T] I32.
+void argmax(OpContext& ctx, const Tensor& logits, Tensor& out);
+
+// Element-wise copy with dtype conversion between two tensors of equal element count on the
+// same device.
+void convert(OpContext& ctx, const Tensor& src, Tensor& dst);
+
+}  // namespace ops
+}  // namespace specula
