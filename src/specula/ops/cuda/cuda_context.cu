@@ -1,0 +1,92 @@
+// CudaContext implementation (see cuda_context.h).
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "specula/core/error.h"
+#include "specula/ops/cuda/cuda_check.cuh"
+#include "specula/ops/cuda/cuda_context.h"
+
+namespace specula::cuda {
+
+std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_bytes) {
+  std::string why;
+  SPECULA_CHECK(cuda_device_available(&why), "no usable CUDA device: ", why);
+  int count = 0;
+  SPECULA_CUDA_CHECK(cudaGetDeviceCount(&count));
+  SPECULA_CHECK(ordinal >= 0 && ordinal < count, "CUDA device ", ordinal, " does not exist (", count, " present)");
+  SPECULA_CUDA_CHECK(cudaSetDevice(ordinal));
+  std::unique_ptr<CudaContext> ctx(new CudaContext());
+  cudaDeviceProp prop{};
+  SPECULA_CUDA_CHECK(cudaGetDeviceProperties(&prop, ordinal));
+  ctx->info_.ordinal = ordinal;
+  ctx->info_.name = prop.name;
+  ctx->info_.sm_major = prop.major;
+  ctx->info_.sm_minor = prop.minor;
+  ctx->info_.multiprocessors = prop.multiProcessorCount;
+  ctx->info_.total_memory = prop.totalGlobalMem;
+  ctx->info_.max_shared_memory_per_block_optin = prop.sharedMemPerBlockOptin;
+  ctx->info_.l2_cache_bytes = static_cast<size_t>(prop.l2CacheSize);
+  SPECULA_CHECK(prop.major >= 8, "CUDA device ", prop.name, " has compute capability ", prop.major, ".", prop.minor,
+                "; specula needs 8.0 (Ampere) or newer");
+
+  cudaStream_t stream = nullptr;
+  SPECULA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  ctx->stream_ = stream;
+  cublasLtHandle_t lt = nullptr;
+  const cublasStatus_t status = cublasLtCreate(&lt);
+  SPECULA_CHECK(status == CUBLAS_STATUS_SUCCESS, "cublasLtCreate failed with status ", static_cast<int>(status));
+  ctx->cublaslt_ = lt;
+  if (workspace_bytes > 0) SPECULA_CUDA_CHECK(cudaMalloc(&ctx->workspace_, workspace_bytes));
+  ctx->workspace_bytes_ = workspace_bytes;
+  SPECULA_CUDA_CHECK(cudaMalloc(&ctx->error_word_, sizeof(uint32_t)));
+  SPECULA_CUDA_CHECK(cudaMemset(ctx->error_word_, 0, sizeof(uint32_t)));
+  return ctx;
+}
+
+CudaContext::~CudaContext() {
+  // Destructors must not throw: errors here are ignored on purpose.
+  if (stream_) cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
+  if (cublaslt_) cublasLtDestroy(static_cast<cublasLtHandle_t>(cublaslt_));
+  if (workspace_) cudaFree(workspace_);
+  if (error_word_) cudaFree(error_word_);
+  if (stream_) cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+}
+
+void CudaContext::synchronize() const { SPECULA_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_))); }
+
+void CudaContext::check_device_errors() {
+  uint32_t word = 0;
+  auto stream = static_cast<cudaStream_t>(stream_);
+  SPECULA_CUDA_CHECK(cudaMemcpyAsync(&word, error_word_, sizeof word, cudaMemcpyDeviceToHost, stream));
+  SPECULA_CUDA_CHECK(cudaMemsetAsync(error_word_, 0, sizeof word, stream));
+  SPECULA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (word == 0) return;
+  std::string what;
+  if (word & kErrorTokenOutOfRange) what += " token id outside the vocabulary;";
+  if (word & kErrorSlotOutOfRange) what += " KV-cache slot outside the cache;";
+  fail("CUDA kernels reported invalid input:", what);
+}
+
+void CudaContext::check_launch(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) fail(what, ": ", cudaGetErrorString(err));
+}
+
+bool cuda_device_available(std::string* why_not) {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    if (why_not) *why_not = cudaGetErrorString(err);
+    cudaGetLastError();  // clear the sticky-free error so later calls start clean
+    return false;
+  }
+  if (count == 0) {
+    if (why_not) *why_not = "no CUDA devices found";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace specula::cuda
