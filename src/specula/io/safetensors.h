@@ -1,0 +1,43 @@
+// safetensors reader: one file, memory-mapped, tensors handed out as pointers into the map.
+// The header is untrusted input, so it gets every check of the reference reader
+// (huggingface/safetensors `tensor.rs`): bounded header length, UTF-8 JSON object, known dtypes,
+// integer shapes, offsets that tile the byte buffer exactly; plus duplicate-name rejection.
+// Every error names the file and, where one is involved, the tensor.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "specula/core/mapped_file.h"
+#include "specula/io/checkpoint_tensor.h"
+
+namespace specula::io {
+
+// The reference reader's bound: larger headers are rejected before parsing.
+constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
+
+struct SafetensorsContents {
+  std::vector<CheckpointTensor> tensors;          // in data-offset order; data points into the mapped file
+  std::map<std::string, std::string> metadata;    // the optional "__metadata__" object
+};
+
+// Validates and indexes `file` without copying tensor bytes; the result borrows from `file`.
+SafetensorsContents parse_safetensors(const MappedFile& file);
+
+// A safetensors file that owns its map; tensors stay valid (and at fixed addresses) while it lives.
+class SafetensorsFile final : public TensorFile {
+ public:
+  explicit SafetensorsFile(const std::string& path);
+
+  const std::string& path() const override { return file_.path(); }
+  const std::vector<CheckpointTensor>& tensors() const override { return contents_.tensors; }
+  const std::map<std::string, std::string>& metadata() const { return contents_.metadata; }
+
+ private:
+  MappedFile file_;
+  SafetensorsContents contents_;
+};
+
+}  // namespace specula::io
