@@ -28,8 +28,9 @@ void rotate(float* x, const float* cos_a, const float* sin_a, int64_t half) {
 }
 
 std::vector<float> to_f32(const Tensor& t) {
+  if (t.empty()) return {};  // an absent norm (an empty Tensor still counts one element as a scalar)
   std::vector<float> v(static_cast<size_t>(t.numel()));
-  if (!t.empty()) row_to_f32(t.data, t.dtype, v.size(), v.data());
+  row_to_f32(t.data, t.dtype, v.size(), v.data());
   return v;
 }
 }  // namespace

@@ -1,0 +1,126 @@
+// Engine loading and step I/O (see engine.h).
+#include "specula/engine/engine.h"
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+
+#include "specula/core/error.h"
+#include "specula/io/checkpoint.h"
+#ifdef SPECULA_WITH_CUDA
+#include "specula/core/cuda_memory.h"
+#include "specula/ops/cuda/cuda_context.h"
+#endif
+
+namespace specula::engine {
+
+namespace {
+constexpr int64_t kDefaultCpuContext = 4096;
+constexpr int64_t kDefaultCudaContext = 32768;
+}  // namespace
+
+int64_t default_context(const model::ModelConfig& config, Device device) {
+  return std::min(config.max_position_embeddings, device == Device::CPU ? kDefaultCpuContext : kDefaultCudaContext);
+}
+
+Engine::~Engine() = default;
+
+std::unique_ptr<Engine> Engine::load(const EngineOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  std::unique_ptr<Engine> engine(new Engine());
+  engine->options_ = options;
+  const model::ModelConfig config = model::ModelConfig::from_dir(options.model_dir);
+  const io::Checkpoint checkpoint = io::Checkpoint::open(options.model_dir);
+
+  engine->pool_ = std::make_unique<ThreadPool>(options.threads);
+  engine->op_context_.pool = engine->pool_.get();
+  if (options.device == Device::CUDA) {
+#ifdef SPECULA_WITH_CUDA
+    engine->cuda_ = cuda::CudaContext::create(0);
+    engine->op_context_.cuda = engine->cuda_.get();
+#else
+    fail("--device cuda: this build of specula has no CUDA backend (rebuild with nvcc available)");
+#endif
+  }
+
+  model::WeightFormat format{options.device, options.weight_dtype};
+  if (options.device == Device::CUDA && !format.dtype) {
+    const DType file_dtype = config.dtype.value_or(DType::BF16);
+    format.dtype = file_dtype == DType::F16 ? DType::F16 : DType::BF16;
+  }
+  const int64_t context = options.max_context > 0 ? options.max_context : default_context(config, options.device);
+  SPECULA_CHECK(context <= config.max_position_embeddings || config.rope.type != model::RopeType::LongRope,
+                "--max-context ", context, " exceeds max_position_embeddings ", config.max_position_embeddings,
+                " of a LongRoPE model (its rotary table is defined only up to that length)");
+  model::ForwardShape shape;
+  shape.max_tokens = std::max<int64_t>(1, std::max(options.prefill_chunk, options.max_logit_rows));
+  shape.max_logit_rows = std::max<int64_t>(1, options.max_logit_rows);
+  shape.kv_capacity = context;
+  ArenaPlan plan;
+  model::plan_weights(config, checkpoint, format, plan);
+  const DType weight_dtype = format.dtype.value_or(config.dtype.value_or(DType::F32));
+  const model::ActivationDTypes dtypes = model::ActivationDTypes::for_device(options.device, weight_dtype);
+  model::Transformer::plan(config, shape, dtypes, plan);
+#ifdef SPECULA_WITH_CUDA
+  if (options.device == Device::CUDA) {
+    const size_t free_bytes = cuda_free_memory();
+    SPECULA_CHECK(plan.total() < free_bytes, options.model_dir, ": the model needs ", plan.total() >> 20,
+                  " MiB on the GPU (weights, activations, KV cache for ", context, " tokens) but only ",
+                  free_bytes >> 20, " MiB are free; lower --max-context");
+  }
+#endif
+  engine->arena_ = Arena(options.device, plan.total());
+  model::ModelWeights weights = model::load_weights(config, checkpoint, format, engine->arena_, [&](size_t done, size_t total) {
+    if (options.progress) options.progress("weights", done, total);
+  });
+  engine->transformer_ =
+      std::make_unique<model::Transformer>(config, std::move(weights), shape, dtypes, engine->arena_);
+
+  engine->load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return engine;
+}
+
+void Engine::write_inputs(std::span<const int32_t> ids, std::span<const int32_t> positions,
+                          std::span<const int32_t> slots) {
+  SPECULA_CHECK(ids.size() == positions.size() && ids.size() == slots.size(), "write_inputs: length mismatch");
+  SPECULA_CHECK(static_cast<int64_t>(ids.size()) <= transformer_->shape().max_tokens, "write_inputs: ", ids.size(),
+                " tokens exceed the buffer of ", transformer_->shape().max_tokens);
+  const size_t bytes = ids.size() * sizeof(int32_t);
+  const std::pair<std::span<const int32_t>, Tensor> copies[] = {
+      {ids, transformer_->token_ids()}, {positions, transformer_->positions()}, {slots, transformer_->slots()}};
+  for (const auto& [src, dst] : copies) {
+    if (options_.device == Device::CPU) {
+      std::memcpy(dst.data, src.data(), bytes);
+    } else {
+#ifdef SPECULA_WITH_CUDA
+      cuda_copy_to_device_on(cuda_->stream(), dst.data, src.data(), bytes);
+#endif
+    }
+  }
+}
+
+void Engine::forward(int64_t tokens, int64_t logit_rows) { transformer_->forward(op_context_, tokens, logit_rows); }
+
+void Engine::read_logits(int64_t rows, std::vector<float>& out) {
+  const Tensor logits = transformer_->logits(rows);
+  out.resize(static_cast<size_t>(logits.numel()));
+  if (options_.device == Device::CPU) {
+    std::memcpy(out.data(), logits.data, logits.nbytes());
+  } else {
+#ifdef SPECULA_WITH_CUDA
+    cuda_copy_to_host_on(cuda_->stream(), out.data(), logits.data, logits.nbytes());
+    cuda_->check_device_errors();
+#endif
+  }
+}
+
+void Engine::synchronize() {
+#ifdef SPECULA_WITH_CUDA
+  if (cuda_) {
+    cuda_->synchronize();
+    cuda_->check_device_errors();
+  }
+#endif
+}
+
+}  // namespace specula::engine

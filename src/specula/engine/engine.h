@@ -1,0 +1,80 @@
+// Engine: a loaded model ready to run on one device. Loading reads config.json strictly, opens
+// the checkpoint (memory-mapped), plans one arena for weights, activations and the KV cache,
+// allocates it once, copies the weights in and builds the Transformer over it. Text is not its
+// concern: front ends pair an Engine with a text::Tokenizer.
+//
+// The engine owns the backend state (thread pool, CUDA context) and passes it down explicitly;
+// nothing here is global, so several engines can live in one process.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "specula/core/arena.h"
+#include "specula/core/thread_pool.h"
+#include "specula/model/config.h"
+#include "specula/model/transformer.h"
+#include "specula/ops/ops.h"
+
+namespace specula::cuda {
+class CudaContext;
+}
+
+namespace specula::engine {
+
+struct EngineOptions {
+  std::string model_dir;
+  Device device = Device::CPU;
+  int threads = 0;                // CPU worker threads; 0 = all cores
+  int64_t max_context = 0;        // KV-cache rows; 0 = default (see default_context())
+  int64_t prefill_chunk = 512;    // tokens per prefill forward
+  int64_t max_logit_rows = 1;     // logits rows one forward can return (tests use the prompt length)
+  std::optional<DType> weight_dtype;  // nullopt: checkpoint dtype on CPU, bf16/f16 on CUDA
+  // Called during loading: stage ("weights"), bytes done, bytes total.
+  std::function<void(std::string_view, size_t, size_t)> progress;
+};
+
+// Default context when --max-context is not given: the model's own limit, capped so a default
+// run fits comfortably (CPU KV caches are F32).
+int64_t default_context(const model::ModelConfig& config, Device device);
+
+class Engine {
+ public:
+  static std::unique_ptr<Engine> load(const EngineOptions& options);
+  ~Engine();
+
+  const model::ModelConfig& config() const { return transformer_->config(); }
+  model::Transformer& transformer() { return *transformer_; }
+  ops::OpContext& op_context() { return op_context_; }
+  Device device() const { return options_.device; }
+  const EngineOptions& options() const { return options_; }
+  int64_t max_context() const { return transformer_->shape().kv_capacity; }
+  int64_t prefill_chunk() const { return transformer_->shape().max_tokens; }
+  size_t arena_bytes() const { return arena_.capacity(); }
+  double load_seconds() const { return load_seconds_; }
+
+  // Copies step inputs (first n entries of ids/positions/slots) to the model's device buffers.
+  void write_inputs(std::span<const int32_t> ids, std::span<const int32_t> positions, std::span<const int32_t> slots);
+  // Runs the transformer over the inputs written last.
+  void forward(int64_t tokens, int64_t logit_rows);
+  // Copies `rows` rows of logits to the host.
+  void read_logits(int64_t rows, std::vector<float>& out);
+  // Waits for the device (no-op on CPU) and reports errors flagged by kernels.
+  void synchronize();
+
+ private:
+  Engine() = default;
+  EngineOptions options_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::shared_ptr<cuda::CudaContext> cuda_;  // shared_ptr: its deleter is bound where the type is complete
+  ops::OpContext op_context_;
+  Arena arena_;
+  std::unique_ptr<model::Transformer> transformer_;
+  double load_seconds_ = 0.0;
+};
+
+}  // namespace specula::engine

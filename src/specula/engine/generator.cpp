@@ -1,0 +1,97 @@
+// Prefill + decode loop (see generator.h).
+#include "specula/engine/generator.h"
+
+#include <algorithm>
+#include <chrono>
+#include <numeric>
+
+#include "specula/core/error.h"
+#include "specula/engine/engine.h"
+#include "specula/sampling/sampler.h"
+
+namespace specula::engine {
+
+std::string_view finish_reason_name(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::ContextFull: return "context_full";
+    case FinishReason::Cancelled: return "cancelled";
+  }
+  return "?";
+}
+
+double GenerationResult::decode_tokens_per_second() const {
+  const double n = static_cast<double>(tokens.size()) - 1.0;
+  return decode_seconds > 0 && n > 0 ? n / decode_seconds : 0.0;
+}
+
+GenerationResult Generator::generate(const GenerationRequest& request, const GenerationCallbacks& callbacks) {
+  using clock = std::chrono::steady_clock;
+  const int64_t prompt_len = static_cast<int64_t>(request.prompt.size());
+  const int64_t context = engine_.max_context();
+  const int64_t vocab = engine_.config().vocab_size;
+  SPECULA_CHECK(prompt_len > 0, "the prompt is empty (nothing to condition on)");
+  SPECULA_CHECK(prompt_len < context, "the prompt has ", prompt_len, " tokens but the context holds ", context,
+                " (raise --max-context or shorten the prompt)");
+  for (int32_t id : request.prompt)
+    SPECULA_CHECK(id >= 0 && id < vocab, "prompt token id ", id, " is outside the model's vocabulary [0, ", vocab, ")");
+  SPECULA_CHECK(request.max_new_tokens >= 0, "max_new_tokens must not be negative");
+  sampling::Sampler sampler(request.sampling);
+
+  GenerationResult result;
+  result.prompt_tokens = prompt_len;
+  if (request.max_new_tokens == 0) return result;
+
+  std::vector<int32_t> positions, ids;
+  std::vector<float> logits;
+  const auto prefill_start = clock::now();
+  const int64_t chunk = engine_.prefill_chunk();
+  for (int64_t begin = 0; begin < prompt_len; begin += chunk) {
+    const int64_t n = std::min(chunk, prompt_len - begin);
+    positions.resize(static_cast<size_t>(n));
+    std::iota(positions.begin(), positions.end(), static_cast<int32_t>(begin));
+    engine_.write_inputs(std::span(request.prompt).subspan(static_cast<size_t>(begin), static_cast<size_t>(n)),
+                         positions, positions);
+    engine_.forward(n, begin + n == prompt_len ? 1 : 0);
+    if (callbacks.on_prefill_progress) {
+      engine_.synchronize();
+      callbacks.on_prefill_progress(begin + n, prompt_len);
+    }
+  }
+  engine_.read_logits(1, logits);
+  int32_t token = sampler.sample(logits, request.prompt, result.tokens);
+  const auto decode_start = clock::now();
+  result.prefill_seconds = std::chrono::duration<double>(decode_start - prefill_start).count();
+
+  int64_t position = prompt_len;
+  for (;;) {
+    if (std::find(request.stop_ids.begin(), request.stop_ids.end(), token) != request.stop_ids.end()) {
+      result.finish_reason = FinishReason::Stop;
+      break;
+    }
+    result.tokens.push_back(token);
+    if (callbacks.on_token && !callbacks.on_token(token)) {
+      result.finish_reason = FinishReason::Cancelled;
+      break;
+    }
+    if (static_cast<int64_t>(result.tokens.size()) >= request.max_new_tokens) {
+      result.finish_reason = FinishReason::Length;
+      break;
+    }
+    if (position >= context) {
+      result.finish_reason = FinishReason::ContextFull;
+      break;
+    }
+    const int32_t pos = static_cast<int32_t>(position);
+    engine_.write_inputs(std::span(&token, 1), std::span(&pos, 1), std::span(&pos, 1));
+    engine_.forward(1, 1);
+    engine_.read_logits(1, logits);
+    token = sampler.sample(logits, request.prompt, result.tokens);
+    ++position;
+  }
+  result.decode_seconds = std::chrono::duration<double>(clock::now() - decode_start).count();
+  return result;
+}
+
+}  // namespace specula::engine

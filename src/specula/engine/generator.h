@@ -1,0 +1,57 @@
+// Generator: one request at a time on an Engine. Prefill runs the prompt in chunks (the engine's
+// prefill_chunk tokens per forward, with a progress callback for long prompts); decode runs one
+// token per forward, samples, streams each token to the caller and stops at a stop token, at
+// max_new_tokens, at the end of the context, or when the caller says so.
+//
+// The KV cache is the engine's single sequence: each generate() starts from slot 0.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "specula/sampling/params.h"
+
+namespace specula::engine {
+
+class Engine;
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  int64_t max_new_tokens = 128;
+  sampling::SamplingParams sampling;
+  std::vector<int32_t> stop_ids;  // generation ends after emitting one of these (it is not streamed)
+};
+
+enum class FinishReason { Stop, Length, ContextFull, Cancelled };
+std::string_view finish_reason_name(FinishReason reason);
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;  // generated ids, without the stop token
+  FinishReason finish_reason = FinishReason::Length;
+  int64_t prompt_tokens = 0;
+  double prefill_seconds = 0.0;  // prompt forward passes until the first token is chosen
+  double decode_seconds = 0.0;   // the remaining tokens
+  double prefill_tokens_per_second() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0.0; }
+  // Decode rate over the tokens after the first (the first comes from the prefill pass).
+  double decode_tokens_per_second() const;
+};
+
+struct GenerationCallbacks {
+  // Each generated token as soon as it is chosen; return false to stop generating.
+  std::function<bool(int32_t)> on_token;
+  // Prefill progress: prompt tokens processed so far, total.
+  std::function<void(int64_t, int64_t)> on_prefill_progress;
+};
+
+class Generator {
+ public:
+  explicit Generator(Engine& engine) : engine_(engine) {}
+  GenerationResult generate(const GenerationRequest& request, const GenerationCallbacks& callbacks = {});
+
+ private:
+  Engine& engine_;
+};
+
+}  // namespace specula::engine

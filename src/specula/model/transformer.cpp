@@ -1,0 +1,129 @@
+// The decoder forward pass (see transformer.h). Per layer:
+//   h = norm_in(x)                      (fused with the previous layer's residual add)
+//   qkv = h Wqkv^T + b; q/k norm, RoPE, K/V -> cache; a = attention(q, cache); o = a Wo^T
+//   x += s * o; h = norm_post(x)        (one fused op)
+//   d = (silu(h Wg^T) * (h Wu^T)) Wd^T  (gate/up fused)
+// then x += s * d fused with the final norm, and logits = alpha * final(x) W_head^T, where s and
+// alpha are MiniCPM's muP scales (1 for the other families).
+#include "specula/model/transformer.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "specula/core/error.h"
+#ifdef SPECULA_WITH_CUDA
+#include "specula/core/cuda_memory.h"
+#endif
+
+namespace specula::model {
+
+ActivationDTypes ActivationDTypes::for_device(Device device, DType weight_dtype) {
+  if (device == Device::CPU) return {};
+  const DType half = weight_dtype == DType::F16 ? DType::F16 : DType::BF16;
+  return {half, DType::F32, half};
+}
+
+
+void Transformer::plan(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d, ArenaPlan& plan) {
+  const int64_t T = s.max_tokens;
+  plan.add(DType::F32, {c.head_dim / 2});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    plan.add(d.kv_cache, {c.num_kv_heads, s.kv_capacity, c.head_dim});
+    plan.add(d.kv_cache, {c.num_kv_heads, s.kv_capacity, c.head_dim});
+  }
+  for (int i = 0; i < 3; ++i) plan.add(DType::I32, {T});
+  plan.add(d.residual, {T, c.hidden_size});
+  plan.add(d.activations, {T, c.hidden_size});
+  plan.add(d.activations, {T, c.q_size() + 2 * c.kv_size()});
+  plan.add(d.activations, {T, c.num_heads, c.head_dim});
+  plan.add(d.activations, {T, c.q_size()});
+  plan.add(d.activations, {T, c.hidden_size});
+  plan.add(d.activations, {T, 2 * c.intermediate_size});
+  plan.add(d.activations, {T, c.intermediate_size});
+  plan.add(d.activations, {T, c.hidden_size});
+  plan.add(d.activations, {T, c.hidden_size});
+  plan.add(DType::F32, {s.max_logit_rows, c.vocab_size});
+}
+
+Transformer::Transformer(const ModelConfig& c, ModelWeights weights, const ForwardShape& s, const ActivationDTypes& d,
+                         Arena& arena)
+    : config_(c), weights_(std::move(weights)), shape_(s) {
+  SPECULA_CHECK(s.max_tokens >= 1 && s.max_logit_rows >= 1 && s.max_logit_rows <= s.max_tokens,
+                "forward shape: need 1 <= max_logit_rows <= max_tokens");
+  SPECULA_CHECK(s.kv_capacity >= 1, "forward shape: KV capacity must be at least 1");
+  SPECULA_CHECK(arena.device() == device(), "transformer buffers and weights must share a device");
+  const int64_t T = s.max_tokens;
+
+  const std::vector<float> inv_freq = c.rope_inv_freq();
+  rope_.inv_freq = arena.alloc(DType::F32, {c.head_dim / 2});
+  rope_.attention_scaling = c.rope_attention_scaling();
+  if (device() == Device::CPU) {
+    std::memcpy(rope_.inv_freq.data, inv_freq.data(), inv_freq.size() * sizeof(float));
+  } else {
+#ifdef SPECULA_WITH_CUDA
+    cuda_copy_to_device(rope_.inv_freq.data, inv_freq.data(), inv_freq.size() * sizeof(float));
+#endif
+  }
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    k_cache_.push_back(arena.alloc(d.kv_cache, {c.num_kv_heads, s.kv_capacity, c.head_dim}));
+    v_cache_.push_back(arena.alloc(d.kv_cache, {c.num_kv_heads, s.kv_capacity, c.head_dim}));
+  }
+  token_ids_ = arena.alloc(DType::I32, {T});
+  positions_ = arena.alloc(DType::I32, {T});
+  slots_ = arena.alloc(DType::I32, {T});
+  residual_ = arena.alloc(d.residual, {T, c.hidden_size});
+  normed_ = arena.alloc(d.activations, {T, c.hidden_size});
+  qkv_ = arena.alloc(d.activations, {T, c.q_size() + 2 * c.kv_size()});
+  q_ = arena.alloc(d.activations, {T, c.num_heads, c.head_dim});
+  attn_out_ = arena.alloc(d.activations, {T, c.q_size()});
+  o_ = arena.alloc(d.activations, {T, c.hidden_size});
+  gate_up_ = arena.alloc(d.activations, {T, 2 * c.intermediate_size});
+  act_ = arena.alloc(d.activations, {T, c.intermediate_size});
+  down_ = arena.alloc(d.activations, {T, c.hidden_size});
+  final_hidden_ = arena.alloc(d.activations, {T, c.hidden_size});
+  logits_ = arena.alloc(DType::F32, {s.max_logit_rows, c.vocab_size});
+}
+
+void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_rows) {
+  SPECULA_CHECK(tokens >= 1 && tokens <= shape_.max_tokens, "forward: ", tokens, " tokens, but buffers hold ",
+                shape_.max_tokens);
+  SPECULA_CHECK(logit_rows >= 0 && logit_rows <= std::min(tokens, shape_.max_logit_rows), "forward: ", logit_rows,
+                " logit rows asked for ", tokens, " tokens (buffer holds ", shape_.max_logit_rows, ")");
+  const ModelConfig& c = config_;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const float residual_scale = static_cast<float>(c.residual_scale);
+  const float attn_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+
+  Tensor ids = token_ids_.slice_outer(0, tokens), pos = positions_.slice_outer(0, tokens),
+         slots = slots_.slice_outer(0, tokens);
+  Tensor x = residual_.slice_outer(0, tokens), h = normed_.slice_outer(0, tokens), qkv = qkv_.slice_outer(0, tokens),
+         q = q_.slice_outer(0, tokens), a = attn_out_.slice_outer(0, tokens), o = o_.slice_outer(0, tokens),
+         gu = gate_up_.slice_outer(0, tokens), act = act_.slice_outer(0, tokens), d = down_.slice_outer(0, tokens),
+         fin = final_hidden_.slice_outer(0, tokens);
+
+  ops::embedding(ctx, weights_.embed, ids, static_cast<float>(c.scale_emb), x);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
+    if (l == 0)
+      ops::rms_norm(ctx, x, w.input_norm, eps, h);
+    else
+      ops::add_rms_norm(ctx, x, d, residual_scale, w.input_norm, eps, h);
+    ops::linear(ctx, h, w.qkv, w.qkv_bias, qkv);
+    ops::qkv_rope_store(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, q, k_cache_[static_cast<size_t>(l)],
+                        v_cache_[static_cast<size_t>(l)]);
+    ops::attention(ctx, q, k_cache_[static_cast<size_t>(l)], v_cache_[static_cast<size_t>(l)], slots, attn_scale, a);
+    ops::linear(ctx, a, w.o_proj, Tensor(), o);
+    ops::add_rms_norm(ctx, x, o, residual_scale, w.post_attention_norm, eps, h);
+    ops::linear(ctx, h, w.gate_up, Tensor(), gu);
+    ops::silu_mul(ctx, gu, act);
+    ops::linear(ctx, act, w.down, Tensor(), d);
+  }
+  ops::add_rms_norm(ctx, x, d, residual_scale, weights_.final_norm, eps, fin);
+  if (logit_rows > 0) {
+    Tensor last = fin.slice_outer(tokens - logit_rows, logit_rows);
+    Tensor out = logits_.slice_outer(0, logit_rows);
+    ops::linear(ctx, last, weights_.lm_head, Tensor(), out, static_cast<float>(c.logit_scale));
+  }
+}
+
+}  // namespace specula::model

@@ -1,0 +1,73 @@
+// Transformer: the one decoder definition (Llama-3, Qwen2/2.5, Qwen3, MiniCPM4) that runs on
+// either backend. It owns no memory of its own: its activations, rotary table and KV cache are
+// carved from the caller's arena at construction, sized for at most `max_tokens` tokens per call
+// and `kv_capacity` cache rows, so forward() never allocates and, on CUDA, a decode call can be
+// captured as a graph once and replayed (its inputs are the device tensors token_ids(),
+// positions() and slots(), which the caller or a device kernel updates between replays).
+//
+// Families differ only in data (biases present, q/k norms present, muP scales), never in control
+// flow beyond "is this tensor empty", so there is no per-family forward to keep in sync.
+#pragma once
+
+#include <vector>
+
+#include "specula/core/arena.h"
+#include "specula/core/tensor.h"
+#include "specula/model/config.h"
+#include "specula/model/weights.h"
+#include "specula/ops/ops.h"
+
+namespace specula::model {
+
+struct ForwardShape {
+  int64_t max_tokens = 1;      // tokens per forward call (prefill chunk / verification tree)
+  int64_t max_logit_rows = 1;  // rows of logits one call can produce
+  int64_t kv_capacity = 0;     // KV-cache rows (context length)
+};
+
+// Element types of the buffers: activations that feed matrix products, the residual stream and
+// the KV cache. The CPU backend needs F32 throughout.
+struct ActivationDTypes {
+  DType activations = DType::F32;
+  DType residual = DType::F32;
+  DType kv_cache = DType::F32;
+  static ActivationDTypes for_device(Device device, DType weight_dtype);
+};
+
+class Transformer {
+ public:
+  // Bytes the buffers take (add to the arena plan before allocating).
+  static void plan(const ModelConfig& config, const ForwardShape& shape, const ActivationDTypes& dtypes,
+                   ArenaPlan& plan);
+  Transformer(const ModelConfig& config, ModelWeights weights, const ForwardShape& shape,
+              const ActivationDTypes& dtypes, Arena& arena);
+
+  // Step inputs, [max_tokens] I32 on the model's device: fill the first `tokens` entries.
+  Tensor token_ids() const { return token_ids_; }
+  Tensor positions() const { return positions_; }
+  Tensor slots() const { return slots_; }
+
+  // Runs `tokens` inputs through the model. Query t attends cache rows [0, slots[t]]; its K/V are
+  // stored at row slots[t]. Logits of the last `logit_rows` inputs land in logits(logit_rows).
+  void forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_rows);
+
+  Tensor logits(int64_t rows) const { return logits_.slice_outer(0, rows); }  // [rows, V] F32
+  // Final-norm output of the last forward, before the muP logit scale: [tokens, H].
+  Tensor final_hidden(int64_t tokens) const { return final_hidden_.slice_outer(0, tokens); }
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  const ForwardShape& shape() const { return shape_; }
+  Device device() const { return weights_.embed.device; }
+
+ private:
+  ModelConfig config_;
+  ModelWeights weights_;
+  ForwardShape shape_;
+  ops::RopeParams rope_;
+  std::vector<Tensor> k_cache_, v_cache_;  // per layer [n_kv, capacity, hd]
+  Tensor token_ids_, positions_, slots_;
+  Tensor residual_, normed_, qkv_, q_, attn_out_, o_, gate_up_, act_, down_, final_hidden_, logits_;
+};
+
+}  // namespace specula::model

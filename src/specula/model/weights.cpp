@@ -1,0 +1,236 @@
+// Checkpoint -> device weights (see weights.h).
+#include "specula/model/weights.h"
+
+#include <cstring>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+
+#include "specula/core/error.h"
+#include "specula/io/checkpoint.h"
+#ifdef SPECULA_WITH_CUDA
+#include "specula/core/cuda_memory.h"
+#endif
+
+namespace specula::model {
+
+namespace {
+
+// One device tensor assembled from one or more checkpoint tensors stacked along dim 0.
+struct WeightSpec {
+  std::string target;                    // e.g. "layers.3.qkv", for messages
+  std::vector<std::string> sources;      // checkpoint names, concatenated in this order
+  std::vector<std::vector<int64_t>> source_shapes;
+  bool optional = false;
+};
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// The exact tensors a config implies, in load order.
+struct Layout {
+  std::vector<WeightSpec> specs;
+  std::set<std::string> ignored;  // names present in real checkpoints that carry nothing we need
+};
+
+Layout layout_for(const ModelConfig& c, const io::Checkpoint& checkpoint) {
+  Layout layout;
+  const int64_t H = c.hidden_size, I = c.intermediate_size, q = c.q_size(), kv = c.kv_size(), hd = c.head_dim;
+  layout.specs.push_back({"embed", {"model.embed_tokens.weight"}, {{c.vocab_size, H}}});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const std::string t = "layers." + std::to_string(l) + ".";
+    layout.specs.push_back({t + "input_norm", {p + "input_layernorm.weight"}, {{H}}});
+    layout.specs.push_back({t + "qkv",
+                            {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"},
+                            {{q, H}, {kv, H}, {kv, H}}});
+    if (c.qkv_bias)
+      layout.specs.push_back({t + "qkv_bias",
+                              {p + "self_attn.q_proj.bias", p + "self_attn.k_proj.bias", p + "self_attn.v_proj.bias"},
+                              {{q}, {kv}, {kv}}});
+    if (c.qk_norm) {
+      layout.specs.push_back({t + "q_norm", {p + "self_attn.q_norm.weight"}, {{hd}}});
+      layout.specs.push_back({t + "k_norm", {p + "self_attn.k_norm.weight"}, {{hd}}});
+    }
+    layout.specs.push_back({t + "o_proj", {p + "self_attn.o_proj.weight"}, {{H, q}}});
+    layout.specs.push_back({t + "post_attention_norm", {p + "post_attention_layernorm.weight"}, {{H}}});
+    layout.specs.push_back({t + "gate_up", {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"}, {{I, H}, {I, H}}});
+    layout.specs.push_back({t + "down", {p + "mlp.down_proj.weight"}, {{H, I}}});
+    layout.ignored.insert(p + "self_attn.rotary_emb.inv_freq");
+  }
+  layout.specs.push_back({"final_norm", {"model.norm.weight"}, {{H}}});
+  if (c.tie_word_embeddings) {
+    // Some tied checkpoints still ship the head; the tie flag decides, as in transformers.
+    layout.ignored.insert("lm_head.weight");
+  } else {
+    SPECULA_CHECK(checkpoint.find("lm_head.weight") != nullptr, checkpoint.path(),
+                  ": no 'lm_head.weight' although config.json says tie_word_embeddings is false");
+    layout.specs.push_back({"lm_head", {"lm_head.weight"}, {{c.vocab_size, H}}});
+  }
+  return layout;
+}
+
+// Checks names, shapes and dtypes; returns the device dtype of each spec.
+std::vector<DType> validate(const Layout& layout, const io::Checkpoint& checkpoint, const WeightFormat& format) {
+  std::vector<DType> dtypes;
+  std::set<std::string> used;
+  for (const WeightSpec& spec : layout.specs) {
+    std::optional<DType> first;
+    for (size_t i = 0; i < spec.sources.size(); ++i) {
+      const std::string& name = spec.sources[i];
+      const io::CheckpointTensor* t = checkpoint.find(name);
+      SPECULA_CHECK(t != nullptr, checkpoint.path(), ": tensor '", name, "' is missing (expected shape ",
+                    shape_str(spec.source_shapes[i]), ")");
+      SPECULA_CHECK(t->shape == spec.source_shapes[i], t->file, ": tensor '", name, "' has shape ", shape_str(t->shape),
+                    ", config.json implies ", shape_str(spec.source_shapes[i]));
+      SPECULA_CHECK(t->dtype == DType::F32 || t->dtype == DType::BF16 || t->dtype == DType::F16, t->file, ": tensor '",
+                    name, "' has dtype ", dtype_name(t->dtype), "; expected BF16, F16 or F32");
+      if (!first) first = t->dtype;
+      used.insert(name);
+    }
+    dtypes.push_back(format.dtype.value_or(*first));
+  }
+  for (const std::string& name : checkpoint.names())
+    SPECULA_CHECK(used.count(name) || layout.ignored.count(name), checkpoint.path(), ": unexpected tensor '", name,
+                  "' (not part of this architecture's layout; refusing to guess what it means)");
+  return dtypes;
+}
+
+std::vector<int64_t> device_shape(const WeightSpec& spec) {
+  std::vector<int64_t> shape = spec.source_shapes[0];
+  for (size_t i = 1; i < spec.sources.size(); ++i) shape[0] += spec.source_shapes[i][0];
+  return shape;
+}
+
+Tensor make_tensor(void* data, DType dtype, const std::vector<int64_t>& shape, Device device) {
+  Tensor t = shape.size() == 1 ? Tensor(data, dtype, {shape[0]}, device) : Tensor(data, dtype, {shape[0], shape[1]}, device);
+  return t;
+}
+
+// Writes `count` elements of `src` (dtype `from`) as dtype `to` at `dst` (host memory).
+void convert_into(uint8_t* dst, DType to, const uint8_t* src, DType from, size_t first, size_t count) {
+  if (to == from) {
+    std::memcpy(dst, src + first * dtype_size(from), count * dtype_size(from));
+    return;
+  }
+  for (size_t i = 0; i < count; ++i) {
+    const float v = load_as_f32(src, from, first + i);
+    switch (to) {
+      case DType::F32: std::memcpy(dst + i * 4, &v, 4); break;
+      case DType::BF16: { const uint16_t b = f32_to_bf16(v); std::memcpy(dst + i * 2, &b, 2); break; }
+      case DType::F16: { const uint16_t b = f32_to_f16(v); std::memcpy(dst + i * 2, &b, 2); break; }
+      default: fail("weight dtype ", dtype_name(to), " is not supported");
+    }
+  }
+}
+
+// Copies checkpoint tensors into device memory, converting dtypes.
+class WeightWriter {
+ public:
+  explicit WeightWriter(Device device) : device_(device) {
+#ifdef SPECULA_WITH_CUDA
+    if (device == Device::CUDA) stager_ = std::make_unique<HostToDeviceStager>();
+#else
+    SPECULA_CHECK(device == Device::CPU, "this build has no CUDA backend");
+#endif
+  }
+  void write(uint8_t* dst, DType to, const io::CheckpointTensor& src) {
+    const size_t count = static_cast<size_t>(src.numel());
+    if (device_ == Device::CPU) {
+      convert_into(dst, to, src.data, src.dtype, 0, count);
+      return;
+    }
+#ifdef SPECULA_WITH_CUDA
+    if (to == src.dtype) {
+      stager_->copy(dst, src.data, src.nbytes);
+    } else {
+      const size_t out_size = dtype_size(to);
+      stager_->copy_generated(dst, count * out_size, [&](uint8_t* out, size_t offset, size_t length) {
+        convert_into(out, to, src.data, src.dtype, offset / out_size, length / out_size);
+      });
+    }
+#endif
+  }
+  void finish() {
+#ifdef SPECULA_WITH_CUDA
+    if (stager_) stager_->finish();
+#endif
+  }
+
+ private:
+  Device device_;
+#ifdef SPECULA_WITH_CUDA
+  std::unique_ptr<HostToDeviceStager> stager_;
+#endif
+};
+
+}  // namespace
+
+size_t plan_weights(const ModelConfig& config, const io::Checkpoint& checkpoint, const WeightFormat& format,
+                    ArenaPlan& plan) {
+  const Layout layout = layout_for(config, checkpoint);
+  const std::vector<DType> dtypes = validate(layout, checkpoint, format);
+  size_t total = 0;
+  for (size_t i = 0; i < layout.specs.size(); ++i) {
+    size_t n = dtype_size(dtypes[i]);
+    for (int64_t d : device_shape(layout.specs[i])) n *= static_cast<size_t>(d);
+    plan.add(n);
+    total += align_up(n, kArenaAlignment);
+  }
+  return total;
+}
+
+ModelWeights load_weights(const ModelConfig& config, const io::Checkpoint& checkpoint, const WeightFormat& format,
+                          Arena& arena, const std::function<void(size_t, size_t)>& progress) {
+  SPECULA_CHECK(arena.device() == format.device, "load_weights: arena is on ", device_name(arena.device()),
+                " but weights were asked for on ", device_name(format.device));
+  const Layout layout = layout_for(config, checkpoint);
+  const std::vector<DType> dtypes = validate(layout, checkpoint, format);
+  size_t total_bytes = 0;
+  for (size_t i = 0; i < layout.specs.size(); ++i)
+    for (const std::string& s : layout.specs[i].sources) total_bytes += checkpoint.get(s).nbytes;
+
+  std::map<std::string, Tensor> placed;
+  WeightWriter writer(format.device);
+  ModelWeights weights;
+  size_t done = 0;
+  for (size_t i = 0; i < layout.specs.size(); ++i) {
+    const WeightSpec& spec = layout.specs[i];
+    const std::vector<int64_t> shape = device_shape(spec);
+    size_t bytes = dtype_size(dtypes[i]);
+    for (int64_t d : shape) bytes *= static_cast<size_t>(d);
+    auto* base = static_cast<uint8_t*>(arena.alloc_bytes(bytes));
+    size_t offset = 0;
+    for (const std::string& name : spec.sources) {
+      const io::CheckpointTensor& src = checkpoint.get(name);
+      writer.write(base + offset, dtypes[i], src);
+      offset += static_cast<size_t>(src.numel()) * dtype_size(dtypes[i]);
+      done += src.nbytes;
+      weights.parameter_count += src.numel();
+      if (progress) progress(done, total_bytes);
+    }
+    weights.bytes += bytes;
+    placed[spec.target] = make_tensor(base, dtypes[i], shape, format.device);
+  }
+  writer.finish();
+
+  weights.embed = placed.at("embed");
+  weights.final_norm = placed.at("final_norm");
+  weights.lm_head = config.tie_word_embeddings ? weights.embed : placed.at("lm_head");
+  for (int64_t l = 0; l < config.num_layers; ++l) {
+    const std::string t = "layers." + std::to_string(l) + ".";
+    auto get = [&](const char* key) {
+      auto it = placed.find(t + key);
+      return it == placed.end() ? Tensor() : it->second;
+    };
+    weights.layers.push_back(LayerWeights{get("input_norm"), get("post_attention_norm"), get("qkv"), get("qkv_bias"),
+                                          get("q_norm"), get("k_norm"), get("o_proj"), get("gate_up"), get("down")});
+  }
+  return weights;
+}
+
+}  // namespace specula::model

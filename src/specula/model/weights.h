@@ -1,0 +1,60 @@
+// ModelWeights: the decoder's parameters on one device, laid out for the forward pass rather
+// than as the checkpoint stores them. q/k/v projections are fused into one [q + 2kv, H] matrix
+// (and their biases into one vector), gate and up into one [2I, H] matrix, so a layer runs three
+// large matrix products instead of six small ones. A tied head is the embedding tensor itself.
+//
+// Loading checks every tensor against the config (name, shape, float dtype), fails on a missing
+// tensor and on a tensor it does not know (a layout it would otherwise misread), and copies the
+// bytes straight from the memory-mapped files into the arena (through pinned staging on CUDA),
+// converting the dtype on the way when asked.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <vector>
+
+#include "specula/core/arena.h"
+#include "specula/core/tensor.h"
+#include "specula/model/config.h"
+
+namespace specula::io {
+class Checkpoint;
+}
+
+namespace specula::model {
+
+struct LayerWeights {
+  Tensor input_norm, post_attention_norm;  // [H]
+  Tensor qkv;                              // [q + 2 kv, H]
+  Tensor qkv_bias;                         // [q + 2 kv] or empty
+  Tensor q_norm, k_norm;                   // [head_dim] or empty (Qwen3)
+  Tensor o_proj;                           // [H, q]
+  Tensor gate_up;                          // [2I, H]
+  Tensor down;                             // [H, I]
+};
+
+struct ModelWeights {
+  Tensor embed;  // [V, H]
+  std::vector<LayerWeights> layers;
+  Tensor final_norm;  // [H]
+  Tensor lm_head;     // [V, H]; the same memory as embed when tied
+  size_t bytes = 0;   // device bytes of all parameters
+  int64_t parameter_count = 0;
+};
+
+// How weights are stored on the device.
+struct WeightFormat {
+  Device device = Device::CPU;
+  // Dtype of every parameter on the device; nullopt keeps each tensor's checkpoint dtype.
+  std::optional<DType> dtype;
+};
+
+// Bytes the weights will take in the arena (for planning).
+size_t plan_weights(const ModelConfig& config, const io::Checkpoint& checkpoint, const WeightFormat& format,
+                    ArenaPlan& plan);
+// Validates the checkpoint against the config and copies the weights into `arena`.
+// `progress(done_bytes, total_bytes)` is called as tensors are copied (may be empty).
+ModelWeights load_weights(const ModelConfig& config, const io::Checkpoint& checkpoint, const WeightFormat& format,
+                          Arena& arena, const std::function<void(size_t, size_t)>& progress = {});
+
+}  // namespace specula::model

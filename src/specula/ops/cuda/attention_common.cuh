@@ -1,0 +1,126 @@
+// Shared pieces of the CUDA attention kernels (ops::attention): the launch parameters, the split-KV
+// partition every kernel and the host planner agree on, dtype load/store for the small operands
+// (q, out) whose dtype is only known at run time, and the host entry points of the two kernel
+// families (attention.cu: dispatch, generic CUDA-core kernel, split combine; attention_mma.cu:
+// tensor-core kernels for head_dim 64/128 with 16-bit caches).
+//
+// Split-KV in one paragraph: the grid is sized on the host from the cache capacity (known at
+// graph-capture time) as `num_splits` blocks per query tile and KV head. The current length is
+// only known on the device (slots[t] + 1), so each block derives its own KV range from it:
+// the length is cut into `num_splits` chunks of whole tiles (at least `min_split_tiles` tiles
+// each, so partials stay small next to the KV they summarise); blocks whose chunk starts past
+// the length write "empty" (lse = -inf) and leave. A graph captured at one length therefore
+// stays correct, and keeps all splits busy, at any other length.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "specula/core/dtype.h"
+#include "specula/ops/cuda/cuda_context.h"
+
+namespace specula::ops::cuda_impl::attn {
+
+// Dtype of q and out, decided at run time (they are small next to the KV cache, so a switch per
+// element costs nothing measurable and saves instantiating every kernel for every combination).
+enum class ElemKind : int { F32 = 0, F16 = 1, BF16 = 2 };
+
+// Partials live in CudaContext's workspace: partial_o [T, n_heads, num_splits, head_dim] F32
+// (each split's output already divided by its own softmax sum) then partial_lse
+// [T, n_heads, num_splits] F32 (log2 of that sum plus the split's max score, in the log2 domain
+// the kernels work in, or -inf when the split saw no visible row), the second array starting
+// at a kPartialAlignment boundary.
+constexpr size_t kPartialAlignment = 256;
+// Upper bound on splits: the combine kernel keeps one weight per split in shared memory.
+constexpr int kMaxSplits = 256;
+// A split must cover at least kPartialOverhead * (query rows of its block) cache rows, so the
+// partials written and re-read (2 * rows * head_dim * 4 bytes) stay within a quarter of the
+// 16-bit K and V bytes the split streams (4 * cache_rows * head_dim bytes).
+constexpr int kPartialOverhead = 8;
+
+struct AttnParams {
+  const void* q = nullptr;   // [T, n_heads, head_dim], dtype q_kind
+  const void* k = nullptr;   // [n_kv, capacity, head_dim], the kernel's cache type
+  const void* v = nullptr;
+  const int32_t* slots = nullptr;  // [T]
+  void* out = nullptr;             // [T, n_heads * head_dim], dtype out_kind
+  float* partial_o = nullptr;      // see above; null when num_splits == 1
+  float* partial_lse = nullptr;
+  uint32_t* error_word = nullptr;
+  int tokens = 0, n_heads = 0, n_kv = 0, group = 0, head_dim = 0, capacity = 0;
+  int num_splits = 1;       // grid.x of the attention kernel
+  int min_split_tiles = 1;  // see attn_split_range
+  float scale_log2 = 0.0f;  // softmax scale times log2(e): the kernels use exp2
+  ElemKind q_kind = ElemKind::F32, out_kind = ElemKind::F32;
+};
+
+__host__ __device__ inline int ceil_div_int(int a, int b) { return (a + b - 1) / b; }
+
+// KV tiles [begin, end) of split `split` when `len_tiles` tiles are visible; empty when begin == end.
+struct TileRange {
+  int begin, end;
+};
+__host__ __device__ inline TileRange attn_split_range(int len_tiles, int num_splits, int min_split_tiles, int split) {
+  int chunk = ceil_div_int(len_tiles, num_splits);
+  if (chunk < min_split_tiles) chunk = min_split_tiles;
+  // split * chunk cannot overflow: split < kMaxSplits and chunk <= capacity / tile + min_split_tiles.
+  int begin = split * chunk;
+  if (begin > len_tiles) begin = len_tiles;
+  int end = begin + chunk;
+  if (end > len_tiles) end = len_tiles;
+  return {begin, end};
+}
+
+__device__ __forceinline__ float load_elem(const void* base, ElemKind kind, int64_t index) {
+  switch (kind) {
+    case ElemKind::BF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[index]);
+    case ElemKind::F16: return __half2float(static_cast<const __half*>(base)[index]);
+    default: return static_cast<const float*>(base)[index];
+  }
+}
+
+__device__ __forceinline__ void store_elem(void* base, ElemKind kind, int64_t index, float value) {
+  switch (kind) {
+    case ElemKind::BF16: static_cast<__nv_bfloat16*>(base)[index] = __float2bfloat16_rn(value); break;
+    case ElemKind::F16: static_cast<__half*>(base)[index] = __float2half_rn(value); break;
+    default: static_cast<float*>(base)[index] = value; break;
+  }
+}
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// Visible cache rows of query token t (slots[t] + 1), or 0 for a slot outside the cache, which is
+// reported through the context's error word (the row's output is then written as zeros).
+__device__ __forceinline__ int attn_visible_length(const AttnParams& p, int t, bool report) {
+  const int slot = p.slots[t];
+  if (slot >= 0 && slot < p.capacity) return slot + 1;
+  if (report && p.error_word != nullptr) atomicOr(p.error_word, static_cast<unsigned>(cuda::kErrorSlotOutOfRange));
+  return 0;
+}
+
+// What the host planner needs to know about one kernel configuration.
+struct KernelShape {
+  int block_rows;       // query rows (token, head-in-group pairs) per block
+  int tile_cols;        // cache rows per split-partition tile
+  int blocks_per_sm;    // occupancy of the attention kernel
+  int real_rows;        // query rows a block actually holds (<= block_rows), for the partial budget
+};
+
+// Host side, defined in attention.cu. Chooses num_splits and min_split_tiles for a grid of
+// `base_blocks` blocks per split and points the partial buffers into the workspace.
+void plan_splits(AttnParams& p, const KernelShape& shape, int base_blocks, int multiprocessors, void* workspace,
+                 size_t workspace_bytes);
+// Host side, defined in attention.cu: merges the partials into out (only when num_splits > 1).
+void launch_combine(const AttnParams& p, cudaStream_t stream);
+// Host side, defined in attention_mma.cu: tensor-core attention; the caller has checked that
+// q and caches share a 16-bit dtype, head_dim is 64 or 128 and the pointers are 16-byte aligned.
+void run_attention_mma(AttnParams p, DType cache_dtype, int multiprocessors, size_t smem_optin, void* workspace,
+                       size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace specula::ops::cuda_impl::attn

@@ -1,0 +1,492 @@
+// Tensor-core attention over the KV cache (flash-attention-2 style), the kernel behind both the
+// prefill and the decode path of ops::attention for 16-bit caches and head_dim 64/128.
+//
+// Why one kernel for both: a block owns a tile of query *rows*, where a row is a (token,
+// query-head-in-GQA-group) pair of one KV head (row = token * group + head_in_group). Folding the
+// group into the M dimension means every K/V tile brought into shared memory serves all query
+// heads that share it, which is what both decode (1 token x group heads) and prefill (many tokens)
+// want. Two warp layouts of the same code cover the two regimes:
+//   - prefill (WarpsM = 4, WarpsN = 1): 64 query rows, each warp 16 rows against the whole tile;
+//   - decode  (WarpsM = 1, WarpsN = 4): 16 query rows, each warp a quarter of the tile's cache
+//     rows with its own online softmax; the four states are merged through shared memory at the
+//     end, so a 16-row tile does not leave three warps idle.
+// Split-KV (attention_common.cuh) is orthogonal: any configuration can write partials.
+//
+// Masking goes through a policy type (FlashInfer-style) so the tree-mask variant for speculative
+// verification and the block-sparse variant for InfLLM-V2 can reuse the pipeline: the policy says
+// how far the tile's columns reach, whether a whole KV tile is visible to every row (no per-element
+// test), and whether one (row, column) pair is visible. A block-sparse policy would also pick
+// which tiles to visit; the loop below is written over a contiguous tile range, which is where
+// such a policy would plug in its iterator.
+//
+// Data path per KV tile: cp.async 16-byte copies into a kStages-deep ring of padded shared-memory
+// tiles (row stride head_dim + 8 elements, which makes the ldmatrix row addresses of a phase fall
+// into distinct bank groups); S = Q K^T and O += P V with mma.sync m16n8k16 (fp32 accumulate);
+// softmax in fp32 in the log2 domain (scores pre-multiplied by scale * log2 e, exp2).
+// Cache rows at or past the tile's longest visible length are zero-filled rather than read, so
+// stale or poisoned cache memory past the current position never reaches the arithmetic.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <climits>
+#include <cstdint>
+
+#include "specula/ops/cuda/attention_common.cuh"
+
+namespace specula::ops::cuda_impl::attn {
+
+// ---- PTX wrappers -------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy; src_bytes == 0 zero-fills the destination without reading `src`.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// Per-element-type pieces: the mma instruction and packing two fp32 values into one operand
+// register (lower column in the lower half, as the mma fragment layout expects).
+template <typename Elem>
+struct MmaElem;
+
+template <>
+struct MmaElem<__nv_bfloat16> {
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  // d = a * b + d, m16n8k16, A row-major 16x16, B "col" (k-contiguous) 16x8, fp32 accumulators.
+  __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+template <>
+struct MmaElem<__half> {
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+// ---- mask policies --------------------------------------------------------------------------
+
+// Causal by cache row: query row r sees cache rows [0, len(r)), len = slots[token] + 1 (0 for an
+// invalid slot). `min_len`/`max_len` are over the block's real rows.
+struct CausalBySlotMask {
+  using RowState = int;  // the row's visible length, held in a register
+  int min_len;
+  int max_len;
+  // Columns at or past this are visible to no row of the tile (and are not even loaded).
+  __device__ __forceinline__ int column_end() const { return max_len; }
+  // True if every row sees every column in [col_begin, col_end): no per-element test needed.
+  __device__ __forceinline__ bool all_visible(int col_begin, int col_end) const { return col_end <= min_len; }
+  __device__ __forceinline__ bool visible(RowState len, int col) const { return col < len; }
+};
+
+// ---- configuration --------------------------------------------------------------------------
+
+template <typename ElemT, int kHeadDimT, int kWarpsMT, int kWarpsNT, int kBlockNT, int kStagesT, int kMinBlocksT>
+struct MmaConfig {
+  using Elem = ElemT;
+  static constexpr int kHeadDim = kHeadDimT;
+  static constexpr int kWarpsM = kWarpsMT;
+  static constexpr int kWarpsN = kWarpsNT;
+  static constexpr int kBlockN = kBlockNT;  // cache rows per tile
+  static constexpr int kStages = kStagesT;
+  static constexpr int kMinBlocks = kMinBlocksT;
+
+  static constexpr int kMmaM = 16, kMmaN = 8, kMmaK = 16;
+  static constexpr int kBlockM = kMmaM * kWarpsM;  // query rows per block
+  static constexpr int kWarps = kWarpsM * kWarpsN;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kWarpCols = kBlockN / kWarpsN;  // cache rows of a tile one warp scores
+  static constexpr int kScoreTiles = kWarpCols / kMmaN;   // n8 tiles of S per warp
+  static constexpr int kOutTiles = kHeadDim / kMmaN;      // n8 tiles of O per warp
+  static constexpr int kHeadSteps = kHeadDim / kMmaK;     // k16 steps of Q K^T
+
+  static constexpr int kPadElems = 8;  // 16 bytes: keeps ldmatrix phases conflict-free
+  static constexpr int kRowStride = kHeadDim + kPadElems;
+  static constexpr int kChunkElems = 16 / static_cast<int>(sizeof(Elem));  // elements per 16-byte copy
+  static constexpr int kChunksPerRow = kHeadDim / kChunkElems;
+
+  static constexpr size_t kLenBytes = ((kBlockM * sizeof(int) + 15) / 16) * 16;
+  static constexpr size_t kQBytes = static_cast<size_t>(kBlockM) * kRowStride * sizeof(Elem);
+  static constexpr size_t kTileBytes = static_cast<size_t>(kBlockN) * kRowStride * sizeof(Elem);
+  static constexpr size_t kStageBytes = 2 * kTileBytes;  // K then V
+  // Cross-warp merge buffers (decode layout only), reusing the stage ring once it is drained.
+  static constexpr int kMergeStride = kHeadDim + 4;  // floats; breaks the power-of-two row stride
+  static constexpr size_t kMergeBytes =
+      kWarpsN > 1 ? (static_cast<size_t>(kWarpsN) * kMmaM * kMergeStride + 2 * kWarpsN * kMmaM + 2 * kMmaM) * sizeof(float)
+                  : 0;
+  static constexpr size_t kRingBytes = kStages * kStageBytes > kMergeBytes ? kStages * kStageBytes : kMergeBytes;
+  static constexpr size_t kSmemBytes = kLenBytes + kQBytes + kRingBytes;
+
+  static_assert(sizeof(Elem) == 2, "tensor-core path takes 16-bit operands");
+  static_assert(kHeadDim % kMmaK == 0, "head_dim must be a multiple of 16");
+  static_assert(kWarpCols % kMmaK == 0, "each warp scores whole k16 steps of the tile");
+  static_assert(kWarpsM == 1 || kWarpsN == 1, "warps split either query rows or cache rows");
+  static_assert(kThreads >= kBlockM, "one thread per query row reads its slot");
+  static_assert((kBlockM * kChunksPerRow) % kThreads == 0, "Q tile copies divide evenly");
+  static_assert((kBlockN * kChunksPerRow) % kThreads == 0, "K/V tile copies divide evenly");
+  static_assert(kStages >= 2, "at least double buffering");
+};
+
+// ---- the kernel -----------------------------------------------------------------------------
+
+// grid: (num_splits, query tiles, n_kv); block: Cfg::kThreads; dynamic smem: Cfg::kSmemBytes.
+template <class Cfg, class Mask>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_kernel(const AttnParams p) {
+  using Elem = typename Cfg::Elem;
+  using Ops = MmaElem<Elem>;
+  constexpr int kHeadDim = Cfg::kHeadDim, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
+  constexpr int kRowStride = Cfg::kRowStride, kStages = Cfg::kStages, kThreads = Cfg::kThreads;
+  constexpr int kWarpCols = Cfg::kWarpCols, kChunksPerRow = Cfg::kChunksPerRow, kChunkElems = Cfg::kChunkElems;
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  int* s_len = reinterpret_cast<int*>(smem);
+  Elem* s_q = reinterpret_cast<Elem*>(smem + Cfg::kLenBytes);
+  unsigned char* s_ring = smem + Cfg::kLenBytes + Cfg::kQBytes;
+
+  const int split = blockIdx.x;
+  // Later query tiles see more of the cache: launch them first so the causal tail is short.
+  const int q_tile = gridDim.y - 1 - blockIdx.y;
+  const int kvh = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / Cfg::kWarpsN, wn = warp % Cfg::kWarpsN;
+  const int group = p.group;
+  const int total_rows = p.tokens * group;
+  const int m0 = q_tile * kBlockM;
+  const int rows_here = min(kBlockM, total_rows - m0);
+
+  // Visible length of every query row of the tile (0 for padding rows past the last token).
+  if (tid < kBlockM) {
+    int len = 0;
+    if (tid < rows_here) len = attn_visible_length(p, (m0 + tid) / group, split == 0 && kvh == 0);
+    s_len[tid] = len;
+  }
+  __syncthreads();
+  Mask mask{INT_MAX, 0};
+  for (int i = 0; i < rows_here; ++i) {
+    mask.min_len = min(mask.min_len, s_len[i]);
+    mask.max_len = max(mask.max_len, s_len[i]);
+  }
+  const int col_end = mask.column_end();
+  const TileRange range = attn_split_range(ceil_div_int(col_end, kBlockN), p.num_splits, p.min_split_tiles, split);
+  const int n_tiles = range.end - range.begin;
+
+  // Fragment coordinates: this thread holds query rows g and g + 8 of its warp's 16, and within
+  // each n8 tile the two columns 2 * quad and 2 * quad + 1.
+  const int g = lane >> 2, quad = lane & 3;
+  const int row_a = wm * 16 + g, row_b = row_a + 8;  // block-local query rows
+  const typename Mask::RowState state_a = s_len[row_a], state_b = s_len[row_b];
+  // Warps whose 16 rows are all padding skip the arithmetic but still help copy tiles.
+  const bool warp_active = wm * 16 < rows_here;
+
+  float o_acc[Cfg::kOutTiles][4];
+#pragma unroll
+  for (int i = 0; i < Cfg::kOutTiles; ++i) o_acc[i][0] = o_acc[i][1] = o_acc[i][2] = o_acc[i][3] = 0.0f;
+  float m_a = -INFINITY, m_b = -INFINITY;  // running max (log2 domain) of rows a and b
+  float l_a = 0.0f, l_b = 0.0f;            // running sums; this thread's columns only until the end
+
+  const Elem* k_base = static_cast<const Elem*>(p.k) + static_cast<int64_t>(kvh) * p.capacity * kHeadDim;
+  const Elem* v_base = static_cast<const Elem*>(p.v) + static_cast<int64_t>(kvh) * p.capacity * kHeadDim;
+
+  if (n_tiles > 0) {
+    // Q tile: row r of the block is query head kvh * group + (r % group) of token r / group.
+    {
+      const Elem* q = static_cast<const Elem*>(p.q);
+#pragma unroll
+      for (int i = 0; i < kBlockM * kChunksPerRow / kThreads; ++i) {
+        const int c = tid + i * kThreads;
+        const int row = c / kChunksPerRow, ch = c % kChunksPerRow;
+        const Elem* src = q;
+        int bytes = 0;
+        if (row < rows_here) {
+          const int r = m0 + row, t = r / group, hg = r - t * group;
+          src = q + (static_cast<int64_t>(t) * p.n_heads + kvh * group + hg) * kHeadDim + ch * kChunkElems;
+          bytes = 16;
+        }
+        cp_async_16(s_q + row * kRowStride + ch * kChunkElems, src, bytes);
+      }
+    }
+    auto load_tile = [&](int tile, int stage) {
+      Elem* s_k = reinterpret_cast<Elem*>(s_ring + stage * Cfg::kStageBytes);
+      Elem* s_v = s_k + kBlockN * kRowStride;
+      const int col0 = tile * kBlockN;
+#pragma unroll
+      for (int i = 0; i < kBlockN * kChunksPerRow / kThreads; ++i) {
+        const int c = tid + i * kThreads;
+        const int row = c / kChunksPerRow, ch = c % kChunksPerRow;
+        const int col = col0 + row;
+        const bool live = col < col_end;  // col_end <= capacity, so live rows are in bounds
+        const int64_t off = static_cast<int64_t>(live ? col : 0) * kHeadDim + ch * kChunkElems;
+        cp_async_16(s_k + row * kRowStride + ch * kChunkElems, k_base + off, live ? 16 : 0);
+        cp_async_16(s_v + row * kRowStride + ch * kChunkElems, v_base + off, live ? 16 : 0);
+      }
+    };
+
+    // Prologue: group 0 = Q + first tile, then one group per further stage (possibly empty, so
+    // that the group count, and with it the wait depth, is the same for every iteration).
+    load_tile(range.begin, 0);
+    cp_async_commit();
+#pragma unroll
+    for (int s = 1; s < kStages - 1; ++s) {
+      if (s < n_tiles) load_tile(range.begin + s, s);
+      cp_async_commit();
+    }
+
+    uint32_t q_frag[Cfg::kHeadSteps][4];
+    for (int it = 0; it < n_tiles; ++it) {
+      cp_async_wait<kStages - 2>();  // this thread's copies of tile `it` (and Q) have landed
+      __syncthreads();               // everyone's have; and everyone is done with tile it - 1
+      {
+        const int next = it + kStages - 1;  // refills the stage tile it - 1 used
+        if (next < n_tiles) load_tile(range.begin + next, next % kStages);
+        cp_async_commit();
+      }
+      if (!warp_active) continue;
+
+      if (it == 0) {
+#pragma unroll
+        for (int kk = 0; kk < Cfg::kHeadSteps; ++kk)
+          ldmatrix_x4(q_frag[kk], s_q + (wm * 16 + (lane & 15)) * kRowStride + kk * 16 + (lane >> 4) * 8);
+      }
+
+      const int stage = it % kStages;
+      const Elem* s_k = reinterpret_cast<const Elem*>(s_ring + stage * Cfg::kStageBytes);
+      const Elem* s_v = s_k + kBlockN * kRowStride;
+      const int tile_col0 = (range.begin + it) * kBlockN;
+      const int warp_col0 = wn * kWarpCols;  // tile-local first cache row of this warp
+
+      // S = Q K^T over this warp's cache rows. One ldmatrix.x4 of K gives the B fragments of two
+      // n8 tiles at one k16 step: matrices (rows 0-7, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 0-7),
+      // (rows 8-15, k 8-15).
+      float s_acc[Cfg::kScoreTiles][4];
+#pragma unroll
+      for (int i = 0; i < Cfg::kScoreTiles; ++i) s_acc[i][0] = s_acc[i][1] = s_acc[i][2] = s_acc[i][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < Cfg::kHeadSteps; ++kk) {
+#pragma unroll
+        for (int np = 0; np < Cfg::kScoreTiles / 2; ++np) {
+          uint32_t b[4];
+          const int krow = warp_col0 + np * 16 + (lane & 7) + ((lane >> 4) << 3);
+          const int kcol = kk * 16 + ((lane >> 3) & 1) * 8;
+          ldmatrix_x4(b, s_k + krow * kRowStride + kcol);
+          Ops::mma(s_acc[2 * np], q_frag[kk], b[0], b[1]);
+          Ops::mma(s_acc[2 * np + 1], q_frag[kk], b[2], b[3]);
+        }
+      }
+
+      // Scale into the log2 domain and hide what the mask hides (select, not add, so a garbage
+      // score of a hidden column cannot leak through as NaN).
+      const bool whole = mask.all_visible(tile_col0 + warp_col0, tile_col0 + warp_col0 + kWarpCols);
+      float tile_max_a = -INFINITY, tile_max_b = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < Cfg::kScoreTiles; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float s = s_acc[nt][e] * p.scale_log2;
+          if (!whole) {
+            const int col = tile_col0 + warp_col0 + nt * 8 + 2 * quad + (e & 1);
+            if (!mask.visible(e < 2 ? state_a : state_b, col)) s = -INFINITY;
+          }
+          s_acc[nt][e] = s;
+        }
+        tile_max_a = fmaxf(tile_max_a, fmaxf(s_acc[nt][0], s_acc[nt][1]));
+        tile_max_b = fmaxf(tile_max_b, fmaxf(s_acc[nt][2], s_acc[nt][3]));
+      }
+      // The four threads of a quad hold the same two rows.
+      tile_max_a = fmaxf(tile_max_a, __shfl_xor_sync(0xffffffffu, tile_max_a, 1));
+      tile_max_a = fmaxf(tile_max_a, __shfl_xor_sync(0xffffffffu, tile_max_a, 2));
+      tile_max_b = fmaxf(tile_max_b, __shfl_xor_sync(0xffffffffu, tile_max_b, 1));
+      tile_max_b = fmaxf(tile_max_b, __shfl_xor_sync(0xffffffffu, tile_max_b, 2));
+
+      // Online softmax. A row that has seen nothing visible yet keeps max -inf; exponentiating
+      // against 0 instead keeps exp2(-inf - (-inf)) = NaN out of it.
+      const float new_a = fmaxf(m_a, tile_max_a), new_b = fmaxf(m_b, tile_max_b);
+      const float ref_a = new_a == -INFINITY ? 0.0f : new_a;
+      const float ref_b = new_b == -INFINITY ? 0.0f : new_b;
+      const float corr_a = exp2f(m_a - ref_a), corr_b = exp2f(m_b - ref_b);
+      m_a = new_a;
+      m_b = new_b;
+      float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < Cfg::kScoreTiles; ++nt) {
+        s_acc[nt][0] = exp2f(s_acc[nt][0] - ref_a);
+        s_acc[nt][1] = exp2f(s_acc[nt][1] - ref_a);
+        s_acc[nt][2] = exp2f(s_acc[nt][2] - ref_b);
+        s_acc[nt][3] = exp2f(s_acc[nt][3] - ref_b);
+        sum_a += s_acc[nt][0] + s_acc[nt][1];
+        sum_b += s_acc[nt][2] + s_acc[nt][3];
+      }
+      l_a = l_a * corr_a + sum_a;
+      l_b = l_b * corr_b + sum_b;
+#pragma unroll
+      for (int dt = 0; dt < Cfg::kOutTiles; ++dt) {
+        o_acc[dt][0] *= corr_a;
+        o_acc[dt][1] *= corr_a;
+        o_acc[dt][2] *= corr_b;
+        o_acc[dt][3] *= corr_b;
+      }
+
+      // O += P V. The S accumulators of n8 tiles 2j and 2j+1 are exactly the A fragment of k16
+      // step j; V's B fragments come from a transposing ldmatrix.x4: matrices (rows 0-7, d 0-7),
+      // (rows 8-15, d 0-7), (rows 0-7, d 8-15), (rows 8-15, d 8-15).
+#pragma unroll
+      for (int kk = 0; kk < kWarpCols / 16; ++kk) {
+        uint32_t a[4];
+        a[0] = Ops::pack(s_acc[2 * kk][0], s_acc[2 * kk][1]);
+        a[1] = Ops::pack(s_acc[2 * kk][2], s_acc[2 * kk][3]);
+        a[2] = Ops::pack(s_acc[2 * kk + 1][0], s_acc[2 * kk + 1][1]);
+        a[3] = Ops::pack(s_acc[2 * kk + 1][2], s_acc[2 * kk + 1][3]);
+        const int vrow = warp_col0 + kk * 16 + (lane & 15);
+#pragma unroll
+        for (int np = 0; np < Cfg::kOutTiles / 2; ++np) {
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, s_v + vrow * kRowStride + np * 16 + (lane >> 4) * 8);
+          Ops::mma(o_acc[2 * np], a, b[0], b[1]);
+          Ops::mma(o_acc[2 * np + 1], a, b[2], b[3]);
+        }
+      }
+    }
+  }
+
+  // Row sums so far cover this thread's columns only.
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+
+  const bool direct = p.num_splits == 1;
+  const int64_t head_stride = kHeadDim;
+  // Destination of block-local query row `row`: (token * n_heads + head), the index of both the
+  // output row and the partial row group.
+  auto out_row = [&](int row) {
+    const int r = m0 + row, t = r / group;
+    return static_cast<int64_t>(t) * p.n_heads + kvh * group + (r - t * group);
+  };
+
+  if constexpr (Cfg::kWarpsN == 1) {
+    if (!warp_active) return;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = half == 0 ? row_a : row_b;
+      if (row >= rows_here) continue;
+      const float l = half == 0 ? l_a : l_b, m = half == 0 ? m_a : m_b;
+      const int64_t orow = out_row(row);
+      if (direct) {
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+        for (int dt = 0; dt < Cfg::kOutTiles; ++dt) {
+          const int64_t idx = orow * head_stride + dt * 8 + 2 * quad;
+          store_elem(p.out, p.out_kind, idx, o_acc[dt][2 * half] * inv);
+          store_elem(p.out, p.out_kind, idx + 1, o_acc[dt][2 * half + 1] * inv);
+        }
+      } else {
+        const int64_t prow = orow * p.num_splits + split;
+        if (l > 0.0f) {
+          const float inv = 1.0f / l;
+          float* po = p.partial_o + prow * head_stride;
+#pragma unroll
+          for (int dt = 0; dt < Cfg::kOutTiles; ++dt)
+            *reinterpret_cast<float2*>(po + dt * 8 + 2 * quad) =
+                make_float2(o_acc[dt][2 * half] * inv, o_acc[dt][2 * half + 1] * inv);
+        }
+        if (quad == 0) p.partial_lse[prow] = l > 0.0f ? m + log2f(l) : -INFINITY;
+      }
+    }
+  } else {
+    // Decode layout: kWarpsN warps hold disjoint column sets of the same 16 rows; merge them.
+    constexpr int kRows = Cfg::kMmaM, kWarpsN = Cfg::kWarpsN, kMergeStride = Cfg::kMergeStride;
+    cp_async_wait<0>();
+    __syncthreads();  // the ring is free
+    float* red_o = reinterpret_cast<float*>(s_ring);            // [kWarpsN][kRows][kMergeStride]
+    float* red_m = red_o + kWarpsN * kRows * kMergeStride;      // [kWarpsN][kRows]
+    float* red_l = red_m + kWarpsN * kRows;                     // [kWarpsN][kRows]
+    float* row_scale = red_l + kWarpsN * kRows;                 // [kRows]: 1 / merged sum
+    float* row_lse = row_scale + kRows;                         // [kRows]
+#pragma unroll
+    for (int dt = 0; dt < Cfg::kOutTiles; ++dt) {
+      const int col = dt * 8 + 2 * quad;
+      red_o[(wn * kRows + g) * kMergeStride + col] = o_acc[dt][0];
+      red_o[(wn * kRows + g) * kMergeStride + col + 1] = o_acc[dt][1];
+      red_o[(wn * kRows + g + 8) * kMergeStride + col] = o_acc[dt][2];
+      red_o[(wn * kRows + g + 8) * kMergeStride + col + 1] = o_acc[dt][3];
+    }
+    if (quad == 0) {
+      red_m[wn * kRows + g] = m_a;
+      red_m[wn * kRows + g + 8] = m_b;
+      red_l[wn * kRows + g] = l_a;
+      red_l[wn * kRows + g + 8] = l_b;
+    }
+    __syncthreads();
+    // One thread per row turns the kWarpsN (max, sum) pairs into weights; red_m becomes them.
+    if (tid < kRows) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int w = 0; w < kWarpsN; ++w) mx = fmaxf(mx, red_m[w * kRows + tid]);
+      const float ref = mx == -INFINITY ? 0.0f : mx;
+      float total = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarpsN; ++w) {
+        const float f = exp2f(red_m[w * kRows + tid] - ref);
+        red_m[w * kRows + tid] = f;
+        total += f * red_l[w * kRows + tid];
+      }
+      row_scale[tid] = total > 0.0f ? 1.0f / total : 0.0f;
+      row_lse[tid] = total > 0.0f ? mx + log2f(total) : -INFINITY;
+    }
+    __syncthreads();
+    for (int idx = tid; idx < kRows * kHeadDim; idx += kThreads) {
+      const int row = idx / kHeadDim, col = idx - row * kHeadDim;
+      if (row >= rows_here) break;  // rows are ascending in idx
+      float acc = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarpsN; ++w) acc += red_m[w * kRows + row] * red_o[(w * kRows + row) * kMergeStride + col];
+      acc *= row_scale[row];
+      const int64_t orow = out_row(row);
+      if (direct) {
+        store_elem(p.out, p.out_kind, orow * head_stride + col, acc);
+      } else {
+        const int64_t prow = orow * p.num_splits + split;
+        if (row_lse[row] != -INFINITY) p.partial_o[prow * head_stride + col] = acc;
+        if (col == 0) p.partial_lse[prow] = row_lse[row];
+      }
+    }
+  }
+}
+
+}  // namespace specula::ops::cuda_impl::attn
