@@ -1,0 +1,295 @@
+// CUDA ops::attention: host dispatch, split planning, the generic CUDA-core kernel and the
+// split combine kernel. The tensor-core kernel (the fast path for BF16/F16 caches with head_dim
+// 64 or 128, prefill and decode alike) lives in attention_mma.cuh/.cu; everything else (F32
+// caches, q in another dtype than the cache, other head dims up to 256, misaligned pointers)
+// runs the generic kernel here, which is written for clarity and exactness rather than speed.
+//
+// Graph safety: launch shapes depend only on host-known shapes (T, heads, head_dim, capacity)
+// and the device properties, never on slot values, which the kernels read from device memory;
+// partials go to the context's preallocated workspace. Workspace use (only when the KV range is
+// split, i.e. num_splits > 1):
+//   T * n_heads * num_splits * head_dim * 4 bytes (partial outputs, rounded up to 256)
+//   + T * n_heads * num_splits * 4 bytes (partial log-sum-exps).
+// Decode of 32 heads x 128 dims with 33 splits needs 0.55 MB per token; when the workspace is too
+// small the split count is lowered to what fits (down to 1, which needs none), so a call never
+// fails for lack of workspace, it only loses parallelism.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+
+#include "specula/core/error.h"
+#include "specula/ops/cuda/attention_common.cuh"
+#include "specula/ops/cuda/cuda_check.cuh"
+#include "specula/ops/cuda/cuda_context.h"
+#include "specula/ops/cuda/cuda_ops.h"
+
+namespace specula::ops::cuda_impl {
+
+namespace attn {
+
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Generic kernel: one block per (split, query head, token); each warp walks every kFallbackWarps-th
+// cache row of the split with its own online softmax, lanes own head dimensions lane + 32 i.
+constexpr int kFallbackWarps = 4;
+constexpr int kFallbackThreads = 32 * kFallbackWarps;
+constexpr int kFallbackMaxHeadDim = 256;
+constexpr int kFallbackDimsPerLane = kFallbackMaxHeadDim / 32;
+constexpr int kFallbackTileRows = 64;  // split-partition granularity, in cache rows
+
+constexpr int kCombineThreads = 128;
+
+template <typename CacheT>
+__global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(const AttnParams p) {
+  __shared__ float s_acc[kFallbackWarps][kFallbackMaxHeadDim];
+  __shared__ float s_m[kFallbackWarps], s_l[kFallbackWarps];
+  const int split = blockIdx.x, head = blockIdx.y, t = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int hd = p.head_dim, kvh = head / p.group;
+  const int64_t orow = static_cast<int64_t>(t) * p.n_heads + head;
+  const bool direct = p.num_splits == 1;
+
+  const int len = attn_visible_length(p, t, split == 0 && head == 0);
+  const TileRange range =
+      attn_split_range(ceil_div_int(len, kFallbackTileRows), p.num_splits, p.min_split_tiles, split);
+  const int row_begin = range.begin * kFallbackTileRows;
+  const int row_end = min(range.end * kFallbackTileRows, len);
+  if (row_begin >= row_end) {  // nothing visible here (a split past the length, or an invalid slot)
+    if (direct) {
+      for (int d = tid; d < hd; d += kFallbackThreads) store_elem(p.out, p.out_kind, orow * hd + d, 0.0f);
+    } else if (tid == 0) {
+      p.partial_lse[orow * p.num_splits + split] = -INFINITY;
+    }
+    return;
+  }
+
+  float qv[kFallbackDimsPerLane], acc[kFallbackDimsPerLane];
+#pragma unroll
+  for (int i = 0; i < kFallbackDimsPerLane; ++i) {
+    const int d = lane + 32 * i;
+    qv[i] = d < hd ? load_elem(p.q, p.q_kind, orow * hd + d) * p.scale_log2 : 0.0f;
+    acc[i] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  const CacheT* k_base = static_cast<const CacheT*>(p.k) + static_cast<int64_t>(kvh) * p.capacity * hd;
+  const CacheT* v_base = static_cast<const CacheT*>(p.v) + static_cast<int64_t>(kvh) * p.capacity * hd;
+  for (int j = row_begin + warp; j < row_end; j += kFallbackWarps) {
+    const CacheT* k_row = k_base + static_cast<int64_t>(j) * hd;
+    const CacheT* v_row = v_base + static_cast<int64_t>(j) * hd;
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kFallbackDimsPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < hd) dot += qv[i] * to_float(k_row[d]);
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+    const float m_new = fmaxf(m, dot);
+    const float corr = exp2f(m - m_new);  // 0 on the first row (m = -inf)
+    const float weight = exp2f(dot - m_new);
+    l = l * corr + weight;
+#pragma unroll
+    for (int i = 0; i < kFallbackDimsPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < hd) acc[i] = acc[i] * corr + weight * to_float(v_row[d]);
+    }
+    m = m_new;
+  }
+
+#pragma unroll
+  for (int i = 0; i < kFallbackDimsPerLane; ++i) {
+    const int d = lane + 32 * i;
+    if (d < hd) s_acc[warp][d] = acc[i];
+  }
+  if (lane == 0) {
+    s_m[warp] = m;
+    s_l[warp] = l;
+  }
+  __syncthreads();
+  // Warp 0 saw row_begin, so the merged max is finite; warps that saw no row weigh exp2(-inf) = 0.
+  float mx = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kFallbackWarps; ++w) mx = fmaxf(mx, s_m[w]);
+  float factor[kFallbackWarps], total = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kFallbackWarps; ++w) {
+    factor[w] = exp2f(s_m[w] - mx);
+    total += factor[w] * s_l[w];
+  }
+  const float inv = 1.0f / total;
+  for (int d = tid; d < hd; d += kFallbackThreads) {
+    float o = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kFallbackWarps; ++w) o += factor[w] * s_acc[w][d];
+    o *= inv;
+    if (direct)
+      store_elem(p.out, p.out_kind, orow * hd + d, o);
+    else
+      p.partial_o[(orow * p.num_splits + split) * hd + d] = o;
+  }
+  if (!direct && tid == 0) p.partial_lse[orow * p.num_splits + split] = mx + log2f(total);
+}
+
+// One block per (token, head): weights exp2(lse_s - max) of the splits, then the weighted mean of
+// their outputs. Splits that saw nothing (lse = -inf) are skipped without reading their output,
+// which they never wrote.
+__global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(const AttnParams p) {
+  __shared__ float s_weight[kMaxSplits];
+  __shared__ float s_inv_total;
+  const int64_t row = blockIdx.x;  // token * n_heads + head
+  const int splits = p.num_splits, hd = p.head_dim;
+  const float* lse = p.partial_lse + row * splits;
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    float mx = -INFINITY;
+    for (int s = lane; s < splits; s += 32) mx = fmaxf(mx, lse[s]);
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, offset));
+    float total = 0.0f;
+    for (int s = lane; s < splits; s += 32) {
+      const float v = lse[s];
+      const float w = v == -INFINITY ? 0.0f : exp2f(v - mx);
+      s_weight[s] = w;
+      total += w;
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
+    if (lane == 0) s_inv_total = total > 0.0f ? 1.0f / total : 0.0f;  // 0: invalid slot, zeros out
+  }
+  __syncthreads();
+  const float inv_total = s_inv_total;
+  const float* po = p.partial_o + row * splits * hd;
+  for (int d = threadIdx.x; d < hd; d += kCombineThreads) {
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int s = 0; s < splits; ++s) {
+      const float w = s_weight[s];
+      if (w > 0.0f) acc += w * po[static_cast<int64_t>(s) * hd + d];
+    }
+    store_elem(p.out, p.out_kind, row * hd + d, acc * inv_total);
+  }
+}
+
+template <typename CacheT>
+void launch_generic(AttnParams p, int multiprocessors, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  const auto kernel = attention_generic_kernel<CacheT>;
+  int blocks_per_sm = 0;
+  SPECULA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kFallbackThreads, 0));
+  SPECULA_CHECK(p.tokens <= 65535 && p.n_heads <= 65535, "attention: ", p.tokens, " tokens x ", p.n_heads,
+                " heads exceed the generic kernel's grid");
+  const KernelShape shape{1, kFallbackTileRows, blocks_per_sm, 1};
+  plan_splits(p, shape, p.tokens * p.n_heads, multiprocessors, workspace, workspace_bytes);
+  const dim3 grid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(p.n_heads),
+                  static_cast<unsigned>(p.tokens));
+  kernel<<<grid, kFallbackThreads, 0, stream>>>(p);
+  SPECULA_CUDA_CHECK_LAUNCH("attention (generic kernel)");
+  if (p.num_splits > 1) launch_combine(p, stream);
+}
+
+ElemKind elem_kind(DType dtype) {
+  switch (dtype) {
+    case DType::BF16: return ElemKind::BF16;
+    case DType::F16: return ElemKind::F16;
+    case DType::F32: return ElemKind::F32;
+    default: fail("attention: unsupported dtype ", dtype_name(dtype));
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+void plan_splits(AttnParams& p, const KernelShape& shape, int base_blocks, int multiprocessors, void* workspace,
+                 size_t workspace_bytes) {
+  // Enough blocks for one full wave; more splits than that only add partial traffic.
+  const int target = std::max(1, multiprocessors) * std::max(1, shape.blocks_per_sm);
+  int splits = base_blocks >= target ? 1 : ceil_div_int(target, base_blocks);
+  const int capacity_tiles = ceil_div_int(p.capacity, shape.tile_cols);
+  const int min_tiles = std::max(1, ceil_div_int(kPartialOverhead * shape.real_rows, shape.tile_cols));
+  splits = std::min({splits, ceil_div_int(capacity_tiles, min_tiles), kMaxSplits});
+  const size_t rows = static_cast<size_t>(p.tokens) * static_cast<size_t>(p.n_heads);
+  const size_t per_split = rows * (static_cast<size_t>(p.head_dim) + 1) * sizeof(float);
+  if (splits > 1) {
+    const size_t fit = workspace_bytes > kPartialAlignment ? (workspace_bytes - kPartialAlignment) / per_split : 0;
+    if (static_cast<size_t>(splits) > fit) splits = static_cast<int>(fit);
+    if (splits < 2) splits = 1;
+  }
+  p.num_splits = splits;
+  p.min_split_tiles = min_tiles;
+  p.partial_o = nullptr;
+  p.partial_lse = nullptr;
+  if (splits > 1) {
+    const size_t o_bytes = rows * static_cast<size_t>(splits) * static_cast<size_t>(p.head_dim) * sizeof(float);
+    const size_t lse_offset = (o_bytes + kPartialAlignment - 1) / kPartialAlignment * kPartialAlignment;
+    p.partial_o = static_cast<float*>(workspace);
+    p.partial_lse = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + lse_offset);
+  }
+}
+
+void launch_combine(const AttnParams& p, cudaStream_t stream) {
+  const size_t rows = static_cast<size_t>(p.tokens) * static_cast<size_t>(p.n_heads);
+  attention_combine_kernel<<<static_cast<unsigned>(rows), kCombineThreads, 0, stream>>>(p);
+  SPECULA_CUDA_CHECK_LAUNCH("attention (split combine)");
+}
+
+}  // namespace attn
+
+void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& slots,
+               float scale, Tensor& out) {
+  using namespace attn;
+  const int64_t tokens = q.dim(0), n_heads = q.dim(1), hd = q.dim(2), n_kv = k_cache.dim(0),
+                capacity = k_cache.dim(1);
+  if (tokens == 0) return;
+  SPECULA_CHECK(tokens * n_heads <= INT_MAX && capacity <= INT_MAX && hd <= INT_MAX, "attention: shapes ",
+                q.shape_string(), " / ", k_cache.shape_string(), " are too large for the CUDA kernels");
+  AttnParams p;
+  p.q = q.data;
+  p.k = k_cache.data;
+  p.v = v_cache.data;
+  p.slots = slots.as<const int32_t>();
+  p.out = out.data;
+  p.error_word = ctx.error_word();
+  p.tokens = static_cast<int>(tokens);
+  p.n_heads = static_cast<int>(n_heads);
+  p.n_kv = static_cast<int>(n_kv);
+  p.group = static_cast<int>(n_heads / n_kv);
+  p.head_dim = static_cast<int>(hd);
+  p.capacity = static_cast<int>(capacity);
+  p.scale_log2 = scale * kLog2e;
+  p.q_kind = elem_kind(q.dtype);
+  p.out_kind = elem_kind(out.dtype);
+
+  const cuda::DeviceInfo& info = ctx.info();
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
+  const DType cache = k_cache.dtype;
+  // The tensor cores take q in the cache's 16-bit format as is; q in another dtype would need a
+  // rounding the reference does not do, so it takes the exact generic path instead.
+  const bool tensor_cores = (cache == DType::BF16 || cache == DType::F16) && q.dtype == cache &&
+                            (hd == 64 || hd == 128) && aligned16(q.data) && aligned16(k_cache.data) &&
+                            aligned16(v_cache.data);
+  if (tensor_cores) {
+    run_attention_mma(p, cache, info.multiprocessors, info.max_shared_memory_per_block_optin, ctx.workspace(),
+                      ctx.workspace_bytes(), stream);
+    return;
+  }
+  SPECULA_CHECK(hd <= kFallbackMaxHeadDim, "attention: head_dim ", hd, " is larger than the CUDA kernels support (",
+                kFallbackMaxHeadDim, ")");
+  switch (cache) {
+    case DType::BF16:
+      launch_generic<__nv_bfloat16>(p, info.multiprocessors, ctx.workspace(), ctx.workspace_bytes(), stream);
+      break;
+    case DType::F16:
+      launch_generic<__half>(p, info.multiprocessors, ctx.workspace(), ctx.workspace_bytes(), stream);
+      break;
+    case DType::F32:
+      launch_generic<float>(p, info.multiprocessors, ctx.workspace(), ctx.workspace_bytes(), stream);
+      break;
+    default:
+      fail("attention: unsupported KV-cache dtype ", dtype_name(cache));
+  }
+}
+
+}  // namespace specula::ops::cuda_impl
