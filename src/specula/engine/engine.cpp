@@ -25,13 +25,12 @@ int64_t default_context(const model::ModelConfig& config, Device device) {
 
 Engine::~Engine() = default;
 
-std::unique_ptr<Engine> Engine::load(const EngineOptions& options) {
+std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const EngineOptions& options,
+                                      DType weight_dtype, const std::function<void(ArenaPlan&)>& plan_weights,
+                                      const std::function<model::ModelWeights(Engine&)>& make_weights) {
   const auto start = std::chrono::steady_clock::now();
   std::unique_ptr<Engine> engine(new Engine());
   engine->options_ = options;
-  const model::ModelConfig config = model::ModelConfig::from_dir(options.model_dir);
-  const io::Checkpoint checkpoint = io::Checkpoint::open(options.model_dir);
-
   engine->pool_ = std::make_unique<ThreadPool>(options.threads);
   engine->op_context_.pool = engine->pool_.get();
   if (options.device == Device::CUDA) {
@@ -42,12 +41,6 @@ std::unique_ptr<Engine> Engine::load(const EngineOptions& options) {
     fail("--device cuda: this build of specula has no CUDA backend (rebuild with nvcc available)");
 #endif
   }
-
-  model::WeightFormat format{options.device, options.weight_dtype};
-  if (options.device == Device::CUDA && !format.dtype) {
-    const DType file_dtype = config.dtype.value_or(DType::BF16);
-    format.dtype = file_dtype == DType::F16 ? DType::F16 : DType::BF16;
-  }
   const int64_t context = options.max_context > 0 ? options.max_context : default_context(config, options.device);
   SPECULA_CHECK(context <= config.max_position_embeddings || config.rope.type != model::RopeType::LongRope,
                 "--max-context ", context, " exceeds max_position_embeddings ", config.max_position_embeddings,
@@ -57,27 +50,50 @@ std::unique_ptr<Engine> Engine::load(const EngineOptions& options) {
   shape.max_logit_rows = std::max<int64_t>(1, options.max_logit_rows);
   shape.kv_capacity = context;
   ArenaPlan plan;
-  model::plan_weights(config, checkpoint, format, plan);
-  const DType weight_dtype = format.dtype.value_or(config.dtype.value_or(DType::F32));
+  plan_weights(plan);
   const model::ActivationDTypes dtypes = model::ActivationDTypes::for_device(options.device, weight_dtype);
   model::Transformer::plan(config, shape, dtypes, plan);
 #ifdef SPECULA_WITH_CUDA
   if (options.device == Device::CUDA) {
     const size_t free_bytes = cuda_free_memory();
-    SPECULA_CHECK(plan.total() < free_bytes, options.model_dir, ": the model needs ", plan.total() >> 20,
+    SPECULA_CHECK(plan.total() < free_bytes, config.source, ": the model needs ", plan.total() >> 20,
                   " MiB on the GPU (weights, activations, KV cache for ", context, " tokens) but only ",
                   free_bytes >> 20, " MiB are free; lower --max-context");
   }
 #endif
   engine->arena_ = Arena(options.device, plan.total());
-  model::ModelWeights weights = model::load_weights(config, checkpoint, format, engine->arena_, [&](size_t done, size_t total) {
-    if (options.progress) options.progress("weights", done, total);
-  });
+  model::ModelWeights weights = make_weights(*engine);
   engine->transformer_ =
       std::make_unique<model::Transformer>(config, std::move(weights), shape, dtypes, engine->arena_);
-
+  engine->synchronize();
   engine->load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return engine;
+}
+
+std::unique_ptr<Engine> Engine::load(const EngineOptions& options) {
+  const model::ModelConfig config = model::ModelConfig::from_dir(options.model_dir);
+  const io::Checkpoint checkpoint = io::Checkpoint::open(options.model_dir);
+  model::WeightFormat format{options.device, options.weight_dtype};
+  if (options.device == Device::CUDA && !format.dtype) {
+    const DType file_dtype = config.dtype.value_or(DType::BF16);
+    format.dtype = file_dtype == DType::F16 ? DType::F16 : DType::BF16;
+  }
+  const DType weight_dtype = format.dtype.value_or(config.dtype.value_or(DType::F32));
+  return build(
+      config, options, weight_dtype, [&](ArenaPlan& plan) { model::plan_weights(config, checkpoint, format, plan); },
+      [&](Engine& engine) {
+        return model::load_weights(config, checkpoint, format, engine.arena_, [&](size_t done, size_t total) {
+          if (options.progress) options.progress("weights", done, total);
+        });
+      });
+}
+
+std::unique_ptr<Engine> Engine::create_random(const model::ModelConfig& config, const EngineOptions& options,
+                                              uint64_t seed) {
+  const DType dtype = options.weight_dtype.value_or(DType::BF16);
+  return build(
+      config, options, dtype, [&](ArenaPlan& plan) { model::plan_random_weights(config, dtype, plan); },
+      [&](Engine& engine) { return model::random_weights(config, dtype, engine.arena_, engine.op_context_, seed); });
 }
 
 void Engine::write_inputs(std::span<const int32_t> ids, std::span<const int32_t> positions,

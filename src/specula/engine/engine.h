@@ -45,6 +45,10 @@ int64_t default_context(const model::ModelConfig& config, Device device);
 class Engine {
  public:
   static std::unique_ptr<Engine> load(const EngineOptions& options);
+  // An engine over random weights of `config`'s shapes, generated on the device (benchmarks,
+  // tests); options.model_dir is ignored.
+  static std::unique_ptr<Engine> create_random(const model::ModelConfig& config, const EngineOptions& options,
+                                               uint64_t seed);
   ~Engine();
 
   const model::ModelConfig& config() const { return transformer_->config(); }
@@ -68,6 +72,11 @@ class Engine {
 
  private:
   Engine() = default;
+  // Shared by load() and create_random(): backend state, arena plan and allocation, transformer.
+  // `plan_weights` adds the weights to the plan; `make_weights` fills them into the arena.
+  static std::unique_ptr<Engine> build(const model::ModelConfig& config, const EngineOptions& options,
+                                       DType weight_dtype, const std::function<void(ArenaPlan&)>& plan_weights,
+                                       const std::function<model::ModelWeights(Engine&)>& make_weights);
   EngineOptions options_;
   std::unique_ptr<ThreadPool> pool_;
   std::shared_ptr<cuda::CudaContext> cuda_;  // shared_ptr: its deleter is bound where the type is complete

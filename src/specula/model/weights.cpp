@@ -1,6 +1,7 @@
 // Checkpoint -> device weights (see weights.h).
 #include "specula/model/weights.h"
 
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -9,6 +10,7 @@
 
 #include "specula/core/error.h"
 #include "specula/io/checkpoint.h"
+#include "specula/ops/ops.h"
 #ifdef SPECULA_WITH_CUDA
 #include "specula/core/cuda_memory.h"
 #endif
@@ -37,7 +39,7 @@ struct Layout {
   std::set<std::string> ignored;  // names present in real checkpoints that carry nothing we need
 };
 
-Layout layout_for(const ModelConfig& c, const io::Checkpoint& checkpoint) {
+Layout layout_for(const ModelConfig& c) {
   Layout layout;
   const int64_t H = c.hidden_size, I = c.intermediate_size, q = c.q_size(), kv = c.kv_size(), hd = c.head_dim;
   layout.specs.push_back({"embed", {"model.embed_tokens.weight"}, {{c.vocab_size, H}}});
@@ -67,15 +69,16 @@ Layout layout_for(const ModelConfig& c, const io::Checkpoint& checkpoint) {
     // Some tied checkpoints still ship the head; the tie flag decides, as in transformers.
     layout.ignored.insert("lm_head.weight");
   } else {
-    SPECULA_CHECK(checkpoint.find("lm_head.weight") != nullptr, checkpoint.path(),
-                  ": no 'lm_head.weight' although config.json says tie_word_embeddings is false");
     layout.specs.push_back({"lm_head", {"lm_head.weight"}, {{c.vocab_size, H}}});
   }
   return layout;
 }
 
 // Checks names, shapes and dtypes; returns the device dtype of each spec.
-std::vector<DType> validate(const Layout& layout, const io::Checkpoint& checkpoint, const WeightFormat& format) {
+std::vector<DType> validate(const ModelConfig& config, const Layout& layout, const io::Checkpoint& checkpoint,
+                            const WeightFormat& format) {
+  SPECULA_CHECK(config.tie_word_embeddings || checkpoint.find("lm_head.weight") != nullptr, checkpoint.path(),
+                ": no 'lm_head.weight' although config.json says tie_word_embeddings is false");
   std::vector<DType> dtypes;
   std::set<std::string> used;
   for (const WeightSpec& spec : layout.specs) {
@@ -168,12 +171,14 @@ class WeightWriter {
 #endif
 };
 
+void assemble(const ModelConfig& config, const std::map<std::string, Tensor>& placed, ModelWeights& weights);
+
 }  // namespace
 
 size_t plan_weights(const ModelConfig& config, const io::Checkpoint& checkpoint, const WeightFormat& format,
                     ArenaPlan& plan) {
-  const Layout layout = layout_for(config, checkpoint);
-  const std::vector<DType> dtypes = validate(layout, checkpoint, format);
+  const Layout layout = layout_for(config);
+  const std::vector<DType> dtypes = validate(config, layout, checkpoint, format);
   size_t total = 0;
   for (size_t i = 0; i < layout.specs.size(); ++i) {
     size_t n = dtype_size(dtypes[i]);
@@ -184,12 +189,23 @@ size_t plan_weights(const ModelConfig& config, const io::Checkpoint& checkpoint,
   return total;
 }
 
+size_t plan_random_weights(const ModelConfig& config, DType dtype, ArenaPlan& plan) {
+  size_t total = 0;
+  for (const WeightSpec& spec : layout_for(config).specs) {
+    size_t n = dtype_size(dtype);
+    for (int64_t d : device_shape(spec)) n *= static_cast<size_t>(d);
+    plan.add(n);
+    total += align_up(n, kArenaAlignment);
+  }
+  return total;
+}
+
 ModelWeights load_weights(const ModelConfig& config, const io::Checkpoint& checkpoint, const WeightFormat& format,
                           Arena& arena, const std::function<void(size_t, size_t)>& progress) {
   SPECULA_CHECK(arena.device() == format.device, "load_weights: arena is on ", device_name(arena.device()),
                 " but weights were asked for on ", device_name(format.device));
-  const Layout layout = layout_for(config, checkpoint);
-  const std::vector<DType> dtypes = validate(layout, checkpoint, format);
+  const Layout layout = layout_for(config);
+  const std::vector<DType> dtypes = validate(config, layout, checkpoint, format);
   size_t total_bytes = 0;
   for (size_t i = 0; i < layout.specs.size(); ++i)
     for (const std::string& s : layout.specs[i].sources) total_bytes += checkpoint.get(s).nbytes;
@@ -218,6 +234,34 @@ ModelWeights load_weights(const ModelConfig& config, const io::Checkpoint& check
   }
   writer.finish();
 
+  assemble(config, placed, weights);
+  return weights;
+}
+
+ModelWeights random_weights(const ModelConfig& config, DType dtype, Arena& arena, ops::OpContext& ctx, uint64_t seed) {
+  const Layout layout = layout_for(config);
+  std::map<std::string, Tensor> placed;
+  ModelWeights weights;
+  for (size_t i = 0; i < layout.specs.size(); ++i) {
+    const WeightSpec& spec = layout.specs[i];
+    const std::vector<int64_t> shape = device_shape(spec);
+    size_t bytes = dtype_size(dtype);
+    for (int64_t d : shape) bytes *= static_cast<size_t>(d);
+    Tensor t = make_tensor(arena.alloc_bytes(bytes), dtype, shape, arena.device());
+    // Norm weights near 1 would need an offset; any bounded values serve a benchmark. Matrices get
+    // the usual 1/sqrt(fan_in) range so activations stay finite through many layers.
+    const float scale = shape.size() == 2 ? 1.0f / std::sqrt(static_cast<float>(shape[1])) : 1.0f;
+    ops::fill_random(ctx, t, seed + i, scale);
+    weights.bytes += bytes;
+    weights.parameter_count += t.numel();
+    placed[spec.target] = t;
+  }
+  assemble(config, placed, weights);
+  return weights;
+}
+
+namespace {
+void assemble(const ModelConfig& config, const std::map<std::string, Tensor>& placed, ModelWeights& weights) {
   weights.embed = placed.at("embed");
   weights.final_norm = placed.at("final_norm");
   weights.lm_head = config.tie_word_embeddings ? weights.embed : placed.at("lm_head");
@@ -230,7 +274,7 @@ ModelWeights load_weights(const ModelConfig& config, const io::Checkpoint& check
     weights.layers.push_back(LayerWeights{get("input_norm"), get("post_attention_norm"), get("qkv"), get("qkv_bias"),
                                           get("q_norm"), get("k_norm"), get("o_proj"), get("gate_up"), get("down")});
   }
-  return weights;
 }
+}  // namespace
 
 }  // namespace specula::model

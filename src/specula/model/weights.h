@@ -20,6 +20,9 @@
 namespace specula::io {
 class Checkpoint;
 }
+namespace specula::ops {
+struct OpContext;
+}
 
 namespace specula::model {
 
@@ -48,6 +51,12 @@ struct WeightFormat {
   // Dtype of every parameter on the device; nullopt keeps each tensor's checkpoint dtype.
   std::optional<DType> dtype;
 };
+
+// Bytes the weights of `config` take in `dtype` (planning for random_weights).
+size_t plan_random_weights(const ModelConfig& config, DType dtype, ArenaPlan& plan);
+// Weights of the right shapes filled with deterministic random values on the arena's device (no
+// checkpoint): benchmarks of large shapes without large files.
+ModelWeights random_weights(const ModelConfig& config, DType dtype, Arena& arena, ops::OpContext& ctx, uint64_t seed);
 
 // Bytes the weights will take in the arena (for planning).
 size_t plan_weights(const ModelConfig& config, const io::Checkpoint& checkpoint, const WeightFormat& format,

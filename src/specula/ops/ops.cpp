@@ -216,4 +216,12 @@ void convert(OpContext& ctx, const Tensor& src, Tensor& dst) {
            SPECULA_ON_CUDA(convert(c, src, dst)));
 }
 
+void fill_random(OpContext& ctx, Tensor& t, uint64_t seed, float scale) {
+  constexpr std::string_view op = "fill_random";
+  check_float(op, "t", t);
+  const Device device = common_device(op, {&t});
+  dispatch(op, ctx, device, [&](ThreadPool& p) { cpu::fill_random(p, t, seed, scale); },
+           SPECULA_ON_CUDA(fill_random(c, t, seed, scale)));
+}
+
 }  // namespace specula::ops

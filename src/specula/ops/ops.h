@@ -88,5 +88,10 @@ void argmax(OpContext& ctx, const Tensor& logits, Tensor& out);
 // same device.
 void convert(OpContext& ctx, const Tensor& src, Tensor& dst);
 
+// Fills a float tensor with uniform values in [-scale, scale) from a counter-based hash of
+// (seed, element index), so both backends produce identical values. Used to build random
+// models for benchmarks and tests without a checkpoint.
+void fill_random(OpContext& ctx, Tensor& t, uint64_t seed, float scale);
+
 }  // namespace ops
 }  // namespace specula

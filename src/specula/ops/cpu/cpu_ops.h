@@ -26,5 +26,6 @@ void attention(ThreadPool& pool, const Tensor& q, const Tensor& k_cache, const T
 void silu_mul(ThreadPool& pool, const Tensor& gate_up, Tensor& out);
 void argmax(ThreadPool& pool, const Tensor& logits, Tensor& out);
 void convert(ThreadPool& pool, const Tensor& src, Tensor& dst);
+void fill_random(ThreadPool& pool, Tensor& t, uint64_t seed, float scale);
 
 }  // namespace specula::ops::cpu

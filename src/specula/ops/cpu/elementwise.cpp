@@ -6,6 +6,7 @@
 #include "specula/core/thread_pool.h"
 #include "specula/ops/cpu/cpu_ops.h"
 #include "specula/ops/cpu/vector_math.h"
+#include "specula/ops/random_hash.h"
 
 namespace specula::ops::cpu {
 
@@ -49,6 +50,23 @@ void convert(ThreadPool& pool, const Tensor& src, Tensor& dst) {
       }
     }
   }, 4096);
+}
+
+}  // namespace specula::ops::cpu
+
+namespace specula::ops::cpu {
+
+void fill_random(ThreadPool& pool, Tensor& t, uint64_t seed, float scale) {
+  pool.parallel_for(t.numel(), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float v = random_uniform_symmetric(seed, static_cast<uint64_t>(i), scale);
+      switch (t.dtype) {
+        case DType::F32: t.as<float>()[i] = v; break;
+        case DType::BF16: t.as<uint16_t>()[i] = f32_to_bf16(v); break;
+        default: t.as<uint16_t>()[i] = f32_to_f16(v); break;  // F16 (checked by the dispatcher)
+      }
+    }
+  }, 1 << 16);
 }
 
 }  // namespace specula::ops::cpu

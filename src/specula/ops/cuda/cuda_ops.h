@@ -23,5 +23,6 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const T
 void silu_mul(CudaContext& ctx, const Tensor& gate_up, Tensor& out);
 void argmax(CudaContext& ctx, const Tensor& logits, Tensor& out);
 void convert(CudaContext& ctx, const Tensor& src, Tensor& dst);
+void fill_random(CudaContext& ctx, Tensor& t, uint64_t seed, float scale);
 
 }  // namespace specula::ops::cuda_impl
