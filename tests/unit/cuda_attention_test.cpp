@@ -1,0 +1,568 @@
+// CUDA ops::attention against the CPU reference (ops::attention on F32 CPU tensors).
+//
+// Every case draws fresh random inputs, rounds them to the dtypes the GPU sees (so the reference
+// computes on exactly the same values), fills the output with NaN before the call (so an element
+// the kernels never write shows up), and poisons the cache rows past the largest slot with NaN (no
+// kernel may let them reach the arithmetic). Some cases multiply chosen V rows by a large factor
+// ("spikes") at tile and split boundaries and just past a token's slot: with softmax weights of
+// order 1/length an off-by-one row otherwise hides below the rounding noise of a long context.
+//
+// Tolerances, per element: |gpu - ref| <= rtol * |ref| + atol * rms(ref), plus a relative L2 bound.
+// Scaling the absolute term by rms(ref) keeps it meaningful at long contexts, where outputs are
+// averages of thousands of values and shrink like 1/sqrt(length).
+//   BF16 anywhere (q, cache or out): rtol 2e-2, atol 2e-2 * rms, rel-L2 1e-2. The tensor-core path
+//     rounds the softmax weights P to bf16 (2^-9 relative) before P V, and a bf16 output adds
+//     another 2^-9: both sit ~10x inside the bound, and the rel-L2 bound matches the usual
+//     1e-3..1e-2 range of bf16-operand kernels.
+//   F16 anywhere: 4x tighter mantissa, so rtol 5e-3, atol 5e-3 * rms, rel-L2 3e-3.
+//   F32 only (generic kernel, fp32 throughout): rtol 1e-4, atol 1e-4 * rms, rel-L2 1e-5 (only
+//     summation order and exp2 vs exp differ from the reference).
+#ifdef SPECULA_WITH_CUDA
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "specula/core/dtype.h"
+#include "specula/core/error.h"
+#include "specula/core/tensor.h"
+#include "specula/core/thread_pool.h"
+#include "specula/ops/cuda/cuda_context.h"
+#include "specula/ops/ops.h"
+
+using namespace specula;
+
+namespace {
+
+void cuda_ok(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) fail(what, ": ", cudaGetErrorString(err));
+}
+
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) { cuda_ok(cudaMalloc(&ptr_, std::max<size_t>(bytes, 1)), "cudaMalloc"); }
+  ~DeviceBuffer() { cudaFree(ptr_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void* get() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+size_t elem_size(DType dt) { return dt == DType::F32 ? 4 : 2; }
+
+float round_to(float x, DType dt) {
+  switch (dt) {
+    case DType::BF16: return bf16_to_f32(f32_to_bf16(x));
+    case DType::F16: return f16_to_f32(f32_to_f16(x));
+    default: return x;
+  }
+}
+
+std::vector<uint8_t> encode(const std::vector<float>& values, DType dt) {
+  std::vector<uint8_t> bytes(values.size() * elem_size(dt));
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (dt == DType::F32) {
+      std::memcpy(bytes.data() + 4 * i, &values[i], 4);
+    } else {
+      const uint16_t h = dt == DType::BF16 ? f32_to_bf16(values[i]) : f32_to_f16(values[i]);
+      std::memcpy(bytes.data() + 2 * i, &h, 2);
+    }
+  }
+  return bytes;
+}
+
+std::vector<float> decode(const std::vector<uint8_t>& bytes, DType dt) {
+  std::vector<float> values(bytes.size() / elem_size(dt));
+  for (size_t i = 0; i < values.size(); ++i) values[i] = load_as_f32(bytes.data(), dt, i);
+  return values;
+}
+
+struct Case {
+  int n_heads = 32, n_kv = 8, head_dim = 128, capacity = 0;  // capacity 0: max slot + 1 + 29
+  std::vector<int32_t> slots;                                // one per query token
+  DType q_dtype = DType::BF16, cache_dtype = DType::BF16, out_dtype = DType::BF16;
+  float scale = 0.0f;                // 0: 2 / sqrt(head_dim), a moderately peaked softmax
+  std::vector<int> spike_rows;       // V rows multiplied by kSpike (rows past the capacity ignored)
+  size_t q_offset_bytes = 0;         // misaligns q on the device (forces the generic kernel)
+  uint32_t seed = 1;
+
+  int tokens() const { return static_cast<int>(slots.size()); }
+  int max_slot() const { return *std::max_element(slots.begin(), slots.end()); }
+  int cap() const { return capacity > 0 ? capacity : max_slot() + 30; }
+  float softmax_scale() const { return scale > 0.0f ? scale : 2.0f / std::sqrt(static_cast<float>(head_dim)); }
+  std::string describe() const {
+    std::ostringstream s;
+    s << "T=" << tokens() << " heads=" << n_heads << "/" << n_kv << " hd=" << head_dim << " cap=" << cap()
+      << " q=" << dtype_name(q_dtype) << " cache=" << dtype_name(cache_dtype) << " out=" << dtype_name(out_dtype)
+      << " slots={";
+    for (size_t i = 0; i < slots.size() && i < 8; ++i) s << (i ? "," : "") << slots[i];
+    if (slots.size() > 8) s << ",...";
+    s << "}";
+    return s.str();
+  }
+};
+
+constexpr float kSpike = 32.0f;
+
+// Host copies of the inputs, already rounded to the device dtypes (NaN in unused cache rows).
+struct Inputs {
+  std::vector<float> q, k, v;
+};
+
+Inputs make_inputs(const Case& c) {
+  std::mt19937 rng(c.seed);
+  std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  Inputs in;
+  const size_t cap = static_cast<size_t>(c.cap()), hd = static_cast<size_t>(c.head_dim);
+  in.q.resize(static_cast<size_t>(c.tokens()) * c.n_heads * hd);
+  for (float& x : in.q) x = round_to(uni(rng), c.q_dtype);
+  in.k.resize(static_cast<size_t>(c.n_kv) * cap * hd);
+  in.v.resize(in.k.size());
+  const size_t used = static_cast<size_t>(c.max_slot()) + 1;
+  for (size_t h = 0; h < static_cast<size_t>(c.n_kv); ++h) {
+    for (size_t row = 0; row < cap; ++row) {
+      const bool spike = std::find(c.spike_rows.begin(), c.spike_rows.end(), static_cast<int>(row)) != c.spike_rows.end();
+      for (size_t d = 0; d < hd; ++d) {
+        const size_t i = (h * cap + row) * hd + d;
+        if (row >= used) {
+          in.k[i] = in.v[i] = NAN;  // never visible: must never be read into the arithmetic
+          continue;
+        }
+        in.k[i] = round_to(uni(rng), c.cache_dtype);
+        in.v[i] = round_to(uni(rng) * (spike ? kSpike : 1.0f), c.cache_dtype);
+      }
+    }
+  }
+  return in;
+}
+
+std::vector<float> cpu_reference(const Case& c, const Inputs& in) {
+  ThreadPool pool(0);
+  ops::OpContext ctx;
+  ctx.pool = &pool;
+  const int64_t tokens = c.tokens(), hd = c.head_dim, cap = c.cap();
+  std::vector<float> q = in.q, k = in.k, v = in.v;
+  std::vector<int32_t> slots = c.slots;
+  std::vector<float> out(static_cast<size_t>(tokens * c.n_heads * hd), NAN);
+  Tensor tq(q.data(), DType::F32, {tokens, c.n_heads, hd});
+  Tensor tk(k.data(), DType::F32, {c.n_kv, cap, hd});
+  Tensor tv(v.data(), DType::F32, {c.n_kv, cap, hd});
+  Tensor ts(slots.data(), DType::I32, {tokens});
+  Tensor to(out.data(), DType::F32, {tokens, c.n_heads * hd});
+  ops::attention(ctx, tq, tk, tv, ts, c.softmax_scale(), to);
+  return out;
+}
+
+// Device copies of one case's operands and the tensors viewing them.
+struct DeviceCase {
+  std::unique_ptr<DeviceBuffer> q, k, v, slots, out;
+  Tensor tq, tk, tv, tslots, tout;
+};
+
+std::unique_ptr<DeviceCase> upload(const Case& c, const Inputs& in) {
+  auto d = std::make_unique<DeviceCase>();
+  const int64_t tokens = c.tokens(), hd = c.head_dim, cap = c.cap();
+  const auto qb = encode(in.q, c.q_dtype), kb = encode(in.k, c.cache_dtype), vb = encode(in.v, c.cache_dtype);
+  d->q = std::make_unique<DeviceBuffer>(qb.size() + c.q_offset_bytes);
+  d->k = std::make_unique<DeviceBuffer>(kb.size());
+  d->v = std::make_unique<DeviceBuffer>(vb.size());
+  d->slots = std::make_unique<DeviceBuffer>(c.slots.size() * sizeof(int32_t));
+  d->out = std::make_unique<DeviceBuffer>(static_cast<size_t>(tokens * c.n_heads * hd) * elem_size(c.out_dtype));
+  auto* q_ptr = static_cast<uint8_t*>(d->q->get()) + c.q_offset_bytes;
+  cuda_ok(cudaMemcpy(q_ptr, qb.data(), qb.size(), cudaMemcpyHostToDevice), "upload q");
+  cuda_ok(cudaMemcpy(d->k->get(), kb.data(), kb.size(), cudaMemcpyHostToDevice), "upload k");
+  cuda_ok(cudaMemcpy(d->v->get(), vb.data(), vb.size(), cudaMemcpyHostToDevice), "upload v");
+  cuda_ok(cudaMemcpy(d->slots->get(), c.slots.data(), c.slots.size() * 4, cudaMemcpyHostToDevice), "upload slots");
+  d->tq = Tensor(q_ptr, c.q_dtype, {tokens, c.n_heads, hd}, Device::CUDA);
+  d->tk = Tensor(d->k->get(), c.cache_dtype, {c.n_kv, cap, hd}, Device::CUDA);
+  d->tv = Tensor(d->v->get(), c.cache_dtype, {c.n_kv, cap, hd}, Device::CUDA);
+  d->tslots = Tensor(d->slots->get(), DType::I32, {tokens}, Device::CUDA);
+  d->tout = Tensor(d->out->get(), c.out_dtype, {tokens, c.n_heads * hd}, Device::CUDA);
+  return d;
+}
+
+// All-ones bytes are NaN in F32, F16 and BF16 alike.
+void poison_output(const DeviceCase& d, cudaStream_t stream) {
+  cuda_ok(cudaMemsetAsync(d.out->get(), 0xff, d.out->bytes(), stream), "poison out");
+}
+
+std::vector<float> download_output(const Case& c, const DeviceCase& d) {
+  std::vector<uint8_t> bytes(d.out->bytes());
+  cuda_ok(cudaMemcpy(bytes.data(), d.out->get(), bytes.size(), cudaMemcpyDeviceToHost), "download out");
+  return decode(bytes, c.out_dtype);
+}
+
+struct Tolerance {
+  double rtol, atol_rms, rel_l2;
+};
+
+Tolerance tolerance_for(const Case& c) {
+  auto any = [&](DType dt) { return c.q_dtype == dt || c.cache_dtype == dt || c.out_dtype == dt; };
+  if (any(DType::BF16)) return {2e-2, 2e-2, 1e-2};
+  if (any(DType::F16)) return {5e-3, 5e-3, 3e-3};
+  return {1e-4, 1e-4, 1e-5};
+}
+
+// `skip_tokens`: tokens whose rows are not compared (for the invalid-slot test).
+void expect_matches(const Case& c, const std::vector<float>& got, const std::vector<float>& ref,
+                    const std::string& label, const std::vector<int>& skip_tokens = {}) {
+  ASSERT_EQ(got.size(), ref.size());
+  const size_t row = static_cast<size_t>(c.n_heads) * c.head_dim;
+  auto skipped = [&](size_t i) {
+    return std::find(skip_tokens.begin(), skip_tokens.end(), static_cast<int>(i / row)) != skip_tokens.end();
+  };
+  double ref2 = 0.0, err2 = 0.0;
+  size_t n = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (skipped(i)) continue;
+    ref2 += static_cast<double>(ref[i]) * ref[i];
+    ++n;
+  }
+  const double rms = std::sqrt(ref2 / std::max<size_t>(n, 1));
+  const Tolerance tol = tolerance_for(c);
+  size_t nonfinite = 0, bad = 0, first_bad = SIZE_MAX;
+  double max_err = 0.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (skipped(i)) continue;
+    if (!std::isfinite(got[i])) {
+      if (nonfinite++ == 0 && first_bad == SIZE_MAX) first_bad = i;
+      continue;
+    }
+    const double err = std::fabs(static_cast<double>(got[i]) - ref[i]);
+    err2 += err * err;
+    max_err = std::max(max_err, err);
+    if (err > tol.rtol * std::fabs(ref[i]) + tol.atol_rms * rms && bad++ == 0 && first_bad == SIZE_MAX) first_bad = i;
+  }
+  std::string where;
+  if (first_bad != SIZE_MAX) {
+    std::ostringstream s;
+    s << " first at token " << first_bad / row << " head " << (first_bad % row) / c.head_dim << " dim "
+      << first_bad % c.head_dim << ": got " << got[first_bad] << " want " << ref[first_bad];
+    where = s.str();
+  }
+  EXPECT_EQ(nonfinite, 0u) << label << " " << c.describe() << ": unwritten or non-finite outputs;" << where;
+  EXPECT_EQ(bad, 0u) << label << " " << c.describe() << ": elements out of tolerance (max err " << max_err
+                     << ", rms(ref) " << rms << ");" << where;
+  const double rel_l2 = ref2 > 0.0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+  EXPECT_LE(rel_l2, tol.rel_l2) << label << " " << c.describe() << ": relative L2 error";
+}
+
+class CudaAttention : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!cuda::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+    if (!ctx_) ctx_ = cuda::CudaContext::create();
+  }
+  static void TearDownTestSuite() { ctx_.reset(); }
+
+  cuda::CudaContext& ctx() { return *ctx_; }
+  cudaStream_t stream() { return static_cast<cudaStream_t>(ctx_->stream()); }
+
+  // Runs one case on `context` (default: the suite's) and compares with the CPU reference.
+  void check(const Case& c, const std::string& label = "", cuda::CudaContext* context = nullptr) {
+    cuda::CudaContext& cx = context ? *context : ctx();
+    const Inputs in = make_inputs(c);
+    const auto d = upload(c, in);
+    poison_output(*d, static_cast<cudaStream_t>(cx.stream()));
+    ops::OpContext op;
+    op.cuda = &cx;
+    ops::attention(op, d->tq, d->tk, d->tv, d->tslots, c.softmax_scale(), d->tout);
+    cx.synchronize();
+    cx.check_device_errors();
+    expect_matches(c, download_output(c, *d), cpu_reference(c, in), label);
+  }
+
+  static std::unique_ptr<cuda::CudaContext> ctx_;
+};
+std::unique_ptr<cuda::CudaContext> CudaAttention::ctx_;
+
+// Rows at the 64-row tile edges and around every slot of the case.
+std::vector<int> boundary_spikes(const std::vector<int32_t>& slots) {
+  std::vector<int> rows = {0, 1, 63, 64, 65, 127, 128};
+  for (int32_t s : slots)
+    for (int d = -1; d <= 2; ++d) rows.push_back(s + d);
+  return rows;
+}
+
+// Contiguous slots history .. history + T - 1 (a prefill chunk after `history` cached tokens).
+std::vector<int32_t> contiguous_slots(int tokens, int history) {
+  std::vector<int32_t> slots(static_cast<size_t>(tokens));
+  for (int t = 0; t < tokens; ++t) slots[static_cast<size_t>(t)] = history + t;
+  return slots;
+}
+
+}  // namespace
+
+TEST_F(CudaAttention, DecodeContextLengths) {
+  // Context lengths 1, 17, 63, 64, 65, 1000, 4097 in a cache whose capacity (4100) is not a
+  // multiple of the 64-row tile, so the last tile runs past the end of the cache.
+  uint32_t seed = 10;
+  for (int hd : {128, 64}) {
+    for (int32_t slot : {0, 16, 62, 63, 64, 999, 4096}) {
+      Case c;
+      c.head_dim = hd;
+      c.capacity = 4100;
+      c.slots = {slot};
+      c.spike_rows = boundary_spikes(c.slots);
+      c.seed = seed++;
+      check(c, "decode");
+    }
+  }
+}
+
+TEST_F(CudaAttention, DecodeGqaGroups) {
+  // Groups 1, 4, 8, 16 (n_kv 8, 2, 1) and 32 (more query rows than the decode layout holds).
+  const int heads_kv[][2] = {{8, 8}, {32, 8}, {16, 2}, {32, 2}, {16, 1}, {32, 1}};
+  uint32_t seed = 100;
+  for (DType dt : {DType::BF16, DType::F16}) {
+    for (const auto& hk : heads_kv) {
+      Case c;
+      c.n_heads = hk[0];
+      c.n_kv = hk[1];
+      c.q_dtype = c.cache_dtype = c.out_dtype = dt;
+      c.slots = {999};
+      c.capacity = 1500;
+      c.seed = seed++;
+      check(c, "gqa");
+    }
+  }
+}
+
+TEST_F(CudaAttention, DecodeNonContiguousSlots) {
+  // Several query tokens with unordered, repeated slots (as in tree verification): each must see
+  // exactly its own prefix even though the block loads the longest one.
+  uint32_t seed = 200;
+  for (DType dt : {DType::BF16, DType::F16}) {
+    for (int hd : {128, 64}) {
+      for (int n_kv : {8, 2}) {
+        Case c;
+        c.n_kv = n_kv;
+        c.head_dim = hd;
+        c.q_dtype = c.cache_dtype = c.out_dtype = dt;
+        c.slots = {10, 3, 40, 40, 7};
+        c.capacity = 100;
+        c.spike_rows = {3, 4, 7, 8, 10, 11, 39, 40};
+        c.seed = seed++;
+        check(c, "non-contiguous");
+      }
+    }
+  }
+}
+
+TEST_F(CudaAttention, FewTokensRandomSlots) {
+  // T = 3 and 7 with random slots, including group sizes that push the query rows of one KV
+  // head past 16 (the prefill layout with split KV).
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> slot(0, 2999);
+  uint32_t seed = 300;
+  for (int tokens : {3, 7}) {
+    for (int n_kv : {8, 4, 2}) {
+      Case c;
+      c.n_kv = n_kv;
+      c.slots.resize(static_cast<size_t>(tokens));
+      for (auto& s : c.slots) s = slot(rng);
+      c.capacity = 3100;
+      c.spike_rows = boundary_spikes(c.slots);
+      c.seed = seed++;
+      check(c, "few tokens");
+    }
+  }
+}
+
+TEST_F(CudaAttention, PrefillCausal) {
+  uint32_t seed = 400;
+  for (int tokens : {64, 100, 333}) {
+    for (int history : {0, 700}) {
+      for (int hd : {128, 64}) {
+        for (int n_kv : {32, 8, 4}) {  // groups 1, 4, 8 of 32 query heads
+          Case c;
+          c.n_kv = n_kv;
+          c.head_dim = hd;
+          c.slots = contiguous_slots(tokens, history);
+          c.capacity = history + tokens + 37;
+          c.seed = seed++;
+          if (seed % 2 == 0) c.q_dtype = c.cache_dtype = c.out_dtype = DType::F16;
+          check(c, "prefill");
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaAttention, PrefillGroup16) {
+  Case c;
+  c.n_heads = 32;
+  c.n_kv = 2;
+  c.slots = contiguous_slots(100, 65);
+  c.spike_rows = {0, 63, 64, 65, 66, 127, 128, 129};
+  c.seed = 450;
+  check(c, "prefill group 16");
+}
+
+TEST_F(CudaAttention, VerifyTreeAtLongContext) {
+  // 64 draft tokens after a 4000-token history, slots shuffled: split KV with many query rows.
+  uint32_t seed = 500;
+  for (int n_kv : {8, 2}) {
+    Case c;
+    c.n_kv = n_kv;
+    c.slots = contiguous_slots(64, 4000);
+    std::shuffle(c.slots.begin(), c.slots.end(), std::mt19937(seed));
+    c.capacity = 4200;
+    c.spike_rows = {0, 3999, 4000, 4001, 4063};
+    c.seed = seed++;
+    check(c, "verify");
+  }
+}
+
+TEST_F(CudaAttention, GenericHeadDims) {
+  // head_dim 80 and 96 have no tensor-core instantiation; the generic kernel serves them.
+  uint32_t seed = 600;
+  for (int hd : {80, 96}) {
+    for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
+      for (int tokens : {1, 7, 100}) {
+        Case c;
+        c.n_heads = 16;
+        c.n_kv = 4;
+        c.head_dim = hd;
+        c.q_dtype = c.cache_dtype = c.out_dtype = dt;
+        c.slots = tokens == 1 ? std::vector<int32_t>{1000} : contiguous_slots(tokens, 50);
+        c.spike_rows = boundary_spikes(c.slots);
+        c.seed = seed++;
+        check(c, "generic head dim");
+      }
+    }
+  }
+}
+
+TEST_F(CudaAttention, MixedDtypes) {
+  struct Combo {
+    DType q, cache, out;
+  };
+  const Combo combos[] = {
+      {DType::F32, DType::F32, DType::F32},     // generic, exact
+      {DType::BF16, DType::BF16, DType::F32},   // tensor cores, F32 output
+      {DType::F16, DType::F16, DType::BF16},    // tensor cores, other output dtype
+      {DType::F32, DType::BF16, DType::BF16},   // q not in the cache dtype: generic
+      {DType::F16, DType::BF16, DType::F16},    // likewise
+  };
+  uint32_t seed = 700;
+  for (const Combo& k : combos) {
+    for (int tokens : {1, 100}) {
+      Case c;
+      c.q_dtype = k.q;
+      c.cache_dtype = k.cache;
+      c.out_dtype = k.out;
+      c.slots = tokens == 1 ? std::vector<int32_t>{2000} : contiguous_slots(tokens, 20);
+      c.seed = seed++;
+      check(c, "mixed dtypes");
+    }
+  }
+}
+
+TEST_F(CudaAttention, MisalignedQueryFallsBack) {
+  Case c;
+  c.q_offset_bytes = 2;  // still element-aligned, no longer 16-byte aligned
+  c.slots = {500};
+  c.seed = 800;
+  check(c, "misaligned q, decode");
+  c.slots = contiguous_slots(70, 0);
+  c.seed = 801;
+  check(c, "misaligned q, prefill");
+}
+
+TEST_F(CudaAttention, NoWorkspaceMeansNoSplits) {
+  // Without workspace the kernels cannot split the KV range; results must not change.
+  std::string why;
+  ASSERT_TRUE(cuda::cuda_device_available(&why)) << why;
+  auto small = cuda::CudaContext::create(0, 0);
+  uint32_t seed = 900;
+  for (int hd : {128, 80}) {
+    Case c;
+    c.head_dim = hd;
+    c.slots = {4096};
+    c.spike_rows = boundary_spikes(c.slots);
+    c.seed = seed++;
+    check(c, "no workspace", small.get());
+  }
+}
+
+TEST_F(CudaAttention, InvalidSlotIsReportedAndZeroed) {
+  Case c;
+  c.slots = {100, 50};
+  c.capacity = 200;
+  c.seed = 1000;
+  const Inputs in = make_inputs(c);
+  const std::vector<float> ref = cpu_reference(c, in);
+  for (int32_t bad : {200, -1}) {
+    Case broken = c;
+    broken.slots = {100, bad};
+    const auto d = upload(broken, in);
+    poison_output(*d, stream());
+    ops::OpContext op;
+    op.cuda = &ctx();
+    ops::attention(op, d->tq, d->tk, d->tv, d->tslots, c.softmax_scale(), d->tout);
+    ctx().synchronize();
+    EXPECT_THROW(ctx().check_device_errors(), Error) << "slot " << bad;
+    const std::vector<float> got = download_output(c, *d);
+    expect_matches(c, got, ref, "valid token next to an invalid one", {1});
+    const size_t row = static_cast<size_t>(c.n_heads) * c.head_dim;
+    for (size_t i = row; i < 2 * row; ++i) ASSERT_EQ(got[i], 0.0f) << "slot " << bad << " element " << i - row;
+  }
+}
+
+TEST_F(CudaAttention, GraphReplayFollowsDeviceSlots) {
+  // Capture once at one length, replay at others after rewriting the slots in device memory:
+  // the launch shape must not depend on the length.
+  for (int tokens : {1, 3}) {
+    Case c;
+    c.capacity = 4100;
+    c.slots.assign(static_cast<size_t>(tokens), 100);
+    c.seed = 1100 + static_cast<uint32_t>(tokens);
+    // Inputs for the longest replay, so every replay's rows are finite.
+    Case longest = c;
+    longest.slots.assign(static_cast<size_t>(tokens), 4096);
+    const Inputs in = make_inputs(longest);
+    const auto d = upload(c, in);
+    // upload() sized the tensors from `c`; the cache contents come from `longest`.
+    ops::OpContext op;
+    op.cuda = &ctx();
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    cuda_ok(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeGlobal), "begin capture");
+    ops::attention(op, d->tq, d->tk, d->tv, d->tslots, c.softmax_scale(), d->tout);
+    cuda_ok(cudaStreamEndCapture(stream(), &graph), "end capture");
+    cuda_ok(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+    const std::vector<std::vector<int32_t>> replays =
+        tokens == 1 ? std::vector<std::vector<int32_t>>{{0}, {16}, {63}, {64}, {1000}, {4096}, {100}}
+                    : std::vector<std::vector<int32_t>>{{0, 5, 2}, {4096, 64, 63}, {1000, 1000, 3000}, {100, 100, 100}};
+    for (const auto& slots : replays) {
+      Case now = longest;
+      now.slots = slots;
+      cuda_ok(cudaMemcpyAsync(d->slots->get(), slots.data(), slots.size() * 4, cudaMemcpyHostToDevice, stream()),
+              "new slots");
+      poison_output(*d, stream());
+      cuda_ok(cudaGraphLaunch(exec, stream()), "graph launch");
+      ctx().synchronize();
+      ctx().check_device_errors();
+      expect_matches(now, download_output(now, *d), cpu_reference(now, in), "graph replay");
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+}
+
+#endif  // SPECULA_WITH_CUDA
