@@ -48,7 +48,7 @@ struct TorchPickle {
 // Limits that bound memory and work on hostile input; real checkpoints stay far below them
 // (torch batches containers by 1000 items and nests state_dicts a few levels deep).
 struct PickleLimits {
-  size_t max_objects = size_t{1} << 24;
+  size_t max_objects = size_t{1} << 22;  // about 100 bytes each
   size_t max_stack = size_t{1} << 20;
   size_t max_marks = 64;
   size_t max_nesting = 64;
