@@ -25,70 +25,23 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "specula/core/dtype.h"
 #include "specula/core/error.h"
 #include "specula/core/tensor.h"
-#include "specula/core/thread_pool.h"
 #include "specula/ops/cuda/cuda_context.h"
 #include "specula/ops/ops.h"
 
 using namespace specula;
+using test::DeviceTensor;
 
 namespace {
-
-void cuda_ok(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) fail(what, ": ", cudaGetErrorString(err));
-}
-
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) { cuda_ok(cudaMalloc(&ptr_, std::max<size_t>(bytes, 1)), "cudaMalloc"); }
-  ~DeviceBuffer() { cudaFree(ptr_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void* get() const { return ptr_; }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-size_t elem_size(DType dt) { return dt == DType::F32 ? 4 : 2; }
-
-float round_to(float x, DType dt) {
-  switch (dt) {
-    case DType::BF16: return bf16_to_f32(f32_to_bf16(x));
-    case DType::F16: return f16_to_f32(f32_to_f16(x));
-    default: return x;
-  }
-}
-
-std::vector<uint8_t> encode(const std::vector<float>& values, DType dt) {
-  std::vector<uint8_t> bytes(values.size() * elem_size(dt));
-  for (size_t i = 0; i < values.size(); ++i) {
-    if (dt == DType::F32) {
-      std::memcpy(bytes.data() + 4 * i, &values[i], 4);
-    } else {
-      const uint16_t h = dt == DType::BF16 ? f32_to_bf16(values[i]) : f32_to_f16(values[i]);
-      std::memcpy(bytes.data() + 2 * i, &h, 2);
-    }
-  }
-  return bytes;
-}
-
-std::vector<float> decode(const std::vector<uint8_t>& bytes, DType dt) {
-  std::vector<float> values(bytes.size() / elem_size(dt));
-  for (size_t i = 0; i < values.size(); ++i) values[i] = load_as_f32(bytes.data(), dt, i);
-  return values;
-}
 
 struct Case {
   int n_heads = 32, n_kv = 8, head_dim = 128, capacity = 0;  // capacity 0: max slot + 1 + 29
@@ -128,7 +81,7 @@ Inputs make_inputs(const Case& c) {
   Inputs in;
   const size_t cap = static_cast<size_t>(c.cap()), hd = static_cast<size_t>(c.head_dim);
   in.q.resize(static_cast<size_t>(c.tokens()) * c.n_heads * hd);
-  for (float& x : in.q) x = round_to(uni(rng), c.q_dtype);
+  for (float& x : in.q) x = test::round_to(c.q_dtype, uni(rng));
   in.k.resize(static_cast<size_t>(c.n_kv) * cap * hd);
   in.v.resize(in.k.size());
   const size_t used = static_cast<size_t>(c.max_slot()) + 1;
@@ -141,8 +94,8 @@ Inputs make_inputs(const Case& c) {
           in.k[i] = in.v[i] = NAN;  // never visible: must never be read into the arithmetic
           continue;
         }
-        in.k[i] = round_to(uni(rng), c.cache_dtype);
-        in.v[i] = round_to(uni(rng) * (spike ? kSpike : 1.0f), c.cache_dtype);
+        in.k[i] = test::round_to(c.cache_dtype, uni(rng));
+        in.v[i] = test::round_to(c.cache_dtype, uni(rng) * (spike ? kSpike : 1.0f));
       }
     }
   }
@@ -150,9 +103,7 @@ Inputs make_inputs(const Case& c) {
 }
 
 std::vector<float> cpu_reference(const Case& c, const Inputs& in) {
-  ThreadPool pool(0);
-  ops::OpContext ctx;
-  ctx.pool = &pool;
+  test::CpuTestContext cpu = test::make_cpu_context(0);
   const int64_t tokens = c.tokens(), hd = c.head_dim, cap = c.cap();
   std::vector<float> q = in.q, k = in.k, v = in.v;
   std::vector<int32_t> slots = c.slots;
@@ -162,47 +113,24 @@ std::vector<float> cpu_reference(const Case& c, const Inputs& in) {
   Tensor tv(v.data(), DType::F32, {c.n_kv, cap, hd});
   Tensor ts(slots.data(), DType::I32, {tokens});
   Tensor to(out.data(), DType::F32, {tokens, c.n_heads * hd});
-  ops::attention(ctx, tq, tk, tv, ts, c.softmax_scale(), to);
+  ops::attention(cpu.ops, tq, tk, tv, ts, c.softmax_scale(), to);
   return out;
 }
 
-// Device copies of one case's operands and the tensors viewing them.
+// Device copies of one case's operands.
 struct DeviceCase {
-  std::unique_ptr<DeviceBuffer> q, k, v, slots, out;
-  Tensor tq, tk, tv, tslots, tout;
+  DeviceTensor q, k, v, slots, out;
 };
 
 std::unique_ptr<DeviceCase> upload(const Case& c, const Inputs& in) {
   auto d = std::make_unique<DeviceCase>();
   const int64_t tokens = c.tokens(), hd = c.head_dim, cap = c.cap();
-  const auto qb = encode(in.q, c.q_dtype), kb = encode(in.k, c.cache_dtype), vb = encode(in.v, c.cache_dtype);
-  d->q = std::make_unique<DeviceBuffer>(qb.size() + c.q_offset_bytes);
-  d->k = std::make_unique<DeviceBuffer>(kb.size());
-  d->v = std::make_unique<DeviceBuffer>(vb.size());
-  d->slots = std::make_unique<DeviceBuffer>(c.slots.size() * sizeof(int32_t));
-  d->out = std::make_unique<DeviceBuffer>(static_cast<size_t>(tokens * c.n_heads * hd) * elem_size(c.out_dtype));
-  auto* q_ptr = static_cast<uint8_t*>(d->q->get()) + c.q_offset_bytes;
-  cuda_ok(cudaMemcpy(q_ptr, qb.data(), qb.size(), cudaMemcpyHostToDevice), "upload q");
-  cuda_ok(cudaMemcpy(d->k->get(), kb.data(), kb.size(), cudaMemcpyHostToDevice), "upload k");
-  cuda_ok(cudaMemcpy(d->v->get(), vb.data(), vb.size(), cudaMemcpyHostToDevice), "upload v");
-  cuda_ok(cudaMemcpy(d->slots->get(), c.slots.data(), c.slots.size() * 4, cudaMemcpyHostToDevice), "upload slots");
-  d->tq = Tensor(q_ptr, c.q_dtype, {tokens, c.n_heads, hd}, Device::CUDA);
-  d->tk = Tensor(d->k->get(), c.cache_dtype, {c.n_kv, cap, hd}, Device::CUDA);
-  d->tv = Tensor(d->v->get(), c.cache_dtype, {c.n_kv, cap, hd}, Device::CUDA);
-  d->tslots = Tensor(d->slots->get(), DType::I32, {tokens}, Device::CUDA);
-  d->tout = Tensor(d->out->get(), c.out_dtype, {tokens, c.n_heads * hd}, Device::CUDA);
+  d->q = test::upload_tensor(in.q, c.q_dtype, {tokens, c.n_heads, hd}, c.q_offset_bytes);
+  d->k = test::upload_tensor(in.k, c.cache_dtype, {c.n_kv, cap, hd});
+  d->v = test::upload_tensor(in.v, c.cache_dtype, {c.n_kv, cap, hd});
+  d->slots = test::upload_ints(c.slots, {tokens});
+  d->out = test::device_tensor(c.out_dtype, {tokens, c.n_heads * hd});
   return d;
-}
-
-// All-ones bytes are NaN in F32, F16 and BF16 alike.
-void poison_output(const DeviceCase& d, cudaStream_t stream) {
-  cuda_ok(cudaMemsetAsync(d.out->get(), 0xff, d.out->bytes(), stream), "poison out");
-}
-
-std::vector<float> download_output(const Case& c, const DeviceCase& d) {
-  std::vector<uint8_t> bytes(d.out->bytes());
-  cuda_ok(cudaMemcpy(bytes.data(), d.out->get(), bytes.size(), cudaMemcpyDeviceToHost), "download out");
-  return decode(bytes, c.out_dtype);
 }
 
 struct Tolerance {
@@ -263,8 +191,7 @@ void expect_matches(const Case& c, const std::vector<float>& got, const std::vec
 class CudaAttention : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string why;
-    if (!cuda::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+    SPECULA_SKIP_WITHOUT_CUDA();
     if (!ctx_) ctx_ = cuda::CudaContext::create();
   }
   static void TearDownTestSuite() { ctx_.reset(); }
@@ -272,18 +199,22 @@ class CudaAttention : public ::testing::Test {
   cuda::CudaContext& ctx() { return *ctx_; }
   cudaStream_t stream() { return static_cast<cudaStream_t>(ctx_->stream()); }
 
+  static void run(cuda::CudaContext& cx, DeviceCase& d, float scale) {
+    ops::OpContext op;
+    op.cuda = &cx;
+    ops::attention(op, d.q.tensor, d.k.tensor, d.v.tensor, d.slots.tensor, scale, d.out.tensor);
+  }
+
   // Runs one case on `context` (default: the suite's) and compares with the CPU reference.
   void check(const Case& c, const std::string& label = "", cuda::CudaContext* context = nullptr) {
     cuda::CudaContext& cx = context ? *context : ctx();
     const Inputs in = make_inputs(c);
     const auto d = upload(c, in);
-    poison_output(*d, static_cast<cudaStream_t>(cx.stream()));
-    ops::OpContext op;
-    op.cuda = &cx;
-    ops::attention(op, d->tq, d->tk, d->tv, d->tslots, c.softmax_scale(), d->tout);
+    test::poison(d->out);
+    run(cx, *d, c.softmax_scale());
     cx.synchronize();
     cx.check_device_errors();
-    expect_matches(c, download_output(c, *d), cpu_reference(c, in), label);
+    expect_matches(c, test::download_f32(d->out), cpu_reference(c, in), label);
   }
 
   static std::unique_ptr<cuda::CudaContext> ctx_;
@@ -486,8 +417,6 @@ TEST_F(CudaAttention, MisalignedQueryFallsBack) {
 
 TEST_F(CudaAttention, NoWorkspaceMeansNoSplits) {
   // Without workspace the kernels cannot split the KV range; results must not change.
-  std::string why;
-  ASSERT_TRUE(cuda::cuda_device_available(&why)) << why;
   auto small = cuda::CudaContext::create(0, 0);
   uint32_t seed = 900;
   for (int hd : {128, 80}) {
@@ -511,13 +440,11 @@ TEST_F(CudaAttention, InvalidSlotIsReportedAndZeroed) {
     Case broken = c;
     broken.slots = {100, bad};
     const auto d = upload(broken, in);
-    poison_output(*d, stream());
-    ops::OpContext op;
-    op.cuda = &ctx();
-    ops::attention(op, d->tq, d->tk, d->tv, d->tslots, c.softmax_scale(), d->tout);
+    test::poison(d->out);
+    run(ctx(), *d, c.softmax_scale());
     ctx().synchronize();
     EXPECT_THROW(ctx().check_device_errors(), Error) << "slot " << bad;
-    const std::vector<float> got = download_output(c, *d);
+    const std::vector<float> got = test::download_f32(d->out);
     expect_matches(c, got, ref, "valid token next to an invalid one", {1});
     const size_t row = static_cast<size_t>(c.n_heads) * c.head_dim;
     for (size_t i = row; i < 2 * row; ++i) ASSERT_EQ(got[i], 0.0f) << "slot " << bad << " element " << i - row;
@@ -538,27 +465,24 @@ TEST_F(CudaAttention, GraphReplayFollowsDeviceSlots) {
     const Inputs in = make_inputs(longest);
     const auto d = upload(c, in);
     // upload() sized the tensors from `c`; the cache contents come from `longest`.
-    ops::OpContext op;
-    op.cuda = &ctx();
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
-    cuda_ok(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeGlobal), "begin capture");
-    ops::attention(op, d->tq, d->tk, d->tv, d->tslots, c.softmax_scale(), d->tout);
-    cuda_ok(cudaStreamEndCapture(stream(), &graph), "end capture");
-    cuda_ok(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+    SPECULA_TEST_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeGlobal));
+    run(ctx(), *d, c.softmax_scale());
+    SPECULA_TEST_CUDA_CHECK(cudaStreamEndCapture(stream(), &graph));
+    SPECULA_TEST_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
     const std::vector<std::vector<int32_t>> replays =
         tokens == 1 ? std::vector<std::vector<int32_t>>{{0}, {16}, {63}, {64}, {1000}, {4096}, {100}}
                     : std::vector<std::vector<int32_t>>{{0, 5, 2}, {4096, 64, 63}, {1000, 1000, 3000}, {100, 100, 100}};
     for (const auto& slots : replays) {
       Case now = longest;
       now.slots = slots;
-      cuda_ok(cudaMemcpyAsync(d->slots->get(), slots.data(), slots.size() * 4, cudaMemcpyHostToDevice, stream()),
-              "new slots");
-      poison_output(*d, stream());
-      cuda_ok(cudaGraphLaunch(exec, stream()), "graph launch");
+      d->slots.buffer.upload(slots, d->slots.offset);  // synchronous: ordered before the launch
+      test::poison(d->out);
+      SPECULA_TEST_CUDA_CHECK(cudaGraphLaunch(exec, stream()));
       ctx().synchronize();
       ctx().check_device_errors();
-      expect_matches(now, download_output(now, *d), cpu_reference(now, in), "graph replay");
+      expect_matches(now, test::download_f32(d->out), cpu_reference(now, in), "graph replay");
     }
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
