@@ -15,68 +15,16 @@
 
 #include "specula/engine/engine.h"
 #include "specula/engine/generator.h"
+#include "model_test_util.h"
 
 namespace {
 
-using specula::engine::Engine;
-using specula::engine::EngineOptions;
-
-struct Golden {
-  std::vector<int32_t> prompt, greedy;
-  int64_t rows = 0, vocab = 0;
-  std::vector<float> logits;
-};
-
-Golden read_golden(const std::string& dir) {
-  Golden g;
-  std::ifstream meta(dir + "/golden.json");
-  EXPECT_TRUE(meta.good()) << dir << "/golden.json missing";
-  const auto j = nlohmann::json::parse(meta);
-  g.prompt = j.at("prompt").get<std::vector<int32_t>>();
-  g.greedy = j.at("greedy_tokens").get<std::vector<int32_t>>();
-  g.rows = j.at("logits_shape").at(0).get<int64_t>();
-  g.vocab = j.at("logits_shape").at(1).get<int64_t>();
-  g.logits.resize(static_cast<size_t>(g.rows * g.vocab));
-  std::ifstream bin(dir + "/golden_logits.f32", std::ios::binary);
-  bin.read(reinterpret_cast<char*>(g.logits.data()), static_cast<std::streamsize>(g.logits.size() * 4));
-  EXPECT_TRUE(bin.good()) << "short golden_logits.f32 in " << dir;
-  return g;
-}
-
-std::unique_ptr<Engine> load(const std::string& dir, int64_t chunk, int64_t logit_rows) {
-  EngineOptions o;
-  o.model_dir = dir;
-  o.threads = 2;
-  o.max_context = 64;
-  o.prefill_chunk = chunk;
-  o.max_logit_rows = logit_rows;
-  return Engine::load(o);
-}
-
-std::vector<float> prompt_logits(Engine& e, const std::vector<int32_t>& prompt) {
-  std::vector<int32_t> pos(prompt.size());
-  std::iota(pos.begin(), pos.end(), 0);
-  e.write_inputs(prompt, pos, pos);
-  e.forward(static_cast<int64_t>(prompt.size()), static_cast<int64_t>(prompt.size()));
-  std::vector<float> out;
-  e.read_logits(static_cast<int64_t>(prompt.size()), out);
-  return out;
-}
-
-double relative_max_error(const std::vector<float>& got, const std::vector<float>& ref) {
-  double max_ref = 0, max_diff = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    max_ref = std::max(max_ref, static_cast<double>(std::fabs(ref[i])));
-    const double d = std::fabs(static_cast<double>(got[i]) - ref[i]);
-    max_diff = std::isnan(got[i]) ? INFINITY : std::max(max_diff, d);
-  }
-  return max_diff / max_ref;
-}
+using namespace specula::testing_util;
 
 class ModelParity : public testing::TestWithParam<std::string> {};
 
 TEST_P(ModelParity, PromptLogitsMatchGolden) {
-  const std::string dir = std::string(SPECULA_TEST_DATA) + "/models/" + GetParam();
+  const std::string dir = fixture_dir(GetParam());
   const Golden g = read_golden(dir);
   auto engine = load(dir, 16, g.rows);
   ASSERT_EQ(engine->config().vocab_size, g.vocab);
@@ -88,7 +36,7 @@ TEST_P(ModelParity, PromptLogitsMatchGolden) {
 }
 
 TEST_P(ModelParity, GreedyTokensMatchGolden) {
-  const std::string dir = std::string(SPECULA_TEST_DATA) + "/models/" + GetParam();
+  const std::string dir = fixture_dir(GetParam());
   const Golden g = read_golden(dir);
   // A chunk of 5 splits the 12-token prompt into 5 + 5 + 2: chunked prefill must not change anything.
   auto engine = load(dir, 5, 1);
@@ -103,7 +51,7 @@ TEST_P(ModelParity, GreedyTokensMatchGolden) {
 
 // Decoding token by token must give the logits a single prefill gives for the last position.
 TEST_P(ModelParity, DecodeStepsMatchPrefill) {
-  const std::string dir = std::string(SPECULA_TEST_DATA) + "/models/" + GetParam();
+  const std::string dir = fixture_dir(GetParam());
   const Golden g = read_golden(dir);
   auto engine = load(dir, 1, 1);
   std::vector<float> logits;
@@ -117,8 +65,6 @@ TEST_P(ModelParity, DecodeStepsMatchPrefill) {
   EXPECT_LE(relative_max_error(logits, last), 1e-4);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, ModelParity,
-                         testing::Values("llama3_tied_ropescaling", "llama3_untied_sharded", "qwen2_bias_bin",
-                                         "qwen3_headdim_qknorm", "minicpm4_longrope"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, ModelParity, testing::ValuesIn(kModelFixtures));
 
 }  // namespace

@@ -2,7 +2,9 @@
 // naming the call and size.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "specula/core/cuda_memory.h"
 #include "specula/core/error.h"
@@ -45,10 +47,50 @@ void cuda_copy_to_host_on(void* stream, void* dst, const void* src, size_t bytes
   check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize", bytes);
 }
 
+void cuda_copy_async_on(void* stream, void* dst, const void* src, size_t bytes) {
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream)), "cudaMemcpyAsync",
+        bytes);
+}
+
 size_t cuda_free_memory() {
   size_t free_bytes = 0, total = 0;
   check(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo", 0);
   return free_bytes;
+}
+
+void* cuda_host_alloc(size_t bytes) {
+  void* p = nullptr;
+  check(cudaMallocHost(&p, bytes), "cudaMallocHost", bytes);
+  return p;
+}
+
+void cuda_host_free(void* ptr) { cudaFreeHost(ptr); }
+
+double cuda_measure_copy_bandwidth(size_t bytes, int repeats) {
+  void *a = nullptr, *b = nullptr;
+  check(cudaMalloc(&a, bytes), "cudaMalloc", bytes);
+  check(cudaMalloc(&b, bytes), "cudaMalloc", bytes);
+  check(cudaMemset(a, 1, bytes), "cudaMemset", bytes);
+  cudaEvent_t start = nullptr, stop = nullptr;
+  check(cudaEventCreate(&start), "cudaEventCreate", 0);
+  check(cudaEventCreate(&stop), "cudaEventCreate", 0);
+  std::vector<float> ms;
+  for (int i = 0; i < repeats + 2; ++i) {
+    check(cudaEventRecord(start), "cudaEventRecord", 0);
+    check(cudaMemcpyAsync(i % 2 ? a : b, i % 2 ? b : a, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpyAsync", bytes);
+    check(cudaEventRecord(stop), "cudaEventRecord", 0);
+    check(cudaEventSynchronize(stop), "cudaEventSynchronize", 0);
+    float t = 0;
+    check(cudaEventElapsedTime(&t, start, stop), "cudaEventElapsedTime", 0);
+    if (i >= 2) ms.push_back(t);  // the first two warm up
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaFree(a);
+  cudaFree(b);
+  std::sort(ms.begin(), ms.end());
+  const double median_s = ms[ms.size() / 2] * 1e-3;
+  return 2.0 * static_cast<double>(bytes) / median_s / 1e9;
 }
 
 HostToDeviceStager::HostToDeviceStager(size_t chunk_bytes) : chunk_bytes_(chunk_bytes) {

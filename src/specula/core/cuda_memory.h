@@ -18,11 +18,20 @@ void cuda_device_free(void* ptr);
 void cuda_copy_to_device(void* dst, const void* src, size_t bytes);
 void cuda_copy_to_host(void* dst, const void* src, size_t bytes);
 size_t cuda_free_memory();
+// Page-locked host memory (for per-step inputs/outputs that CUDA graphs copy).
+void* cuda_host_alloc(size_t bytes);
+void cuda_host_free(void* ptr);
+// Device-to-device copy bandwidth in GB/s counting bytes read plus bytes written (the METHOD.md
+// convention), from the median of `repeats` cudaMemcpyAsync calls over `bytes`-sized buffers.
+double cuda_measure_copy_bandwidth(size_t bytes, int repeats);
 // Copies ordered on `stream` (a cudaStream_t) with the kernels around them. The host side of
 // the copy may be reused as soon as the call returns for pageable memory; to_host waits for the
 // stream so the result can be read immediately.
 void cuda_copy_to_device_on(void* stream, void* dst, const void* src, size_t bytes);
 void cuda_copy_to_host_on(void* stream, void* dst, const void* src, size_t bytes);
+// An asynchronous copy in either direction (inferred from the addresses), for pinned buffers
+// inside captured graphs; nothing waits for it.
+void cuda_copy_async_on(void* stream, void* dst, const void* src, size_t bytes);
 
 class HostToDeviceStager {
  public:

@@ -4,10 +4,12 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "specula/core/error.h"
 #include "specula/io/checkpoint.h"
 #ifdef SPECULA_WITH_CUDA
+#include "specula/core/cuda_graph.h"
 #include "specula/core/cuda_memory.h"
 #include "specula/ops/cuda/cuda_context.h"
 #endif
@@ -117,6 +119,53 @@ void Engine::write_inputs(std::span<const int32_t> ids, std::span<const int32_t>
 
 void Engine::forward(int64_t tokens, int64_t logit_rows) { transformer_->forward(op_context_, tokens, logit_rows); }
 
+int32_t Engine::decode_step(int32_t token, int32_t position, bool greedy) {
+  if (options_.device == Device::CPU) {
+    write_inputs(std::span(&token, 1), std::span(&position, 1), std::span(&position, 1));
+    transformer_->forward(op_context_, 1, 1);
+    if (!greedy) return -1;
+    Tensor next = transformer_->next_tokens(1);
+    ops::argmax(op_context_, transformer_->logits(1), next);
+    return next.as<int32_t>()[0];
+  }
+#ifdef SPECULA_WITH_CUDA
+  if (!step_io_)
+    step_io_ = std::shared_ptr<int32_t>(static_cast<int32_t*>(cuda_host_alloc(4 * sizeof(int32_t))), cuda_host_free);
+  int32_t* io = step_io_.get();
+  io[0] = token;
+  io[1] = position;
+  io[2] = position;
+  void* stream = cuda_->stream();
+  auto& slot = decode_graphs_[greedy ? 1 : 0];
+  if (!slot) {
+    auto graph = std::make_shared<CudaGraph>();
+    graph->begin_capture(stream);
+    try {
+      cuda_copy_async_on(stream, transformer_->token_ids().data, io + 0, sizeof(int32_t));
+      cuda_copy_async_on(stream, transformer_->positions().data, io + 1, sizeof(int32_t));
+      cuda_copy_async_on(stream, transformer_->slots().data, io + 2, sizeof(int32_t));
+      transformer_->forward(op_context_, 1, 1);
+      if (greedy) {
+        Tensor next = transformer_->next_tokens(1);
+        ops::argmax(op_context_, transformer_->logits(1), next);
+        cuda_copy_async_on(stream, io + 3, next.data, sizeof(int32_t));
+      }
+    } catch (...) {
+      graph->abort_capture(stream);
+      throw;
+    }
+    graph->end_capture(stream);
+    slot = graph;
+  }
+  static_cast<CudaGraph*>(slot.get())->launch(stream);
+  if (!greedy) return -1;
+  cuda_->synchronize();
+  return io[3];
+#else
+  fail("decode_step: this build has no CUDA backend");
+#endif
+}
+
 void Engine::read_logits(int64_t rows, std::vector<float>& out) {
   const Tensor logits = transformer_->logits(rows);
   out.resize(static_cast<size_t>(logits.numel()));
@@ -128,6 +177,24 @@ void Engine::read_logits(int64_t rows, std::vector<float>& out) {
     cuda_->check_device_errors();
 #endif
   }
+}
+
+std::string Engine::device_description() const {
+#ifdef SPECULA_WITH_CUDA
+  if (cuda_) {
+    const auto& info = cuda_->info();
+    return info.name + " (sm_" + std::to_string(info.sm_major) + std::to_string(info.sm_minor) + ", " +
+           std::to_string(info.multiprocessors) + " SMs)";
+  }
+#endif
+  std::string cpu = "CPU";
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);)
+    if (line.rfind("model name", 0) == 0) {
+      cpu = line.substr(line.find(':') + 2);
+      break;
+    }
+  return cpu + " (" + std::to_string(pool_->size()) + " threads)";
 }
 
 void Engine::synchronize() {

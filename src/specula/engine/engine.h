@@ -60,11 +60,19 @@ class Engine {
   int64_t prefill_chunk() const { return transformer_->shape().max_tokens; }
   size_t arena_bytes() const { return arena_.capacity(); }
   double load_seconds() const { return load_seconds_; }
+  // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)" or the CPU model name and thread count.
+  std::string device_description() const;
 
   // Copies step inputs (first n entries of ids/positions/slots) to the model's device buffers.
   void write_inputs(std::span<const int32_t> ids, std::span<const int32_t> positions, std::span<const int32_t> slots);
   // Runs the transformer over the inputs written last.
   void forward(int64_t tokens, int64_t logit_rows);
+  // One decode step: `token` at `position` (also its cache slot). With `greedy` the argmax is taken
+  // on the device and returned; otherwise returns -1 and leaves the logits for read_logits().
+  // On CUDA each variant is captured as a CUDA graph at its first call and replayed afterwards;
+  // the step's inputs travel through pinned memory inside the graph, and the greedy token is the
+  // one small device-to-host copy. Kernel-reported input errors surface at synchronize().
+  int32_t decode_step(int32_t token, int32_t position, bool greedy);
   // Copies `rows` rows of logits to the host.
   void read_logits(int64_t rows, std::vector<float>& out);
   // Waits for the device (no-op on CPU) and reports errors flagged by kernels.
@@ -84,6 +92,10 @@ class Engine {
   Arena arena_;
   std::unique_ptr<model::Transformer> transformer_;
   double load_seconds_ = 0.0;
+  // CUDA decode-step graphs ([0]: logits only, [1]: greedy) and their pinned step I/O:
+  // token, position, slot, result.
+  std::shared_ptr<void> decode_graphs_[2];
+  std::shared_ptr<int32_t> step_io_;
 };
 
 }  // namespace specula::engine

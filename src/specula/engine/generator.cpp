@@ -65,6 +65,10 @@ GenerationResult Generator::generate(const GenerationRequest& request, const Gen
   result.prefill_seconds = std::chrono::duration<double>(decode_start - prefill_start).count();
 
   int64_t position = prompt_len;
+  // Plain greedy decoding needs no logits on the host: the argmax is taken where they are.
+  const sampling::SamplingParams& sp = request.sampling;
+  const bool greedy_on_device = sp.is_greedy() && sp.repetition_penalty == 1.0f && sp.presence_penalty == 0.0f &&
+                                sp.frequency_penalty == 0.0f;
   for (;;) {
     if (std::find(request.stop_ids.begin(), request.stop_ids.end(), token) != request.stop_ids.end()) {
       result.finish_reason = FinishReason::Stop;
@@ -84,12 +88,16 @@ GenerationResult Generator::generate(const GenerationRequest& request, const Gen
       break;
     }
     const int32_t pos = static_cast<int32_t>(position);
-    engine_.write_inputs(std::span(&token, 1), std::span(&pos, 1), std::span(&pos, 1));
-    engine_.forward(1, 1);
-    engine_.read_logits(1, logits);
-    token = sampler.sample(logits, request.prompt, result.tokens);
+    if (greedy_on_device) {
+      token = engine_.decode_step(token, pos, /*greedy=*/true);
+    } else {
+      engine_.decode_step(token, pos, /*greedy=*/false);
+      engine_.read_logits(1, logits);
+      token = sampler.sample(logits, request.prompt, result.tokens);
+    }
     ++position;
   }
+  engine_.synchronize();  // surfaces any input error a kernel flagged during the steps
   result.decode_seconds = std::chrono::duration<double>(clock::now() - decode_start).count();
   return result;
 }

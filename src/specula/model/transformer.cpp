@@ -43,6 +43,7 @@ void Transformer::plan(const ModelConfig& c, const ForwardShape& s, const Activa
   plan.add(d.activations, {T, c.hidden_size});
   plan.add(d.activations, {T, c.hidden_size});
   plan.add(DType::F32, {s.max_logit_rows, c.vocab_size});
+  plan.add(DType::I32, {s.max_logit_rows});
 }
 
 Transformer::Transformer(const ModelConfig& c, ModelWeights weights, const ForwardShape& s, const ActivationDTypes& d,
@@ -82,6 +83,7 @@ Transformer::Transformer(const ModelConfig& c, ModelWeights weights, const Forwa
   down_ = arena.alloc(d.activations, {T, c.hidden_size});
   final_hidden_ = arena.alloc(d.activations, {T, c.hidden_size});
   logits_ = arena.alloc(DType::F32, {s.max_logit_rows, c.vocab_size});
+  next_tokens_ = arena.alloc(DType::I32, {s.max_logit_rows});
 }
 
 void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_rows) {

@@ -52,6 +52,8 @@ class Transformer {
   void forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_rows);
 
   Tensor logits(int64_t rows) const { return logits_.slice_outer(0, rows); }  // [rows, V] F32
+  // [max_logit_rows] I32 on the device: where greedy/sampled next tokens are written.
+  Tensor next_tokens(int64_t rows) const { return next_tokens_.slice_outer(0, rows); }
   // Final-norm output of the last forward, before the muP logit scale: [tokens, H].
   Tensor final_hidden(int64_t tokens) const { return final_hidden_.slice_outer(0, tokens); }
 
@@ -67,7 +69,7 @@ class Transformer {
   ops::RopeParams rope_;
   std::vector<Tensor> k_cache_, v_cache_;  // per layer [n_kv, capacity, hd]
   Tensor token_ids_, positions_, slots_;
-  Tensor residual_, normed_, qkv_, q_, attn_out_, o_, gate_up_, act_, down_, final_hidden_, logits_;
+  Tensor residual_, normed_, qkv_, q_, attn_out_, o_, gate_up_, act_, down_, final_hidden_, logits_, next_tokens_;
 };
 
 }  // namespace specula::model

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build with CUDA (ninja -j16), run the GPU tests and the benchmarks,
+# and print a short table last. Logs and JSON go to $OUT (the device tool returns that folder).
+#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench torch (default: build tests bench torch)
+# Needs .deps (scripts/fetch-deps.sh and scripts/fetch-device-deps.sh) carried along.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(build tests bench torch)
+has() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+summary=()
+note() { summary+=("$1"); echo "== $1"; }
+
+root=$PWD/.deps/sysroot
+export PKG_CONFIG_PATH=$root/usr/lib/x86_64-linux-gnu/pkgconfig:$root/usr/share/pkgconfig
+export PKG_CONFIG_SYSROOT_DIR=$root
+export LD_LIBRARY_PATH=$root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+commit=$(cat .commit 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
+build=build-device
+arch=${SPECULA_DEVICE_ARCH:-90a-real}
+
+if has build; then
+  t=$SECONDS
+  cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPECULA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
+    -DCMAKE_PREFIX_PATH="$root/usr" -DCMAKE_CXX_FLAGS="-isystem $root/usr/include" >"$OUT/configure.log" 2>&1 \
+    && ninja -C $build -j16 >"$OUT/build.log" 2>&1
+  rc=$?
+  note "build: rc=$rc in $((SECONDS - t)) s (commit $commit, CUDA arch $arch)"
+  if [ $rc -ne 0 ]; then tail -40 "$OUT/build.log"; grep -m20 -B2 -A6 'error' "$OUT/build.log"; exit 1; fi
+fi
+
+if has tests; then
+  t=$SECONDS
+  nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader >"$OUT/gpu.txt" 2>&1
+  ./$build/tests/specula_tests --gtest_filter='Cuda*:*Cuda*' --gtest_brief=1 >"$OUT/gpu-tests.log" 2>&1
+  rc=$?
+  pass=$(grep -c '^\[       OK \]' "$OUT/gpu-tests.log"); fail=$(grep -c '^\[  FAILED  \]' "$OUT/gpu-tests.log")
+  skip=$(grep -c '^\[  SKIPPED \]' "$OUT/gpu-tests.log")
+  note "gpu tests: rc=$rc ok=$pass failed=$fail skipped=$skip in $((SECONDS - t)) s"
+  grep -E '^\[  FAILED  \]|Failure|error' "$OUT/gpu-tests.log" | head -40
+  ./$build/tests/specula_tests --gtest_brief=1 >"$OUT/all-tests.log" 2>&1
+  note "all tests on the GPU machine: rc=$? $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/all-tests.log" | head -2 | tr '\n' ' ')"
+fi
+
+if has sanitizer; then
+  t=$SECONDS
+  compute-sanitizer --tool memcheck --leak-check none --error-exitcode 3 \
+    ./$build/tests/specula_tests --gtest_filter='Cuda*' --gtest_brief=1 >"$OUT/memcheck.log" 2>&1
+  note "compute-sanitizer memcheck: rc=$? in $((SECONDS - t)) s ($(grep -c 'Invalid' "$OUT/memcheck.log") invalid accesses)"
+  grep -m10 -A8 'Invalid' "$OUT/memcheck.log"
+fi
+
+if has bench; then
+  for b in specula_kernel_bench specula_attention_bench; do
+    if [ -x ./$build/$b ]; then
+      ./$build/$b --json "$OUT/$b.json" >"$OUT/$b.log" 2>&1
+      note "$b: rc=$?"; tail -25 "$OUT/$b.log"
+    fi
+  done
+  ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 4096 --decode-steps 64 \
+    --commit "$commit" --json "$OUT/specula_bench.json" >"$OUT/specula_bench.log" 2>&1
+  note "specula bench llama3-8b: rc=$?"; cat "$OUT/specula_bench.log"
+fi
+
+if has torch; then
+  t=$SECONDS
+  PYTHONUNBUFFERED=1 timeout 420 python3 tools/torch_baseline.py --prefill 4096 --contexts 512,8192 \
+    --decode-steps 64 ${TORCH_COMPILE:+--compile} --json "$OUT/torch_baseline.json" >"$OUT/torch.log" 2>&1
+  note "torch baseline: rc=$? in $((SECONDS - t)) s"; tail -8 "$OUT/torch.log"
+fi
+
+echo
+echo "== summary"
+printf '%s\n' "${summary[@]}"

@@ -1,0 +1,205 @@
+// `specula bench`: speed of a model shape with random weights made on the device (no checkpoint
+// file), so an 8B-shaped model can be measured without 16 GB of downloads. Measures prefill
+// (one forward over a prompt) and decode at chosen context lengths (the KV cache is filled by a
+// real prefill first), and on CUDA the device-to-device copy bandwidth in the same run, from
+// which it reports decode as a percentage of the memory-bandwidth limit:
+//   limit = bandwidth / (weight bytes read per token + KV bytes read at that context).
+// Results print as a table and, with --json, as one object per measurement.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "device_option.h"
+#include "specula/core/error.h"
+#include "specula/engine/engine.h"
+#ifdef SPECULA_WITH_CUDA
+#include "specula/core/cuda_memory.h"
+#endif
+
+namespace specula::cli {
+
+namespace {
+
+struct BenchArgs {
+  std::string preset = "llama3-8b", device = "auto", json_path, commit = "unknown";
+  std::vector<int64_t> contexts{512, 8192};
+  int64_t prefill = 4096, decode_steps = 64, prefill_chunk = 0;
+  int threads = 0;
+  int repeats = 3;
+};
+
+// Model shapes by name (random weights; only the shapes matter).
+std::string preset_config(const std::string& name) {
+  if (name == "llama3-8b")  // Llama-3-8B: 8.03B parameters
+    return R"({"architectures":["LlamaForCausalLM"],"hidden_size":4096,"intermediate_size":14336,
+      "num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,"vocab_size":128256,
+      "max_position_embeddings":131072,"rms_norm_eps":1e-5,"rope_theta":500000.0,"tie_word_embeddings":false})";
+  if (name == "cpu-100m")  // ~100M parameters: a reference point for the CPU backend
+    return R"({"architectures":["LlamaForCausalLM"],"hidden_size":768,"intermediate_size":2048,
+      "num_hidden_layers":12,"num_attention_heads":12,"num_key_value_heads":4,"vocab_size":32000,
+      "max_position_embeddings":8192,"rms_norm_eps":1e-5,"rope_theta":500000.0,"tie_word_embeddings":true})";
+  fail("unknown --preset '", name, "' (llama3-8b, cpu-100m)");
+}
+
+struct Measurement {
+  std::string metric;
+  double value;
+  std::string unit;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Runs `tokens` prompt tokens starting at cache row `start`, in chunks.
+void prefill(engine::Engine& e, const std::vector<int32_t>& ids, int64_t start) {
+  const int64_t chunk = e.prefill_chunk(), n = static_cast<int64_t>(ids.size());
+  std::vector<int32_t> pos;
+  for (int64_t b = 0; b < n; b += chunk) {
+    const int64_t len = std::min(chunk, n - b);
+    pos.resize(static_cast<size_t>(len));
+    for (int64_t i = 0; i < len; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(start + b + i);
+    e.write_inputs(std::span(ids).subspan(static_cast<size_t>(b), static_cast<size_t>(len)), pos, pos);
+    e.forward(len, b + len == n ? 1 : 0);
+  }
+  e.synchronize();
+}
+
+void run_bench(const BenchArgs& a) {
+  const model::ModelConfig config = model::ModelConfig::from_json(preset_config(a.preset), "preset " + a.preset);
+  SPECULA_CHECK(!a.contexts.empty(), "--contexts needs at least one length");
+  const int64_t max_ctx = *std::max_element(a.contexts.begin(), a.contexts.end());
+  engine::EngineOptions options;
+  options.device = parse_device(a.device);
+  options.threads = a.threads;
+  options.max_context = std::max(max_ctx, a.prefill) + a.decode_steps + 1;
+  options.prefill_chunk = a.prefill_chunk > 0 ? a.prefill_chunk : std::max<int64_t>(a.prefill, 1);
+  const auto load_start = std::chrono::steady_clock::now();
+  auto engine = engine::Engine::create_random(config, options, 1234);
+  const double build_s = seconds_since(load_start);
+  const model::ModelWeights& w = engine->transformer().weights();
+  const std::string device = engine->device_description();
+  std::fprintf(stderr, "bench: %s, %.2fB parameters, %.2f GB of weights, on %s (built in %.1f s)\n", a.preset.c_str(),
+               static_cast<double>(w.parameter_count) / 1e9, static_cast<double>(w.bytes) / 1e9, device.c_str(),
+               build_s);
+
+  std::vector<Measurement> results;
+  double bandwidth = 0.0;
+#ifdef SPECULA_WITH_CUDA
+  if (engine->device() == Device::CUDA) {
+    bandwidth = cuda_measure_copy_bandwidth(size_t{1} << 30, 20);
+    results.push_back({"copy_bandwidth", bandwidth, "GB/s"});
+  }
+#endif
+
+  std::mt19937 rng(7);
+  auto random_ids = [&](int64_t n) {
+    std::vector<int32_t> ids(static_cast<size_t>(n));
+    for (auto& id : ids) id = static_cast<int32_t>(rng() % static_cast<uint32_t>(config.vocab_size));
+    return ids;
+  };
+
+  // Prefill: the whole prompt as chunks of --prefill-chunk (default: one chunk).
+  if (a.prefill > 0) {
+    const std::vector<int32_t> ids = random_ids(a.prefill);
+    prefill(*engine, ids, 0);  // warm-up (cuBLASLt heuristics, module loading)
+    std::vector<double> times;
+    for (int r = 0; r < a.repeats; ++r) {
+      const auto t = std::chrono::steady_clock::now();
+      prefill(*engine, ids, 0);
+      times.push_back(seconds_since(t));
+    }
+    const double s = median(times);
+    // 2 flops per multiply-add: every layer's projections over every token, the LM head for the
+    // last token only, causal attention (QK^T and PV over half the square).
+    const double head_params = static_cast<double>(config.vocab_size * config.hidden_size);
+    const double layer_params = static_cast<double>(w.parameter_count) - head_params * (config.tie_word_embeddings ? 1 : 2);
+    const double n = static_cast<double>(a.prefill);
+    const double flops = 2.0 * layer_params * n + 2.0 * head_params +
+                         2.0 * 2.0 * config.num_layers * config.num_heads * config.head_dim * n * n / 2.0;
+    results.push_back({"prefill_tokens_per_s_" + std::to_string(a.prefill), n / s, "tok/s"});
+    results.push_back({"prefill_tflops_" + std::to_string(a.prefill), flops / s / 1e12, "TFLOP/s"});
+  }
+
+  // Decode at each context: fill the cache with a real prefill, then time greedy steps.
+  const double kv_bytes_per_token = 2.0 * config.num_layers * config.num_kv_heads * config.head_dim *
+                                    (engine->device() == Device::CPU ? 4.0 : 2.0);
+  const double weight_bytes_per_step =
+      static_cast<double>(w.bytes) - (config.tie_word_embeddings ? 0.0 : static_cast<double>(w.embed.nbytes()));
+  for (int64_t ctx : a.contexts) {
+    prefill(*engine, random_ids(ctx), 0);
+    int32_t token = 1;
+    token = engine->decode_step(token, static_cast<int32_t>(ctx), true);  // warm-up and graph capture
+    std::vector<double> times;
+    for (int r = 0; r < a.repeats; ++r) {
+      const auto t = std::chrono::steady_clock::now();
+      for (int64_t i = 0; i < a.decode_steps; ++i)
+        token = engine->decode_step(token, static_cast<int32_t>(ctx + i), true);
+      times.push_back(seconds_since(t));
+    }
+    engine->synchronize();
+    const double tok_s = static_cast<double>(a.decode_steps) / median(times);
+    const std::string c = std::to_string(ctx);
+    results.push_back({"decode_tokens_per_s_ctx" + c, tok_s, "tok/s"});
+    results.push_back({"decode_ms_per_token_ctx" + c, 1000.0 / tok_s, "ms"});
+    if (bandwidth > 0) {
+      const double bytes = weight_bytes_per_step + kv_bytes_per_token * static_cast<double>(ctx + a.decode_steps / 2);
+      const double limit = bandwidth * 1e9 / bytes;
+      results.push_back({"decode_bandwidth_limit_ctx" + c, limit, "tok/s"});
+      results.push_back({"decode_vs_bandwidth_limit_ctx" + c, 100.0 * tok_s / limit, "%"});
+    }
+  }
+
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
+  std::printf("| metric | value | unit |\n|---|---|---|\n");
+  for (const Measurement& m : results) std::printf("| %s | %.2f | %s |\n", m.metric.c_str(), m.value, m.unit.c_str());
+  if (!a.json_path.empty()) {
+    nlohmann::ordered_json out = nlohmann::ordered_json::array();
+    for (const Measurement& m : results)
+      out.push_back({{"device", device}, {"commit", a.commit}, {"date", date}, {"preset", a.preset},
+                     {"metric", m.metric}, {"value", m.value}, {"unit", m.unit}});
+    std::ofstream f(a.json_path);
+    SPECULA_CHECK(f.good(), a.json_path, ": cannot write");
+    f << out.dump(1) << "\n";
+  }
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto a = std::make_shared<BenchArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "bench", "Measure prefill and decode speed of a model shape with random weights built on the device");
+  cmd->add_option("--preset", a->preset, "Model shape: llama3-8b or cpu-100m")->capture_default_str();
+  cmd->add_option("--device", a->device, "auto, cuda or cpu")->capture_default_str();
+  cmd->add_option("--contexts", a->contexts, "Context lengths to measure decode at")->capture_default_str()
+      ->delimiter(',');
+  cmd->add_option("--prefill", a->prefill, "Prompt length for the prefill measurement; 0 = skip")->capture_default_str();
+  cmd->add_option("--prefill-chunk", a->prefill_chunk, "Tokens per prefill forward; 0 = the whole prompt")
+      ->capture_default_str();
+  cmd->add_option("--decode-steps", a->decode_steps, "Decode steps timed per repeat")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--repeats", a->repeats, "Timed repeats (the median is reported)")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--threads", a->threads, "CPU threads; 0 = all cores")->capture_default_str();
+  cmd->add_option("--json", a->json_path, "Write the measurements as JSON here");
+  cmd->add_option("--commit", a->commit, "Commit id recorded with the results")->capture_default_str();
+  cmd->callback([a] { run_bench(*a); });
+}
+
+}  // namespace specula::cli
