@@ -46,6 +46,10 @@ class CudaContext {
   size_t workspace_bytes() const { return workspace_bytes_; }
   uint32_t* error_word() const { return error_word_; } // device pointer
   const DeviceInfo& info() const { return info_; }
+  // Slot for the cuBLASLt plan cache of ops/cuda/gemm_cublaslt.cu (per-shape descriptors and
+  // heuristic results), type-erased so this header stays free of CUDA types. Created by the
+  // linear op on first use; owned here so it lives exactly as long as the context.
+  std::shared_ptr<void>& gemm_plan_cache() { return gemm_plan_cache_; }
 
   void synchronize() const;                  // waits for the stream; throws on a CUDA error
   // Reads and clears the error word (synchronous); throws specula::Error describing set bits.
@@ -61,6 +65,7 @@ class CudaContext {
   size_t workspace_bytes_ = 0;
   uint32_t* error_word_ = nullptr;
   DeviceInfo info_;
+  std::shared_ptr<void> gemm_plan_cache_;
 };
 
 // True if a CUDA device is present and usable (for tests that must say when they skip).

@@ -257,6 +257,51 @@ __device__ __forceinline__ void store_f32(T* p, const float (&v)[N]) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Vector access with a run-time dtype.
+//
+// For the small memory-bound ops (norms, element-wise, embedding) the dtype of each operand is a
+// kernel argument rather than a template parameter: one uniform branch per N-element access costs
+// nothing next to the memory traffic, and it keeps the number of instantiations (and the build
+// time) linear instead of a product over operands. Element `index` of `base`; the address must be
+// aligned to vector_alignment(dtype, N) (checked on the host). Coherent loads: safe when the
+// kernel also writes the same memory (in-place norms, aliasing outputs).
+
+// Host mirror of access_alignment<T, N>() for a run-time dtype.
+inline size_t vector_alignment(DType dtype, int n) {
+  const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
+  if (bytes >= static_cast<size_t>(kVectorBytes)) return static_cast<size_t>(kVectorBytes);
+  if (bytes == 8 || bytes == 4) return bytes;
+  return dtype_size(dtype);
+}
+
+template <int N>
+__device__ __forceinline__ void load_f32_dyn(const void* base, DType dtype, int64_t index, float (&v)[N]) {
+  switch (dtype) {
+    case DType::BF16: load_f32_coherent<__nv_bfloat16, N>(static_cast<const __nv_bfloat16*>(base) + index, v); return;
+    case DType::F16: load_f32_coherent<__half, N>(static_cast<const __half*>(base) + index, v); return;
+    default: load_f32_coherent<float, N>(static_cast<const float*>(base) + index, v); return;
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void store_f32_dyn(void* base, DType dtype, int64_t index, const float (&v)[N]) {
+  switch (dtype) {
+    case DType::BF16: store_f32<__nv_bfloat16, N>(static_cast<__nv_bfloat16*>(base) + index, v); return;
+    case DType::F16: store_f32<__half, N>(static_cast<__half*>(base) + index, v); return;
+    default: store_f32<float, N>(static_cast<float*>(base) + index, v); return;
+  }
+}
+
+// The value a float takes after a round trip through `dtype` storage.
+__device__ __forceinline__ float round_through_dyn(DType dtype, float v) {
+  switch (dtype) {
+    case DType::BF16: return round_through<__nv_bfloat16>(v);
+    case DType::F16: return round_through<__half>(v);
+    default: return v;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Reductions
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -1,0 +1,272 @@
+// CUDA-core GEMV / skinny GEMM for the linear op at decode token counts (T <= kGemvMaxTokens):
+// out[t, n] = alpha * sum_k x[t, k] W[n, k] + bias[n].
+//
+// Decode is bound by streaming the weight matrix once, so everything here serves that stream:
+// - Each lane loads whole 16-byte weight vectors (8 bf16/f16 or 4 f32) with a streaming load that
+//   skips L1, kRows rows x kUnroll vectors at a time, all issued before the first use, so every
+//   warp keeps several KB of loads in flight.
+// - The activations x (a few KB) are re-read from L1 by every warp, converted to fp32 on load,
+//   and shared by the kRows rows a warp works on. All T tokens use each weight vector while it is
+//   in registers, so T <= 8 costs one pass over the weights; the token count is a template
+//   parameter (1, 2, 4, 8) so the accumulators stay in registers.
+// - Blocks of 8 warps; the warps of a block split into row groups of kRows rows, each row group's
+//   K range split over `splits` warps (1..8) whose partial sums meet in shared memory. The host
+//   picks the smallest split that gives about kTargetWarpsPerSm warps per SM, so a short matrix
+//   (few rows) still fills the GPU and a tall one keeps whole rows per warp.
+// - fp32 accumulation with fmaf; alpha and bias in the epilogue; bias and out dtypes are
+//   run-time values (used once per output), weight and x dtypes are template parameters.
+// The vector path needs K to be a multiple of the vector width and 16-byte-aligned weights
+// (and x aligned to its access width), checked per call; otherwise a scalar kernel
+// (one element per lane and access) computes the same thing more slowly.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "specula/ops/cuda/cuda_check.cuh"
+#include "specula/ops/cuda/kernel_utils.cuh"
+#include "specula/ops/cuda/linear_impl.h"
+
+namespace specula::ops::cuda_impl {
+
+namespace {
+
+constexpr int kGemvWarps = 8;
+constexpr int kGemvThreads = kGemvWarps * kWarpSize;
+constexpr int kTargetWarpsPerSm = 16;  // enough 16-byte loads in flight to cover DRAM latency
+constexpr int64_t kMaxGridY = 65535;   // CUDA limit on gridDim.y (token groups)
+
+// Rows per warp and weight vectors per lane in flight per row, by token count: more tokens need
+// more accumulators and activation registers, so they trade unrolling for registers.
+template <int kT>
+struct GemvShape {
+  static constexpr int kRows = 2;
+  static constexpr int kUnroll = kT <= 2 ? 4 : 2;
+};
+
+struct GemvArgs {
+  const void* weight;
+  const void* x;
+  const void* bias;  // nullptr: none
+  DType bias_dtype;
+  void* out;
+  DType out_dtype;
+  int64_t n, k, tokens;
+  float alpha;
+  int splits;  // warps sharing one row group's K range: 1, 2, 4 or 8
+};
+
+// One access worth of weights, kept raw until it is used so the registers hold 16-bit values.
+template <typename TW, int kVec>
+struct WeightVec {
+  static constexpr bool kWide = kVec > 1;
+  static_assert(!kWide || kVec * sizeof(TW) == kVectorBytes, "a wide weight access is one 16-byte vector");
+  std::conditional_t<kWide, uint4, TW> raw;
+
+  __device__ __forceinline__ void load(const TW* p) {
+    if constexpr (kWide)
+      raw = detail::load_v4_stream(p);
+    else
+      raw = __ldg(p);
+  }
+  __device__ __forceinline__ void clear() {
+    if constexpr (kWide)
+      raw = make_uint4(0u, 0u, 0u, 0u);
+    else
+      raw = from_f32<TW>(0.0f);
+  }
+  __device__ __forceinline__ void unpack(float (&v)[kVec]) const {
+    if constexpr (kWide) {
+      using W = detail::Words<TW>;
+      const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) W::unpack(words[j], &v[j * W::kPerWord]);
+    } else {
+      v[0] = to_f32(raw);
+    }
+  }
+};
+
+__device__ __forceinline__ void write_output(const GemvArgs& a, int64_t row, int64_t token, float dot) {
+  const float b = a.bias ? load_f32_dyn(a.bias, a.bias_dtype, row) : 0.0f;
+  store_f32_dyn(a.out, a.out_dtype, token * a.n + row, a.alpha * dot + b);
+}
+
+// One step of a lane: kUnroll weight vectors of each of its kRows rows (loads all issued first),
+// then the matching activations for every token, accumulated. kGuard: the last step of a row,
+// where some of the kUnroll vectors may lie beyond the row.
+template <bool kGuard, typename TW, typename TX, int kT, int kVec, int kRows, int kUnroll>
+__device__ __forceinline__ void gemv_step(const TW* const (&wrow)[kRows], const TX* const (&xrow)[kT], int64_t v0,
+                                          int64_t stride, int64_t vectors, float (&acc)[kRows][kT]) {
+  WeightVec<TW, kVec> w[kUnroll][kRows];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t v = v0 + u * stride;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      if (!kGuard || v < vectors)
+        w[u][r].load(wrow[r] + v * kVec);
+      else
+        w[u][r].clear();
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t v = v0 + u * stride;
+    if (kGuard && v >= vectors) break;
+    float xv[kT][kVec];
+#pragma unroll
+    for (int t = 0; t < kT; ++t) load_f32<TX, kVec>(xrow[t] + v * kVec, xv[t]);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      float wf[kVec];
+      w[u][r].unpack(wf);
+#pragma unroll
+      for (int t = 0; t < kT; ++t)
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) acc[r][t] = fmaf(wf[j], xv[t][j], acc[r][t]);
+    }
+  }
+}
+
+// blockIdx.x: a block of kGemvWarps / splits row groups; blockIdx.y: a group of kT tokens.
+template <typename TW, typename TX, int kT, int kVec>
+__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
+  constexpr int kRows = GemvShape<kT>::kRows, kUnroll = GemvShape<kT>::kUnroll;
+  __shared__ float partial[kGemvWarps][kRows][kT];
+
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int splits = a.splits, groups = kGemvWarps / splits;
+  const int group = warp / splits, split = warp % splits;
+  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * groups + group) * kRows;
+  const int64_t token0 = static_cast<int64_t>(blockIdx.y) * kT;
+  const int tokens = static_cast<int>(min(static_cast<int64_t>(kT), a.tokens - token0));
+  const int64_t vectors = a.k / kVec;
+
+  // Rows past the matrix and tokens past the batch read row 0 / token 0 instead (valid memory,
+  // results never written), so the hot loop carries no bounds tests.
+  const TW* wrow[kRows];
+  bool row_ok[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    row_ok[r] = row0 + r < a.n;
+    wrow[r] = static_cast<const TW*>(a.weight) + (row_ok[r] ? row0 + r : 0) * a.k;
+  }
+  const TX* xrow[kT];
+#pragma unroll
+  for (int t = 0; t < kT; ++t) xrow[t] = static_cast<const TX*>(a.x) + (token0 + (t < tokens ? t : 0)) * a.k;
+
+  float acc[kRows][kT];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int t = 0; t < kT; ++t) acc[r][t] = 0.0f;
+
+  const int64_t stride = static_cast<int64_t>(splits) * kWarpSize;
+  int64_t v0 = split * kWarpSize + lane;
+  for (; v0 + (kUnroll - 1) * stride < vectors; v0 += stride * kUnroll)
+    gemv_step<false, TW, TX, kT, kVec, kRows, kUnroll>(wrow, xrow, v0, stride, vectors, acc);
+  if (v0 < vectors) gemv_step<true, TW, TX, kT, kVec, kRows, kUnroll>(wrow, xrow, v0, stride, vectors, acc);
+
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int t = 0; t < kT; ++t) acc[r][t] = warp_sum(acc[r][t]);
+
+  if (splits == 1) {  // uniform over the block
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int t = 0; t < kT; ++t)
+          if (row_ok[r] && t < tokens) write_output(a, row0 + r, token0 + t, acc[r][t]);
+    }
+    return;
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+#pragma unroll
+      for (int t = 0; t < kT; ++t) partial[warp][r][t] = acc[r][t];
+  }
+  __syncthreads();
+  for (int i = static_cast<int>(threadIdx.x); i < groups * kRows * kT; i += kGemvThreads) {
+    const int g = i / (kRows * kT), r = (i / kT) % kRows, t = i % kT;
+    float sum = 0.0f;
+    for (int s = 0; s < splits; ++s) sum += partial[g * splits + s][r][t];
+    const int64_t row = (static_cast<int64_t>(blockIdx.x) * groups + g) * kRows + r;
+    if (row < a.n && t < tokens) write_output(a, row, token0 + t, sum);
+  }
+}
+
+// Smallest power-of-two split of K over warps that reaches the warp target, keeping at least
+// kUnroll vectors per lane per row so a split never leaves lanes with nothing in flight.
+int choose_splits(int64_t rows, int64_t vectors, int rows_per_warp, int unroll, int multiprocessors) {
+  const int64_t row_groups = ceil_div<int64_t>(rows, rows_per_warp);
+  const int64_t target = static_cast<int64_t>(multiprocessors) * kTargetWarpsPerSm;
+  int splits = 1;
+  while (splits < kGemvWarps && row_groups * splits < target && vectors / (2 * splits * kWarpSize) >= unroll)
+    splits *= 2;
+  return splits;
+}
+
+template <typename TW, typename TX, int kT, int kVec>
+void run_gemv(CudaContext& ctx, GemvArgs args) {
+  constexpr int kRows = GemvShape<kT>::kRows;
+  const int64_t vectors = args.k / kVec;
+  args.splits = choose_splits(args.n, vectors, kRows, GemvShape<kT>::kUnroll, ctx.info().multiprocessors);
+  const int64_t groups = kGemvWarps / args.splits;
+  const auto blocks_x = static_cast<unsigned>(ceil_div<int64_t>(ceil_div<int64_t>(args.n, kRows), groups));
+  // gridDim.y counts token groups; beyond its limit, launch again on later tokens.
+  const int64_t tokens_per_launch = kMaxGridY * kT, total = args.tokens;
+  for (int64_t t0 = 0; t0 < total; t0 += tokens_per_launch) {
+    GemvArgs slice = args;
+    slice.tokens = std::min(tokens_per_launch, total - t0);
+    slice.x = static_cast<const char*>(args.x) + static_cast<size_t>(t0 * args.k) * sizeof(TX);
+    slice.out = static_cast<char*>(args.out) + static_cast<size_t>(t0 * args.n) * dtype_size(args.out_dtype);
+    const dim3 grid(blocks_x, static_cast<unsigned>(ceil_div<int64_t>(slice.tokens, kT)));
+    gemv_kernel<TW, TX, kT, kVec><<<grid, kGemvThreads, 0, stream_of(ctx)>>>(slice);
+    SPECULA_CUDA_CHECK_LAUNCH("linear (gemv)");
+  }
+}
+
+}  // namespace
+
+void launch_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
+                 float alpha) {
+  GemvArgs args{};
+  args.weight = weight.data;
+  args.x = x.data;
+  args.bias = bias.empty() ? nullptr : bias.data;
+  args.bias_dtype = bias.dtype;
+  args.out = out.data;
+  args.out_dtype = out.dtype;
+  args.n = weight.dim(0);
+  args.k = weight.dim(1);
+  args.tokens = x.rows();
+  args.alpha = alpha;
+  if (args.tokens == 0 || args.n == 0) return;
+
+  dispatch_float(weight.dtype, [&](auto weight_tag) {
+    using TW = typename decltype(weight_tag)::type;
+    dispatch_float(x.dtype, [&](auto x_tag) {
+      using TX = typename decltype(x_tag)::type;
+      constexpr int kWide = kVectorBytes / static_cast<int>(sizeof(TW));
+      const bool wide = args.k % kWide == 0 && is_aligned(weight.data, kVectorBytes) &&
+                        is_aligned(x.data, static_cast<size_t>(access_alignment<TX, kWide>()));
+      if (!wide) {
+        run_gemv<TW, TX, 1, 1>(ctx, args);
+      } else if (args.tokens == 1) {
+        run_gemv<TW, TX, 1, kWide>(ctx, args);
+      } else if (args.tokens == 2) {
+        run_gemv<TW, TX, 2, kWide>(ctx, args);
+      } else if (args.tokens <= 4) {
+        run_gemv<TW, TX, 4, kWide>(ctx, args);
+      } else {
+        run_gemv<TW, TX, 8, kWide>(ctx, args);
+      }
+    });
+  });
+}
+
+}  // namespace specula::ops::cuda_impl

@@ -1,0 +1,32 @@
+// The two engines behind the CUDA linear op (ops/cuda/linear.cu chooses between them):
+// a hand-written GEMV for decode-sized token counts (gemv.cu) and cuBLASLt for everything larger
+// (gemm_cublaslt.cu). Host-only declarations, C++17-clean.
+#pragma once
+
+#include <cstdint>
+
+#include "specula/core/tensor.h"
+#include "specula/ops/cuda/cuda_context.h"
+
+namespace specula::ops::cuda_impl {
+
+using specula::cuda::CudaContext;
+
+// Token counts up to this run on the GEMV: it streams the weights once for all of them, which
+// at these sizes beats a tensor-core GEMM whose tiles would be mostly padding.
+constexpr int64_t kGemvMaxTokens = 8;
+
+// out = alpha * x W^T + bias on the CUDA cores, any float dtypes, any token count (beyond
+// kGemvMaxTokens it runs in groups of kGemvMaxTokens tokens, each group re-reading the weights:
+// correct but slow, the fallback when cuBLASLt cannot take the operands).
+void launch_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
+                 float alpha);
+
+// Runs the same through cuBLASLt (tensor cores for bf16/f16 weights, fp32 accumulation). An x
+// whose dtype differs from the weights' is converted into the context's workspace first, in
+// token chunks. Returns false, having launched nothing, when the combination is not one
+// cuBLASLt supports (output dtype, workspace too small, no algorithm for the shape).
+bool try_gemm_cublaslt(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
+                       float alpha);
+
+}  // namespace specula::ops::cuda_impl

@@ -1,0 +1,149 @@
+// CUDA split of the fused QKV projection into rotated queries and the KV cache
+// (ops::qkv_rope_store): per head, optional RMSNorm (Qwen3's q_norm/k_norm), RoPE in the
+// rotate-half convention, then q to q_out and k/v to their cache rows.
+//
+// One warp per (token, head) over all n_heads + 2 n_kv heads of the fused row, so every head is
+// independent and the grid grows with tokens for prefill. Lane l handles the rotation pairs
+// (i, i + hd/2) for i = l, l + 32, ...: each pair needs one angle, so a lane computes exactly the
+// cos/sin it uses, and the warp's loads of consecutive i are coalesced. With a norm the warp
+// first reduces the head's sum of squares and then re-reads the head (an L1 hit), which works
+// for any head_dim without a register cap.
+//
+// Angles follow the CPU reference bit for bit: float(position) * inv_freq[i] in fp32, then the
+// precise sincosf (never the __sinf intrinsics, whose error grows with the angle and positions
+// reach 1e5+ radians); cos and sin are scaled by attention_scaling. A slot outside the cache
+// sets kErrorSlotOutOfRange and skips that token's K/V store; its queries are still written.
+#include <cuda_runtime.h>
+
+#include "specula/ops/cuda/cuda_check.cuh"
+#include "specula/ops/cuda/cuda_ops.h"
+#include "specula/ops/cuda/kernel_utils.cuh"
+
+namespace specula::ops::cuda_impl {
+
+namespace {
+
+constexpr int kWarpsPerBlock = 4;
+
+struct QkvArgs {
+  const void* qkv;
+  DType qkv_dtype;
+  const void* q_norm;  // nullptr: no per-head norm
+  const void* k_norm;
+  DType q_norm_dtype, k_norm_dtype;
+  float norm_eps;
+  const float* inv_freq;
+  float attention_scaling;
+  const int32_t* positions;
+  const int32_t* slots;
+  void* q_out;
+  DType q_dtype;
+  void* k_cache;
+  void* v_cache;
+  DType cache_dtype;
+  int64_t tokens, n_heads, n_kv, head_dim, capacity;
+  uint32_t* error_word;
+};
+
+__global__ void __launch_bounds__(kWarpsPerBlock * kWarpSize) qkv_rope_store_kernel(QkvArgs a) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int64_t heads_per_token = a.n_heads + 2 * a.n_kv;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
+  if (item >= a.tokens * heads_per_token) return;  // whole warps only: no block barrier below
+  const int64_t t = item / heads_per_token, h = item % heads_per_token;
+  const int64_t hd = a.head_dim, half = hd / 2;
+  const int64_t src = t * heads_per_token * hd + h * hd;  // element offset of this head in qkv
+
+  const bool is_q = h < a.n_heads, is_v = h >= a.n_heads + a.n_kv;
+  const int64_t kv_head = is_q ? 0 : (is_v ? h - a.n_heads - a.n_kv : h - a.n_heads);
+  int64_t dst;  // element offset of the destination row
+  void* dst_base;
+  DType dst_dtype;
+  if (is_q) {
+    dst = (t * a.n_heads + h) * hd;
+    dst_base = a.q_out;
+    dst_dtype = a.q_dtype;
+  } else {
+    const int32_t slot = a.slots[t];
+    if (slot < 0 || slot >= a.capacity) {
+      if (lane == 0) report_device_error(a.error_word, specula::cuda::kErrorSlotOutOfRange);
+      return;
+    }
+    dst = (kv_head * a.capacity + slot) * hd;
+    dst_base = is_v ? a.v_cache : a.k_cache;
+    dst_dtype = a.cache_dtype;
+  }
+
+  if (is_v) {
+    for (int64_t i = lane; i < hd; i += kWarpSize)
+      store_f32_dyn(dst_base, dst_dtype, dst + i, load_f32_dyn(a.qkv, a.qkv_dtype, src + i));
+    return;
+  }
+
+  const void* norm = is_q ? a.q_norm : a.k_norm;
+  const DType norm_dtype = is_q ? a.q_norm_dtype : a.k_norm_dtype;
+  float inv = 1.0f;
+  if (norm) {
+    float sum_sq = 0.0f;
+    for (int64_t i = lane; i < hd; i += kWarpSize) {
+      const float x = load_f32_dyn(a.qkv, a.qkv_dtype, src + i);
+      sum_sq += x * x;
+    }
+    sum_sq = warp_sum(sum_sq);
+    inv = 1.0f / sqrtf(sum_sq / static_cast<float>(hd) + a.norm_eps);
+  }
+
+  const float position = static_cast<float>(a.positions[t]);
+  for (int64_t i = lane; i < half; i += kWarpSize) {
+    float x0 = load_f32_dyn(a.qkv, a.qkv_dtype, src + i);
+    float x1 = load_f32_dyn(a.qkv, a.qkv_dtype, src + i + half);
+    if (norm) {
+      x0 = load_f32_dyn(norm, norm_dtype, i) * (x0 * inv);
+      x1 = load_f32_dyn(norm, norm_dtype, i + half) * (x1 * inv);
+    }
+    const float angle = position * a.inv_freq[i];
+    float s, c;
+    sincosf(angle, &s, &c);
+    c *= a.attention_scaling;
+    s *= a.attention_scaling;
+    store_f32_dyn(dst_base, dst_dtype, dst + i, x0 * c - x1 * s);
+    store_f32_dyn(dst_base, dst_dtype, dst + i + half, x1 * c + x0 * s);
+  }
+}
+
+}  // namespace
+
+void qkv_rope_store(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
+                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, Tensor& q_out,
+                    Tensor& k_cache, Tensor& v_cache) {
+  QkvArgs a{};
+  a.qkv = qkv.data;
+  a.qkv_dtype = qkv.dtype;
+  a.q_norm = q_norm.empty() ? nullptr : q_norm.data;
+  a.k_norm = k_norm.empty() ? nullptr : k_norm.data;
+  a.q_norm_dtype = q_norm.dtype;
+  a.k_norm_dtype = k_norm.dtype;
+  a.norm_eps = norm_eps;
+  a.inv_freq = rope.inv_freq.as<const float>();
+  a.attention_scaling = rope.attention_scaling;
+  a.positions = positions.as<const int32_t>();
+  a.slots = slots.as<const int32_t>();
+  a.q_out = q_out.data;
+  a.q_dtype = q_out.dtype;
+  a.k_cache = k_cache.data;
+  a.v_cache = v_cache.data;
+  a.cache_dtype = k_cache.dtype;
+  a.tokens = qkv.dim(0);
+  a.n_heads = q_out.dim(1);
+  a.head_dim = q_out.dim(2);
+  a.n_kv = k_cache.dim(0);
+  a.capacity = k_cache.dim(1);
+  a.error_word = ctx.error_word();
+  const int64_t items = a.tokens * (a.n_heads + 2 * a.n_kv);
+  if (items == 0 || a.head_dim == 0) return;
+  const auto blocks = static_cast<unsigned>(ceil_div<int64_t>(items, kWarpsPerBlock));
+  qkv_rope_store_kernel<<<blocks, kWarpsPerBlock * kWarpSize, 0, stream_of(ctx)>>>(a);
+  SPECULA_CUDA_CHECK_LAUNCH("qkv_rope_store");
+}
+
+}  // namespace specula::ops::cuda_impl
