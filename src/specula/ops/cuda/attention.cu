@@ -40,7 +40,7 @@ constexpr int kFallbackMaxHeadDim = 256;
 constexpr int kFallbackDimsPerLane = kFallbackMaxHeadDim / 32;
 constexpr int kFallbackTileRows = 64;  // split-partition granularity, in cache rows
 
-constexpr int kCombineThreads = 128;
+constexpr int kCombineThreads = 256;
 
 template <typename CacheT>
 __global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(const AttnParams p) {
@@ -134,22 +134,24 @@ __global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(con
 }
 
 // One block per (token, head): weights exp2(lse_s - max) of the splits, then the weighted mean of
-// their outputs. Splits that saw nothing (lse = -inf) are skipped without reading their output,
-// which they never wrote.
+// their outputs. The block reads all its splits' rows at once (kCombineThreads / (head_dim / 4)
+// splits side by side, 16-byte loads) because at decode there are only T * n_heads blocks and the
+// kernel is bound by load latency, not bandwidth. Splits that saw nothing (lse = -inf) never
+// wrote their output: their (stale) values are loaded but selected away, never multiplied.
 __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(const AttnParams p) {
   __shared__ float s_weight[kMaxSplits];
   __shared__ float s_inv_total;
+  __shared__ __align__(16) float s_sum[kCombineThreads * 4];
   const int64_t row = blockIdx.x;  // token * n_heads + head
-  const int splits = p.num_splits, hd = p.head_dim;
+  const int splits = p.num_splits, hd = p.head_dim, tid = threadIdx.x;
   const float* lse = p.partial_lse + row * splits;
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
+  if (tid < 32) {
     float mx = -INFINITY;
-    for (int s = lane; s < splits; s += 32) mx = fmaxf(mx, lse[s]);
+    for (int s = tid; s < splits; s += 32) mx = fmaxf(mx, lse[s]);
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, offset));
     float total = 0.0f;
-    for (int s = lane; s < splits; s += 32) {
+    for (int s = tid; s < splits; s += 32) {
       const float v = lse[s];
       const float w = v == -INFINITY ? 0.0f : exp2f(v - mx);
       s_weight[s] = w;
@@ -157,19 +159,46 @@ __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(cons
     }
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
-    if (lane == 0) s_inv_total = total > 0.0f ? 1.0f / total : 0.0f;  // 0: invalid slot, zeros out
+    if (tid == 0) s_inv_total = total > 0.0f ? 1.0f / total : 0.0f;  // 0: invalid slot, zeros out
   }
   __syncthreads();
   const float inv_total = s_inv_total;
   const float* po = p.partial_o + row * splits * hd;
-  for (int d = threadIdx.x; d < hd; d += kCombineThreads) {
-    float acc = 0.0f;
-#pragma unroll 4
-    for (int s = 0; s < splits; ++s) {
-      const float w = s_weight[s];
-      if (w > 0.0f) acc += w * po[static_cast<int64_t>(s) * hd + d];
+
+  if (hd % 4 != 0) {  // no 16-byte path (no real model has such a head_dim): one column per thread
+    for (int d = tid; d < hd; d += kCombineThreads) {
+      float acc = 0.0f;
+      for (int s = 0; s < splits; ++s) {
+        const float w = s_weight[s];
+        if (w > 0.0f) acc += w * po[static_cast<int64_t>(s) * hd + d];
+      }
+      store_elem(p.out, p.out_kind, row * hd + d, acc * inv_total);
     }
-    store_elem(p.out, p.out_kind, row * hd + d, acc * inv_total);
+    return;
+  }
+  // head_dim <= 256, so a split row is at most 64 float4 and at least two splits run side by side.
+  const int vecs = hd / 4, lanes_per_split = vecs, side_by_side = kCombineThreads / lanes_per_split;
+  const int group = tid / lanes_per_split, v = tid - group * lanes_per_split;
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (group < side_by_side) {
+#pragma unroll 4
+    for (int s = group; s < splits; s += side_by_side) {
+      const float w = s_weight[s];
+      const float4 x = reinterpret_cast<const float4*>(po + static_cast<int64_t>(s) * hd)[v];
+      if (w > 0.0f) {
+        acc.x += w * x.x;
+        acc.y += w * x.y;
+        acc.z += w * x.z;
+        acc.w += w * x.w;
+      }
+    }
+  }
+  reinterpret_cast<float4*>(s_sum)[tid] = acc;
+  __syncthreads();
+  for (int d = tid; d < hd; d += kCombineThreads) {
+    float sum = 0.0f;
+    for (int g = 0; g < side_by_side; ++g) sum += s_sum[g * hd + d];
+    store_elem(p.out, p.out_kind, row * hd + d, sum * inv_total);
   }
 }
 
