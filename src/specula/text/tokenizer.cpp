@@ -3,6 +3,7 @@
 // and decode pipeline (ids -> token strings -> decoder chain). See tokenizer.h.
 #include "specula/text/tokenizer.h"
 
+#include <unordered_map>
 #include <unordered_set>
 
 #include "specula/core/error.h"
@@ -12,11 +13,19 @@
 #include "specula/text/decoders.h"
 #include "specula/text/json_fields.h"
 #include "specula/text/pipeline.h"
+#include "specula/text/tokenizer_json.h"
 #include "specula/text/unicode.h"
 
 namespace specula::text {
 
 using json_fields::Json;
+
+namespace {
+struct TransparentStringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+}  // namespace
 
 struct Tokenizer::Impl {
   std::string source;
@@ -24,7 +33,7 @@ struct Tokenizer::Impl {
   std::vector<AddedToken> added_tokens;
   AddedTokenMatcher raw_matcher;         // normalized: false, searched in the input text
   AddedTokenMatcher normalized_matcher;  // normalized: true, searched in normalized segments
-  TokenIdMap added_by_content;
+  std::unordered_map<std::string, int32_t, TransparentStringHash, std::equal_to<>> added_by_content;
   std::unique_ptr<Normalizer> normalizer;
   std::unique_ptr<PreTokenizer> pre_tokenizer;
   std::unique_ptr<PostProcessor> post_processor;
@@ -32,7 +41,8 @@ struct Tokenizer::Impl {
   // Per id: the string decode uses (added token content first, as in HF), whether
   // skip_special_tokens drops it (HF compares the string with the special tokens' contents),
   // and whether it is a special added token.
-  std::vector<const std::string*> token_of_id;
+  std::vector<std::string_view> token_of_id;  // views into model or added_tokens
+  std::vector<uint8_t> has_token;
   std::vector<uint8_t> skipped_on_decode;
   std::vector<uint8_t> special;
 
@@ -79,12 +89,8 @@ AddedToken parse_added_token(const Json& spec, const std::string& where) {
 }
 
 std::shared_ptr<const Tokenizer::Impl> load(const std::string& text, const std::string& source) {
-  Json root;
-  try {
-    root = Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    fail("invalid JSON: ", e.what());
-  }
+  TokenizerJson parsed = read_tokenizer_json(text);
+  const Json& root = parsed.root;
   json_fields::require_object(root, "top level");
   json_fields::check_known_keys(root, {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer",
                                        "post_processor", "decoder", "model"},
@@ -96,9 +102,19 @@ std::shared_ptr<const Tokenizer::Impl> load(const std::string& text, const std::
   json_fields::require_object(model, "model");
   const std::optional<std::string> model_type = json_fields::get_optional_string(model, "type", "model");
   // Old files may omit the type; HF then infers it from the fields, which for merges means BPE.
-  const bool is_bpe = model_type ? *model_type == "BPE" : json_fields::find_field(model, "merges") != nullptr;
+  const bool is_bpe = model_type ? *model_type == "BPE"
+                                 : parsed.tables.merges_present || json_fields::find_field(model, "merges") != nullptr;
   SPECULA_CHECK(is_bpe, "model: model type '", model_type.value_or("(none)"), "' is not supported (only BPE)");
-  impl->model.emplace(BpeModel::from_json(model, "model (BPE)"));
+  BpeTables tables = bpe_tables_from_dom(model, "model (BPE)");
+  if (parsed.tables.vocab_present) {
+    tables.vocab_present = true;
+    tables.vocab = std::move(parsed.tables.vocab);
+  }
+  if (parsed.tables.merges_present) {
+    tables.merges_present = true;
+    tables.merges = std::move(parsed.tables.merges);
+  }
+  impl->model.emplace(BpeModel::from_json(model, std::move(tables), "model (BPE)"));
 
   auto optional_component = [&root](const char* key) -> const Json* {
     const Json* field = json_fields::find_field(root, key);
@@ -133,21 +149,27 @@ std::shared_ptr<const Tokenizer::Impl> load(const std::string& text, const std::
   int32_t max_id = impl->model->max_id();
   for (const AddedToken& token : impl->added_tokens) max_id = std::max(max_id, token.id);
   const auto vocab_size = static_cast<size_t>(max_id + 1);
-  impl->token_of_id.assign(vocab_size, nullptr);
+  impl->token_of_id.assign(vocab_size, std::string_view());
+  impl->has_token.assign(vocab_size, 0);
   impl->skipped_on_decode.assign(vocab_size, 0);
   impl->special.assign(vocab_size, 0);
-  for (size_t id = 0; id < vocab_size; ++id) impl->token_of_id[id] = impl->model->id_to_token(static_cast<int32_t>(id));
+  for (size_t id = 0; id < vocab_size; ++id) {
+    if (auto token = impl->model->id_to_token(static_cast<int32_t>(id))) {
+      impl->token_of_id[id] = *token;
+      impl->has_token[id] = 1;
+    }
+  }
   std::unordered_set<std::string_view> special_contents;
   for (const AddedToken& token : impl->added_tokens) {
-    impl->token_of_id[token.id] = &token.content;
+    impl->token_of_id[token.id] = token.content;
+    impl->has_token[token.id] = 1;
     if (token.special) {
       impl->special[token.id] = 1;
       special_contents.insert(token.content);
     }
   }
   for (size_t id = 0; id < vocab_size; ++id) {
-    const std::string* token = impl->token_of_id[id];
-    impl->skipped_on_decode[id] = token != nullptr && special_contents.count(*token) != 0;
+    impl->skipped_on_decode[id] = impl->has_token[id] && special_contents.count(impl->token_of_id[id]) != 0;
   }
   return impl;
 }
@@ -196,9 +218,8 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
   tokens.reserve(ids.size());
   for (int32_t id : ids) {
     if (id < 0 || static_cast<size_t>(id) >= impl_->token_of_id.size()) continue;
-    const std::string* token = impl_->token_of_id[id];
-    if (token == nullptr || (skip_special_tokens && impl_->skipped_on_decode[id])) continue;
-    tokens.push_back(*token);
+    if (!impl_->has_token[id] || (skip_special_tokens && impl_->skipped_on_decode[id])) continue;
+    tokens.emplace_back(impl_->token_of_id[id]);
   }
   std::string text;
   if (impl_->decoder) {
@@ -221,8 +242,8 @@ std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
 }
 
 std::string Tokenizer::id_to_token(int32_t id) const {
-  if (id < 0 || static_cast<size_t>(id) >= impl_->token_of_id.size() || impl_->token_of_id[id] == nullptr) return {};
-  return *impl_->token_of_id[id];
+  if (id < 0 || static_cast<size_t>(id) >= impl_->token_of_id.size() || !impl_->has_token[id]) return {};
+  return std::string(impl_->token_of_id[id]);
 }
 
 bool Tokenizer::is_special(int32_t id) const {
@@ -260,10 +281,9 @@ StreamDecoder::~StreamDecoder() = default;
 std::string StreamDecoder::push(int32_t id) {
   const Tokenizer::Impl& impl = *state_->impl;
   if (id < 0 || static_cast<size_t>(id) >= impl.token_of_id.size()) return {};
-  const std::string* token = impl.token_of_id[id];
-  if (token == nullptr || (state_->skip_special_tokens && impl.skipped_on_decode[id])) return {};
+  if (!impl.has_token[id] || (state_->skip_special_tokens && impl.skipped_on_decode[id])) return {};
   TokenSink& first = state_->first();
-  first.append(*token);
+  first.append(impl.token_of_id[id]);
   first.end_token();
   return state_->sink.take();
 }

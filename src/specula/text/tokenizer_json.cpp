@@ -1,0 +1,172 @@
+// SAX reader for tokenizer.json (see tokenizer_json.h): a small DOM builder that diverts the
+// contents of root.model.vocab (when an object) and root.model.merges (when an array) to BpeTables.
+#include "specula/text/tokenizer_json.h"
+
+#include "specula/core/error.h"
+
+namespace specula::text {
+namespace {
+
+using Json = nlohmann::json;
+
+class Reader {
+ public:
+  using number_integer_t = Json::number_integer_t;
+  using number_unsigned_t = Json::number_unsigned_t;
+  using number_float_t = Json::number_float_t;
+  using string_t = Json::string_t;
+  using binary_t = Json::binary_t;
+
+  TokenizerJson result;
+  std::string error;
+
+  bool null() { return scalar(Json(nullptr)); }
+  bool boolean(bool value) { return scalar(Json(value)); }
+  bool number_integer(number_integer_t value) { return scalar(Json(value)); }
+  bool number_unsigned(number_unsigned_t value) { return scalar(Json(value)); }
+  bool number_float(number_float_t value, const string_t&) { return scalar(Json(value)); }
+  bool string(string_t& value) {
+    switch (mode_) {
+      case Mode::Merges:
+        result.tables.merges.push_back({std::move(value), {}, false});
+        return true;
+      case Mode::MergePair:
+        if (pair_count_ == 0) pair_first_ = std::move(value);
+        else if (pair_count_ == 1) pair_second_ = std::move(value);
+        ++pair_count_;
+        return true;
+      default:
+        return scalar(Json(std::move(value)));
+    }
+  }
+  bool binary(binary_t&) { return reject("invalid JSON: binary value"); }
+
+  bool start_object(std::size_t) {
+    if (mode_ == Mode::Dom && in_model_object() && key_ == "vocab") {
+      mode_ = Mode::Vocab;
+      result.tables.vocab_present = true;
+      return true;
+    }
+    if (mode_ == Mode::Vocab) return bad_vocab_value("object");
+    if (mode_ == Mode::Merges || mode_ == Mode::MergePair) return bad_merge();
+    push_container(Json::object());
+    return true;
+  }
+  bool key(string_t& value) {
+    if (mode_ == Mode::Vocab) vocab_token_ = std::move(value);
+    else key_ = std::move(value);
+    return true;
+  }
+  bool end_object() {
+    if (mode_ == Mode::Vocab) {
+      mode_ = Mode::Dom;
+      return true;
+    }
+    stack_.pop_back();
+    stack_keys_.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) {
+    if (mode_ == Mode::Dom && in_model_object() && key_ == "merges") {
+      mode_ = Mode::Merges;
+      result.tables.merges_present = true;
+      return true;
+    }
+    if (mode_ == Mode::Merges) {
+      mode_ = Mode::MergePair;
+      pair_count_ = 0;
+      return true;
+    }
+    if (mode_ == Mode::Vocab) return bad_vocab_value("array");
+    if (mode_ == Mode::MergePair) return bad_merge();
+    push_container(Json::array());
+    return true;
+  }
+  bool end_array() {
+    if (mode_ == Mode::MergePair) {
+      if (pair_count_ != 2) return bad_merge();
+      result.tables.merges.push_back({std::move(pair_first_), std::move(pair_second_), true});
+      mode_ = Mode::Merges;
+      return true;
+    }
+    if (mode_ == Mode::Merges) {
+      mode_ = Mode::Dom;
+      return true;
+    }
+    stack_.pop_back();
+    stack_keys_.pop_back();
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const Json::exception& e) { return reject(std::string("invalid JSON: ") + e.what()); }
+
+ private:
+  enum class Mode { Dom, Vocab, Merges, MergePair };
+
+  bool in_model_object() const {
+    return stack_.size() == 2 && stack_keys_[1] == "model" && stack_[0]->is_object() && stack_[1]->is_object();
+  }
+  Json* add_value(Json&& value) {
+    if (stack_.empty()) {
+      result.root = std::move(value);
+      return &result.root;
+    }
+    Json& top = *stack_.back();
+    if (top.is_array()) {
+      top.push_back(std::move(value));
+      return &top.back();
+    }
+    Json& slot = top[key_];
+    slot = std::move(value);
+    return &slot;
+  }
+  void push_container(Json&& container) {
+    const bool parent_is_object = !stack_.empty() && stack_.back()->is_object();
+    stack_keys_.push_back(parent_is_object ? key_ : std::string());
+    stack_.push_back(add_value(std::move(container)));
+  }
+  bool scalar(Json&& value) {
+    switch (mode_) {
+      case Mode::Dom:
+        add_value(std::move(value));
+        return true;
+      case Mode::Vocab:
+        if (!value.is_number_integer()) return bad_vocab_value(value.type_name());
+        result.tables.vocab.emplace_back(std::move(vocab_token_), value.get<int64_t>());
+        return true;
+      case Mode::Merges:
+      case Mode::MergePair:
+        return bad_merge();
+    }
+    return false;
+  }
+  bool reject(std::string message) {
+    if (error.empty()) error = std::move(message);
+    return false;
+  }
+  bool bad_vocab_value(const char* found) {
+    return reject("model: vocab['" + vocab_token_ + "']: token id must be an integer, found " + found);
+  }
+  bool bad_merge() {
+    return reject("model: merges[" + std::to_string(result.tables.merges.size()) +
+                  "] must be a string \"a b\" or a pair [\"a\", \"b\"]");
+  }
+
+  std::vector<Json*> stack_;
+  std::vector<std::string> stack_keys_;  // key of each open container in its parent object
+  std::string key_;
+  Mode mode_ = Mode::Dom;
+  std::string vocab_token_;
+  std::string pair_first_, pair_second_;
+  int pair_count_ = 0;
+};
+
+}  // namespace
+
+TokenizerJson read_tokenizer_json(const std::string& text) {
+  Reader reader;
+  const bool ok = Json::sax_parse(text, &reader);
+  if (!ok) fail(reader.error.empty() ? std::string("invalid JSON") : reader.error);
+  return std::move(reader.result);
+}
+
+}  // namespace specula::text
