@@ -113,7 +113,10 @@ struct SafetensorsEntry {
 
 inline std::string json_shape(const std::vector<int64_t>& shape) {
   std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) s += ',';
+    s += std::to_string(shape[i]);
+  }
   return s + "]";
 }
 
@@ -134,7 +137,8 @@ inline std::string safetensors_file(const std::vector<SafetensorsEntry>& tensors
     header += "\"__metadata__\":{";
     bool first = true;
     for (const auto& [k, v] : metadata) {
-      header += (first ? "\"" : ",\"") + k + "\":\"" + v + "\"";
+      if (!first) header += ',';
+      header += "\"" + k + "\":\"" + v + "\"";
       first = false;
     }
     header += "}";
@@ -171,10 +175,18 @@ struct ZipLayout {
   uint64_t end_record_offset = 0;  // the classic end-of-central-directory record
 };
 
+enum class Zip64 {
+  None,
+  All,          // every size and offset is a 0xFFFFFFFF placeholder, real values in the 0x0001 field
+  OffsetsOnly,  // only local-header offsets are placeholders (small entries past 4 GiB)
+};
+
 // Writes entries with local-header padding so data starts on `alignment` bytes (torch uses 64).
-// With zip64, every size and offset is stored as a 0xFFFFFFFF placeholder with its real value in
-// the 0x0001 extra field, and the ZIP64 end record and locator are written, as for a >4 GiB file.
-inline ZipLayout zip_archive(const std::vector<ZipInput>& entries, bool zip64 = false, size_t alignment = 64) {
+// With ZIP64 the placeholders above are written, plus the ZIP64 end record and locator, as for a
+// file over 4 GiB.
+inline ZipLayout zip_archive(const std::vector<ZipInput>& entries, Zip64 mode = Zip64::None, size_t alignment = 64) {
+  const bool zip64 = mode != Zip64::None;
+  const bool sizes64 = mode == Zip64::All;
   ZipLayout z;
   std::string& out = z.bytes;
   for (const auto& e : entries) {
@@ -185,11 +197,11 @@ inline ZipLayout zip_archive(const std::vector<ZipInput>& entries, bool zip64 = 
     put_le(out, e.method, 2);
     put_le(out, 0, 4);  // time, date
     put_le(out, 0, 4);  // crc (not checked by the reader)
-    put_le(out, zip64 ? 0xffffffff : e.data.size(), 4);
-    put_le(out, zip64 ? 0xffffffff : e.data.size(), 4);
+    put_le(out, sizes64 ? 0xffffffff : e.data.size(), 4);
+    put_le(out, sizes64 ? 0xffffffff : e.data.size(), 4);
     put_le(out, e.name.size(), 2);
     std::string extra;
-    if (zip64) {
+    if (sizes64) {
       put_le(extra, 0x0001, 2);
       put_le(extra, 16, 2);
       put_le(extra, e.data.size(), 8);
@@ -219,10 +231,10 @@ inline ZipLayout zip_archive(const std::vector<ZipInput>& entries, bool zip64 = 
     put_le(out, e.method, 2);
     put_le(out, 0, 4);
     put_le(out, 0, 4);
-    put_le(out, zip64 ? 0xffffffff : e.data.size(), 4);
-    put_le(out, zip64 ? 0xffffffff : e.data.size(), 4);
+    put_le(out, sizes64 ? 0xffffffff : e.data.size(), 4);
+    put_le(out, sizes64 ? 0xffffffff : e.data.size(), 4);
     put_le(out, e.name.size(), 2);
-    put_le(out, zip64 ? 28 : 0, 2);
+    put_le(out, zip64 ? (sizes64 ? 28 : 12) : 0, 2);
     put_le(out, 0, 2);  // comment
     put_le(out, 0, 2);  // disk
     put_le(out, 0, 2);
@@ -231,9 +243,11 @@ inline ZipLayout zip_archive(const std::vector<ZipInput>& entries, bool zip64 = 
     out += e.name;
     if (zip64) {
       put_le(out, 0x0001, 2);
-      put_le(out, 24, 2);
-      put_le(out, e.data.size(), 8);
-      put_le(out, e.data.size(), 8);
+      put_le(out, sizes64 ? 24 : 8, 2);
+      if (sizes64) {
+        put_le(out, e.data.size(), 8);
+        put_le(out, e.data.size(), 8);
+      }
       put_le(out, z.local_offsets[i], 8);
     }
   }
@@ -463,7 +477,7 @@ inline std::string state_dict_pickle(const std::vector<PickledTensor>& tensors, 
 // A torch.save zip: <prefix>/data.pkl, byteorder, the storage records, version.
 inline std::string torch_zip(const std::string& prefix, const std::string& pickle,
                              const std::map<std::string, std::string>& records, const std::string& byteorder = "little",
-                             bool zip64 = false) {
+                             Zip64 zip64 = Zip64::None) {
   std::vector<ZipInput> entries{{prefix + "/data.pkl", pickle}};
   if (!byteorder.empty()) entries.push_back({prefix + "/byteorder", byteorder});
   for (const auto& [key, data] : records) entries.push_back({prefix + "/data/" + key, data});

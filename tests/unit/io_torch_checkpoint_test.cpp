@@ -97,7 +97,7 @@ TEST(ioTorchCheckpoint, ReadsViewsOfSharedStoragesCopyingOnlyStridedOnes) {
 
 TEST(ioTorchCheckpoint, DerivesThePrefixFromDataPklAndReadsZip64) {
   TempDir dir;
-  for (const bool zip64 : {false, true}) {
+  for (const Zip64 zip64 : {Zip64::None, Zip64::All, Zip64::OffsetsOnly}) {
     const std::string path = dir.write(
         "m.bin", torch_zip("my_model-v2", state_dict_pickle(kViews), view_records(), "little", zip64));
     const TorchCheckpointFile file(path);

@@ -76,7 +76,10 @@ std::map<std::string, std::string> read_weight_map(const std::string& index_path
 
 std::string join_names(const std::vector<std::string>& names) {
   std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  for (const auto& n : names) {
+    if (!out.empty()) out += ", ";
+    out += n;
+  }
   return out;
 }
 
@@ -159,7 +162,10 @@ Checkpoint Checkpoint::open(const std::string& path) {
                   ": tensor '", tensor, "' is mapped to ", file_name, " but that shard does not contain it");
   }
   std::string format_names;
-  for (const auto& f : formats) format_names += (format_names.empty() ? "" : " + ") + f;
+  for (const auto& f : formats) {
+    if (!format_names.empty()) format_names += " + ";
+    format_names += f;
+  }
   checkpoint.description_ =
       format_names + ", " + std::to_string(shards.size()) + (shards.size() == 1 ? " shard" : " shards");
   return checkpoint;
