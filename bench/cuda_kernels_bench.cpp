@@ -1,0 +1,260 @@
+// specula_kernel_bench: speed of the CUDA linear op against the ceilings that bound it.
+//  - copy:  a 1 GiB device-to-device copy, counting bytes read plus bytes written: the practical
+//           memory-bandwidth ceiling every memory-bound number below is compared with;
+//  - gemv:  ops::linear at decode token counts (T = 1, and a 4-token verification batch) on the
+//           Llama-3-8B decode shapes, as GB/s of weights + activations moved and as a share of
+//           the copy bandwidth;
+//  - gemm:  ops::linear at T = 4096 (cuBLASLt, bf16 in, fp32 accumulate, bf16 out) as TFLOP/s
+//           for 4096^3 and the prefill shapes.
+//
+// Method: CUDA events around the timed region, warm-up first, median of repeats. The GEMV calls
+// are captured in a CUDA graph (as the engine runs them), one call per weight copy over enough
+// copies that the bytes read per replay are several times the L2 cache, so weights come from
+// DRAM and not L2. Inputs are random (ops::fill_random), never zeros.
+//
+// Usage: specula_kernel_bench [--json PATH] [--repeats N]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "specula/core/dtype.h"
+#include "specula/core/error.h"
+#include "specula/core/tensor.h"
+#include "specula/ops/cuda/cuda_context.h"
+#include "specula/ops/ops.h"
+
+using namespace specula;
+
+namespace {
+
+constexpr int kWarmup = 3;
+constexpr int kDefaultRepeats = 50;
+constexpr size_t kCopyBytes = size_t{1} << 30;
+constexpr size_t kMaxRotationBytes = size_t{16} << 30;  // cap on memory spent on weight copies
+constexpr int kL2Multiple = 4;                          // bytes read per replay vs L2 size
+constexpr int64_t kPrefillTokens = 4096;
+constexpr float kWeightScale = 0.02f;                   // typical magnitude of trained weights
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) fail(what, ": ", cudaGetErrorString(err));
+}
+
+class DeviceMemory {
+ public:
+  explicit DeviceMemory(size_t bytes) { check(cudaMalloc(&ptr_, std::max<size_t>(bytes, 1)), "cudaMalloc"); }
+  ~DeviceMemory() { cudaFree(ptr_); }
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+  void* get() const { return ptr_; }
+
+ private:
+  void* ptr_ = nullptr;
+};
+
+// A device tensor with its own memory, filled with random values.
+struct OwnedTensor {
+  std::unique_ptr<DeviceMemory> memory;
+  Tensor tensor;
+};
+
+OwnedTensor random_tensor(ops::OpContext& op, DType dtype, std::initializer_list<int64_t> shape, uint64_t seed,
+                          float scale) {
+  OwnedTensor t;
+  Tensor probe(nullptr, dtype, shape, Device::CUDA);
+  t.memory = std::make_unique<DeviceMemory>(probe.nbytes());
+  t.tensor = Tensor(t.memory->get(), dtype, shape, Device::CUDA);
+  ops::fill_random(op, t.tensor, seed, scale);
+  return t;
+}
+
+OwnedTensor empty_tensor(DType dtype, std::initializer_list<int64_t> shape) {
+  OwnedTensor t;
+  Tensor probe(nullptr, dtype, shape, Device::CUDA);
+  t.memory = std::make_unique<DeviceMemory>(probe.nbytes());
+  t.tensor = Tensor(t.memory->get(), dtype, shape, Device::CUDA);
+  return t;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Median milliseconds of `body` over `repeats` runs on `stream`, after kWarmup untimed runs.
+template <typename Body>
+double time_ms(cudaStream_t stream, int repeats, Body&& body) {
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "cudaEventCreate");
+  check(cudaEventCreate(&stop), "cudaEventCreate");
+  for (int i = 0; i < kWarmup; ++i) body();
+  check(cudaStreamSynchronize(stream), "warm-up");
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    check(cudaEventRecord(start, stream), "cudaEventRecord");
+    body();
+    check(cudaEventRecord(stop, stream), "cudaEventRecord");
+    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    float ms = 0.0f;
+    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    times.push_back(ms);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return median(times);
+}
+
+double copy_gbps(cudaStream_t stream, int repeats) {
+  DeviceMemory src(kCopyBytes), dst(kCopyBytes);
+  check(cudaMemsetAsync(src.get(), 0x3c, kCopyBytes, stream), "memset");
+  const double ms = time_ms(stream, repeats, [&] {
+    check(cudaMemcpyAsync(dst.get(), src.get(), kCopyBytes, cudaMemcpyDeviceToDevice, stream), "copy");
+  });
+  return 2.0 * static_cast<double>(kCopyBytes) / (ms * 1e-3) / 1e9;
+}
+
+struct Shape {
+  const char* name;
+  int64_t n, k;
+};
+
+// Llama-3-8B: fused QKV, o_proj, fused gate/up, down_proj, LM head.
+const Shape kShapes[] = {{"qkv", 6144, 4096},
+                         {"o_proj", 4096, 4096},
+                         {"gate_up", 28672, 4096},
+                         {"down", 4096, 14336},
+                         {"lm_head", 128256, 4096}};
+
+struct GemvResult {
+  std::string name;
+  int64_t tokens, n, k;
+  int copies;
+  double us, gbps, share_of_copy;
+};
+
+GemvResult bench_gemv(cuda::CudaContext& ctx, const Shape& s, int64_t tokens, double copy, int repeats) {
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
+  ops::OpContext op;
+  op.cuda = &ctx;
+  const DType out_dtype = std::strcmp(s.name, "lm_head") == 0 ? DType::F32 : DType::BF16;
+  const size_t weight_bytes = static_cast<size_t>(s.n * s.k) * 2;
+  const size_t moved = weight_bytes + static_cast<size_t>(tokens * s.k) * 2 +
+                       static_cast<size_t>(tokens * s.n) * dtype_size(out_dtype);
+  const size_t want = static_cast<size_t>(kL2Multiple) * std::max<size_t>(ctx.info().l2_cache_bytes, 1);
+  int copies = static_cast<int>(std::max<size_t>(2, (want + weight_bytes - 1) / weight_bytes));
+  copies = static_cast<int>(std::min<size_t>(copies, std::max<size_t>(1, kMaxRotationBytes / weight_bytes)));
+
+  std::vector<OwnedTensor> weights;
+  for (int c = 0; c < copies; ++c)
+    weights.push_back(random_tensor(op, DType::BF16, {s.n, s.k}, 1000u + static_cast<uint64_t>(c), kWeightScale));
+  OwnedTensor x = random_tensor(op, DType::BF16, {tokens, s.k}, 7, 1.0f);
+  OwnedTensor out = empty_tensor(out_dtype, {tokens, s.n});
+  ctx.synchronize();
+
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "begin capture");
+  for (int c = 0; c < copies; ++c) ops::linear(op, x.tensor, weights[static_cast<size_t>(c)].tensor, Tensor{}, out.tensor);
+  check(cudaStreamEndCapture(stream, &graph), "end capture");
+  check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+  const double ms = time_ms(stream, repeats, [&] { check(cudaGraphLaunch(exec, stream), "graph launch"); });
+  ctx.check_device_errors();
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  const double us = ms * 1e3 / copies;
+  const double gbps = static_cast<double>(moved) / (us * 1e-6) / 1e9;
+  return {s.name, tokens, s.n, s.k, copies, us, gbps, gbps / copy};
+}
+
+struct GemmResult {
+  std::string name;
+  int64_t tokens, n, k;
+  double ms, tflops;
+};
+
+GemmResult bench_gemm(cuda::CudaContext& ctx, const char* name, int64_t tokens, int64_t n, int64_t k, int repeats) {
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
+  ops::OpContext op;
+  op.cuda = &ctx;
+  OwnedTensor w = random_tensor(op, DType::BF16, {n, k}, 11, kWeightScale);
+  OwnedTensor x = random_tensor(op, DType::BF16, {tokens, k}, 12, 1.0f);
+  OwnedTensor out = empty_tensor(DType::BF16, {tokens, n});
+  ctx.synchronize();
+  const double ms = time_ms(stream, repeats, [&] { ops::linear(op, x.tensor, w.tensor, Tensor{}, out.tensor); });
+  ctx.check_device_errors();
+  const double flops = 2.0 * static_cast<double>(tokens) * static_cast<double>(n) * static_cast<double>(k);
+  return {name, tokens, n, k, ms, flops / (ms * 1e-3) / 1e12};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    std::string json_path;
+    int repeats = kDefaultRepeats;
+    for (int i = 1; i < argc; ++i) {
+      const std::string arg = argv[i];
+      if (arg == "--json" && i + 1 < argc) {
+        json_path = argv[++i];
+      } else if (arg == "--repeats" && i + 1 < argc) {
+        repeats = std::max(1, std::stoi(argv[++i]));
+      } else {
+        std::fprintf(stderr, "usage: %s [--json PATH] [--repeats N]\n", argv[0]);
+        return 2;
+      }
+    }
+    auto ctx = cuda::CudaContext::create();
+    const auto stream = static_cast<cudaStream_t>(ctx->stream());
+    std::printf("device: %s, %d SMs, L2 %.0f MiB\n", ctx->info().name.c_str(), ctx->info().multiprocessors,
+                static_cast<double>(ctx->info().l2_cache_bytes) / (1 << 20));
+
+    const double copy = copy_gbps(stream, repeats);
+    std::printf("\ndevice-to-device copy (read + write): %.0f GB/s\n", copy);
+
+    std::vector<GemvResult> gemv;
+    for (int64_t tokens : {int64_t{1}, int64_t{4}})
+      for (const Shape& s : kShapes) gemv.push_back(bench_gemv(*ctx, s, tokens, copy, repeats));
+    std::printf("\nGEMV (ops::linear, bf16 W and x, fp32 accumulate)\n");
+    std::printf("%-8s %3s %7s %6s %6s %9s %8s %7s\n", "shape", "T", "N", "K", "copies", "us/call", "GB/s", "%copy");
+    for (const GemvResult& r : gemv)
+      std::printf("%-8s %3lld %7lld %6lld %6d %9.2f %8.0f %6.1f%%\n", r.name.c_str(), static_cast<long long>(r.tokens),
+                  static_cast<long long>(r.n), static_cast<long long>(r.k), r.copies, r.us, r.gbps,
+                  100.0 * r.share_of_copy);
+
+    std::vector<GemmResult> gemm;
+    gemm.push_back(bench_gemm(*ctx, "square", 4096, 4096, 4096, repeats));
+    for (const Shape& s : kShapes) gemm.push_back(bench_gemm(*ctx, s.name, kPrefillTokens, s.n, s.k, repeats));
+    std::printf("\nGEMM (ops::linear via cuBLASLt, bf16 in/out, fp32 accumulate)\n");
+    std::printf("%-8s %5s %7s %6s %9s %8s\n", "shape", "T", "N", "K", "ms", "TFLOP/s");
+    for (const GemmResult& r : gemm)
+      std::printf("%-8s %5lld %7lld %6lld %9.3f %8.1f\n", r.name.c_str(), static_cast<long long>(r.tokens),
+                  static_cast<long long>(r.n), static_cast<long long>(r.k), r.ms, r.tflops);
+
+    if (!json_path.empty()) {
+      nlohmann::json j;
+      j["device"] = ctx->info().name;
+      j["multiprocessors"] = ctx->info().multiprocessors;
+      j["repeats"] = repeats;
+      j["copy_gbps"] = copy;
+      for (const GemvResult& r : gemv)
+        j["gemv"].push_back({{"shape", r.name}, {"tokens", r.tokens}, {"n", r.n}, {"k", r.k}, {"copies", r.copies},
+                             {"us", r.us}, {"gbps", r.gbps}, {"share_of_copy", r.share_of_copy}});
+      for (const GemmResult& r : gemm)
+        j["gemm"].push_back({{"shape", r.name}, {"tokens", r.tokens}, {"n", r.n}, {"k", r.k}, {"ms", r.ms},
+                             {"tflops", r.tflops}});
+      std::ofstream(json_path) << j.dump(2) << "\n";
+      std::printf("\nwrote %s\n", json_path.c_str());
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "specula_kernel_bench: %s\n", e.what());
+    return 1;
+  }
+}
