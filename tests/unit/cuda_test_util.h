@@ -199,7 +199,8 @@ inline Tensor cpu_tensor(std::vector<int32_t>& storage, std::initializer_list<in
 struct CudaTestContext {
   std::unique_ptr<cuda::CudaContext> cuda;
   ops::OpContext ops;
-  // Waits for the context's stream and fails on any device error bit left set.
+  // Waits for the context's stream; throws on a CUDA error (device error bits are read separately,
+  // by cuda->check_device_errors()).
   void sync() const { cuda->synchronize(); }
 };
 
