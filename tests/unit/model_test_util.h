@@ -18,8 +18,8 @@ namespace specula::testing_util {
 using specula::engine::Engine;
 using specula::engine::EngineOptions;
 
-inline const char* const kModelFixtures[] = {"llama3_tied_ropescaling", "llama3_untied_sharded", "qwen2_bias_bin",
-                                             "qwen3_headdim_qknorm", "minicpm4_longrope"};
+inline const std::vector<std::string> kModelFixtures = {"llama3_tied_ropescaling", "llama3_untied_sharded",
+                                                       "qwen2_bias_bin", "qwen3_headdim_qknorm", "minicpm4_longrope"};
 
 inline std::string fixture_dir(const std::string& name) { return std::string(SPECULA_TEST_DATA) + "/models/" + name; }
 
