@@ -203,6 +203,22 @@ TEST(TokenizerBpe, IgnoreMergesTakesWholeVocabWords) {
   EXPECT_EQ(streamed(from(j), {3, 2}), "ab c");
 }
 
+TEST(TokenizerBpe, ByteLevelWithGpt2RegexAndPrefixSpace) {
+  // ByteLevel alone with use_regex: HF splits with the GPT-2 regex after adding the prefix space.
+  const std::string g = "\xC4\xA0";  // "Ġ", the byte-level form of a space
+  const json j = {{"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+                  {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+                  {"model",
+                   {{"type", "BPE"},
+                    {"ignore_merges", true},
+                    {"vocab", {{g + "Hello", 0}, {g + "world", 1}, {g, 2}, {"!", 3}, {g + "12", 4}}},
+                    {"merges", json::array()}}}};
+  const Tokenizer tok = from(j);
+  EXPECT_EQ(tok.encode("Hello world!"), (std::vector<int32_t>{0, 1, 3}));
+  EXPECT_EQ(tok.encode(" world 12"), (std::vector<int32_t>{1, 4}));
+  EXPECT_EQ(tok.decode(std::vector<int32_t>{0, 1, 3}), " Hello world!");  // the decoder keeps the prefix space
+}
+
 // --- added tokens ------------------------------------------------------------------------------
 
 TEST(TokenizerAddedTokens, LeftmostLongestAndStripOptions) {

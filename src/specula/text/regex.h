@@ -10,6 +10,7 @@
 //   ^ $        Oniguruma: line anchors always (PCRE2 needs (?m)); newline is LF only.
 //   (?m)       Oniguruma (Ruby option letters): dot matches newline, i.e. PCRE2 (?s).
 //   \p{Letter} long property names, unknown to PCRE2 10.42, mapped to short ones.
+// \b and \B keep PCRE2's UCP word definition (letters, numbers, underscore), which lacks marks.
 // Both are backtracking, leftmost-first engines, so alternation order, lazy and possessive
 // quantifiers, lookaround and (?i:...) (full Unicode simple case folding) behave the same.
 // Constructs we cannot translate faithfully (class set operations `&&`, \W or \H inside a class,
