@@ -154,6 +154,21 @@ TEST(TokenizerStream, ReplaceAndStripHoldBackAcrossTokens) {
   EXPECT_EQ(tok.decode(std::vector<int32_t>{0, 1, 0, 2, 3, 3}), "Xac ");
 }
 
+TEST(TokenizerStream, RegexReplaceWaitsForTheWholeToken) {
+  const json j = {{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}}}, {"merges", json::array()}}},
+                  {"decoder",
+                   {{"type", "Sequence"},
+                    {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"Regex", "a+"}}}, {"content", "A"}},
+                                              {{"type", "Fuse"}},
+                                              {{"type", "Replace"}, {"pattern", {{"Regex", "(?:Ab)+"}}}, {"content", "X"}}})}}}};
+  const Tokenizer tok = Tokenizer::from_json_string(j.dump(), "fixture");
+  const std::vector<int32_t> ids = {0, 1, 0, 1, 1, 0};
+  StreamDecoder stream(tok, false);
+  for (int32_t id : ids) EXPECT_EQ(stream.push(id), "");  // the fused token is open until flush
+  EXPECT_EQ(stream.flush(), "XbA");
+  EXPECT_EQ(tok.decode(ids), "XbA");
+}
+
 TEST(TokenizerStream, RandomIdSequencesMatchDecode) {
   std::mt19937 rng(20261125);
   for (const std::string name : {"llama3", "qwen3", "llama2"}) {

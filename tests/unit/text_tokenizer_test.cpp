@@ -219,6 +219,44 @@ TEST(TokenizerBpe, ByteLevelWithGpt2RegexAndPrefixSpace) {
   EXPECT_EQ(tok.decode(std::vector<int32_t>{0, 1, 3}), " Hello world!");  // the decoder keeps the prefix space
 }
 
+TEST(TokenizerBpe, Llama31SequencePostProcessorAddsBos) {
+  // Llama-3.1 files wrap the BOS template in Sequence[ByteLevel, TemplateProcessing] (section 9).
+  const std::string path = deps_tokenizer_path("llama3");
+  ASSERT_TRUE(std::filesystem::exists(path)) << path << " is missing: run scripts/fetch-deps.sh";
+  json j = json::parse(specula::read_text_file(path));
+  j["post_processor"] = {
+      {"type", "Sequence"},
+      {"processors",
+       json::array({{{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}},
+                    {{"type", "TemplateProcessing"},
+                     {"single", json::array({{{"SpecialToken", {{"id", "<|begin_of_text|>"}, {"type_id", 0}}}},
+                                             {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+                     {"pair", json::array()},
+                     {"special_tokens",
+                      {{"<|begin_of_text|>", {{"id", "<|begin_of_text|>"}, {"ids", {128000}}, {"tokens", {"<|begin_of_text|>"}}}}}}}})}};
+  const Tokenizer tok = Tokenizer::from_json_string(j.dump(), "llama31-style tokenizer.json");
+  EXPECT_EQ(tok.encode("Hello world", true), (std::vector<int32_t>{128000, 9906, 1917}));
+  EXPECT_EQ(tok.encode("Hello world", false), (std::vector<int32_t>{9906, 1917}));
+  EXPECT_EQ(tok.encode("", true), (std::vector<int32_t>{128000}));
+}
+
+TEST(TokenizerSentencePiece, MetaspaceDecoderPrependSchemes) {
+  json j = metaspace_first_layout();
+  j["decoder"]["decoders"][0]["prepend_scheme"] = "never";
+  EXPECT_EQ(from(j).decode(std::vector<int32_t>{269, 273}), " user hi");
+  EXPECT_EQ(streamed(from(j), {269, 273}), " user hi");
+  j["decoder"]["decoders"][0]["prepend_scheme"] = "always";
+  EXPECT_EQ(from(j).decode(std::vector<int32_t>{269, 273}), "user hi");
+  // Legacy form: add_prefix_space instead of prepend_scheme.
+  j["decoder"]["decoders"][0].erase("prepend_scheme");
+  j["decoder"]["decoders"][0]["add_prefix_space"] = false;
+  EXPECT_EQ(from(j).decode(std::vector<int32_t>{269, 273}), " user hi");
+  // Pre-tokenizer "always" also prepends after an added token.
+  j = metaspace_first_layout();
+  j["pre_tokenizer"]["prepend_scheme"] = "always";
+  EXPECT_EQ(from(j).encode("<|im_start|>user\n", false), (std::vector<int32_t>{274, 269, 3 + '\n'}));
+}
+
 // --- added tokens ------------------------------------------------------------------------------
 
 TEST(TokenizerAddedTokens, LeftmostLongestAndStripOptions) {
