@@ -6,6 +6,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
+# Logs go to $OUT/logs and are packed into $OUT/logs.tgz at the end (the device tool returns at
+# most 8 files); JSON results stay at the top of $OUT.
+RESULTS=$OUT
+OUT=$RESULTS/logs
 mkdir -p "$OUT"
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(build tests bench torch)
@@ -55,22 +59,24 @@ fi
 if has bench; then
   for b in specula_kernel_bench specula_attention_bench; do
     if [ -x ./$build/$b ]; then
-      ./$build/$b --json "$OUT/$b.json" >"$OUT/$b.log" 2>&1
+      ./$build/$b --json "$RESULTS/$b.json" >"$OUT/$b.log" 2>&1
       note "$b: rc=$?"; tail -25 "$OUT/$b.log"
     fi
   done
   ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 4096 --decode-steps 64 \
-    --commit "$commit" --json "$OUT/specula_bench.json" >"$OUT/specula_bench.log" 2>&1
+    --commit "$commit" --json "$RESULTS/specula_bench.json" >"$OUT/specula_bench.log" 2>&1
   note "specula bench llama3-8b: rc=$?"; cat "$OUT/specula_bench.log"
 fi
 
 if has torch; then
   t=$SECONDS
   PYTHONUNBUFFERED=1 timeout 420 python3 tools/torch_baseline.py --prefill 4096 --contexts 512,8192 \
-    --decode-steps 64 ${TORCH_COMPILE:+--compile} --json "$OUT/torch_baseline.json" >"$OUT/torch.log" 2>&1
+    --decode-steps 64 ${TORCH_COMPILE:+--compile} --json "$RESULTS/torch_baseline.json" >"$OUT/torch.log" 2>&1
   note "torch baseline: rc=$? in $((SECONDS - t)) s"; tail -8 "$OUT/torch.log"
 fi
 
+printf '%s\n' "${summary[@]}" >"$OUT/summary.txt"
+tar czf "$RESULTS/logs.tgz" -C "$RESULTS" logs && rm -rf "$OUT"
 echo
 echo "== summary"
 printf '%s\n' "${summary[@]}"

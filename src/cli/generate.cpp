@@ -86,6 +86,10 @@ void run_generate(const GenerateArgs& a) {
     std::vector<text::ChatMessage> messages;
     if (!a.system.empty()) messages.push_back({"system", a.system});
     messages.push_back({"user", prompt_text});
+    for (const std::string& stop : text::chat_stop_tokens(style))
+      SPECULA_CHECK(tokenizer.token_to_id(stop).has_value(), a.model_dir, ": --chat uses the ",
+                    text::chat_style_name(style), " template, but this tokenizer has no '", stop,
+                    "' token (is this a base model without a chat template?)");
     const std::string rendered = text::render_chat(style, messages, true, !a.no_think);
     request.prompt = tokenizer.encode(rendered, /*add_special_tokens=*/false, /*parse_special=*/true);
     if (!a.ignore_eos)

@@ -46,12 +46,14 @@ inline Golden read_golden(const std::string& dir) {
 }
 
 inline std::unique_ptr<Engine> load(const std::string& dir, int64_t chunk, int64_t logit_rows,
-                                    Device device = Device::CPU, int64_t context = 64) {
+                                    Device device = Device::CPU, int64_t context = 64,
+                                    bool full_precision = false) {
   EngineOptions o;
   o.model_dir = dir;
   o.threads = 2;
   o.max_context = context;
   o.device = device;
+  o.full_precision = full_precision;
   o.prefill_chunk = chunk;
   o.max_logit_rows = logit_rows;
   return Engine::load(o);

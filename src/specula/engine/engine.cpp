@@ -53,7 +53,7 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
   shape.kv_capacity = context;
   ArenaPlan plan;
   plan_weights(plan);
-  const model::ActivationDTypes dtypes = model::ActivationDTypes::for_device(options.device, weight_dtype);
+  const model::ActivationDTypes dtypes = model::ActivationDTypes::for_device(options.device, weight_dtype, options.full_precision);
   model::Transformer::plan(config, shape, dtypes, plan);
 #ifdef SPECULA_WITH_CUDA
   if (options.device == Device::CUDA) {

@@ -34,6 +34,9 @@ struct EngineOptions {
   int64_t prefill_chunk = 512;    // tokens per prefill forward
   int64_t max_logit_rows = 1;     // logits rows one forward can return (tests use the prompt length)
   std::optional<DType> weight_dtype;  // nullopt: checkpoint dtype on CPU, bf16/f16 on CUDA
+  // CUDA only: F32 activations and KV cache instead of bf16/f16 (reference precision; see
+  // model::ActivationDTypes). The CPU backend always computes in F32.
+  bool full_precision = false;
   // Called during loading: stage ("weights"), bytes done, bytes total.
   std::function<void(std::string_view, size_t, size_t)> progress;
 };

@@ -184,7 +184,9 @@ void write_demo_model(const std::string& dir, const DemoModelOptions& o) {
   uint64_t seed = o.seed;
   const float in_scale = 1.0f / std::sqrt(static_cast<float>(o.hidden));
   const float inter_scale = 1.0f / std::sqrt(static_cast<float>(o.intermediate));
-  tensors.push_back(random_bf16("model.embed_tokens.weight", {vocab, o.hidden}, seed++, 1.0f));
+  // The tied head turns a unit-RMS hidden state into logits of spread ~ sqrt(hidden/3) x scale:
+  // 0.1 keeps them near unit spread, so sampling visits many tokens instead of repeating one.
+  tensors.push_back(random_bf16("model.embed_tokens.weight", {vocab, o.hidden}, seed++, 0.1f));
   for (int64_t l = 0; l < o.layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     tensors.push_back(random_bf16(p + "input_layernorm.weight", {o.hidden}, seed++, 0.1f, 1.0f));

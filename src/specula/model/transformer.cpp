@@ -17,8 +17,8 @@
 
 namespace specula::model {
 
-ActivationDTypes ActivationDTypes::for_device(Device device, DType weight_dtype) {
-  if (device == Device::CPU) return {};
+ActivationDTypes ActivationDTypes::for_device(Device device, DType weight_dtype, bool full_precision) {
+  if (device == Device::CPU || full_precision) return {};
   const DType half = weight_dtype == DType::F16 ? DType::F16 : DType::BF16;
   return {half, DType::F32, half};
 }

@@ -31,7 +31,10 @@ struct ActivationDTypes {
   DType activations = DType::F32;
   DType residual = DType::F32;
   DType kv_cache = DType::F32;
-  static ActivationDTypes for_device(Device device, DType weight_dtype);
+  // CPU: F32 throughout. CUDA: bf16/f16 (following the weights) activations and cache with an F32
+  // residual, or F32 throughout when `full_precision` (a reference mode: slower, but its greedy
+  // tokens equal the CPU backend's, which bf16 rounding cannot promise at near-ties).
+  static ActivationDTypes for_device(Device device, DType weight_dtype, bool full_precision = false);
 };
 
 class Transformer {
