@@ -20,8 +20,10 @@
 #include "device_option.h"
 #include "specula/core/error.h"
 #include "specula/engine/engine.h"
+#include "specula/sampling/params.h"
 #ifdef SPECULA_WITH_CUDA
 #include "specula/core/cuda_memory.h"
+#include "specula/ops/cuda/event_profiler.h"
 #endif
 
 namespace specula::cli {
@@ -34,6 +36,7 @@ struct BenchArgs {
   int64_t prefill = 4096, decode_steps = 64, prefill_chunk = 0;
   int threads = 0;
   int repeats = 3;
+  bool profile = false;
 };
 
 // Model shapes by name (random weights; only the shapes matter).
@@ -78,6 +81,39 @@ void prefill(engine::Engine& e, const std::vector<int32_t>& ids, int64_t start) 
   e.synchronize();
 }
 
+// Per-op GPU time of eager decode steps (CUDA events around every op), printed as a table: where
+// a step's time goes. Eager launches add gaps that the captured graph does not have.
+void profile_decode(engine::Engine& e, int64_t ctx, int32_t token) {
+#ifdef SPECULA_WITH_CUDA
+  if (e.device() != Device::CUDA) return;
+  constexpr int kSteps = 8;
+  ops::OpContext& oc = e.op_context();
+  cuda::CudaEventProfiler profiler(*oc.cuda);
+  e.decode_step(token, static_cast<int32_t>(ctx), engine::Engine::StepOutput::Logits);  // warm
+  profiler.report();
+  oc.profiler = &profiler;
+  for (int i = 0; i < kSteps; ++i) {
+    const int32_t pos = static_cast<int32_t>(ctx + i);
+    e.write_inputs(std::span(&token, 1), std::span(&pos, 1), std::span(&pos, 1));
+    e.forward(1, 1);
+    Tensor next = e.transformer().next_tokens(1);
+    ops::argmax(oc, e.transformer().logits(1), next);
+  }
+  oc.profiler = nullptr;
+  const auto totals = profiler.report();
+  double sum = 0;
+  for (const auto& [op, ct] : totals) sum += ct.second;
+  std::printf("\nper-op GPU time of an eager decode step at context %lld (CUDA events)\n", static_cast<long long>(ctx));
+  std::printf("| op | calls/step | us/step | share |\n|---|---|---|---|\n");
+  for (const auto& [op, ct] : totals)
+    std::printf("| %s | %d | %.1f | %.1f%% |\n", op.c_str(), ct.first / kSteps, 1000.0 * ct.second / kSteps,
+                100.0 * ct.second / sum);
+  std::printf("| total | | %.1f | |\n\n", 1000.0 * sum / kSteps);
+#else
+  (void)e, (void)ctx, (void)token;
+#endif
+}
+
 void run_bench(const BenchArgs& a) {
   const model::ModelConfig config = model::ModelConfig::from_json(preset_config(a.preset), "preset " + a.preset);
   SPECULA_CHECK(!a.contexts.empty(), "--contexts needs at least one length");
@@ -85,7 +121,7 @@ void run_bench(const BenchArgs& a) {
   engine::EngineOptions options;
   options.device = parse_device(a.device);
   options.threads = a.threads;
-  options.max_context = std::max(max_ctx, a.prefill) + a.decode_steps + 1;
+  options.max_context = std::max(max_ctx, a.prefill) + a.decode_steps + 2;
   options.prefill_chunk = a.prefill_chunk > 0 ? a.prefill_chunk : std::max<int64_t>(a.prefill, 1);
   const auto load_start = std::chrono::steady_clock::now();
   auto engine = engine::Engine::create_random(config, options, 1234);
@@ -139,18 +175,20 @@ void run_bench(const BenchArgs& a) {
                                     (engine->device() == Device::CPU ? 4.0 : 2.0);
   const double weight_bytes_per_step =
       static_cast<double>(w.bytes) - (config.tie_word_embeddings ? 0.0 : static_cast<double>(w.embed.nbytes()));
+  constexpr auto kGreedy = engine::Engine::StepOutput::Greedy;
   for (int64_t ctx : a.contexts) {
     prefill(*engine, random_ids(ctx), 0);
     int32_t token = 1;
-    token = engine->decode_step(token, static_cast<int32_t>(ctx), true);  // warm-up and graph capture
+    token = engine->decode_step(token, static_cast<int32_t>(ctx), kGreedy);  // warm-up and graph capture
     std::vector<double> times;
     for (int r = 0; r < a.repeats; ++r) {
       const auto t = std::chrono::steady_clock::now();
       for (int64_t i = 0; i < a.decode_steps; ++i)
-        token = engine->decode_step(token, static_cast<int32_t>(ctx + i), true);
+        token = engine->decode_step(token, static_cast<int32_t>(ctx + i), kGreedy);
       times.push_back(seconds_since(t));
     }
     engine->synchronize();
+    if (a.profile) profile_decode(*engine, ctx, token);
     const double tok_s = static_cast<double>(a.decode_steps) / median(times);
     const std::string c = std::to_string(ctx);
     results.push_back({"decode_tokens_per_s_ctx" + c, tok_s, "tok/s"});
@@ -161,6 +199,31 @@ void run_bench(const BenchArgs& a) {
       results.push_back({"decode_bandwidth_limit_ctx" + c, limit, "tok/s"});
       results.push_back({"decode_vs_bandwidth_limit_ctx" + c, 100.0 * tok_s / limit, "%"});
     }
+  }
+
+  // Sampling on the device (temperature 0.8, top-p 0.9) at the first context: what a sampled
+  // request costs over greedy.
+  if (engine->device() == Device::CUDA) {
+    const int64_t ctx = a.contexts.front();
+    const std::vector<int32_t> prompt = random_ids(ctx);
+    prefill(*engine, prompt, 0);
+    sampling::SamplingParams params;
+    params.temperature = 0.8f;
+    params.top_p = 0.9f;
+    engine->begin_sampling(params, prompt);
+    int32_t token = engine->sample_on_device();
+    constexpr auto kSampled = engine::Engine::StepOutput::Sampled;
+    token = engine->decode_step(token, static_cast<int32_t>(ctx), kSampled);
+    std::vector<double> times;
+    for (int r = 0; r < a.repeats; ++r) {
+      const auto t = std::chrono::steady_clock::now();
+      for (int64_t i = 0; i < a.decode_steps; ++i)
+        token = engine->decode_step(token, static_cast<int32_t>(ctx + 1 + i), kSampled);
+      times.push_back(seconds_since(t));
+    }
+    engine->synchronize();
+    results.push_back({"decode_top_p_tokens_per_s_ctx" + std::to_string(ctx),
+                       static_cast<double>(a.decode_steps) / median(times), "tok/s"});
   }
 
   char date[32];
@@ -199,6 +262,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--threads", a->threads, "CPU threads; 0 = all cores")->capture_default_str();
   cmd->add_option("--json", a->json_path, "Write the measurements as JSON here");
   cmd->add_option("--commit", a->commit, "Commit id recorded with the results")->capture_default_str();
+  cmd->add_flag("--profile", a->profile, "Also print per-op GPU time of a decode step at each context (CUDA)");
   cmd->callback([a] { run_bench(*a); });
 }
 

@@ -8,6 +8,8 @@
 
 #include "specula/core/error.h"
 #include "specula/io/checkpoint.h"
+#include "specula/sampling/gpu_sampler.h"
+#include "specula/sampling/params.h"
 #ifdef SPECULA_WITH_CUDA
 #include "specula/core/cuda_graph.h"
 #include "specula/core/cuda_memory.h"
@@ -119,16 +121,18 @@ void Engine::write_inputs(std::span<const int32_t> ids, std::span<const int32_t>
 
 void Engine::forward(int64_t tokens, int64_t logit_rows) { transformer_->forward(op_context_, tokens, logit_rows); }
 
-int32_t Engine::decode_step(int32_t token, int32_t position, bool greedy) {
+int32_t Engine::decode_step(int32_t token, int32_t position, StepOutput output) {
   if (options_.device == Device::CPU) {
+    SPECULA_CHECK(output != StepOutput::Sampled, "decode_step: device sampling is a CUDA feature");
     write_inputs(std::span(&token, 1), std::span(&position, 1), std::span(&position, 1));
     transformer_->forward(op_context_, 1, 1);
-    if (!greedy) return -1;
+    if (output == StepOutput::Logits) return -1;
     Tensor next = transformer_->next_tokens(1);
     ops::argmax(op_context_, transformer_->logits(1), next);
     return next.as<int32_t>()[0];
   }
 #ifdef SPECULA_WITH_CUDA
+  SPECULA_CHECK(output != StepOutput::Sampled || gpu_sampler_, "decode_step: begin_sampling() was not called");
   if (!step_io_)
     step_io_ = std::shared_ptr<int32_t>(static_cast<int32_t*>(cuda_host_alloc(4 * sizeof(int32_t))), cuda_host_free);
   int32_t* io = step_io_.get();
@@ -136,7 +140,7 @@ int32_t Engine::decode_step(int32_t token, int32_t position, bool greedy) {
   io[1] = position;
   io[2] = position;
   void* stream = cuda_->stream();
-  auto& slot = decode_graphs_[greedy ? 1 : 0];
+  auto& slot = decode_graphs_[static_cast<int>(output)];
   if (!slot) {
     auto graph = std::make_shared<CudaGraph>();
     graph->begin_capture(stream);
@@ -145,11 +149,10 @@ int32_t Engine::decode_step(int32_t token, int32_t position, bool greedy) {
       cuda_copy_async_on(stream, transformer_->positions().data, io + 1, sizeof(int32_t));
       cuda_copy_async_on(stream, transformer_->slots().data, io + 2, sizeof(int32_t));
       transformer_->forward(op_context_, 1, 1);
-      if (greedy) {
-        Tensor next = transformer_->next_tokens(1);
-        ops::argmax(op_context_, transformer_->logits(1), next);
-        cuda_copy_async_on(stream, io + 3, next.data, sizeof(int32_t));
-      }
+      Tensor next = transformer_->next_tokens(1);
+      if (output == StepOutput::Greedy) ops::argmax(op_context_, transformer_->logits(1), next);
+      if (output == StepOutput::Sampled) gpu_sampler_->sample(transformer_->logits(1), next);
+      if (output != StepOutput::Logits) cuda_copy_async_on(stream, io + 3, next.data, sizeof(int32_t));
     } catch (...) {
       graph->abort_capture(stream);
       throw;
@@ -158,11 +161,44 @@ int32_t Engine::decode_step(int32_t token, int32_t position, bool greedy) {
     slot = graph;
   }
   static_cast<CudaGraph*>(slot.get())->launch(stream);
-  if (!greedy) return -1;
+  if (output == StepOutput::Logits) return -1;
   cuda_->synchronize();
   return io[3];
 #else
   fail("decode_step: this build has no CUDA backend");
+#endif
+}
+
+void Engine::begin_sampling(const sampling::SamplingParams& params, std::span<const int32_t> prompt) {
+#ifdef SPECULA_WITH_CUDA
+  SPECULA_CHECK(cuda_ != nullptr, "begin_sampling: device sampling needs the CUDA backend");
+  if (!gpu_sampler_) gpu_sampler_ = std::make_shared<sampling::GpuSampler>(*cuda_, config().vocab_size);
+  const sampling::SamplingParams& old = gpu_sampler_->params();
+  const bool same = old.temperature == params.temperature && old.top_k == params.top_k && old.top_p == params.top_p &&
+                    old.min_p == params.min_p && old.repetition_penalty == params.repetition_penalty &&
+                    old.presence_penalty == params.presence_penalty &&
+                    old.frequency_penalty == params.frequency_penalty && old.seed == params.seed;
+  gpu_sampler_->begin(params, prompt);
+  // The sampler bakes its parameters into its launches: a graph captured with others is stale.
+  if (!same) decode_graphs_[static_cast<int>(StepOutput::Sampled)].reset();
+#else
+  (void)params;
+  (void)prompt;
+  fail("begin_sampling: this build has no CUDA backend");
+#endif
+}
+
+int32_t Engine::sample_on_device() {
+#ifdef SPECULA_WITH_CUDA
+  SPECULA_CHECK(gpu_sampler_ != nullptr, "sample_on_device: begin_sampling() was not called");
+  Tensor next = transformer_->next_tokens(1);
+  gpu_sampler_->sample(transformer_->logits(1), next);
+  int32_t token = 0;
+  cuda_copy_to_host_on(cuda_->stream(), &token, next.data, sizeof token);
+  gpu_sampler_->check_errors();
+  return token;
+#else
+  fail("sample_on_device: this build has no CUDA backend");
 #endif
 }
 
@@ -202,6 +238,7 @@ void Engine::synchronize() {
   if (cuda_) {
     cuda_->synchronize();
     cuda_->check_device_errors();
+    if (gpu_sampler_) gpu_sampler_->check_errors();
   }
 #endif
 }

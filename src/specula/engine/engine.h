@@ -23,6 +23,10 @@
 namespace specula::cuda {
 class CudaContext;
 }
+namespace specula::sampling {
+struct SamplingParams;
+class GpuSampler;
+}
 
 namespace specula::engine {
 
@@ -70,12 +74,23 @@ class Engine {
   void write_inputs(std::span<const int32_t> ids, std::span<const int32_t> positions, std::span<const int32_t> slots);
   // Runs the transformer over the inputs written last.
   void forward(int64_t tokens, int64_t logit_rows);
-  // One decode step: `token` at `position` (also its cache slot). With `greedy` the argmax is taken
-  // on the device and returned; otherwise returns -1 and leaves the logits for read_logits().
-  // On CUDA each variant is captured as a CUDA graph at its first call and replayed afterwards;
-  // the step's inputs travel through pinned memory inside the graph, and the greedy token is the
-  // one small device-to-host copy. Kernel-reported input errors surface at synchronize().
-  int32_t decode_step(int32_t token, int32_t position, bool greedy);
+  // What a decode step leaves behind.
+  enum class StepOutput {
+    Logits,   // logits only, for read_logits() and a host-side sampler
+    Greedy,   // the argmax, taken on the device
+    Sampled,  // a token drawn on the device by the sampler set up with begin_sampling() (CUDA)
+  };
+  // One decode step: `token` at `position` (also its cache slot). Returns the next token (Greedy,
+  // Sampled) or -1 (Logits). On CUDA each output kind is captured as a CUDA graph at its first
+  // call and replayed afterwards: the step's inputs travel through pinned memory inside the
+  // graph, and the chosen token is the one small device-to-host copy. Kernel-reported input
+  // errors surface at synchronize().
+  int32_t decode_step(int32_t token, int32_t position, StepOutput output);
+  // CUDA: prepares the device sampler for a request (penalty state seeded with the prompt, draw
+  // counter at 0); a change of parameters re-captures the sampled decode graph.
+  void begin_sampling(const sampling::SamplingParams& params, std::span<const int32_t> prompt);
+  // CUDA: draws the next token from logits row 0 of the last forward with the device sampler.
+  int32_t sample_on_device();
   // Copies `rows` rows of logits to the host.
   void read_logits(int64_t rows, std::vector<float>& out);
   // Waits for the device (no-op on CPU) and reports errors flagged by kernels.
@@ -95,9 +110,10 @@ class Engine {
   Arena arena_;
   std::unique_ptr<model::Transformer> transformer_;
   double load_seconds_ = 0.0;
-  // CUDA decode-step graphs ([0]: logits only, [1]: greedy) and their pinned step I/O:
-  // token, position, slot, result.
-  std::shared_ptr<void> decode_graphs_[2];
+  // CUDA decode-step graphs, one per StepOutput, their pinned step I/O (token, position, slot,
+  // result) and the device sampler.
+  std::shared_ptr<void> decode_graphs_[3];
+  std::shared_ptr<sampling::GpuSampler> gpu_sampler_;
   std::shared_ptr<int32_t> step_io_;
 };
 

@@ -59,16 +59,27 @@ GenerationResult Generator::generate(const GenerationRequest& request, const Gen
       callbacks.on_prefill_progress(begin + n, prompt_len);
     }
   }
-  engine_.read_logits(1, logits);
-  int32_t token = sampler.sample(logits, request.prompt, result.tokens);
+  // Plain greedy decoding needs no logits on the host: the argmax is taken where they are. On
+  // CUDA every other setting samples on the device too; on the CPU the host sampler runs.
+  const sampling::SamplingParams& sp = request.sampling;
+  const bool plain_greedy = sp.is_greedy() && sp.repetition_penalty == 1.0f && sp.presence_penalty == 0.0f &&
+                            sp.frequency_penalty == 0.0f;
+  const bool on_cuda = engine_.device() == Device::CUDA;
+  using StepOutput = Engine::StepOutput;
+  const StepOutput step_output =
+      plain_greedy ? StepOutput::Greedy : (on_cuda ? StepOutput::Sampled : StepOutput::Logits);
+  int32_t token = 0;
+  if (step_output == StepOutput::Sampled) {
+    engine_.begin_sampling(sp, request.prompt);
+    token = engine_.sample_on_device();
+  } else {
+    engine_.read_logits(1, logits);
+    token = sampler.sample(logits, request.prompt, result.tokens);
+  }
   const auto decode_start = clock::now();
   result.prefill_seconds = std::chrono::duration<double>(decode_start - prefill_start).count();
 
   int64_t position = prompt_len;
-  // Plain greedy decoding needs no logits on the host: the argmax is taken where they are.
-  const sampling::SamplingParams& sp = request.sampling;
-  const bool greedy_on_device = sp.is_greedy() && sp.repetition_penalty == 1.0f && sp.presence_penalty == 0.0f &&
-                                sp.frequency_penalty == 0.0f;
   for (;;) {
     if (std::find(request.stop_ids.begin(), request.stop_ids.end(), token) != request.stop_ids.end()) {
       result.finish_reason = FinishReason::Stop;
@@ -88,10 +99,8 @@ GenerationResult Generator::generate(const GenerationRequest& request, const Gen
       break;
     }
     const int32_t pos = static_cast<int32_t>(position);
-    if (greedy_on_device) {
-      token = engine_.decode_step(token, pos, /*greedy=*/true);
-    } else {
-      engine_.decode_step(token, pos, /*greedy=*/false);
+    token = engine_.decode_step(token, pos, step_output);
+    if (step_output == StepOutput::Logits) {
       engine_.read_logits(1, logits);
       token = sampler.sample(logits, request.prompt, result.tokens);
     }

@@ -19,6 +19,15 @@ namespace specula::ops {
 namespace {
 template <typename CpuFn, typename CudaFn>
 void dispatch(std::string_view op, OpContext& ctx, Device device, CpuFn&& on_cpu, CudaFn&& on_cuda) {
+  if (ctx.profiler) {
+    OpProfiler* profiler = ctx.profiler;
+    ctx.profiler = nullptr;  // one level: an op built from other ops is timed as itself
+    profiler->begin(op);
+    dispatch(op, ctx, device, on_cpu, on_cuda);
+    profiler->end(op);
+    ctx.profiler = profiler;
+    return;
+  }
   if (device == Device::CPU) {
     SPECULA_CHECK(ctx.pool != nullptr, op, ": CPU tensors but no thread pool in the op context");
     on_cpu(*ctx.pool);

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "specula/core/tensor.h"
 
@@ -26,11 +27,21 @@ struct CudaContext;
 
 namespace ops {
 
+// Optional per-op timing hook (benchmarks attach one to see where a step's time goes; nothing
+// attaches one inside a captured graph).
+class OpProfiler {
+ public:
+  virtual ~OpProfiler() = default;
+  virtual void begin(std::string_view op) = 0;
+  virtual void end(std::string_view op) = 0;
+};
+
 // Backend state passed down explicitly (no globals): the CPU thread pool and/or the CUDA stream,
 // library handles and workspace. An op on CPU tensors needs `pool`; on CUDA tensors, `cuda`.
 struct OpContext {
   ThreadPool* pool = nullptr;
   cuda::CudaContext* cuda = nullptr;
+  OpProfiler* profiler = nullptr;
 };
 
 // out[t, :] = scale * table[ids[t], :].   table [V, H]; ids [T] I32; out [T, H].
