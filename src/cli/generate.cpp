@@ -74,8 +74,9 @@ void run_generate(const GenerateArgs& a) {
   };
   auto engine = engine::Engine::load(options);
   if (tty) std::fprintf(stderr, "\r");
-  std::fprintf(stderr, "loaded %s (%s) on %s in %.2f s\n", a.model_dir.c_str(), engine->config().architecture.c_str(),
-               std::string(device_name(engine->device())).c_str(), engine->load_seconds());
+  std::fprintf(stderr, "loaded %s (%s) on %s in %.2f s, context %lld tokens\n", a.model_dir.c_str(),
+               engine->config().architecture.c_str(), engine->device_description().c_str(), engine->load_seconds(),
+               static_cast<long long>(engine->max_context()));
 
   engine::GenerationRequest request;
   request.max_new_tokens = a.max_new_tokens;
@@ -155,7 +156,8 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--device", a->device, "auto (CUDA when a GPU is present), cuda or cpu")->capture_default_str();
   cmd->add_option("--threads", a->threads, "CPU threads; 0 = all cores")->capture_default_str();
   cmd->add_option("--max-context", a->max_context,
-                  "KV-cache length in tokens; 0 = the model's limit capped at 4096 (CPU) / 32768 (CUDA)")
+                  "KV-cache length in tokens; 0 = the model's limit, capped at 4096 on the CPU and by free "
+                  "memory on the GPU")
       ->capture_default_str();
   cmd->add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per forward pass")->capture_default_str()
       ->check(CLI::PositiveNumber);

@@ -20,11 +20,12 @@ namespace specula::engine {
 
 namespace {
 constexpr int64_t kDefaultCpuContext = 4096;
-constexpr int64_t kDefaultCudaContext = 32768;
 }  // namespace
 
 int64_t default_context(const model::ModelConfig& config, Device device) {
-  return std::min(config.max_position_embeddings, device == Device::CPU ? kDefaultCpuContext : kDefaultCudaContext);
+  // CUDA: the model's own limit; Engine::load lowers it to what free device memory holds.
+  return device == Device::CPU ? std::min(config.max_position_embeddings, kDefaultCpuContext)
+                               : config.max_position_embeddings;
 }
 
 Engine::~Engine() = default;
@@ -45,17 +46,37 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
     fail("--device cuda: this build of specula has no CUDA backend (rebuild with nvcc available)");
 #endif
   }
-  const int64_t context = options.max_context > 0 ? options.max_context : default_context(config, options.device);
-  SPECULA_CHECK(context <= config.max_position_embeddings || config.rope.type != model::RopeType::LongRope,
-                "--max-context ", context, " exceeds max_position_embeddings ", config.max_position_embeddings,
-                " of a LongRoPE model (its rotary table is defined only up to that length)");
   model::ForwardShape shape;
   shape.max_tokens = std::max<int64_t>(1, std::max(options.prefill_chunk, options.max_logit_rows));
   shape.max_logit_rows = std::max<int64_t>(1, options.max_logit_rows);
+  const model::ActivationDTypes dtypes =
+      model::ActivationDTypes::for_device(options.device, weight_dtype, options.full_precision);
+  int64_t context = options.max_context > 0 ? options.max_context : default_context(config, options.device);
+#ifdef SPECULA_WITH_CUDA
+  if (options.device == Device::CUDA && options.max_context <= 0) {
+    // No --max-context: as much of the model's own context as free device memory holds after the
+    // weights and buffers, keeping a reserve for cuBLASLt, the sampler and graphs.
+    constexpr size_t kReserveBytes = size_t{2} << 30;
+    ArenaPlan fixed;
+    plan_weights(fixed);
+    model::ForwardShape no_cache = shape;
+    no_cache.kv_capacity = 0;
+    model::Transformer::plan(config, no_cache, dtypes, fixed);
+    const size_t free_bytes = cuda_free_memory();
+    const size_t row_bytes = 2 * static_cast<size_t>(config.num_layers * config.num_kv_heads * config.head_dim) *
+                             dtype_size(dtypes.kv_cache);
+    const size_t available = free_bytes > fixed.total() + kReserveBytes ? free_bytes - fixed.total() - kReserveBytes : 0;
+    context = std::min<int64_t>(config.max_position_embeddings, static_cast<int64_t>(available / row_bytes));
+    SPECULA_CHECK(context >= shape.max_tokens, config.source, ": the weights and buffers need ", fixed.total() >> 20,
+                  " MiB of the ", free_bytes >> 20, " MiB free on the GPU, leaving no room for a KV cache");
+  }
+#endif
+  SPECULA_CHECK(context <= config.max_position_embeddings || config.rope.type != model::RopeType::LongRope,
+                "--max-context ", context, " exceeds max_position_embeddings ", config.max_position_embeddings,
+                " of a LongRoPE model (its rotary table is defined only up to that length)");
   shape.kv_capacity = context;
   ArenaPlan plan;
   plan_weights(plan);
-  const model::ActivationDTypes dtypes = model::ActivationDTypes::for_device(options.device, weight_dtype, options.full_precision);
   model::Transformer::plan(config, shape, dtypes, plan);
 #ifdef SPECULA_WITH_CUDA
   if (options.device == Device::CUDA) {
