@@ -1,5 +1,5 @@
-// CUDA ops (embedding, norms, linear, qkv_rope_store, silu_mul, argmax, convert) against the CPU
-// reference ops. Every check draws fresh random inputs (seeded from the test name and a counter),
+// CUDA ops (embedding, norms, linear, linear_swiglu, qkv_rope_store, silu_mul, argmax, convert)
+// against the CPU reference ops, and the decode-path chain under programmatic dependent launch. Every check draws fresh random inputs (seeded from the test name and a counter),
 // rounds them to the dtype the GPU reads so both backends see identical values, poisons the GPU
 // outputs with NaN first and then requires every element to be written and within tolerance:
 //   fp32 outputs of fp32 arithmetic   1e-5  (relative, see test::compare)
@@ -15,7 +15,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <iterator>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -62,6 +66,8 @@ using CudaSiluMul = CudaOpsTest;
 using CudaArgmax = CudaOpsTest;
 using CudaConvert = CudaOpsTest;
 using CudaGraph = CudaOpsTest;
+using CudaLinearSwiglu = CudaOpsTest;
+using CudaPdl = CudaOpsTest;
 
 // ---------------------------------------------------------------------------------------------
 // embedding
@@ -487,6 +493,121 @@ TEST_F(CudaSiluMul, MatchesCpu) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// linear_swiglu: the down projection with SwiGLU computed on load (fused GEMV, T <= 2), or through
+// silu_mul into the workspace and then the GEMV (T <= 8) or cuBLASLt (T > 8, equal dtypes),
+// against silu_mul + linear on the CPU.
+
+struct SwigluCase {
+  int64_t tokens, n, inter;
+  DType weight, gate_up, out;
+  size_t gu_offset = 0;
+  double tolerance = -1.0;  // < 0: see default_tolerance
+};
+
+// The fused GEMV computes silu with the fast exp and divide (a few ulp per activation in fp32).
+constexpr double kTolSwigluF32 = 5e-5;
+
+// F32 outputs: fp32 activations (fused at T <= 2, or an F32 gate_up) are held to kTolSwigluF32;
+// beyond two tokens a 16-bit gate_up gives 16-bit activations, so 16-bit precision.
+double default_tolerance(const SwigluCase& c) {
+  if (c.out != DType::F32) return tolerance_for(c.out);
+  return c.tokens <= 2 || c.gate_up == DType::F32 ? kTolSwigluF32 : kTol16;
+}
+
+// Runs one case on the CPU reference and on `gpu_ops` (the test's context or one with a smaller
+// workspace).
+void run_swiglu_case(CpuTestContext& cpu, ops::OpContext& gpu_ops, const SwigluCase& c, uint64_t seed_w,
+                     uint64_t seed_x) {
+  const std::string label = "T=" + std::to_string(c.tokens) + " N=" + std::to_string(c.n) + " I=" +
+                            std::to_string(c.inter) + " W " + name_of(c.weight) + " gate_up " + name_of(c.gate_up) +
+                            " out " + name_of(c.out) + (c.gu_offset ? " misaligned gate_up" : "");
+  SCOPED_TRACE(label);
+  std::vector<float> w = round_to(c.weight, random_floats(static_cast<size_t>(c.n * c.inter), seed_w));
+  // Gates over [-5, 5] cover both tails of silu.
+  std::vector<float> gu =
+      round_to(c.gate_up, random_floats(static_cast<size_t>(c.tokens * 2 * c.inter), seed_x, -5.0f, 5.0f));
+  std::vector<float> want(static_cast<size_t>(c.tokens * c.n));
+  Tensor cpu_out = cpu_tensor(want, {c.tokens, c.n});
+  ops::linear_swiglu(cpu.ops, cpu_tensor(gu, {c.tokens, 2 * c.inter}), cpu_tensor(w, {c.n, c.inter}), cpu_out);
+
+  DeviceTensor d_w = upload_tensor(w, c.weight, {c.n, c.inter});
+  DeviceTensor d_gu = upload_tensor(gu, c.gate_up, {c.tokens, 2 * c.inter}, c.gu_offset);
+  DeviceTensor d_out = device_tensor(c.out, {c.tokens, c.n});
+  poison(d_out);
+  ops::linear_swiglu(gpu_ops, d_gu.tensor, d_w.tensor, d_out.tensor);
+  gpu_ops.cuda->synchronize();
+  const double tolerance = c.tolerance >= 0 ? c.tolerance : default_tolerance(c);
+  expect_close(label, download_f32(d_out), round_to(c.out, want), tolerance);
+}
+
+TEST_F(CudaLinearSwiglu, DecodeMatchesCpu) {
+  const SwigluCase cases[] = {
+      // Llama-3-8B down projection at T = 1, 2 (fused) and a 4-token verification batch.
+      {1, 4096, 14336, DType::BF16, DType::BF16, DType::BF16},
+      {1, 4096, 14336, DType::BF16, DType::BF16, DType::F32},
+      {2, 4096, 14336, DType::BF16, DType::BF16, DType::F32},
+      {4, 4096, 14336, DType::BF16, DType::BF16, DType::BF16},
+      // Every token-count template and dtype pairing, odd row counts.
+      {1, 257, 4096, DType::BF16, DType::F32, DType::F32},  // full-precision mode: F32 gate_up
+      {2, 300, 1024, DType::F32, DType::F32, DType::F32},
+      {3, 129, 2048, DType::F16, DType::F16, DType::F16},
+      {5, 64, 4096, DType::BF16, DType::BF16, DType::F32},  // few rows: K split over warps
+      {8, 96, 768, DType::F16, DType::BF16, DType::F32},
+      {7, 33, 4104, DType::BF16, DType::BF16, DType::BF16},
+      // Scalar path: I not a multiple of the vector width, or a misaligned gate_up view.
+      {1, 37, 1001, DType::BF16, DType::BF16, DType::F32},
+      {2, 45, 102, DType::F32, DType::F32, DType::F32},
+      {2, 50, 256, DType::BF16, DType::BF16, DType::F32, 2},
+      {3, 50, 256, DType::BF16, DType::BF16, DType::F32, 2},  // through the workspace: scalar silu_mul
+  };
+  for (const SwigluCase& c : cases) run_swiglu_case(cpu_, gpu_.ops, c, seed(), seed());
+}
+
+TEST_F(CudaLinearSwiglu, LargeTokenCountsMatchCpu) {
+  // Equal dtypes go through silu_mul (16-bit activations) and cuBLASLt: bf16-GEMM precision.
+  constexpr double kTolGemmF32 = 1e-4;
+  const SwigluCase cases[] = {
+      {9, 256, 512, DType::BF16, DType::BF16, DType::BF16},
+      {64, 1000, 1024, DType::BF16, DType::BF16, DType::F32, 0, kTol16},
+      {33, 384, 4096, DType::F16, DType::F16, DType::F16},
+      {70, 130, 264, DType::BF16, DType::BF16, DType::BF16, 2},  // misaligned gate_up: scalar silu_mul
+      {19, 77, 99, DType::F32, DType::F32, DType::F32, 0, kTolGemmF32},  // fp32 cuBLASLt, exact silu
+      // cuBLASLt lacks F32 weights -> BF16 out: the chunk falls back to the fused GEMV.
+      {12, 64, 300, DType::F32, DType::F32, DType::BF16},
+      // Mixed dtypes stay on the fused GEMV in token groups.
+      {20, 200, 512, DType::BF16, DType::F16, DType::F16},
+      {40, 128, 1024, DType::BF16, DType::F32, DType::F32},
+  };
+  for (const SwigluCase& c : cases) run_swiglu_case(cpu_, gpu_.ops, c, seed(), seed());
+}
+
+TEST_F(CudaLinearSwiglu, SmallWorkspaceChunksOrFallsBack) {
+  // 1 MB of workspace holds 64 activation rows of I = 4096 (half of it; cuBLASLt gets the rest):
+  // 150 tokens run as three chunks. 64 KB holds 4 rows, too few: the fused GEMV takes the call
+  // (in groups of two tokens, fp32 activations).
+  for (const size_t workspace : {size_t{1} << 20, size_t{64} << 10}) {
+    SCOPED_TRACE("workspace " + std::to_string(workspace) + " bytes");
+    std::unique_ptr<cuda::CudaContext> small = cuda::CudaContext::create(0, workspace);
+    ops::OpContext small_ops;
+    small_ops.cuda = small.get();
+    run_swiglu_case(cpu_, small_ops, {150, 256, 4096, DType::BF16, DType::BF16, DType::BF16}, seed(), seed());
+    run_swiglu_case(cpu_, small_ops, {20, 96, 4096, DType::BF16, DType::BF16, DType::F32, 0, kTol16}, seed(),
+                    seed());
+    EXPECT_NO_THROW(small->check_device_errors());
+  }
+}
+
+TEST_F(CudaLinearSwiglu, RejectsMismatchedShapes) {
+  DeviceTensor gu = device_tensor(DType::BF16, {2, 64});
+  DeviceTensor w = device_tensor(DType::BF16, {16, 30});  // needs gate_up rows of 60
+  DeviceTensor out = device_tensor(DType::BF16, {2, 16});
+  EXPECT_THROW(ops::linear_swiglu(gpu_.ops, gu.tensor, w.tensor, out.tensor), Error);
+  DeviceTensor w_ok = device_tensor(DType::BF16, {16, 32});
+  DeviceTensor out_bad = device_tensor(DType::BF16, {2, 17});
+  EXPECT_THROW(ops::linear_swiglu(gpu_.ops, gu.tensor, w_ok.tensor, out_bad.tensor), Error);
+}
+
+// ---------------------------------------------------------------------------------------------
 // argmax
 
 std::vector<int32_t> cpu_argmax(CpuTestContext& cpu, std::vector<float>& logits, int64_t rows, int64_t vocab) {
@@ -691,6 +812,311 @@ TEST_F(CudaGraph, FirstUseOfAShapeMayBeCaptured) {
   gpu_.sync();
   expect_same_results(step.results(), captured);
   expect_no_device_errors();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Programmatic dependent launch (ops/cuda/pdl.cuh). The decode-path kernels may start before
+// their predecessor has finished and must wait for it before touching its data; a kernel that
+// read or wrote too early would see stale values only under some timings, so the chain below is
+// run three ways on one device -- eager without PDL, eager with PDL, and captured once (with
+// PDL) as a graph replayed step after step -- and the three must agree bit for bit (the kernels
+// are deterministic). The eager result must also match the CPU reference run on the same
+// 16-bit-rounded intermediates.
+
+TEST_F(CudaPdl, EnabledWhereSupported) {
+  cuda::CudaContext& cuda = *gpu_.cuda;
+  const char* env = std::getenv("SPECULA_NO_PDL");
+  const bool env_off = env != nullptr && env[0] != '\0' && std::string(env) != "0";
+  std::printf("  sm_%d%d: programmatic dependent launch %s%s\n", cuda.info().sm_major, cuda.info().sm_minor,
+              cuda.programmatic_launch() ? "on" : "off", env_off ? " (SPECULA_NO_PDL set)" : "");
+  if (cuda.info().sm_major < 9) EXPECT_FALSE(cuda.programmatic_launch());
+  if (cuda.info().sm_major >= 9 && !env_off)
+    EXPECT_TRUE(cuda.programmatic_launch()) << "sm_90+ device, yet the kernels are not launched with PDL "
+                                               "(were they built for this architecture?)";
+  const bool supported = cuda.set_programmatic_launch(true);
+  if (cuda.info().sm_major < 9) EXPECT_FALSE(supported);
+  EXPECT_FALSE(cuda.set_programmatic_launch(false));
+  EXPECT_FALSE(cuda.programmatic_launch());
+  EXPECT_EQ(cuda.set_programmatic_launch(true), supported);
+}
+
+namespace chain {
+
+// Two small transformer layers: GQA 4 with head_dim 64 (the tensor-core attention), a KV cache of
+// two 64-row tiles filled past the first tile so both KV splits work and the combine kernel runs.
+constexpr int64_t kLayers = 2, kHidden = 512, kHeads = 8, kKvHeads = 2, kHeadDim = 64, kInter = 768;
+constexpr int64_t kQkv = (kHeads + 2 * kKvHeads) * kHeadDim, kAttn = kHeads * kHeadDim;
+constexpr int64_t kCapacity = 128, kPrefix = 90;
+constexpr int kSteps = 5;
+constexpr int32_t kPositionOffset = 1000;  // RoPE positions differ from cache rows, as in draft trees
+constexpr float kEps = 1e-5f;
+// GPU and CPU differ by accumulation order, rounding flips of 16-bit intermediates and the
+// tensor-core attention's bf16 probabilities; a race would show as gross errors.
+constexpr double kTolerance = 2e-2;
+
+// The model and the initial state as floats; everything the GPU stores in bf16 is bf16-exact.
+struct Host {
+  std::vector<std::vector<float>> norm_in, norm_post, wqkv, bqkv, wo, wgu, wd, k_cache, v_cache;
+  std::vector<float> x0, d0, inv_freq;
+};
+
+Host make_host(uint64_t seed, int64_t tokens) {
+  Host h;
+  uint64_t n = 0;
+  auto next = [&] { return seed + 0x9e3779b97f4a7c15ull * ++n; };
+  // Uniform with unit output variance for unit-variance inputs.
+  auto weights = [&](int64_t rows, int64_t k) {
+    const float a = std::sqrt(3.0f / static_cast<float>(k));
+    return round_to(DType::BF16, random_floats(static_cast<size_t>(rows * k), next(), -a, a));
+  };
+  const size_t cache = static_cast<size_t>(kKvHeads * kCapacity * kHeadDim);
+  for (int64_t l = 0; l < kLayers; ++l) {
+    h.norm_in.push_back(round_to(DType::BF16, random_floats(kHidden, next(), 0.5f, 1.5f)));
+    h.norm_post.push_back(round_to(DType::BF16, random_floats(kHidden, next(), 0.5f, 1.5f)));
+    h.wqkv.push_back(weights(kQkv, kHidden));
+    h.bqkv.push_back(round_to(DType::BF16, random_floats(kQkv, next(), -0.1f, 0.1f)));
+    h.wo.push_back(weights(kHidden, kAttn));
+    h.wgu.push_back(weights(2 * kInter, kHidden));
+    h.wd.push_back(weights(kHidden, kInter));
+    h.k_cache.push_back(round_to(DType::BF16, random_floats(cache, next())));
+    h.v_cache.push_back(round_to(DType::BF16, random_floats(cache, next())));
+  }
+  h.x0 = random_floats(static_cast<size_t>(tokens * kHidden), next());
+  h.d0 = round_to(DType::BF16, random_floats(static_cast<size_t>(tokens * kHidden), next(), -0.5f, 0.5f));
+  for (int64_t i = 0; i < kHeadDim / 2; ++i)
+    h.inv_freq.push_back(1.0f / std::pow(500000.0f, static_cast<float>(2 * i) / static_cast<float>(kHeadDim)));
+  return h;
+}
+
+// Cache rows and RoPE positions of step `step`'s tokens.
+std::vector<int32_t> step_slots(int step, int64_t tokens) {
+  std::vector<int32_t> slots;
+  for (int64_t j = 0; j < tokens; ++j) slots.push_back(static_cast<int32_t>(kPrefix + step * tokens + j));
+  return slots;
+}
+std::vector<int32_t> step_positions(int step, int64_t tokens) {
+  std::vector<int32_t> pos = step_slots(step, tokens);
+  for (int32_t& p : pos) p += kPositionOffset;
+  return pos;
+}
+
+// The chain on the GPU: BF16 weights, activations and caches, F32 residual stream.
+class Gpu {
+ public:
+  Gpu(const Host& h, int64_t tokens) {
+    for (int64_t l = 0; l < kLayers; ++l) {
+      const auto i = static_cast<size_t>(l);
+      norm_in_.push_back(upload_tensor(h.norm_in[i], DType::BF16, {kHidden}));
+      norm_post_.push_back(upload_tensor(h.norm_post[i], DType::BF16, {kHidden}));
+      wqkv_.push_back(upload_tensor(h.wqkv[i], DType::BF16, {kQkv, kHidden}));
+      bqkv_.push_back(upload_tensor(h.bqkv[i], DType::BF16, {kQkv}));
+      wo_.push_back(upload_tensor(h.wo[i], DType::BF16, {kHidden, kAttn}));
+      wgu_.push_back(upload_tensor(h.wgu[i], DType::BF16, {2 * kInter, kHidden}));
+      wd_.push_back(upload_tensor(h.wd[i], DType::BF16, {kHidden, kInter}));
+      k_.push_back(upload_tensor(h.k_cache[i], DType::BF16, {kKvHeads, kCapacity, kHeadDim}));
+      v_.push_back(upload_tensor(h.v_cache[i], DType::BF16, {kKvHeads, kCapacity, kHeadDim}));
+    }
+    inv_freq_ = upload_tensor(h.inv_freq, DType::F32, {kHeadDim / 2});
+    x_ = upload_tensor(h.x0, DType::F32, {tokens, kHidden});
+    d_ = upload_tensor(h.d0, DType::BF16, {tokens, kHidden});
+    h_ = device_tensor(DType::BF16, {tokens, kHidden});
+    qkv_ = device_tensor(DType::BF16, {tokens, kQkv});
+    q_ = device_tensor(DType::BF16, {tokens, kHeads, kHeadDim});
+    a_ = device_tensor(DType::BF16, {tokens, kAttn});
+    o_ = device_tensor(DType::BF16, {tokens, kHidden});
+    gu_ = device_tensor(DType::BF16, {tokens, 2 * kInter});
+    pos_ = device_tensor(DType::I32, {tokens});
+    slots_ = device_tensor(DType::I32, {tokens});
+  }
+
+  void set_step(int step, int64_t tokens) {
+    pos_.buffer.upload(step_positions(step, tokens), pos_.offset);
+    slots_.buffer.upload(step_slots(step, tokens), slots_.offset);
+  }
+
+  void enqueue(ops::OpContext& ctx) {
+    const ops::RopeParams rope{inv_freq_.tensor, 1.0f};
+    const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+    for (size_t l = 0; l < static_cast<size_t>(kLayers); ++l) {
+      ops::add_rms_norm(ctx, x_.tensor, d_.tensor, 1.0f, norm_in_[l].tensor, kEps, h_.tensor);
+      ops::linear(ctx, h_.tensor, wqkv_[l].tensor, bqkv_[l].tensor, qkv_.tensor);
+      ops::qkv_rope_store(ctx, qkv_.tensor, Tensor{}, Tensor{}, kEps, rope, pos_.tensor, slots_.tensor, q_.tensor,
+                          k_[l].tensor, v_[l].tensor);
+      ops::attention(ctx, q_.tensor, k_[l].tensor, v_[l].tensor, slots_.tensor, scale, a_.tensor);
+      ops::linear(ctx, a_.tensor, wo_[l].tensor, Tensor{}, o_.tensor);
+      ops::add_rms_norm(ctx, x_.tensor, o_.tensor, 1.0f, norm_post_[l].tensor, kEps, h_.tensor);
+      ops::linear(ctx, h_.tensor, wgu_[l].tensor, Tensor{}, gu_.tensor);
+      ops::linear_swiglu(ctx, gu_.tensor, wd_[l].tensor, d_.tensor);
+    }
+  }
+
+  // Residual, last down projection, last normed hidden, then every layer's K and V caches.
+  std::vector<std::vector<float>> state() const {
+    std::vector<std::vector<float>> s{download_f32(x_), download_f32(d_), download_f32(h_)};
+    for (size_t l = 0; l < static_cast<size_t>(kLayers); ++l) {
+      s.push_back(download_f32(k_[l]));
+      s.push_back(download_f32(v_[l]));
+    }
+    return s;
+  }
+
+ private:
+  std::vector<DeviceTensor> norm_in_, norm_post_, wqkv_, bqkv_, wo_, wgu_, wd_, k_, v_;
+  DeviceTensor inv_freq_, x_, d_, h_, qkv_, q_, a_, o_, gu_, pos_, slots_;
+};
+
+void round_bf16(std::vector<float>& v) {
+  for (float& x : v) x = round_to(DType::BF16, x);
+}
+
+// The same chain on the CPU reference, rounding to bf16 wherever the GPU stores bf16.
+class Cpu {
+ public:
+  Cpu(const Host& h, int64_t tokens)
+      : h_(h), tokens_(tokens), x_(h.x0), d_(h.d0), hn_(static_cast<size_t>(tokens * kHidden)),
+        qkv_(static_cast<size_t>(tokens * kQkv)), q_(static_cast<size_t>(tokens * kAttn)),
+        a_(static_cast<size_t>(tokens * kAttn)), o_(static_cast<size_t>(tokens * kHidden)),
+        gu_(static_cast<size_t>(tokens * 2 * kInter)) {}
+
+  void step(CpuTestContext& cpu, int step) {
+    const int64_t T = tokens_;
+    std::vector<int32_t> pos = step_positions(step, T), slots = step_slots(step, T);
+    const ops::RopeParams rope{cpu_tensor(h_.inv_freq, {kHeadDim / 2}), 1.0f};
+    const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+    ops::OpContext& ctx = cpu.ops;
+    for (size_t l = 0; l < static_cast<size_t>(kLayers); ++l) {
+      Tensor x = cpu_tensor(x_, {T, kHidden}), hn = cpu_tensor(hn_, {T, kHidden});
+      Tensor qkv = cpu_tensor(qkv_, {T, kQkv}), q = cpu_tensor(q_, {T, kHeads, kHeadDim});
+      Tensor a = cpu_tensor(a_, {T, kAttn}), o = cpu_tensor(o_, {T, kHidden}), gu = cpu_tensor(gu_, {T, 2 * kInter});
+      Tensor d = cpu_tensor(d_, {T, kHidden});
+      Tensor k = cpu_tensor(h_.k_cache[l], {kKvHeads, kCapacity, kHeadDim});
+      Tensor v = cpu_tensor(h_.v_cache[l], {kKvHeads, kCapacity, kHeadDim});
+      ops::add_rms_norm(ctx, x, d, 1.0f, cpu_tensor(h_.norm_in[l], {kHidden}), kEps, hn);
+      round_bf16(hn_);
+      ops::linear(ctx, hn, cpu_tensor(h_.wqkv[l], {kQkv, kHidden}), cpu_tensor(h_.bqkv[l], {kQkv}), qkv);
+      round_bf16(qkv_);
+      ops::qkv_rope_store(ctx, qkv, Tensor{}, Tensor{}, kEps, rope, cpu_tensor(pos, {T}), cpu_tensor(slots, {T}), q, k,
+                          v);
+      round_bf16(q_);
+      round_bf16(h_.k_cache[l]);
+      round_bf16(h_.v_cache[l]);
+      ops::attention(ctx, q, k, v, cpu_tensor(slots, {T}), scale, a);
+      round_bf16(a_);
+      ops::linear(ctx, a, cpu_tensor(h_.wo[l], {kHidden, kAttn}), Tensor{}, o);
+      round_bf16(o_);
+      ops::add_rms_norm(ctx, x, o, 1.0f, cpu_tensor(h_.norm_post[l], {kHidden}), kEps, hn);
+      round_bf16(hn_);
+      ops::linear(ctx, hn, cpu_tensor(h_.wgu[l], {2 * kInter, kHidden}), Tensor{}, gu);
+      round_bf16(gu_);
+      ops::linear_swiglu(ctx, gu, cpu_tensor(h_.wd[l], {kHidden, kInter}), d);
+      round_bf16(d_);
+    }
+  }
+
+  std::vector<std::vector<float>> state() const {
+    std::vector<std::vector<float>> s{x_, d_, hn_};
+    for (size_t l = 0; l < static_cast<size_t>(kLayers); ++l) {
+      s.push_back(h_.k_cache[l]);
+      s.push_back(h_.v_cache[l]);
+    }
+    return s;
+  }
+
+ private:
+  Host h_;  // weights, plus the caches this chain updates
+  int64_t tokens_;
+  std::vector<float> x_, d_, hn_, qkv_, q_, a_, o_, gu_;
+};
+
+const char* const kStateNames[] = {"residual", "down", "normed", "k cache 0", "v cache 0", "k cache 1", "v cache 1"};
+
+}  // namespace chain
+
+// A stream's work captured once as a graph and replayable.
+class CapturedGraph {
+ public:
+  template <typename Enqueue>
+  CapturedGraph(cudaStream_t stream, Enqueue&& enqueue) : stream_(stream) {
+    SPECULA_TEST_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeGlobal));
+    try {
+      enqueue();
+    } catch (...) {
+      cudaGraph_t partial = nullptr;
+      cudaStreamEndCapture(stream_, &partial);
+      if (partial) cudaGraphDestroy(partial);
+      throw;
+    }
+    SPECULA_TEST_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph_));
+    SPECULA_TEST_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
+  }
+  ~CapturedGraph() {
+    if (exec_) cudaGraphExecDestroy(exec_);
+    if (graph_) cudaGraphDestroy(graph_);
+  }
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+
+  void launch() { SPECULA_TEST_CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+
+  // Edges along which the downstream kernel may start early (what PDL launches become).
+  size_t programmatic_edges() const {
+    size_t count = 0;
+    SPECULA_TEST_CUDA_CHECK(cudaGraphGetEdges(graph_, nullptr, nullptr, nullptr, &count));
+    std::vector<cudaGraphNode_t> from(count), to(count);
+    std::vector<cudaGraphEdgeData> data(count);
+    SPECULA_TEST_CUDA_CHECK(cudaGraphGetEdges(graph_, from.data(), to.data(), data.data(), &count));
+    size_t programmatic = 0;
+    for (size_t i = 0; i < count; ++i) programmatic += data[i].type == cudaGraphDependencyTypeProgrammatic ? 1 : 0;
+    return programmatic;
+  }
+
+ private:
+  cudaStream_t stream_;
+  cudaGraph_t graph_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+};
+
+TEST_F(CudaPdl, CapturedLayerChainMatchesEagerAndCpu) {
+  using namespace chain;
+  cuda::CudaContext& cuda = *gpu_.cuda;
+  const bool supported = cuda.set_programmatic_launch(true);
+  for (const int64_t tokens : {int64_t{1}, int64_t{3}}) {
+    SCOPED_TRACE("T=" + std::to_string(tokens));
+    const Host host = make_host(seed(), tokens);
+    Cpu reference(host, tokens);
+    Gpu plain(host, tokens), eager(host, tokens), graphed(host, tokens);
+
+    cuda.set_programmatic_launch(true);
+    CapturedGraph graph(static_cast<cudaStream_t>(cuda.stream()), [&] { graphed.enqueue(gpu_.ops); });
+    std::printf("  T=%lld: PDL %s, %zu programmatic edges in the captured chain\n", static_cast<long long>(tokens),
+                supported ? "on" : "unsupported", graph.programmatic_edges());
+
+    for (int step = 0; step < kSteps; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      for (Gpu* g : {&plain, &eager, &graphed}) g->set_step(step, tokens);
+      cuda.set_programmatic_launch(false);
+      plain.enqueue(gpu_.ops);
+      gpu_.sync();
+      cuda.set_programmatic_launch(true);
+      eager.enqueue(gpu_.ops);
+      gpu_.sync();
+      graph.launch();
+      gpu_.sync();
+      reference.step(cpu_, step);
+
+      const auto want = plain.state(), got_eager = eager.state(), got_graph = graphed.state(),
+                 want_cpu = reference.state();
+      ASSERT_EQ(want.size(), std::size(kStateNames));
+      for (size_t i = 0; i < want.size(); ++i) {
+        const std::string name = kStateNames[i];
+        expect_close(name + ", eager with PDL vs without", got_eager[i], want[i], kExact);
+        expect_close(name + ", graph with PDL vs eager without", got_graph[i], want[i], kExact);
+        expect_close(name + ", GPU vs CPU", want[i], want_cpu[i], kTolerance);
+      }
+    }
+    expect_no_device_errors();
+  }
+  cuda.set_programmatic_launch(true);
 }
 
 }  // namespace

@@ -2,7 +2,7 @@
 //   h = norm_in(x)                      (fused with the previous layer's residual add)
 //   qkv = h Wqkv^T + b; q/k norm, RoPE, K/V -> cache; a = attention(q, cache); o = a Wo^T
 //   x += s * o; h = norm_post(x)        (one fused op)
-//   d = (silu(h Wg^T) * (h Wu^T)) Wd^T  (gate/up fused)
+//   d = (silu(h Wg^T) * (h Wu^T)) Wd^T  (gate/up fused; SwiGLU fused into the down projection)
 // then x += s * d fused with the final norm, and logits = alpha * final(x) W_head^T, where s and
 // alpha are MiniCPM's muP scales (1 for the other families).
 #include "specula/model/transformer.h"
@@ -39,7 +39,6 @@ void Transformer::plan(const ModelConfig& c, const ForwardShape& s, const Activa
   plan.add(d.activations, {T, c.q_size()});
   plan.add(d.activations, {T, c.hidden_size});
   plan.add(d.activations, {T, 2 * c.intermediate_size});
-  plan.add(d.activations, {T, c.intermediate_size});
   plan.add(d.activations, {T, c.hidden_size});
   plan.add(d.activations, {T, c.hidden_size});
   plan.add(DType::F32, {s.max_logit_rows, c.vocab_size});
@@ -79,7 +78,6 @@ Transformer::Transformer(const ModelConfig& c, ModelWeights weights, const Forwa
   attn_out_ = arena.alloc(d.activations, {T, c.q_size()});
   o_ = arena.alloc(d.activations, {T, c.hidden_size});
   gate_up_ = arena.alloc(d.activations, {T, 2 * c.intermediate_size});
-  act_ = arena.alloc(d.activations, {T, c.intermediate_size});
   down_ = arena.alloc(d.activations, {T, c.hidden_size});
   final_hidden_ = arena.alloc(d.activations, {T, c.hidden_size});
   logits_ = arena.alloc(DType::F32, {s.max_logit_rows, c.vocab_size});
@@ -100,7 +98,7 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
          slots = slots_.slice_outer(0, tokens);
   Tensor x = residual_.slice_outer(0, tokens), h = normed_.slice_outer(0, tokens), qkv = qkv_.slice_outer(0, tokens),
          q = q_.slice_outer(0, tokens), a = attn_out_.slice_outer(0, tokens), o = o_.slice_outer(0, tokens),
-         gu = gate_up_.slice_outer(0, tokens), act = act_.slice_outer(0, tokens), d = down_.slice_outer(0, tokens),
+         gu = gate_up_.slice_outer(0, tokens), d = down_.slice_outer(0, tokens),
          fin = final_hidden_.slice_outer(0, tokens);
 
   ops::embedding(ctx, weights_.embed, ids, static_cast<float>(c.scale_emb), x);
@@ -117,8 +115,7 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
     ops::linear(ctx, a, w.o_proj, Tensor(), o);
     ops::add_rms_norm(ctx, x, o, residual_scale, w.post_attention_norm, eps, h);
     ops::linear(ctx, h, w.gate_up, Tensor(), gu);
-    ops::silu_mul(ctx, gu, act);
-    ops::linear(ctx, act, w.down, Tensor(), d);
+    ops::linear_swiglu(ctx, gu, w.down, d);
   }
   ops::add_rms_norm(ctx, x, d, residual_scale, weights_.final_norm, eps, fin);
   if (logit_rows > 0) {

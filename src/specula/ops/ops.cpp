@@ -202,6 +202,22 @@ void silu_mul(OpContext& ctx, const Tensor& gate_up, Tensor& out) {
            SPECULA_ON_CUDA(silu_mul(c, gate_up, out)));
 }
 
+void linear_swiglu(OpContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out) {
+  constexpr std::string_view op = "linear_swiglu";
+  check_float(op, "gate_up", gate_up);
+  check_float(op, "weight", weight);
+  check_rank(op, "weight", weight, 2);
+  check_float(op, "out", out);
+  SPECULA_CHECK(gate_up.row_size() == 2 * weight.dim(1), op, ": gate_up ", gate_up.shape_string(),
+                " must have twice as many columns as weight ", weight.shape_string());
+  SPECULA_CHECK(out.rows() == gate_up.rows() && out.row_size() == weight.dim(0), op, ": out ", out.shape_string(),
+                " must be [", gate_up.rows(), ", ", weight.dim(0), "]");
+  const Device device = common_device(op, {&gate_up, &weight, &out});
+  check_cpu_f32(op, device, {&gate_up, &out});
+  dispatch(op, ctx, device, [&](ThreadPool& p) { cpu::linear_swiglu(p, gate_up, weight, out); },
+           SPECULA_ON_CUDA(linear_swiglu(c, gate_up, weight, out)));
+}
+
 void argmax(OpContext& ctx, const Tensor& logits, Tensor& out) {
   constexpr std::string_view op = "argmax";
   check_float(op, "logits", logits);

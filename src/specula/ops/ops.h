@@ -92,6 +92,12 @@ void attention(OpContext& ctx, const Tensor& q, const Tensor& k_cache, const Ten
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, I + i].   gate_up [T, 2I]; out [T, I].
 void silu_mul(OpContext& ctx, const Tensor& gate_up, Tensor& out);
 
+// The MLP down projection fused with SwiGLU: out = silu_mul(gate_up) @ weight^T, without the
+// [T, I] activation in between where the backend can (on CUDA at 1-2 tokens the GEMV computes
+// it on load, in fp32; more tokens go through a 16-bit copy in the workspace, like silu_mul).
+// gate_up [T, 2I]; weight [N, I]; out [T, N].
+void linear_swiglu(OpContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out);
+
 // out[t] = argmax_v logits[t, v] (ties: lowest id).   logits [T, V]; out [T] I32.
 void argmax(OpContext& ctx, const Tensor& logits, Tensor& out);
 

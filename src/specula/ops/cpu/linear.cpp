@@ -1,7 +1,8 @@
 // CPU linear layer out = alpha * x W^T + b (reference for ops/cuda/linear.cu and the CPU
 // backend's matmul). Work is split over output features: each thread converts a weight row to
 // fp32 once and reuses it for every token, so decode (T = 1) streams the weights once and
-// prefill amortises the conversion over the whole chunk.
+// prefill amortises the conversion over the whole chunk. linear_swiglu is silu_mul into a
+// temporary followed by linear: the reference the fused CUDA kernel is tested against.
 #include <vector>
 
 #include "specula/core/error.h"
@@ -30,6 +31,14 @@ void linear(ThreadPool& pool, const Tensor& x, const Tensor& weight, const Tenso
         ys[t * out_features + n] = alpha * dot_f32(xs + t * in_features, row.data(), row.size()) + b;
     }
   }, 16);
+}
+
+void linear_swiglu(ThreadPool& pool, const Tensor& gate_up, const Tensor& weight, Tensor& out) {
+  const int64_t tokens = gate_up.rows(), inter = weight.dim(1);
+  std::vector<float> act(static_cast<size_t>(tokens * inter));
+  Tensor act_view(act.data(), DType::F32, {tokens, inter});
+  silu_mul(pool, gate_up, act_view);
+  linear(pool, act_view, weight, Tensor(), out, 1.0f);
 }
 
 }  // namespace specula::ops::cpu

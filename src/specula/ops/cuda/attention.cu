@@ -46,6 +46,8 @@ template <typename CacheT>
 __global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(const AttnParams p) {
   __shared__ float s_acc[kFallbackWarps][kFallbackMaxHeadDim];
   __shared__ float s_m[kFallbackWarps], s_l[kFallbackWarps];
+  pdl_launch_dependents();
+  pdl_wait();  // q, the caches, the slots and the partials' workspace belong to earlier kernels
   const int split = blockIdx.x, head = blockIdx.y, t = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int hd = p.head_dim, kvh = head / p.group;
@@ -142,6 +144,8 @@ __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(cons
   __shared__ float s_weight[kMaxSplits];
   __shared__ float s_inv_total;
   __shared__ __align__(16) float s_sum[kCombineThreads * 4];
+  pdl_launch_dependents();
+  pdl_wait();  // the partials are the attention kernel's
   const int64_t row = blockIdx.x;  // token * n_heads + head
   const int splits = p.num_splits, hd = p.head_dim, tid = threadIdx.x;
   const float* lse = p.partial_lse + row * splits;
@@ -203,7 +207,8 @@ __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(cons
 }
 
 template <typename CacheT>
-void launch_generic(AttnParams p, int multiprocessors, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+void launch_generic(AttnParams p, int multiprocessors, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                    bool programmatic) {
   const auto kernel = attention_generic_kernel<CacheT>;
   int blocks_per_sm = 0;
   SPECULA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kFallbackThreads, 0));
@@ -213,9 +218,8 @@ void launch_generic(AttnParams p, int multiprocessors, void* workspace, size_t w
   plan_splits(p, shape, p.tokens * p.n_heads, multiprocessors, workspace, workspace_bytes);
   const dim3 grid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(p.n_heads),
                   static_cast<unsigned>(p.tokens));
-  kernel<<<grid, kFallbackThreads, 0, stream>>>(p);
-  SPECULA_CUDA_CHECK_LAUNCH("attention (generic kernel)");
-  if (p.num_splits > 1) launch_combine(p, stream);
+  launch_kernel(stream, programmatic, "attention (generic kernel)", kernel, grid, dim3(kFallbackThreads), 0, p);
+  if (p.num_splits > 1) launch_combine(p, stream, programmatic);
 }
 
 ElemKind elem_kind(DType dtype) {
@@ -258,10 +262,10 @@ void plan_splits(AttnParams& p, const KernelShape& shape, int base_blocks, int m
   }
 }
 
-void launch_combine(const AttnParams& p, cudaStream_t stream) {
+void launch_combine(const AttnParams& p, cudaStream_t stream, bool programmatic) {
   const size_t rows = static_cast<size_t>(p.tokens) * static_cast<size_t>(p.n_heads);
-  attention_combine_kernel<<<static_cast<unsigned>(rows), kCombineThreads, 0, stream>>>(p);
-  SPECULA_CUDA_CHECK_LAUNCH("attention (split combine)");
+  launch_kernel(stream, programmatic, "attention (split combine)", attention_combine_kernel,
+                dim3(static_cast<unsigned>(rows)), dim3(kCombineThreads), 0, p);
 }
 
 }  // namespace attn
@@ -301,20 +305,22 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const T
                             aligned16(v_cache.data);
   if (tensor_cores) {
     run_attention_mma(p, cache, info.multiprocessors, info.max_shared_memory_per_block_optin, ctx.workspace(),
-                      ctx.workspace_bytes(), stream);
+                      ctx.workspace_bytes(), stream, ctx.programmatic_launch());
     return;
   }
   SPECULA_CHECK(hd <= kFallbackMaxHeadDim, "attention: head_dim ", hd, " is larger than the CUDA kernels support (",
                 kFallbackMaxHeadDim, ")");
+  const bool programmatic = ctx.programmatic_launch();
   switch (cache) {
     case DType::BF16:
-      launch_generic<__nv_bfloat16>(p, info.multiprocessors, ctx.workspace(), ctx.workspace_bytes(), stream);
+      launch_generic<__nv_bfloat16>(p, info.multiprocessors, ctx.workspace(), ctx.workspace_bytes(), stream,
+                                    programmatic);
       break;
     case DType::F16:
-      launch_generic<__half>(p, info.multiprocessors, ctx.workspace(), ctx.workspace_bytes(), stream);
+      launch_generic<__half>(p, info.multiprocessors, ctx.workspace(), ctx.workspace_bytes(), stream, programmatic);
       break;
     case DType::F32:
-      launch_generic<float>(p, info.multiprocessors, ctx.workspace(), ctx.workspace_bytes(), stream);
+      launch_generic<float>(p, info.multiprocessors, ctx.workspace(), ctx.workspace_bytes(), stream, programmatic);
       break;
     default:
       fail("attention: unsupported KV-cache dtype ", dtype_name(cache));

@@ -11,6 +11,10 @@
 // each, so partials stay small next to the KV they summarise); blocks whose chunk starts past
 // the length write "empty" (lse = -inf) and leave. A graph captured at one length therefore
 // stays correct, and keeps all splits busy, at any other length.
+//
+// Every attention kernel (generic, tensor-core, combine) follows the programmatic-dependent-launch
+// contract of pdl.cuh: it waits for the previous kernel before reading q, the caches or the slots
+// (or writing anything), and its launches set the attribute when `programmatic` is true.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -22,6 +26,7 @@
 
 #include "specula/core/dtype.h"
 #include "specula/ops/cuda/cuda_context.h"
+#include "specula/ops/cuda/pdl.cuh"
 
 namespace specula::ops::cuda_impl::attn {
 
@@ -117,10 +122,10 @@ struct KernelShape {
 void plan_splits(AttnParams& p, const KernelShape& shape, int base_blocks, int multiprocessors, void* workspace,
                  size_t workspace_bytes);
 // Host side, defined in attention.cu: merges the partials into out (only when num_splits > 1).
-void launch_combine(const AttnParams& p, cudaStream_t stream);
+void launch_combine(const AttnParams& p, cudaStream_t stream, bool programmatic);
 // Host side, defined in attention_mma.cu: tensor-core attention; the caller has checked that
 // q and caches share a 16-bit dtype, head_dim is 64 or 128 and the pointers are 16-byte aligned.
 void run_attention_mma(AttnParams p, DType cache_dtype, int multiprocessors, size_t smem_optin, void* workspace,
-                       size_t workspace_bytes, cudaStream_t stream);
+                       size_t workspace_bytes, cudaStream_t stream, bool programmatic);
 
 }  // namespace specula::ops::cuda_impl::attn

@@ -180,6 +180,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
   Elem* s_q = reinterpret_cast<Elem*>(smem + Cfg::kLenBytes);
   unsigned char* s_ring = smem + Cfg::kLenBytes + Cfg::kQBytes;
 
+  pdl_launch_dependents();
+  pdl_wait();  // q, the caches, the slots and the partials' workspace belong to earlier kernels
   const int split = blockIdx.x;
   // Later query tiles see more of the cache: launch them first so the causal tail is short.
   const int q_tile = gridDim.y - 1 - blockIdx.y;

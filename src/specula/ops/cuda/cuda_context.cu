@@ -2,6 +2,8 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "specula/core/error.h"
@@ -9,6 +11,34 @@
 #include "specula/ops/cuda/cuda_context.h"
 
 namespace specula::cuda {
+
+namespace {
+
+// Compiled with the same architecture list as every kernel of the library, so its attributes
+// tell which device code the driver picked for this device: PTX ISA version 9.0+ means the
+// kernels' griddepcontrol instructions are there (code JIT-compiled from compute_80 PTX on a
+// Hopper has none, and must not be launched with PDL).
+__global__ void pdl_probe_kernel() {}
+
+constexpr int kPdlMinComputeMajor = 9;
+constexpr int kPdlMinPtxVersion = 90;
+
+bool pdl_supported(const cudaDeviceProp& prop) {
+  if (prop.major < kPdlMinComputeMajor) return false;
+  cudaFuncAttributes attributes{};
+  if (cudaFuncGetAttributes(&attributes, pdl_probe_kernel) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return attributes.ptxVersion >= kPdlMinPtxVersion && attributes.binaryVersion >= kPdlMinPtxVersion;
+}
+
+bool pdl_disabled_by_environment() {
+  const char* value = std::getenv("SPECULA_NO_PDL");
+  return value != nullptr && value[0] != '\0' && std::strcmp(value, "0") != 0;
+}
+
+}  // namespace
 
 std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_bytes) {
   std::string why;
@@ -30,6 +60,8 @@ std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_b
   ctx->info_.l2_cache_bytes = static_cast<size_t>(prop.l2CacheSize);
   SPECULA_CHECK(prop.major >= 8, "CUDA device ", prop.name, " has compute capability ", prop.major, ".", prop.minor,
                 "; specula needs 8.0 (Ampere) or newer");
+  ctx->programmatic_launch_supported_ = pdl_supported(prop);
+  ctx->programmatic_launch_ = ctx->programmatic_launch_supported_ && !pdl_disabled_by_environment();
 
   cudaStream_t stream = nullptr;
   SPECULA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));

@@ -46,6 +46,17 @@ class CudaContext {
   size_t workspace_bytes() const { return workspace_bytes_; }
   uint32_t* error_word() const { return error_word_; } // device pointer
   const DeviceInfo& info() const { return info_; }
+  // True when the decode-path kernels are launched with programmatic dependent launch: the device
+  // is sm_90+, the kernels were compiled for it (their device code holds the grid-dependency
+  // waits, checked on a probe kernel), and neither the environment (SPECULA_NO_PDL=1) nor
+  // set_programmatic_launch(false) turned it off.
+  bool programmatic_launch() const { return programmatic_launch_; }
+  // Turns PDL off, or back on where supported (A/B benchmarks, tests); returns the new state.
+  // Only between steps: a captured graph keeps the launches it was captured with.
+  bool set_programmatic_launch(bool enable) {
+    programmatic_launch_ = enable && programmatic_launch_supported_;
+    return programmatic_launch_;
+  }
   // Slot for the cuBLASLt plan cache of ops/cuda/gemm_cublaslt.cu (per-shape descriptors and
   // heuristic results), type-erased so this header stays free of CUDA types. Created by the
   // linear op on first use; owned here so it lives exactly as long as the context.
@@ -65,6 +76,8 @@ class CudaContext {
   size_t workspace_bytes_ = 0;
   uint32_t* error_word_ = nullptr;
   DeviceInfo info_;
+  bool programmatic_launch_supported_ = false;
+  bool programmatic_launch_ = false;
   std::shared_ptr<void> gemm_plan_cache_;
 };
 

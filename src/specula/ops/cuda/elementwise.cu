@@ -13,6 +13,10 @@
 // (value, index) so that a plain unsigned max picks the largest value and, among equal values,
 // the lowest index: the CPU reference's tie rule, with -0 == +0 and NaN never chosen (except
 // that the CPU returns 0 when element 0 is NaN, reproduced in the last step).
+//
+// silu_mul is on the decode path (when the down projection is not fused with it, see
+// linear_swiglu) and is launched with programmatic dependent launch where available (pdl.cuh);
+// argmax and convert are launched plainly.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -40,6 +44,8 @@ bool pack_aligned(const void* p, DType dtype) { return is_aligned(p, vector_alig
 template <int kPack>
 __global__ void __launch_bounds__(kThreads)
     silu_mul_kernel(const void* gate_up, DType gu_dtype, void* out, DType out_dtype, int64_t rows, int64_t inter) {
+  pdl_launch_dependents();
+  pdl_wait();  // gate_up and out belong to earlier kernels
   const int64_t packs = inter / kPack;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < packs;
@@ -145,13 +151,8 @@ void silu_mul(CudaContext& ctx, const Tensor& gate_up, Tensor& out) {
   const int64_t packs = inter / (vector_path ? kPackElems : 1);
   const dim3 grid(static_cast<unsigned>(ceil_div<int64_t>(packs, kThreads)),
                   static_cast<unsigned>(std::min<int64_t>(rows, kMaxGridY)));
-  if (vector_path)
-    silu_mul_kernel<kPackElems><<<grid, kThreads, 0, stream_of(ctx)>>>(gate_up.data, gate_up.dtype, out.data,
-                                                                        out.dtype, rows, inter);
-  else
-    silu_mul_kernel<1><<<grid, kThreads, 0, stream_of(ctx)>>>(gate_up.data, gate_up.dtype, out.data, out.dtype, rows,
-                                                               inter);
-  SPECULA_CUDA_CHECK_LAUNCH("silu_mul");
+  launch_kernel(ctx, "silu_mul", vector_path ? silu_mul_kernel<kPackElems> : silu_mul_kernel<1>, grid, dim3(kThreads),
+                0, gate_up.data, gate_up.dtype, out.data, out.dtype, rows, inter);
 }
 
 void argmax(CudaContext& ctx, const Tensor& logits, Tensor& out) {

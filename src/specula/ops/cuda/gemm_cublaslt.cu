@@ -181,6 +181,11 @@ bool lt_supports(DType ab, DType out) {
 
 bool try_gemm_cublaslt(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
                        float alpha) {
+  return try_gemm_cublaslt(ctx, x, weight, bias, out, alpha, ctx.workspace(), ctx.workspace_bytes());
+}
+
+bool try_gemm_cublaslt(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
+                       float alpha, void* workspace_base, size_t workspace_size) {
   const int64_t tokens = x.rows(), n = weight.dim(0), k = weight.dim(1);
   const DType ab = weight.dtype;
   if (!lt_supports(ab, out.dtype) || ctx.cublaslt() == nullptr || tokens == 0 || n == 0 || k == 0) return false;
@@ -189,8 +194,8 @@ bool try_gemm_cublaslt(CudaContext& ctx, const Tensor& x, const Tensor& weight, 
 
   // An x of another dtype is converted in chunks into the front half of the workspace.
   const bool convert_x = x.dtype != ab;
-  char* workspace = static_cast<char*>(ctx.workspace());
-  size_t workspace_bytes = ctx.workspace_bytes();
+  char* workspace = static_cast<char*>(workspace_base);
+  size_t workspace_bytes = workspace_base != nullptr ? workspace_size : 0;
   int64_t chunk = tokens;
   size_t x_region = 0;
   if (convert_x) {
@@ -240,9 +245,9 @@ bool try_gemm_cublaslt(CudaContext& ctx, const Tensor& x, const Tensor& weight, 
     const void* x_chunk = static_cast<const char*>(x.data) + t0 * x_row_bytes;
     if (convert_x) {
       Tensor src(const_cast<void*>(x_chunk), x.dtype, {count, k}, Device::CUDA);
-      Tensor dst(ctx.workspace(), ab, {count, k}, Device::CUDA);
+      Tensor dst(workspace_base, ab, {count, k}, Device::CUDA);
       convert(ctx, src, dst);
-      x_chunk = ctx.workspace();
+      x_chunk = workspace_base;
     }
     void* out_chunk = static_cast<char*>(out.data) + t0 * out_row_bytes;
     cache.get(key_for(count, t0, use_epilogue), handle)

@@ -18,6 +18,18 @@
 // The vector path needs K to be a multiple of the vector width and 16-byte-aligned weights
 // (and x aligned to its access width), checked per call; otherwise a scalar kernel
 // (one element per lane and access) computes the same thing more slowly.
+//
+// SwiGLU variant (ops::linear_swiglu, the down projection): x is not stored but computed on load
+// from the fused [T, 2K] gate/up buffer, x[t, k] = silu(gate[t, k]) * up[t, k], in fp32 and never
+// rounded to 16 bits. That removes the silu_mul kernel, its [T, K] round trip and one launch per
+// layer. silu uses the fast exp and divide (a few ulp in fp32, far below the 16-bit rounding the
+// unfused path applies), since each activation is recomputed by every warp that reads it. Only
+// the 1- and 2-token shapes exist: beyond that the gate and up registers cut occupancy.
+//
+// Programmatic dependent launch (pdl.cuh): the weights never depend on an earlier kernel, so
+// each lane requests its first step of weights before pdl_wait() (into registers at 1 token,
+// into L2 beyond, see GemvShape); those requests are in flight while the previous kernel
+// finishes. x, bias, outputs and everything else come after the wait.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -42,11 +54,17 @@ template <int kT>
 struct GemvShape {
   static constexpr int kRows = 2;
   static constexpr int kUnroll = kT <= 2 ? 4 : 2;
+  // Before pdl_wait(): load the first step's weights into registers (at 1 token the register
+  // count stays in its occupancy bucket: 60, 4 blocks per SM), or only prefetch a line per row
+  // into L2 (with more tokens the extra live registers cost a block per SM; ptxas -v, sm_90a).
+  static constexpr bool kPreloadFirstStep = kT == 1;
 };
 
 struct GemvArgs {
   const void* weight;
-  const void* x;
+  const void* x;         // plain: x [T, k]; SwiGLU: the gate/up buffer [T, 2k]
+  int64_t x_stride;      // elements between the rows of consecutive tokens in x
+  int64_t up_offset;     // SwiGLU: elements from a gate value to its up value (k); unused otherwise
   const void* bias;  // nullptr: none
   DType bias_dtype;
   void* out;
@@ -92,13 +110,30 @@ __device__ __forceinline__ void write_output(const GemvArgs& a, int64_t row, int
   store_f32_dyn(a.out, a.out_dtype, token * a.n + row, a.alpha * dot + b);
 }
 
-// One step of a lane: kUnroll weight vectors of each of its kRows rows (loads all issued first),
-// then the matching activations for every token, accumulated. kGuard: the last step of a row,
-// where some of the kUnroll vectors may lie beyond the row.
-template <bool kGuard, typename TW, typename TX, int kT, int kVec, int kRows, int kUnroll>
-__device__ __forceinline__ void gemv_step(const TW* const (&wrow)[kRows], const TX* const (&xrow)[kT], int64_t v0,
-                                          int64_t stride, int64_t vectors, float (&acc)[kRows][kT]) {
-  WeightVec<TW, kVec> w[kUnroll][kRows];
+// silu(g) * u in fp32 with the fast exp and divide: for g below about -87, 1 + exp(-g) exceeds
+// 2^126 and __fdividef gives 0, the limit of g / (1 + exp(-g)); NaN and infinities propagate as
+// in the precise formula.
+__device__ __forceinline__ float swiglu(float g, float u) { return __fdividef(g, 1.0f + __expf(-g)) * u; }
+
+// The kVec activations of one token at x element offset `v * kVec` of its row: loaded, or for
+// the SwiGLU variant computed from the gate and up halves.
+template <bool kSwiglu, typename TX, int kVec>
+__device__ __forceinline__ void load_x(const TX* xrow, int64_t v, int64_t up_offset, float (&xv)[kVec]) {
+  load_f32<TX, kVec>(xrow + v * kVec, xv);
+  if constexpr (kSwiglu) {
+    float up[kVec];
+    load_f32<TX, kVec>(xrow + up_offset + v * kVec, up);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) xv[j] = swiglu(xv[j], up[j]);
+  }
+}
+
+// First half of one step of a lane: kUnroll weight vectors of each of its kRows rows, all issued
+// before any is used. kGuard: the last step of a row, where some of the kUnroll vectors may lie
+// beyond the row (those are zeroed and never used).
+template <bool kGuard, typename TW, int kVec, int kRows, int kUnroll>
+__device__ __forceinline__ void load_weights(WeightVec<TW, kVec> (&w)[kUnroll][kRows], const TW* const (&wrow)[kRows],
+                                             int64_t v0, int64_t stride, int64_t vectors) {
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     const int64_t v = v0 + u * stride;
@@ -110,13 +145,20 @@ __device__ __forceinline__ void gemv_step(const TW* const (&wrow)[kRows], const 
         w[u][r].clear();
     }
   }
+}
+
+// Second half: the matching activations for every token, accumulated against the weights.
+template <bool kGuard, bool kSwiglu, typename TW, typename TX, int kT, int kVec, int kRows, int kUnroll>
+__device__ __forceinline__ void accumulate(const WeightVec<TW, kVec> (&w)[kUnroll][kRows], const TX* const (&xrow)[kT],
+                                           int64_t v0, int64_t stride, int64_t vectors, int64_t up_offset,
+                                           float (&acc)[kRows][kT]) {
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     const int64_t v = v0 + u * stride;
     if (kGuard && v >= vectors) break;
     float xv[kT][kVec];
 #pragma unroll
-    for (int t = 0; t < kT; ++t) load_f32<TX, kVec>(xrow[t] + v * kVec, xv[t]);
+    for (int t = 0; t < kT; ++t) load_x<kSwiglu, TX, kVec>(xrow[t], v, up_offset, xv[t]);
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       float wf[kVec];
@@ -129,11 +171,22 @@ __device__ __forceinline__ void gemv_step(const TW* const (&wrow)[kRows], const 
   }
 }
 
+// One step of a lane: load_weights then accumulate.
+template <bool kGuard, bool kSwiglu, typename TW, typename TX, int kT, int kVec, int kRows, int kUnroll>
+__device__ __forceinline__ void gemv_step(const TW* const (&wrow)[kRows], const TX* const (&xrow)[kT], int64_t v0,
+                                          int64_t stride, int64_t vectors, int64_t up_offset,
+                                          float (&acc)[kRows][kT]) {
+  WeightVec<TW, kVec> w[kUnroll][kRows];
+  load_weights<kGuard, TW, kVec, kRows, kUnroll>(w, wrow, v0, stride, vectors);
+  accumulate<kGuard, kSwiglu, TW, TX, kT, kVec, kRows, kUnroll>(w, xrow, v0, stride, vectors, up_offset, acc);
+}
+
 // blockIdx.x: a block of kGemvWarps / splits row groups; blockIdx.y: a group of kT tokens.
-template <typename TW, typename TX, int kT, int kVec>
+template <typename TW, typename TX, int kT, int kVec, bool kSwiglu>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
   constexpr int kRows = GemvShape<kT>::kRows, kUnroll = GemvShape<kT>::kUnroll;
   __shared__ float partial[kGemvWarps][kRows][kT];
+  pdl_launch_dependents();
 
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int splits = a.splits, groups = kGemvWarps / splits;
@@ -144,7 +197,8 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
   const int64_t vectors = a.k / kVec;
 
   // Rows past the matrix and tokens past the batch read row 0 / token 0 instead (valid memory,
-  // results never written), so the hot loop carries no bounds tests.
+  // results never written), so the hot loop carries no bounds tests. Only addresses are formed
+  // here: nothing is read before pdl_wait() but the weights.
   const TW* wrow[kRows];
   bool row_ok[kRows];
 #pragma unroll
@@ -154,7 +208,12 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
   }
   const TX* xrow[kT];
 #pragma unroll
-  for (int t = 0; t < kT; ++t) xrow[t] = static_cast<const TX*>(a.x) + (token0 + (t < tokens ? t : 0)) * a.k;
+  for (int t = 0; t < kT; ++t) {
+    // a.k for the plain kernel, as x_stride is there: one 64-bit value less to keep live (-12
+    // registers at 4 tokens).
+    const int64_t x_stride = kSwiglu ? a.x_stride : a.k;
+    xrow[t] = static_cast<const TX*>(a.x) + (token0 + (t < tokens ? t : 0)) * x_stride;
+  }
 
   float acc[kRows][kT];
 #pragma unroll
@@ -164,9 +223,27 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
 
   const int64_t stride = static_cast<int64_t>(splits) * kWarpSize;
   int64_t v0 = split * kWarpSize + lane;
+  // The first step's weights are requested before waiting for the previous kernel (guarded: a
+  // short row may end inside it); x is only read once that kernel has completed.
+  if constexpr (GemvShape<kT>::kPreloadFirstStep) {
+    WeightVec<TW, kVec> first[kUnroll][kRows];
+    load_weights<true, TW, kVec, kRows, kUnroll>(first, wrow, v0, stride, vectors);
+    pdl_wait();
+    accumulate<true, kSwiglu, TW, TX, kT, kVec, kRows, kUnroll>(first, xrow, v0, stride, vectors, a.up_offset, acc);
+    v0 += stride * kUnroll;
+  } else {
+    // One line per row: prefetching every vector of the step kept their addresses live across the
+    // wait (+12 registers at 4 tokens, one block per SM less).
+    if (v0 < vectors) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) pdl_prefetch_l2(wrow[r] + v0 * kVec);
+    }
+    pdl_wait();
+  }
   for (; v0 + (kUnroll - 1) * stride < vectors; v0 += stride * kUnroll)
-    gemv_step<false, TW, TX, kT, kVec, kRows, kUnroll>(wrow, xrow, v0, stride, vectors, acc);
-  if (v0 < vectors) gemv_step<true, TW, TX, kT, kVec, kRows, kUnroll>(wrow, xrow, v0, stride, vectors, acc);
+    gemv_step<false, kSwiglu, TW, TX, kT, kVec, kRows, kUnroll>(wrow, xrow, v0, stride, vectors, a.up_offset, acc);
+  if (v0 < vectors)
+    gemv_step<true, kSwiglu, TW, TX, kT, kVec, kRows, kUnroll>(wrow, xrow, v0, stride, vectors, a.up_offset, acc);
 
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
@@ -210,7 +287,7 @@ int choose_splits(int64_t rows, int64_t vectors, int rows_per_warp, int unroll, 
   return splits;
 }
 
-template <typename TW, typename TX, int kT, int kVec>
+template <typename TW, typename TX, int kT, int kVec, bool kSwiglu>
 void run_gemv(CudaContext& ctx, GemvArgs args) {
   constexpr int kRows = GemvShape<kT>::kRows;
   const int64_t vectors = args.k / kVec;
@@ -222,12 +299,44 @@ void run_gemv(CudaContext& ctx, GemvArgs args) {
   for (int64_t t0 = 0; t0 < total; t0 += tokens_per_launch) {
     GemvArgs slice = args;
     slice.tokens = std::min(tokens_per_launch, total - t0);
-    slice.x = static_cast<const char*>(args.x) + static_cast<size_t>(t0 * args.k) * sizeof(TX);
+    slice.x = static_cast<const char*>(args.x) + static_cast<size_t>(t0 * args.x_stride) * sizeof(TX);
     slice.out = static_cast<char*>(args.out) + static_cast<size_t>(t0 * args.n) * dtype_size(args.out_dtype);
     const dim3 grid(blocks_x, static_cast<unsigned>(ceil_div<int64_t>(slice.tokens, kT)));
-    gemv_kernel<TW, TX, kT, kVec><<<grid, kGemvThreads, 0, stream_of(ctx)>>>(slice);
-    SPECULA_CUDA_CHECK_LAUNCH("linear (gemv)");
+    launch_kernel(ctx, kSwiglu ? "linear_swiglu (gemv)" : "linear (gemv)", gemv_kernel<TW, TX, kT, kVec, kSwiglu>,
+                  grid, dim3(kGemvThreads), 0, slice);
   }
+}
+
+// Picks the instantiation for the operands: the vector path when K and the pointers allow it
+// (for SwiGLU the up half starts K elements into each row, as aligned as the gate half), then
+// the token-count template.
+template <bool kSwiglu>
+void dispatch_gemv(CudaContext& ctx, const GemvArgs& args, DType weight_dtype, DType x_dtype) {
+  if (args.tokens == 0 || args.n == 0) return;
+  dispatch_float(weight_dtype, [&](auto weight_tag) {
+    using TW = typename decltype(weight_tag)::type;
+    dispatch_float(x_dtype, [&](auto x_tag) {
+      using TX = typename decltype(x_tag)::type;
+      constexpr int kWide = kVectorBytes / static_cast<int>(sizeof(TW));
+      const bool wide = args.k % kWide == 0 && is_aligned(args.weight, kVectorBytes) &&
+                        is_aligned(args.x, static_cast<size_t>(access_alignment<TX, kWide>()));
+      if (!wide) {
+        run_gemv<TW, TX, 1, 1, kSwiglu>(ctx, args);
+      } else if (args.tokens == 1) {
+        run_gemv<TW, TX, 1, kWide, kSwiglu>(ctx, args);
+      } else if (kSwiglu || args.tokens == 2) {
+        // SwiGLU: only the 2-token shape beyond one token (more tokens would hold too many
+        // activation registers for full occupancy; linear_swiglu sends them elsewhere and uses
+        // this only as a fallback, in groups of two tokens).
+        run_gemv<TW, TX, 2, kWide, kSwiglu>(ctx, args);
+      } else if constexpr (!kSwiglu) {
+        if (args.tokens <= 4)
+          run_gemv<TW, TX, 4, kWide, false>(ctx, args);
+        else
+          run_gemv<TW, TX, 8, kWide, false>(ctx, args);
+      }
+    });
+  });
 }
 
 }  // namespace
@@ -237,6 +346,8 @@ void launch_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, const 
   GemvArgs args{};
   args.weight = weight.data;
   args.x = x.data;
+  args.x_stride = weight.dim(1);
+  args.up_offset = 0;
   args.bias = bias.empty() ? nullptr : bias.data;
   args.bias_dtype = bias.dtype;
   args.out = out.data;
@@ -245,28 +356,24 @@ void launch_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, const 
   args.k = weight.dim(1);
   args.tokens = x.rows();
   args.alpha = alpha;
-  if (args.tokens == 0 || args.n == 0) return;
+  dispatch_gemv<false>(ctx, args, weight.dtype, x.dtype);
+}
 
-  dispatch_float(weight.dtype, [&](auto weight_tag) {
-    using TW = typename decltype(weight_tag)::type;
-    dispatch_float(x.dtype, [&](auto x_tag) {
-      using TX = typename decltype(x_tag)::type;
-      constexpr int kWide = kVectorBytes / static_cast<int>(sizeof(TW));
-      const bool wide = args.k % kWide == 0 && is_aligned(weight.data, kVectorBytes) &&
-                        is_aligned(x.data, static_cast<size_t>(access_alignment<TX, kWide>()));
-      if (!wide) {
-        run_gemv<TW, TX, 1, 1>(ctx, args);
-      } else if (args.tokens == 1) {
-        run_gemv<TW, TX, 1, kWide>(ctx, args);
-      } else if (args.tokens == 2) {
-        run_gemv<TW, TX, 2, kWide>(ctx, args);
-      } else if (args.tokens <= 4) {
-        run_gemv<TW, TX, 4, kWide>(ctx, args);
-      } else {
-        run_gemv<TW, TX, 8, kWide>(ctx, args);
-      }
-    });
-  });
+void launch_gemv_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out) {
+  GemvArgs args{};
+  args.weight = weight.data;
+  args.x = gate_up.data;
+  args.x_stride = 2 * weight.dim(1);
+  args.up_offset = weight.dim(1);
+  args.bias = nullptr;
+  args.bias_dtype = DType::F32;
+  args.out = out.data;
+  args.out_dtype = out.dtype;
+  args.n = weight.dim(0);
+  args.k = weight.dim(1);
+  args.tokens = gate_up.rows();
+  args.alpha = 1.0f;
+  dispatch_gemv<true>(ctx, args, weight.dtype, gate_up.dtype);
 }
 
 }  // namespace specula::ops::cuda_impl

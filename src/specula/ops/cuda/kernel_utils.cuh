@@ -22,6 +22,7 @@
 #include "specula/core/dtype.h"
 #include "specula/core/error.h"
 #include "specula/ops/cuda/cuda_context.h"
+#include "specula/ops/cuda/pdl.cuh"
 
 namespace specula::ops::cuda_impl {
 

@@ -1,4 +1,5 @@
-// CUDA linear op (ops::linear): out = alpha * x W^T + bias.
+// CUDA linear ops: ops::linear (out = alpha * x W^T + bias) and ops::linear_swiglu
+// (out = (silu(gate) * up) W^T, the MLP down projection over the fused gate/up output).
 //
 // Up to kGemvMaxTokens tokens (decode, short verification batches) run on the hand-written GEMV,
 // which streams the weights once at close to memory bandwidth; larger counts go to cuBLASLt's
@@ -7,15 +8,72 @@
 // tokens: slower, never wrong. An x whose dtype differs from the weights' (F32 activations of the
 // full-precision mode) also stays on the GEMV, which reads x in fp32: converting it for cuBLASLt
 // would round it to 16 bits and defeat the mode's purpose.
+//
+// linear_swiglu: at 1-2 tokens (batch-1 decode) the fused GEMV computes silu(gate) * up on load
+// and never stores it (no silu_mul kernel, no [T, I] round trip: the point of the op). From 3
+// tokens on, the fused kernel's extra live registers would cost occupancy, so silu(gate) * up is
+// materialised, chunk by chunk, in the front half of the context's workspace (the only scratch
+// an op has; it is free between launches, every op running in order on the one stream), and the
+// chunk goes through the same choice as linear: the GEMV up to kGemvMaxTokens, cuBLASLt above
+// (given the back half of the workspace as its own), the GEMV when cuBLASLt cannot take it. A
+// workspace too small for that leaves the call to the fused GEMV, in groups of two tokens.
+#include <algorithm>
+
 #include "specula/ops/cuda/cuda_ops.h"
 #include "specula/ops/cuda/linear_impl.h"
 
 namespace specula::ops::cuda_impl {
 
+namespace {
+
+// Up to this many tokens linear_swiglu runs the fused GEMV (its 1- and 2-token shapes).
+constexpr int64_t kFusedSwigluMaxTokens = 2;
+// Fewer tokens per workspace chunk than this (when the call has more): not worth the passes over
+// the weights, the fused GEMV takes the whole call instead.
+constexpr int64_t kMinSwigluChunkTokens = 2 * kGemvMaxTokens;
+constexpr size_t kChunkAlignment = 256;  // where cuBLASLt's share of the workspace starts
+
+// silu_mul into the workspace, then linear on it; false (nothing launched) if the workspace
+// cannot hold enough activation rows.
+bool swiglu_through_workspace(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out) {
+  const int64_t tokens = gate_up.rows(), inter = weight.dim(1), n = weight.dim(0);
+  const size_t row_bytes = static_cast<size_t>(inter) * dtype_size(gate_up.dtype);
+  if (ctx.workspace() == nullptr || row_bytes == 0) return false;
+  const int64_t chunk = std::min<int64_t>(tokens, static_cast<int64_t>(ctx.workspace_bytes() / 2 / row_bytes));
+  if (chunk < std::min(tokens, kMinSwigluChunkTokens)) return false;
+  const size_t act_region =
+      (static_cast<size_t>(chunk) * row_bytes + kChunkAlignment - 1) / kChunkAlignment * kChunkAlignment;
+  char* gemm_workspace = static_cast<char*>(ctx.workspace()) + act_region;
+  const size_t gemm_workspace_bytes = ctx.workspace_bytes() - act_region;
+
+  const size_t gu_row_bytes = 2 * row_bytes, out_row_bytes = static_cast<size_t>(n) * dtype_size(out.dtype);
+  for (int64_t t0 = 0; t0 < tokens; t0 += chunk) {
+    const int64_t count = std::min(chunk, tokens - t0);
+    Tensor gu_chunk(static_cast<char*>(gate_up.data) + static_cast<size_t>(t0) * gu_row_bytes, gate_up.dtype,
+                    {count, 2 * inter}, Device::CUDA);
+    Tensor out_chunk(static_cast<char*>(out.data) + static_cast<size_t>(t0) * out_row_bytes, out.dtype, {count, n},
+                     Device::CUDA);
+    Tensor act(ctx.workspace(), gate_up.dtype, {count, inter}, Device::CUDA);
+    silu_mul(ctx, gu_chunk, act);
+    if (count > kGemvMaxTokens && act.dtype == weight.dtype &&
+        try_gemm_cublaslt(ctx, act, weight, Tensor(), out_chunk, 1.0f, gemm_workspace, gemm_workspace_bytes))
+      continue;
+    launch_gemv(ctx, act, weight, Tensor(), out_chunk, 1.0f);
+  }
+  return true;
+}
+
+}  // namespace
+
 void linear(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha) {
   if (x.rows() > kGemvMaxTokens && x.dtype == weight.dtype && try_gemm_cublaslt(ctx, x, weight, bias, out, alpha))
     return;
   launch_gemv(ctx, x, weight, bias, out, alpha);
+}
+
+void linear_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out) {
+  if (gate_up.rows() > kFusedSwigluMaxTokens && swiglu_through_workspace(ctx, gate_up, weight, out)) return;
+  launch_gemv_swiglu(ctx, gate_up, weight, out);
 }
 
 }  // namespace specula::ops::cuda_impl

@@ -3,6 +3,7 @@
 // (gemm_cublaslt.cu). Host-only declarations, C++17-clean.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "specula/core/tensor.h"
@@ -22,11 +23,22 @@ constexpr int64_t kGemvMaxTokens = 8;
 void launch_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
                  float alpha);
 
+// out = silu(gate) * up, then times W^T, on the CUDA cores with the activation computed on load
+// (never stored): gate_up [T, 2K] (gate then up per row), weight [N, K], out [T, N]. Any float
+// dtypes and token count; beyond one token it runs in groups of two, each re-reading the weights.
+void launch_gemv_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out);
+
 // Runs the same through cuBLASLt (tensor cores for bf16/f16 weights, fp32 accumulation). An x
 // whose dtype differs from the weights' is converted into the context's workspace first, in
 // token chunks. Returns false, having launched nothing, when the combination is not one
 // cuBLASLt supports (output dtype, workspace too small, no algorithm for the shape).
 bool try_gemm_cublaslt(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
                        float alpha);
+
+// As above with an explicit device scratch region in place of the context's whole workspace (for
+// callers that keep their own data in the rest of it); `workspace` may be null when
+// workspace_bytes is 0.
+bool try_gemm_cublaslt(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
+                       float alpha, void* workspace, size_t workspace_bytes);
 
 }  // namespace specula::ops::cuda_impl

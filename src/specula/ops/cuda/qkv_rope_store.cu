@@ -13,6 +13,9 @@
 // precise sincosf (never the __sinf intrinsics, whose error grows with the angle and positions
 // reach 1e5+ radians); cos and sin are scaled by attention_scaling. A slot outside the cache
 // sets kErrorSlotOutOfRange and skips that token's K/V store; its queries are still written.
+//
+// Launched with programmatic dependent launch where available (pdl.cuh): every warp waits for
+// the QKV projection before reading anything, including on its early-exit paths.
 #include <cuda_runtime.h>
 
 #include "specula/ops/cuda/cuda_check.cuh"
@@ -46,6 +49,8 @@ struct QkvArgs {
 };
 
 __global__ void __launch_bounds__(kWarpsPerBlock * kWarpSize) qkv_rope_store_kernel(QkvArgs a) {
+  pdl_launch_dependents();
+  pdl_wait();  // qkv, positions, slots, the caches and the error word belong to earlier kernels
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int64_t heads_per_token = a.n_heads + 2 * a.n_kv;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
@@ -142,8 +147,7 @@ void qkv_rope_store(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, c
   const int64_t items = a.tokens * (a.n_heads + 2 * a.n_kv);
   if (items == 0 || a.head_dim == 0) return;
   const auto blocks = static_cast<unsigned>(ceil_div<int64_t>(items, kWarpsPerBlock));
-  qkv_rope_store_kernel<<<blocks, kWarpsPerBlock * kWarpSize, 0, stream_of(ctx)>>>(a);
-  SPECULA_CUDA_CHECK_LAUNCH("qkv_rope_store");
+  launch_kernel(ctx, "qkv_rope_store", qkv_rope_store_kernel, dim3(blocks), dim3(kWarpsPerBlock * kWarpSize), 0, a);
 }
 
 }  // namespace specula::ops::cuda_impl

@@ -10,6 +10,10 @@
 //
 // The fused op normalises the residual as stored (rounded to its dtype), so out equals
 // rms_norm(residual) read back, whatever the residual's dtype.
+//
+// Launched with programmatic dependent launch where available (pdl.cuh): at decode this is one
+// block between two GEMVs, so it lets the next GEMV's blocks start pulling weights while the
+// norm runs, and waits for the previous kernel before touching the rows.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -68,6 +72,8 @@ __device__ __forceinline__ void write_out_pack(const NormArgs& a, int64_t row_ba
 template <int kPack, bool kAdd>
 __global__ void __launch_bounds__(kMaxThreads, 1) norm_kernel(NormArgs a) {
   __shared__ float scratch[kWarpSize];
+  pdl_launch_dependents();
+  pdl_wait();  // x, delta and out belong to earlier kernels
   const int64_t row_base = static_cast<int64_t>(blockIdx.x) * a.dim;
   const int64_t packs = a.dim / kPack;
   const int64_t stride = blockDim.x;
@@ -116,11 +122,8 @@ void launch_norm(CudaContext& ctx, const NormArgs& args, int64_t rows, const cha
   const int threads = static_cast<int>(std::clamp<int64_t>(
       ceil_div<int64_t>(ceil_div<int64_t>(packs, kTargetPacksPerThread), kWarpSize) * kWarpSize, kWarpSize, kMaxThreads));
   const dim3 grid(static_cast<unsigned>(rows));
-  if (vector_path)
-    norm_kernel<kPackElems, kAdd><<<grid, threads, 0, stream_of(ctx)>>>(args);
-  else
-    norm_kernel<1, kAdd><<<grid, threads, 0, stream_of(ctx)>>>(args);
-  SPECULA_CUDA_CHECK_LAUNCH(what);
+  launch_kernel(ctx, what, vector_path ? norm_kernel<kPackElems, kAdd> : norm_kernel<1, kAdd>, grid, dim3(threads), 0,
+                args);
 }
 
 }  // namespace
