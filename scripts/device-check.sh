@@ -68,6 +68,10 @@ if has bench; then
   ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 4096 --decode-steps 64 --profile \
     --commit "$commit" --json "$RESULTS/specula_bench.json" >"$OUT/specula_bench.log" 2>&1
   note "specula bench llama3-8b: rc=$?"; cat "$OUT/specula_bench.log"
+  # A/B in the same run: the decode step without programmatic dependent launch.
+  SPECULA_NO_PDL=1 ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 0 \
+    --decode-steps 64 --commit "$commit" --json "$OUT/specula_bench_no_pdl.json" >"$OUT/specula_bench_no_pdl.log" 2>&1
+  note "specula bench without PDL: rc=$? $(grep -E 'decode_vs_bandwidth' "$OUT/specula_bench_no_pdl.log" | tr -s ' ' | tr '\n' ' ')"
 fi
 
 if has torch; then
