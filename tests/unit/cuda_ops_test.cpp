@@ -851,8 +851,11 @@ constexpr int kSteps = 5;
 constexpr int32_t kPositionOffset = 1000;  // RoPE positions differ from cache rows, as in draft trees
 constexpr float kEps = 1e-5f;
 // GPU and CPU differ by accumulation order, rounding flips of 16-bit intermediates and the
-// tensor-core attention's bf16 probabilities; a race would show as gross errors.
-constexpr double kTolerance = 2e-2;
+// tensor-core attention's bf16 probabilities, and the differences compound over two layers and
+// five appended steps (measured on an H100: up to 4.2e-2 at T=3, step 4, with PDL off -- so not
+// a PDL effect; PDL runs are compared bit for bit against the non-PDL run). A race would show as
+// gross errors.
+constexpr double kTolerance = 6e-2;
 
 // The model and the initial state as floats; everything the GPU stores in bf16 is bf16-exact.
 struct Host {
