@@ -2,7 +2,6 @@
 // decode kernels). Two passes per (token, head): scores, then softmax-weighted sum of values.
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 #include "specula/core/error.h"
 #include "specula/core/thread_pool.h"
@@ -20,25 +19,24 @@ void attention(ThreadPool& pool, const Tensor& q, const Tensor& k_cache, const T
     SPECULA_CHECK(slot[t] >= 0 && slot[t] < capacity, "attention: cache slot ", slot[t],
                   " is outside the KV cache of ", capacity, " rows");
   pool.parallel_for(tokens * n_heads, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
+    float* scores = scratch_f32(Scratch::Scores, static_cast<size_t>(capacity));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / n_heads, h = item % n_heads, kv = h / group;
       const int64_t length = static_cast<int64_t>(slot[t]) + 1;
       const float* qv = q.as<const float>() + (t * n_heads + h) * hd;
       const float* keys = k_cache.as<const float>() + kv * capacity * hd;
       const float* values = v_cache.as<const float>() + kv * capacity * hd;
-      scores.resize(static_cast<size_t>(length));
       float max_score = -INFINITY;
       for (int64_t j = 0; j < length; ++j) {
-        scores[static_cast<size_t>(j)] = scale * dot_f32(qv, keys + j * hd, static_cast<size_t>(hd));
-        max_score = std::max(max_score, scores[static_cast<size_t>(j)]);
+        scores[j] = scale * dot_f32(qv, keys + j * hd, static_cast<size_t>(hd));
+        max_score = std::max(max_score, scores[j]);
       }
       float sum = 0.0f;
-      for (float& s : scores) sum += (s = std::exp(s - max_score));
+      for (int64_t j = 0; j < length; ++j) sum += (scores[j] = std::exp(scores[j] - max_score));
       float* o = out.as<float>() + (t * n_heads + h) * hd;
       std::fill(o, o + hd, 0.0f);
       for (int64_t j = 0; j < length; ++j)
-        axpy_f32(scores[static_cast<size_t>(j)] / sum, values + j * hd, o, static_cast<size_t>(hd));
+        axpy_f32(scores[j] / sum, values + j * hd, o, static_cast<size_t>(hd));
     }
   });
 }

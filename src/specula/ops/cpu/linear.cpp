@@ -3,8 +3,6 @@
 // fp32 once and reuses it for every token, so decode (T = 1) streams the weights once and
 // prefill amortises the conversion over the whole chunk. linear_swiglu is silu_mul into a
 // temporary followed by linear: the reference the fused CUDA kernel is tested against.
-#include <vector>
-
 #include "specula/core/error.h"
 #include "specula/core/thread_pool.h"
 #include "specula/ops/cpu/cpu_ops.h"
@@ -15,28 +13,23 @@ namespace specula::ops::cpu {
 void linear(ThreadPool& pool, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha) {
   const int64_t tokens = x.rows(), in_features = weight.dim(1), out_features = weight.dim(0);
   const size_t row_bytes = static_cast<size_t>(in_features) * dtype_size(weight.dtype);
-  std::vector<float> bias_f32;
-  if (!bias.empty()) {
-    bias_f32.resize(static_cast<size_t>(out_features));
-    row_to_f32(bias.data, bias.dtype, bias_f32.size(), bias_f32.data());
-  }
+  const float* bias_f32 = tensor_f32(bias, Scratch::Bias);
   const float* xs = x.as<const float>();
   float* ys = out.as<float>();
   pool.parallel_for(out_features, [&](int64_t begin, int64_t end) {
-    std::vector<float> row(static_cast<size_t>(in_features));
+    const size_t k = static_cast<size_t>(in_features);
+    float* row = scratch_f32(Scratch::WeightRow, k);
     for (int64_t n = begin; n < end; ++n) {
-      row_to_f32(weight.as<const char>() + static_cast<size_t>(n) * row_bytes, weight.dtype, row.size(), row.data());
-      const float b = bias_f32.empty() ? 0.0f : bias_f32[static_cast<size_t>(n)];
-      for (int64_t t = 0; t < tokens; ++t)
-        ys[t * out_features + n] = alpha * dot_f32(xs + t * in_features, row.data(), row.size()) + b;
+      row_to_f32(weight.as<const char>() + static_cast<size_t>(n) * row_bytes, weight.dtype, k, row);
+      const float b = bias_f32 ? bias_f32[n] : 0.0f;
+      for (int64_t t = 0; t < tokens; ++t) ys[t * out_features + n] = alpha * dot_f32(xs + t * in_features, row, k) + b;
     }
   }, 16);
 }
 
 void linear_swiglu(ThreadPool& pool, const Tensor& gate_up, const Tensor& weight, Tensor& out) {
   const int64_t tokens = gate_up.rows(), inter = weight.dim(1);
-  std::vector<float> act(static_cast<size_t>(tokens * inter));
-  Tensor act_view(act.data(), DType::F32, {tokens, inter});
+  Tensor act_view(scratch_f32(Scratch::Activation, static_cast<size_t>(tokens * inter)), DType::F32, {tokens, inter});
   silu_mul(pool, gate_up, act_view);
   linear(pool, act_view, weight, Tensor(), out, 1.0f);
 }

@@ -1,7 +1,6 @@
 // CPU RMSNorm and fused residual-add + RMSNorm (reference for ops/cuda/rms_norm.cu).
 // Matches transformers' LlamaRMSNorm in fp32: y = x * rsqrt(mean(x^2) + eps) * weight.
 #include <cmath>
-#include <vector>
 
 #include "specula/core/error.h"
 #include "specula/core/thread_pool.h"
@@ -18,30 +17,25 @@ void normalize_row(const float* x, const float* weight, float eps, int64_t dim, 
   for (int64_t i = 0; i < dim; ++i) out[i] = weight[i] * (x[i] * inv);
 }
 
-std::vector<float> weight_f32(const Tensor& weight) {
-  std::vector<float> w(static_cast<size_t>(weight.numel()));
-  row_to_f32(weight.data, weight.dtype, w.size(), w.data());
-  return w;
-}
 }  // namespace
 
 void rms_norm(ThreadPool& pool, const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
   const int64_t dim = x.row_size(), rows = x.rows();
-  const std::vector<float> w = weight_f32(weight);
+  const float* w = tensor_f32(weight, Scratch::NormWeight);
   pool.parallel_for(rows, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) normalize_row(x.as<float>() + r * dim, w.data(), eps, dim, out.as<float>() + r * dim);
+    for (int64_t r = begin; r < end; ++r) normalize_row(x.as<float>() + r * dim, w, eps, dim, out.as<float>() + r * dim);
   }, 4);
 }
 
 void add_rms_norm(ThreadPool& pool, Tensor& residual, const Tensor& delta, float delta_scale, const Tensor& weight,
                   float eps, Tensor& out) {
   const int64_t dim = residual.row_size(), rows = residual.rows();
-  const std::vector<float> w = weight_f32(weight);
+  const float* w = tensor_f32(weight, Scratch::NormWeight);
   pool.parallel_for(rows, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       float* res = residual.as<float>() + r * dim;
       axpy_f32(delta_scale, delta.as<const float>() + r * dim, res, static_cast<size_t>(dim));
-      normalize_row(res, w.data(), eps, dim, out.as<float>() + r * dim);
+      normalize_row(res, w, eps, dim, out.as<float>() + r * dim);
     }
   }, 4);
 }

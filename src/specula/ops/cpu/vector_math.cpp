@@ -2,7 +2,9 @@
 // developer machines do) and stay runnable elsewhere.
 #include "specula/ops/cpu/vector_math.h"
 
+#include <array>
 #include <cstring>
+#include <vector>
 
 namespace specula::ops::cpu {
 
@@ -44,6 +46,21 @@ float dot_f32(const float* a, const float* b, size_t n) {
 SPECULA_CLONES
 void axpy_f32(float w, const float* x, float* out, size_t n) {
   for (size_t i = 0; i < n; ++i) out[i] += w * x[i];
+}
+
+float* scratch_f32(Scratch slot, size_t n) {
+  thread_local std::array<std::vector<float>, static_cast<size_t>(Scratch::Count)> buffers;
+  std::vector<float>& buffer = buffers[static_cast<size_t>(slot)];
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
+const float* tensor_f32(const Tensor& t, Scratch slot) {
+  if (t.empty()) return nullptr;  // an empty Tensor would still count one element as a scalar
+  const size_t n = static_cast<size_t>(t.numel());
+  float* out = scratch_f32(slot, n);
+  row_to_f32(t.data, t.dtype, n, out);
+  return out;
 }
 
 }  // namespace specula::ops::cpu
