@@ -24,25 +24,39 @@ ActivationDTypes ActivationDTypes::for_device(Device device, DType weight_dtype,
 }
 
 
-void Transformer::plan(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d, ArenaPlan& plan) {
+// Every buffer, in allocation order, with its dtype and shape: the one list both plan() and the
+// constructor walk, so the arena plan cannot drift from what is allocated. `self` is null when
+// planning (there is nothing to assign yet).
+template <typename Visit>
+void Transformer::visit_buffers(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d,
+                                Transformer* self, Visit&& visit) {
+  auto at = [self](Tensor Transformer::*member) { return self ? &(self->*member) : nullptr; };
   const int64_t T = s.max_tokens;
-  plan.add(DType::F32, {c.head_dim / 2});
+  visit(self ? &self->rope_.inv_freq : nullptr, DType::F32, {c.head_dim / 2});
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    plan.add(d.kv_cache, {c.num_kv_heads, s.kv_capacity, c.head_dim});
-    plan.add(d.kv_cache, {c.num_kv_heads, s.kv_capacity, c.head_dim});
+    const size_t i = static_cast<size_t>(l);
+    visit(self ? &self->k_cache_[i] : nullptr, d.kv_cache, {c.num_kv_heads, s.kv_capacity, c.head_dim});
+    visit(self ? &self->v_cache_[i] : nullptr, d.kv_cache, {c.num_kv_heads, s.kv_capacity, c.head_dim});
   }
-  for (int i = 0; i < 3; ++i) plan.add(DType::I32, {T});
-  plan.add(d.residual, {T, c.hidden_size});
-  plan.add(d.activations, {T, c.hidden_size});
-  plan.add(d.activations, {T, c.q_size() + 2 * c.kv_size()});
-  plan.add(d.activations, {T, c.num_heads, c.head_dim});
-  plan.add(d.activations, {T, c.q_size()});
-  plan.add(d.activations, {T, c.hidden_size});
-  plan.add(d.activations, {T, 2 * c.intermediate_size});
-  plan.add(d.activations, {T, c.hidden_size});
-  plan.add(d.activations, {T, c.hidden_size});
-  plan.add(DType::F32, {s.max_logit_rows, c.vocab_size});
-  plan.add(DType::I32, {s.max_logit_rows});
+  visit(at(&Transformer::token_ids_), DType::I32, {T});
+  visit(at(&Transformer::positions_), DType::I32, {T});
+  visit(at(&Transformer::slots_), DType::I32, {T});
+  visit(at(&Transformer::residual_), d.residual, {T, c.hidden_size});
+  visit(at(&Transformer::normed_), d.activations, {T, c.hidden_size});
+  visit(at(&Transformer::qkv_), d.activations, {T, c.q_size() + 2 * c.kv_size()});
+  visit(at(&Transformer::q_), d.activations, {T, c.num_heads, c.head_dim});
+  visit(at(&Transformer::attn_out_), d.activations, {T, c.q_size()});
+  visit(at(&Transformer::o_), d.activations, {T, c.hidden_size});
+  visit(at(&Transformer::gate_up_), d.activations, {T, 2 * c.intermediate_size});
+  visit(at(&Transformer::down_), d.activations, {T, c.hidden_size});
+  visit(at(&Transformer::final_hidden_), d.activations, {T, c.hidden_size});
+  visit(at(&Transformer::logits_), DType::F32, {s.max_logit_rows, c.vocab_size});
+  visit(at(&Transformer::next_tokens_), DType::I32, {s.max_logit_rows});
+}
+
+void Transformer::plan(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d, ArenaPlan& plan) {
+  visit_buffers(c, s, d, nullptr,
+                [&](Tensor*, DType dtype, std::initializer_list<int64_t> shape) { plan.add(dtype, shape); });
 }
 
 Transformer::Transformer(const ModelConfig& c, ModelWeights weights, const ForwardShape& s, const ActivationDTypes& d,
@@ -52,10 +66,13 @@ Transformer::Transformer(const ModelConfig& c, ModelWeights weights, const Forwa
                 "forward shape: need 1 <= max_logit_rows <= max_tokens");
   SPECULA_CHECK(s.kv_capacity >= 1, "forward shape: KV capacity must be at least 1");
   SPECULA_CHECK(arena.device() == device(), "transformer buffers and weights must share a device");
-  const int64_t T = s.max_tokens;
+  k_cache_.resize(static_cast<size_t>(c.num_layers));
+  v_cache_.resize(static_cast<size_t>(c.num_layers));
+  visit_buffers(c, s, d, this, [&](Tensor* target, DType dtype, std::initializer_list<int64_t> shape) {
+    *target = arena.alloc(dtype, shape);
+  });
 
   const std::vector<float> inv_freq = c.rope_inv_freq();
-  rope_.inv_freq = arena.alloc(DType::F32, {c.head_dim / 2});
   rope_.attention_scaling = c.rope_attention_scaling();
   if (device() == Device::CPU) {
     std::memcpy(rope_.inv_freq.data, inv_freq.data(), inv_freq.size() * sizeof(float));
@@ -64,24 +81,6 @@ Transformer::Transformer(const ModelConfig& c, ModelWeights weights, const Forwa
     cuda_copy_to_device(rope_.inv_freq.data, inv_freq.data(), inv_freq.size() * sizeof(float));
 #endif
   }
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    k_cache_.push_back(arena.alloc(d.kv_cache, {c.num_kv_heads, s.kv_capacity, c.head_dim}));
-    v_cache_.push_back(arena.alloc(d.kv_cache, {c.num_kv_heads, s.kv_capacity, c.head_dim}));
-  }
-  token_ids_ = arena.alloc(DType::I32, {T});
-  positions_ = arena.alloc(DType::I32, {T});
-  slots_ = arena.alloc(DType::I32, {T});
-  residual_ = arena.alloc(d.residual, {T, c.hidden_size});
-  normed_ = arena.alloc(d.activations, {T, c.hidden_size});
-  qkv_ = arena.alloc(d.activations, {T, c.q_size() + 2 * c.kv_size()});
-  q_ = arena.alloc(d.activations, {T, c.num_heads, c.head_dim});
-  attn_out_ = arena.alloc(d.activations, {T, c.q_size()});
-  o_ = arena.alloc(d.activations, {T, c.hidden_size});
-  gate_up_ = arena.alloc(d.activations, {T, 2 * c.intermediate_size});
-  down_ = arena.alloc(d.activations, {T, c.hidden_size});
-  final_hidden_ = arena.alloc(d.activations, {T, c.hidden_size});
-  logits_ = arena.alloc(DType::F32, {s.max_logit_rows, c.vocab_size});
-  next_tokens_ = arena.alloc(DType::I32, {s.max_logit_rows});
 }
 
 void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_rows) {

@@ -66,6 +66,10 @@ class Transformer {
   Device device() const { return weights_.embed.device; }
 
  private:
+  template <typename Visit>
+  static void visit_buffers(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d,
+                            Transformer* self, Visit&& visit);
+
   ModelConfig config_;
   ModelWeights weights_;
   ForwardShape shape_;
