@@ -25,35 +25,20 @@
 #include <vector>
 
 #include "specula/core/dtype.h"
+#include "bench_common.h"
+#include "specula/core/cuda_memory.h"
 #include "specula/core/error.h"
 #include "specula/core/tensor.h"
 #include "specula/ops/cuda/cuda_context.h"
 #include "specula/ops/ops.h"
 
 using namespace specula;
+using namespace specula::bench;
 
 namespace {
 
-constexpr int kWarmup = 3;
-constexpr size_t kCopyBytes = size_t{1} << 30;          // device-to-device copy probe
 constexpr size_t kMaxRotationBytes = size_t{24} << 30;  // cap on memory spent on decode caches
 constexpr int kL2Multiple = 4;                          // bytes read per replay vs L2 size
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) fail(what, ": ", cudaGetErrorString(err));
-}
-
-class DeviceMemory {
- public:
-  explicit DeviceMemory(size_t bytes) { check(cudaMalloc(&ptr_, std::max<size_t>(bytes, 1)), "cudaMalloc"); }
-  ~DeviceMemory() { cudaFree(ptr_); }
-  DeviceMemory(const DeviceMemory&) = delete;
-  DeviceMemory& operator=(const DeviceMemory&) = delete;
-  void* get() const { return ptr_; }
-
- private:
-  void* ptr_ = nullptr;
-};
 
 // Random bf16 values in [-1, 1) (never zeros: zeros can run faster than real data).
 void fill_random_bf16(void* device, size_t count, uint64_t seed) {
@@ -69,44 +54,6 @@ void fill_random_bf16(void* device, size_t count, uint64_t seed) {
     }
     check(cudaMemcpy(static_cast<uint16_t*>(device) + done, host.data(), n * 2, cudaMemcpyHostToDevice), "upload");
   }
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Median milliseconds of `body` over `repeats` runs on `stream`, after kWarmup untimed runs.
-template <typename Body>
-double time_ms(cudaStream_t stream, int repeats, Body&& body) {
-  cudaEvent_t start, stop;
-  check(cudaEventCreate(&start), "cudaEventCreate");
-  check(cudaEventCreate(&stop), "cudaEventCreate");
-  for (int i = 0; i < kWarmup; ++i) body();
-  check(cudaStreamSynchronize(stream), "warm-up");
-  std::vector<double> times;
-  for (int i = 0; i < repeats; ++i) {
-    check(cudaEventRecord(start, stream), "cudaEventRecord");
-    body();
-    check(cudaEventRecord(stop, stream), "cudaEventRecord");
-    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    float ms = 0.0f;
-    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-    times.push_back(ms);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return median(times);
-}
-
-// Device-to-device copy bandwidth, counting bytes read plus bytes written.
-double copy_gbps(cudaStream_t stream, int repeats) {
-  DeviceMemory src(kCopyBytes), dst(kCopyBytes);
-  check(cudaMemsetAsync(src.get(), 0x3c, kCopyBytes, stream), "memset");
-  const double ms = time_ms(stream, repeats, [&] {
-    check(cudaMemcpyAsync(dst.get(), src.get(), kCopyBytes, cudaMemcpyDeviceToDevice, stream), "copy");
-  });
-  return 2.0 * static_cast<double>(kCopyBytes) / (ms * 1e-3) / 1e9;
 }
 
 struct DecodeResult {
@@ -217,7 +164,7 @@ int main(int argc, char** argv) {
     nlohmann::json report;
     report["device"] = ctx->info().name;
     report["repeats"] = repeats;
-    const double copy = copy_gbps(stream, repeats);
+    const double copy = cuda_measure_copy_bandwidth(bench::kCopyBytes, repeats);
     report["copy_gbps"] = copy;
     std::printf("device: %s, %d SMs; device-to-device copy %.0f GB/s (read + write)\n", ctx->info().name.c_str(),
                 ctx->info().multiprocessors, copy);

@@ -26,38 +26,23 @@
 #include <vector>
 
 #include "specula/core/dtype.h"
+#include "bench_common.h"
+#include "specula/core/cuda_memory.h"
 #include "specula/core/error.h"
 #include "specula/core/tensor.h"
 #include "specula/ops/cuda/cuda_context.h"
 #include "specula/ops/ops.h"
 
 using namespace specula;
+using namespace specula::bench;
 
 namespace {
 
-constexpr int kWarmup = 3;
 constexpr int kDefaultRepeats = 50;
-constexpr size_t kCopyBytes = size_t{1} << 30;
 constexpr size_t kMaxRotationBytes = size_t{16} << 30;  // cap on memory spent on weight copies
 constexpr int kL2Multiple = 4;                          // bytes read per replay vs L2 size
 constexpr int64_t kPrefillTokens = 4096;
 constexpr float kWeightScale = 0.02f;                   // typical magnitude of trained weights
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) fail(what, ": ", cudaGetErrorString(err));
-}
-
-class DeviceMemory {
- public:
-  explicit DeviceMemory(size_t bytes) { check(cudaMalloc(&ptr_, std::max<size_t>(bytes, 1)), "cudaMalloc"); }
-  ~DeviceMemory() { cudaFree(ptr_); }
-  DeviceMemory(const DeviceMemory&) = delete;
-  DeviceMemory& operator=(const DeviceMemory&) = delete;
-  void* get() const { return ptr_; }
-
- private:
-  void* ptr_ = nullptr;
-};
 
 // A device tensor with its own memory, filled with random values.
 struct OwnedTensor {
@@ -81,43 +66,6 @@ OwnedTensor empty_tensor(DType dtype, std::initializer_list<int64_t> shape) {
   t.memory = std::make_unique<DeviceMemory>(probe.nbytes());
   t.tensor = Tensor(t.memory->get(), dtype, shape, Device::CUDA);
   return t;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Median milliseconds of `body` over `repeats` runs on `stream`, after kWarmup untimed runs.
-template <typename Body>
-double time_ms(cudaStream_t stream, int repeats, Body&& body) {
-  cudaEvent_t start, stop;
-  check(cudaEventCreate(&start), "cudaEventCreate");
-  check(cudaEventCreate(&stop), "cudaEventCreate");
-  for (int i = 0; i < kWarmup; ++i) body();
-  check(cudaStreamSynchronize(stream), "warm-up");
-  std::vector<double> times;
-  for (int i = 0; i < repeats; ++i) {
-    check(cudaEventRecord(start, stream), "cudaEventRecord");
-    body();
-    check(cudaEventRecord(stop, stream), "cudaEventRecord");
-    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    float ms = 0.0f;
-    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-    times.push_back(ms);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return median(times);
-}
-
-double copy_gbps(cudaStream_t stream, int repeats) {
-  DeviceMemory src(kCopyBytes), dst(kCopyBytes);
-  check(cudaMemsetAsync(src.get(), 0x3c, kCopyBytes, stream), "memset");
-  const double ms = time_ms(stream, repeats, [&] {
-    check(cudaMemcpyAsync(dst.get(), src.get(), kCopyBytes, cudaMemcpyDeviceToDevice, stream), "copy");
-  });
-  return 2.0 * static_cast<double>(kCopyBytes) / (ms * 1e-3) / 1e9;
 }
 
 struct Shape {
@@ -215,7 +163,7 @@ int main(int argc, char** argv) {
     std::printf("device: %s, %d SMs, L2 %.0f MiB\n", ctx->info().name.c_str(), ctx->info().multiprocessors,
                 static_cast<double>(ctx->info().l2_cache_bytes) / (1 << 20));
 
-    const double copy = copy_gbps(stream, repeats);
+    const double copy = cuda_measure_copy_bandwidth(bench::kCopyBytes, repeats);
     std::printf("\ndevice-to-device copy (read + write): %.0f GB/s\n", copy);
 
     std::vector<GemvResult> gemv;

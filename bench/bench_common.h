@@ -1,0 +1,63 @@
+// Helpers shared by the CUDA micro-benchmarks (attention_bench.cpp, cuda_kernels_bench.cpp):
+// error checks, a device buffer, and event timing with warm-up and a median, as METHOD.md asks.
+// The copy-bandwidth baseline is specula::cuda_measure_copy_bandwidth (core/cuda_memory.h), the
+// same probe `specula bench` uses, so every benchmark divides by one definition of bandwidth.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "specula/core/error.h"
+
+namespace specula::bench {
+
+constexpr int kWarmup = 3;
+constexpr size_t kCopyBytes = size_t{1} << 30;  // device-to-device copy probe
+
+inline void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) fail(what, ": ", cudaGetErrorString(err));
+}
+
+class DeviceMemory {
+ public:
+  explicit DeviceMemory(size_t bytes) { check(cudaMalloc(&ptr_, std::max<size_t>(bytes, 1)), "cudaMalloc"); }
+  ~DeviceMemory() { cudaFree(ptr_); }
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+  void* get() const { return ptr_; }
+
+ private:
+  void* ptr_ = nullptr;
+};
+
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Median milliseconds of `body` over `repeats` runs on `stream`, after kWarmup untimed runs.
+template <typename Body>
+double time_ms(cudaStream_t stream, int repeats, Body&& body) {
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "cudaEventCreate");
+  check(cudaEventCreate(&stop), "cudaEventCreate");
+  for (int i = 0; i < kWarmup; ++i) body();
+  check(cudaStreamSynchronize(stream), "warm-up");
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    check(cudaEventRecord(start, stream), "cudaEventRecord");
+    body();
+    check(cudaEventRecord(stop, stream), "cudaEventRecord");
+    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    float ms = 0.0f;
+    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    times.push_back(ms);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return median(times);
+}
+
+}  // namespace specula::bench
