@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <string>
 
+#include <unistd.h>
+
 namespace {
 
 struct CliRun {
@@ -27,7 +29,10 @@ CliRun run(const std::string& args) {
 
 class Cli : public testing::Test {
  protected:
-  static std::string dir() { return (std::filesystem::temp_directory_path() / "specula_cli_demo").string(); }
+  // One folder per process: ctest runs each test in its own process, several at a time.
+  static std::string dir() {
+    return (std::filesystem::temp_directory_path() / ("specula_cli_demo_" + std::to_string(getpid()))).string();
+  }
   static void SetUpTestSuite() {
     std::filesystem::remove_all(dir());
     ASSERT_EQ(run("create-demo-model " + dir()).status, 0);
