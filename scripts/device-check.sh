@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build with CUDA (ninja -j16), run the GPU tests and the benchmarks,
 # and print a short table last. Logs and JSON go to $OUT (the device tool returns that folder).
-#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench torch (default: build tests bench torch)
+#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench quickbench torch
+#   (default: build tests bench torch; quickbench is specula bench alone, for iterating on decode)
 # Needs .deps (scripts/fetch-deps.sh and scripts/fetch-device-deps.sh) carried along.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +52,7 @@ fi
 if has sanitizer; then
   t=$SECONDS
   # The op-level tests (the whole-model ones repeat the same kernels many times over).
-  filter=${SANITIZER_FILTER:-'CudaEmbedding*:CudaRmsNorm*:CudaAddRmsNorm*:CudaLinear*:CudaQkvRopeStore*:CudaSiluMul*:CudaArgmax*:CudaConvert*:CudaGraph*:CudaAttention*:CudaSampling*-*Timing*'}
+  filter=${SANITIZER_FILTER:-'CudaEmbedding*:CudaRmsNorm*:CudaAddRmsNorm*:CudaLinear*:CudaFusedLinear*:CudaQkvRopeStore*:CudaSiluMul*:CudaArgmax*:CudaConvert*:CudaGraph*:CudaAttention*:CudaSampling*-*Timing*'}
   timeout 420 compute-sanitizer --tool memcheck --error-exitcode 3 \
     ./$build/tests/specula_tests --gtest_filter="$filter" --gtest_brief=1 >"$OUT/memcheck.log" 2>&1
   note "compute-sanitizer memcheck: rc=$? in $((SECONDS - t)) s ($(grep -c 'Invalid' "$OUT/memcheck.log") invalid accesses; $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1); $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/memcheck.log" | head -1))"
@@ -72,6 +73,12 @@ if has bench; then
   SPECULA_NO_PDL=1 ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 0 \
     --decode-steps 64 --commit "$commit" --json "$OUT/specula_bench_no_pdl.json" >"$OUT/specula_bench_no_pdl.log" 2>&1
   note "specula bench without PDL: rc=$? $(grep -E 'decode_vs_bandwidth' "$OUT/specula_bench_no_pdl.log" | tr -s ' ' | tr '\n' ' ')"
+fi
+
+if has quickbench; then
+  ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 4096 --decode-steps 64 --profile \
+    --commit "$commit" --json "$RESULTS/specula_bench.json" >"$OUT/specula_bench.log" 2>&1
+  note "specula bench llama3-8b: rc=$?"; cat "$OUT/specula_bench.log"
 fi
 
 if has torch; then

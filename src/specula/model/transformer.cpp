@@ -1,10 +1,12 @@
 // The decoder forward pass (see transformer.h). Per layer:
-//   h = norm_in(x)                      (fused with the previous layer's residual add)
-//   qkv = h Wqkv^T + b; q/k norm, RoPE, K/V -> cache; a = attention(q, cache); o = a Wo^T
-//   x += s * o; h = norm_post(x)        (one fused op)
-//   d = (silu(h Wg^T) * (h Wu^T)) Wd^T  (gate/up fused; SwiGLU fused into the down projection)
-// then x += s * d fused with the final norm, and logits = alpha * final(x) W_head^T, where s and
-// alpha are MiniCPM's muP scales (1 for the other families).
+//   qkv = norm_in(x) Wqkv^T + b          (norm fused into the projection: ops::rms_norm_linear)
+//   q/k norm, RoPE, K/V -> cache; a = attention(q, cache)
+//   x += s * (a Wo^T)                    (residual update fused into the product: Accumulate)
+//   gu = norm_post(x) [Wg; Wu]^T
+//   x += s * ((silu(g) * u) Wd^T)        (SwiGLU and the residual update fused into the product)
+// then final = norm_final(x) (kept: EAGLE drafts from it) and logits = alpha * final W_head^T,
+// where s and alpha are MiniCPM's muP scales (1 for the other families). The residual stream x
+// stays F32 on both backends; the fused forms never round a product to 16 bits before adding it.
 #include "specula/model/transformer.h"
 
 #include <cmath>
@@ -46,9 +48,7 @@ void Transformer::visit_buffers(const ModelConfig& c, const ForwardShape& s, con
   visit(at(&Transformer::qkv_), d.activations, {T, c.q_size() + 2 * c.kv_size()});
   visit(at(&Transformer::q_), d.activations, {T, c.num_heads, c.head_dim});
   visit(at(&Transformer::attn_out_), d.activations, {T, c.q_size()});
-  visit(at(&Transformer::o_), d.activations, {T, c.hidden_size});
   visit(at(&Transformer::gate_up_), d.activations, {T, 2 * c.intermediate_size});
-  visit(at(&Transformer::down_), d.activations, {T, c.hidden_size});
   visit(at(&Transformer::final_hidden_), d.activations, {T, c.hidden_size});
   visit(at(&Transformer::logits_), DType::F32, {s.max_logit_rows, c.vocab_size});
   visit(at(&Transformer::next_tokens_), DType::I32, {s.max_logit_rows});
@@ -96,27 +96,22 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
   Tensor ids = token_ids_.slice_outer(0, tokens), pos = positions_.slice_outer(0, tokens),
          slots = slots_.slice_outer(0, tokens);
   Tensor x = residual_.slice_outer(0, tokens), h = normed_.slice_outer(0, tokens), qkv = qkv_.slice_outer(0, tokens),
-         q = q_.slice_outer(0, tokens), a = attn_out_.slice_outer(0, tokens), o = o_.slice_outer(0, tokens),
-         gu = gate_up_.slice_outer(0, tokens), d = down_.slice_outer(0, tokens),
-         fin = final_hidden_.slice_outer(0, tokens);
+         q = q_.slice_outer(0, tokens), a = attn_out_.slice_outer(0, tokens),
+         gu = gate_up_.slice_outer(0, tokens), fin = final_hidden_.slice_outer(0, tokens);
 
   ops::embedding(ctx, weights_.embed, ids, static_cast<float>(c.scale_emb), x);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
-    if (l == 0)
-      ops::rms_norm(ctx, x, w.input_norm, eps, h);
-    else
-      ops::add_rms_norm(ctx, x, d, residual_scale, w.input_norm, eps, h);
-    ops::linear(ctx, h, w.qkv, w.qkv_bias, qkv);
-    ops::qkv_rope_store(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, q, k_cache_[static_cast<size_t>(l)],
-                        v_cache_[static_cast<size_t>(l)]);
-    ops::attention(ctx, q, k_cache_[static_cast<size_t>(l)], v_cache_[static_cast<size_t>(l)], slots, attn_scale, a);
-    ops::linear(ctx, a, w.o_proj, Tensor(), o);
-    ops::add_rms_norm(ctx, x, o, residual_scale, w.post_attention_norm, eps, h);
-    ops::linear(ctx, h, w.gate_up, Tensor(), gu);
-    ops::linear_swiglu(ctx, gu, w.down, d);
+    Tensor& k_cache = k_cache_[static_cast<size_t>(l)];
+    Tensor& v_cache = v_cache_[static_cast<size_t>(l)];
+    ops::rms_norm_linear(ctx, x, w.input_norm, eps, w.qkv, w.qkv_bias, h, qkv);
+    ops::qkv_rope_store(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, q, k_cache, v_cache);
+    ops::attention(ctx, q, k_cache, v_cache, slots, attn_scale, a);
+    ops::linear(ctx, a, w.o_proj, Tensor(), x, residual_scale, ops::OutputMode::Accumulate);
+    ops::rms_norm_linear(ctx, x, w.post_attention_norm, eps, w.gate_up, Tensor(), h, gu);
+    ops::linear_swiglu(ctx, gu, w.down, x, residual_scale, ops::OutputMode::Accumulate);
   }
-  ops::add_rms_norm(ctx, x, d, residual_scale, weights_.final_norm, eps, fin);
+  ops::rms_norm(ctx, x, weights_.final_norm, eps, fin);
   if (logit_rows > 0) {
     Tensor last = fin.slice_outer(tokens - logit_rows, logit_rows);
     Tensor out = logits_.slice_outer(0, logit_rows);

@@ -103,8 +103,9 @@ void add_rms_norm(OpContext& ctx, Tensor& residual, const Tensor& delta, float d
            SPECULA_ON_CUDA(add_rms_norm(c, residual, delta, delta_scale, weight, eps, out)));
 }
 
-void linear(OpContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha) {
-  constexpr std::string_view op = "linear";
+namespace {
+void check_linear_operands(std::string_view op, const Tensor& x, const Tensor& weight, const Tensor& bias,
+                           const Tensor& out) {
   check_float(op, "x", x);
   check_float(op, "weight", weight);
   check_rank(op, "weight", weight, 2);
@@ -118,10 +119,36 @@ void linear(OpContext& ctx, const Tensor& x, const Tensor& weight, const Tensor&
     SPECULA_CHECK(bias.numel() == weight.dim(0), op, ": bias ", bias.shape_string(), " does not match weight ",
                   weight.shape_string());
   }
+}
+}  // namespace
+
+void linear(OpContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha,
+            OutputMode mode) {
+  constexpr std::string_view op = "linear";
+  check_linear_operands(op, x, weight, bias, out);
   const Device device = common_device(op, {&x, &weight, &bias, &out});
   check_cpu_f32(op, device, {&x, &out});
-  dispatch(op, ctx, device, [&](ThreadPool& p) { cpu::linear(p, x, weight, bias, out, alpha); },
-           SPECULA_ON_CUDA(linear(c, x, weight, bias, out, alpha)));
+  dispatch(op, ctx, device, [&](ThreadPool& p) { cpu::linear(p, x, weight, bias, out, alpha, mode); },
+           SPECULA_ON_CUDA(linear(c, x, weight, bias, out, alpha, mode)));
+}
+
+void rms_norm_linear(OpContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weight,
+                     const Tensor& bias, Tensor& normed, Tensor& out) {
+  constexpr std::string_view op = "rms_norm_linear";
+  check_linear_operands(op, x, weight, bias, out);
+  check_float(op, "norm_weight", norm_weight);
+  check_float(op, "normed", normed);
+  check_same_shape(op, "x", x, "normed", normed);
+  SPECULA_CHECK(norm_weight.numel() == x.row_size(), op, ": norm_weight ", norm_weight.shape_string(),
+                " does not match x ", x.shape_string());
+  const Device device = common_device(op, {&x, &norm_weight, &weight, &bias, &normed, &out});
+  check_cpu_f32(op, device, {&x, &normed, &out});
+  dispatch(op, ctx, device,
+           [&](ThreadPool& p) {
+             cpu::rms_norm(p, x, norm_weight, eps, normed);
+             cpu::linear(p, normed, weight, bias, out, 1.0f, OutputMode::Overwrite);
+           },
+           SPECULA_ON_CUDA(rms_norm_linear(c, x, norm_weight, eps, weight, bias, normed, out)));
 }
 
 void qkv_rope_store(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
@@ -202,7 +229,8 @@ void silu_mul(OpContext& ctx, const Tensor& gate_up, Tensor& out) {
            SPECULA_ON_CUDA(silu_mul(c, gate_up, out)));
 }
 
-void linear_swiglu(OpContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out) {
+void linear_swiglu(OpContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out, float alpha,
+                   OutputMode mode) {
   constexpr std::string_view op = "linear_swiglu";
   check_float(op, "gate_up", gate_up);
   check_float(op, "weight", weight);
@@ -214,8 +242,8 @@ void linear_swiglu(OpContext& ctx, const Tensor& gate_up, const Tensor& weight, 
                 " must be [", gate_up.rows(), ", ", weight.dim(0), "]");
   const Device device = common_device(op, {&gate_up, &weight, &out});
   check_cpu_f32(op, device, {&gate_up, &out});
-  dispatch(op, ctx, device, [&](ThreadPool& p) { cpu::linear_swiglu(p, gate_up, weight, out); },
-           SPECULA_ON_CUDA(linear_swiglu(c, gate_up, weight, out)));
+  dispatch(op, ctx, device, [&](ThreadPool& p) { cpu::linear_swiglu(p, gate_up, weight, out, alpha, mode); },
+           SPECULA_ON_CUDA(linear_swiglu(c, gate_up, weight, out, alpha, mode)));
 }
 
 void argmax(OpContext& ctx, const Tensor& logits, Tensor& out) {

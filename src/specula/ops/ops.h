@@ -58,10 +58,23 @@ void rms_norm(OpContext& ctx, const Tensor& x, const Tensor& weight, float eps, 
 void add_rms_norm(OpContext& ctx, Tensor& residual, const Tensor& delta, float delta_scale,
                   const Tensor& weight, float eps, Tensor& out);
 
-// out = alpha * (x @ weight^T) + bias.   x [T, K]; weight [N, K] (nn.Linear layout);
-// bias [N] or empty; out [T, N].
+// How a matrix product's result lands in `out`: Overwrite stores it; Accumulate adds it to what
+// out holds, which is how a residual update (x += s * (a @ W^T)) fuses into the product that
+// feeds it: no separate add, no rounded intermediate.
+enum class OutputMode { Overwrite, Accumulate };
+
+// out = alpha * (x @ weight^T) + bias (Accumulate: out += ...).   x [T, K]; weight [N, K]
+// (nn.Linear layout); bias [N] or empty; out [T, N].
 void linear(OpContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
-            float alpha = 1.0f);
+            float alpha = 1.0f, OutputMode mode = OutputMode::Overwrite);
+
+// out = rms_norm(x) @ weight^T + bias: the norm that feeds a projection (input and
+// post-attention norms), fused where the backend can (on CUDA at one token, every GEMV block
+// normalises x itself, in fp32). `normed` [T, K] is scratch in the activation dtype for the
+// unfused path (rms_norm into it, then linear); whether it is written is up to the backend.
+// x [T, K] (the residual stream); norm_weight [K]; weight [N, K]; bias [N] or empty; out [T, N].
+void rms_norm_linear(OpContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weight,
+                     const Tensor& bias, Tensor& normed, Tensor& out);
 
 // Rotary embedding parameters of one model (see model/rope.h for how they are derived).
 // inv_freq [head_dim / 2] F32 on the op's device; cos and sin are multiplied by attention_scaling.
@@ -92,11 +105,12 @@ void attention(OpContext& ctx, const Tensor& q, const Tensor& k_cache, const Ten
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, I + i].   gate_up [T, 2I]; out [T, I].
 void silu_mul(OpContext& ctx, const Tensor& gate_up, Tensor& out);
 
-// The MLP down projection fused with SwiGLU: out = silu_mul(gate_up) @ weight^T, without the
-// [T, I] activation in between where the backend can (on CUDA at 1-2 tokens the GEMV computes
-// it on load, in fp32; more tokens go through a 16-bit copy in the workspace, like silu_mul).
-// gate_up [T, 2I]; weight [N, I]; out [T, N].
-void linear_swiglu(OpContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out);
+// The MLP down projection fused with SwiGLU: out = alpha * silu_mul(gate_up) @ weight^T
+// (Accumulate: out += ...), without the [T, I] activation in between where the backend can (on
+// CUDA at 1-2 tokens the GEMV computes it on load, in fp32; more tokens go through a 16-bit copy
+// in the workspace, like silu_mul). gate_up [T, 2I]; weight [N, I]; out [T, N].
+void linear_swiglu(OpContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out, float alpha = 1.0f,
+                   OutputMode mode = OutputMode::Overwrite);
 
 // out[t] = argmax_v logits[t, v] (ties: lowest id).   logits [T, V]; out [T] I32.
 void argmax(OpContext& ctx, const Tensor& logits, Tensor& out);

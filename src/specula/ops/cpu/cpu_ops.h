@@ -17,8 +17,10 @@ void embedding(ThreadPool& pool, const Tensor& table, const Tensor& ids, float s
 void rms_norm(ThreadPool& pool, const Tensor& x, const Tensor& weight, float eps, Tensor& out);
 void add_rms_norm(ThreadPool& pool, Tensor& residual, const Tensor& delta, float delta_scale, const Tensor& weight,
                   float eps, Tensor& out);
-void linear(ThreadPool& pool, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha);
-void linear_swiglu(ThreadPool& pool, const Tensor& gate_up, const Tensor& weight, Tensor& out);
+void linear(ThreadPool& pool, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha,
+            OutputMode mode);
+void linear_swiglu(ThreadPool& pool, const Tensor& gate_up, const Tensor& weight, Tensor& out, float alpha,
+                   OutputMode mode);
 void qkv_rope_store(ThreadPool& pool, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                     const RopeParams& rope, const Tensor& positions, const Tensor& slots, Tensor& q_out,
                     Tensor& k_cache, Tensor& v_cache);

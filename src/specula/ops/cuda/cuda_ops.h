@@ -14,8 +14,12 @@ void embedding(CudaContext& ctx, const Tensor& table, const Tensor& ids, float s
 void rms_norm(CudaContext& ctx, const Tensor& x, const Tensor& weight, float eps, Tensor& out);
 void add_rms_norm(CudaContext& ctx, Tensor& residual, const Tensor& delta, float delta_scale, const Tensor& weight,
                   float eps, Tensor& out);
-void linear(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha);
-void linear_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out);
+void linear(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha,
+            OutputMode mode);
+void rms_norm_linear(CudaContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weight,
+                     const Tensor& bias, Tensor& normed, Tensor& out);
+void linear_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out, float alpha,
+                   OutputMode mode);
 void qkv_rope_store(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                     const RopeParams& rope, const Tensor& positions, const Tensor& slots, Tensor& q_out,
                     Tensor& k_cache, Tensor& v_cache);

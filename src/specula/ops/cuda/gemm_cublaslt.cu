@@ -122,13 +122,12 @@ class Plan {
 
   bool found() const { return found_; }
 
-  // Enqueues out = alpha * x W^T (+ bias through the epilogue) on `stream`.
-  void run(cublasLtHandle_t handle, float alpha, const void* w, const void* x, const void* bias, void* out,
-           void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  // Enqueues out = alpha * x W^T + beta * out (+ bias through the epilogue) on `stream`.
+  void run(cublasLtHandle_t handle, float alpha, float beta, const void* w, const void* x, const void* bias,
+           void* out, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
     if (bias)
       check_lt(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
                "bias pointer");
-    const float beta = 0.0f;
     check_lt(cublasLtMatmul(handle, desc_, &alpha, w, a_, x, b_, &beta, out, d_, out, d_, &algo_, workspace,
                             workspace_bytes, stream),
              "matmul");
@@ -180,12 +179,12 @@ bool lt_supports(DType ab, DType out) {
 }  // namespace
 
 bool try_gemm_cublaslt(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
-                       float alpha) {
-  return try_gemm_cublaslt(ctx, x, weight, bias, out, alpha, ctx.workspace(), ctx.workspace_bytes());
+                       float alpha, OutputMode mode) {
+  return try_gemm_cublaslt(ctx, x, weight, bias, out, alpha, mode, ctx.workspace(), ctx.workspace_bytes());
 }
 
 bool try_gemm_cublaslt(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
-                       float alpha, void* workspace_base, size_t workspace_size) {
+                       float alpha, OutputMode mode, void* workspace_base, size_t workspace_size) {
   const int64_t tokens = x.rows(), n = weight.dim(0), k = weight.dim(1);
   const DType ab = weight.dtype;
   if (!lt_supports(ab, out.dtype) || ctx.cublaslt() == nullptr || tokens == 0 || n == 0 || k == 0) return false;
@@ -251,7 +250,7 @@ bool try_gemm_cublaslt(CudaContext& ctx, const Tensor& x, const Tensor& weight, 
     }
     void* out_chunk = static_cast<char*>(out.data) + t0 * out_row_bytes;
     cache.get(key_for(count, t0, use_epilogue), handle)
-        .run(handle, alpha, weight.data, x_chunk, use_epilogue ? bias.data : nullptr, out_chunk, workspace,
+        .run(handle, alpha, mode == OutputMode::Accumulate ? 1.0f : 0.0f, weight.data, x_chunk, use_epilogue ? bias.data : nullptr, out_chunk, workspace,
              workspace_bytes, stream);
   }
 

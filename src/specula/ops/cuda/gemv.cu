@@ -26,6 +26,18 @@
 // unfused path applies), since each activation is recomputed by every warp that reads it. Only
 // the 1- and 2-token shapes exist: beyond that the gate and up registers cut occupancy.
 //
+// RMSNorm variant (ops::rms_norm_linear at one token, the QKV and gate/up projections of decode):
+// x is the residual stream, normalised in a prologue that every block runs for itself: the
+// block reads the row (a few KB, from L2), reduces its sum of squares, and keeps
+// weight * x * rsqrt(mean(x^2) + eps) in fp32 in shared memory, where the main loop reads it.
+// Every block computing the same norm costs some L2 reads; it saves the separate add/norm kernel,
+// its launch and its 16-bit round trip, twice per layer. The first step's weights are already in
+// flight while the prologue runs.
+//
+// Accumulate mode (OutputMode::Accumulate, the o and down projections): out += alpha * x W^T (+
+// bias), each output element read and written by the one lane that owns it, so the residual
+// update needs no separate kernel either.
+//
 // Programmatic dependent launch (pdl.cuh): the weights never depend on an earlier kernel, so
 // each lane requests its first step of weights before pdl_wait() (into registers at 1 token,
 // into L2 beyond, see GemvShape); those requests are in flight while the previous kernel
@@ -60,6 +72,10 @@ struct GemvShape {
   static constexpr bool kPreloadFirstStep = kT == 1;
 };
 
+// Where the activations come from: x as stored; silu(gate) * up computed from the fused gate/up
+// buffer; or the RMSNorm of x, computed into shared memory by every block (see the top).
+enum class XSource { Plain, Swiglu, Norm };
+
 struct GemvArgs {
   const void* weight;
   const void* x;         // plain: x [T, k]; SwiGLU: the gate/up buffer [T, 2k]
@@ -71,6 +87,10 @@ struct GemvArgs {
   DType out_dtype;
   int64_t n, k, tokens;
   float alpha;
+  bool accumulate;           // out += result (the residual update) instead of out = result
+  const void* norm_weight;   // XSource::Norm: the RMSNorm weight [k]
+  DType norm_weight_dtype;
+  float norm_eps;
   int splits;  // warps sharing one row group's K range: 1, 2, 4 or 8
 };
 
@@ -107,7 +127,9 @@ struct WeightVec {
 
 __device__ __forceinline__ void write_output(const GemvArgs& a, int64_t row, int64_t token, float dot) {
   const float b = a.bias ? load_f32_dyn(a.bias, a.bias_dtype, row) : 0.0f;
-  store_f32_dyn(a.out, a.out_dtype, token * a.n + row, a.alpha * dot + b);
+  const int64_t i = token * a.n + row;
+  const float prior = a.accumulate ? load_f32_dyn(a.out, a.out_dtype, i) : 0.0f;
+  store_f32_dyn(a.out, a.out_dtype, i, prior + (a.alpha * dot + b));
 }
 
 // silu(g) * u in fp32 with the fast exp and divide: for g below about -87, 1 + exp(-g) exceeds
@@ -115,12 +137,27 @@ __device__ __forceinline__ void write_output(const GemvArgs& a, int64_t row, int
 // in the precise formula.
 __device__ __forceinline__ float swiglu(float g, float u) { return __fdividef(g, 1.0f + __expf(-g)) * u; }
 
-// The kVec activations of one token at x element offset `v * kVec` of its row: loaded, or for
-// the SwiGLU variant computed from the gate and up halves.
-template <bool kSwiglu, typename TX, int kVec>
+// The kVec activations of one token at x element offset `v * kVec` of its row: loaded, for the
+// SwiGLU variant computed from the gate and up halves, for the norm variant read from the
+// normalised fp32 row in shared memory (xrow then points there, TX is float).
+template <XSource kSrc, typename TX, int kVec>
 __device__ __forceinline__ void load_x(const TX* xrow, int64_t v, int64_t up_offset, float (&xv)[kVec]) {
+  if constexpr (kSrc == XSource::Norm) {
+    static_assert(std::is_same_v<TX, float>, "the normalised row is fp32");
+    if constexpr (kVec % 4 == 0) {
+#pragma unroll
+      for (int j = 0; j < kVec; j += 4) {
+        const float4 f = *reinterpret_cast<const float4*>(xrow + v * kVec + j);
+        xv[j] = f.x, xv[j + 1] = f.y, xv[j + 2] = f.z, xv[j + 3] = f.w;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) xv[j] = xrow[v * kVec + j];
+    }
+    return;
+  }
   load_f32<TX, kVec>(xrow + v * kVec, xv);
-  if constexpr (kSwiglu) {
+  if constexpr (kSrc == XSource::Swiglu) {
     float up[kVec];
     load_f32<TX, kVec>(xrow + up_offset + v * kVec, up);
 #pragma unroll
@@ -148,7 +185,7 @@ __device__ __forceinline__ void load_weights(WeightVec<TW, kVec> (&w)[kUnroll][k
 }
 
 // Second half: the matching activations for every token, accumulated against the weights.
-template <bool kGuard, bool kSwiglu, typename TW, typename TX, int kT, int kVec, int kRows, int kUnroll>
+template <bool kGuard, XSource kSrc, typename TW, typename TX, int kT, int kVec, int kRows, int kUnroll>
 __device__ __forceinline__ void accumulate(const WeightVec<TW, kVec> (&w)[kUnroll][kRows], const TX* const (&xrow)[kT],
                                            int64_t v0, int64_t stride, int64_t vectors, int64_t up_offset,
                                            float (&acc)[kRows][kT]) {
@@ -158,7 +195,7 @@ __device__ __forceinline__ void accumulate(const WeightVec<TW, kVec> (&w)[kUnrol
     if (kGuard && v >= vectors) break;
     float xv[kT][kVec];
 #pragma unroll
-    for (int t = 0; t < kT; ++t) load_x<kSwiglu, TX, kVec>(xrow[t], v, up_offset, xv[t]);
+    for (int t = 0; t < kT; ++t) load_x<kSrc, TX, kVec>(xrow[t], v, up_offset, xv[t]);
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       float wf[kVec];
@@ -172,20 +209,57 @@ __device__ __forceinline__ void accumulate(const WeightVec<TW, kVec> (&w)[kUnrol
 }
 
 // One step of a lane: load_weights then accumulate.
-template <bool kGuard, bool kSwiglu, typename TW, typename TX, int kT, int kVec, int kRows, int kUnroll>
+template <bool kGuard, XSource kSrc, typename TW, typename TX, int kT, int kVec, int kRows, int kUnroll>
 __device__ __forceinline__ void gemv_step(const TW* const (&wrow)[kRows], const TX* const (&xrow)[kT], int64_t v0,
                                           int64_t stride, int64_t vectors, int64_t up_offset,
                                           float (&acc)[kRows][kT]) {
   WeightVec<TW, kVec> w[kUnroll][kRows];
   load_weights<kGuard, TW, kVec, kRows, kUnroll>(w, wrow, v0, stride, vectors);
-  accumulate<kGuard, kSwiglu, TW, TX, kT, kVec, kRows, kUnroll>(w, xrow, v0, stride, vectors, up_offset, acc);
+  accumulate<kGuard, kSrc, TW, TX, kT, kVec, kRows, kUnroll>(w, xrow, v0, stride, vectors, up_offset, acc);
+}
+
+// XSource::Norm prologue: row t of `xs` (shared memory, k floats per token) = the RMSNorm of
+// token t's row of x, for the block's tokens. Each thread normalises the elements it loaded, so
+// only the sum of squares crosses threads.
+template <typename TX, int kT>
+__device__ __forceinline__ void normalize_into_shared(const GemvArgs& a, const TX* const (&xrow)[kT], float* xs) {
+  __shared__ float warp_sums[kGemvWarps][kT];
+  const int tid = static_cast<int>(threadIdx.x), warp = tid / kWarpSize, lane = tid % kWarpSize;
+  float sum_sq[kT];
+#pragma unroll
+  for (int t = 0; t < kT; ++t) {
+    sum_sq[t] = 0.0f;
+#pragma unroll 4
+    for (int64_t i = tid; i < a.k; i += kGemvThreads) {
+      const float v = to_f32(xrow[t][i]);
+      xs[t * a.k + i] = v;
+      sum_sq[t] = fmaf(v, v, sum_sq[t]);
+    }
+    sum_sq[t] = warp_sum(sum_sq[t]);
+    if (lane == 0) warp_sums[warp][t] = sum_sq[t];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int t = 0; t < kT; ++t) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kGemvWarps; ++w) total += warp_sums[w][t];
+    const float inv = 1.0f / sqrtf(total / static_cast<float>(a.k) + a.norm_eps);
+    for (int64_t i = tid; i < a.k; i += kGemvThreads)
+      xs[t * a.k + i] = load_f32_dyn(a.norm_weight, a.norm_weight_dtype, i) * (xs[t * a.k + i] * inv);
+  }
+  __syncthreads();
 }
 
 // blockIdx.x: a block of kGemvWarps / splits row groups; blockIdx.y: a group of kT tokens.
-template <typename TW, typename TX, int kT, int kVec, bool kSwiglu>
+template <typename TW, typename TX, int kT, int kVec, XSource kSrc>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
   constexpr int kRows = GemvShape<kT>::kRows, kUnroll = GemvShape<kT>::kUnroll;
+  constexpr bool kSwiglu = kSrc == XSource::Swiglu, kNorm = kSrc == XSource::Norm;
+  // The loop reads x as XT: the normalised fp32 rows in shared memory for the norm variant.
+  using XT = std::conditional_t<kNorm, float, TX>;
   __shared__ float partial[kGemvWarps][kRows][kT];
+  extern __shared__ float4 dynamic_shared[];  // XSource::Norm: kT normalised rows of k floats
   pdl_launch_dependents();
 
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
@@ -206,13 +280,22 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
     row_ok[r] = row0 + r < a.n;
     wrow[r] = static_cast<const TW*>(a.weight) + (row_ok[r] ? row0 + r : 0) * a.k;
   }
-  const TX* xrow[kT];
+  const TX* xrow_global[kT];
 #pragma unroll
   for (int t = 0; t < kT; ++t) {
     // a.k for the plain kernel, as x_stride is there: one 64-bit value less to keep live (-12
     // registers at 4 tokens).
     const int64_t x_stride = kSwiglu ? a.x_stride : a.k;
-    xrow[t] = static_cast<const TX*>(a.x) + (token0 + (t < tokens ? t : 0)) * x_stride;
+    xrow_global[t] = static_cast<const TX*>(a.x) + (token0 + (t < tokens ? t : 0)) * x_stride;
+  }
+  const XT* xrow[kT];
+  float* const xs = reinterpret_cast<float*>(dynamic_shared);
+#pragma unroll
+  for (int t = 0; t < kT; ++t) {
+    if constexpr (kNorm)
+      xrow[t] = xs + t * a.k;
+    else
+      xrow[t] = xrow_global[t];
   }
 
   float acc[kRows][kT];
@@ -229,7 +312,8 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
     WeightVec<TW, kVec> first[kUnroll][kRows];
     load_weights<true, TW, kVec, kRows, kUnroll>(first, wrow, v0, stride, vectors);
     pdl_wait();
-    accumulate<true, kSwiglu, TW, TX, kT, kVec, kRows, kUnroll>(first, xrow, v0, stride, vectors, a.up_offset, acc);
+    if constexpr (kNorm) normalize_into_shared<TX, kT>(a, xrow_global, xs);
+    accumulate<true, kSrc, TW, XT, kT, kVec, kRows, kUnroll>(first, xrow, v0, stride, vectors, a.up_offset, acc);
     v0 += stride * kUnroll;
   } else {
     // One line per row: prefetching every vector of the step kept their addresses live across the
@@ -239,11 +323,12 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
       for (int r = 0; r < kRows; ++r) pdl_prefetch_l2(wrow[r] + v0 * kVec);
     }
     pdl_wait();
+    if constexpr (kNorm) normalize_into_shared<TX, kT>(a, xrow_global, xs);
   }
   for (; v0 + (kUnroll - 1) * stride < vectors; v0 += stride * kUnroll)
-    gemv_step<false, kSwiglu, TW, TX, kT, kVec, kRows, kUnroll>(wrow, xrow, v0, stride, vectors, a.up_offset, acc);
+    gemv_step<false, kSrc, TW, XT, kT, kVec, kRows, kUnroll>(wrow, xrow, v0, stride, vectors, a.up_offset, acc);
   if (v0 < vectors)
-    gemv_step<true, kSwiglu, TW, TX, kT, kVec, kRows, kUnroll>(wrow, xrow, v0, stride, vectors, a.up_offset, acc);
+    gemv_step<true, kSrc, TW, XT, kT, kVec, kRows, kUnroll>(wrow, xrow, v0, stride, vectors, a.up_offset, acc);
 
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
@@ -287,13 +372,22 @@ int choose_splits(int64_t rows, int64_t vectors, int rows_per_warp, int unroll, 
   return splits;
 }
 
-template <typename TW, typename TX, int kT, int kVec, bool kSwiglu>
+const char* kernel_label(XSource src) {
+  switch (src) {
+    case XSource::Swiglu: return "linear_swiglu (gemv)";
+    case XSource::Norm: return "rms_norm_linear (gemv)";
+    default: return "linear (gemv)";
+  }
+}
+
+template <typename TW, typename TX, int kT, int kVec, XSource kSrc>
 void run_gemv(CudaContext& ctx, GemvArgs args) {
   constexpr int kRows = GemvShape<kT>::kRows;
   const int64_t vectors = args.k / kVec;
   args.splits = choose_splits(args.n, vectors, kRows, GemvShape<kT>::kUnroll, ctx.info().multiprocessors);
   const int64_t groups = kGemvWarps / args.splits;
   const auto blocks_x = static_cast<unsigned>(ceil_div<int64_t>(ceil_div<int64_t>(args.n, kRows), groups));
+  const size_t smem = kSrc == XSource::Norm ? norm_shared_bytes(args.k, kT) : 0;
   // gridDim.y counts token groups; beyond its limit, launch again on later tokens.
   const int64_t tokens_per_launch = kMaxGridY * kT, total = args.tokens;
   for (int64_t t0 = 0; t0 < total; t0 += tokens_per_launch) {
@@ -302,47 +396,58 @@ void run_gemv(CudaContext& ctx, GemvArgs args) {
     slice.x = static_cast<const char*>(args.x) + static_cast<size_t>(t0 * args.x_stride) * sizeof(TX);
     slice.out = static_cast<char*>(args.out) + static_cast<size_t>(t0 * args.n) * dtype_size(args.out_dtype);
     const dim3 grid(blocks_x, static_cast<unsigned>(ceil_div<int64_t>(slice.tokens, kT)));
-    launch_kernel(ctx, kSwiglu ? "linear_swiglu (gemv)" : "linear (gemv)", gemv_kernel<TW, TX, kT, kVec, kSwiglu>,
-                  grid, dim3(kGemvThreads), 0, slice);
+    launch_kernel(ctx, kernel_label(kSrc), gemv_kernel<TW, TX, kT, kVec, kSrc>, grid, dim3(kGemvThreads), smem, slice);
   }
 }
 
-// Picks the instantiation for the operands: the vector path when K and the pointers allow it
-// (for SwiGLU the up half starts K elements into each row, as aligned as the gate half), then
-// the token-count template.
-template <bool kSwiglu>
+// Whether the weights and x allow the 16-byte weight path (for SwiGLU the up half starts K
+// elements into each row, as aligned as the gate half).
+template <typename TW, typename TX>
+bool wide_path(const GemvArgs& args) {
+  constexpr int kWide = kVectorBytes / static_cast<int>(sizeof(TW));
+  return args.k % kWide == 0 && is_aligned(args.weight, kVectorBytes) &&
+         is_aligned(args.x, static_cast<size_t>(access_alignment<TX, kWide>()));
+}
+
+// Picks the instantiation for the operands: the vector path when K and the pointers allow it,
+// then the token-count template.
+template <XSource kSrc>
 void dispatch_gemv(CudaContext& ctx, const GemvArgs& args, DType weight_dtype, DType x_dtype) {
   if (args.tokens == 0 || args.n == 0) return;
+  constexpr bool kSwiglu = kSrc == XSource::Swiglu;
   dispatch_float(weight_dtype, [&](auto weight_tag) {
     using TW = typename decltype(weight_tag)::type;
     dispatch_float(x_dtype, [&](auto x_tag) {
       using TX = typename decltype(x_tag)::type;
       constexpr int kWide = kVectorBytes / static_cast<int>(sizeof(TW));
-      const bool wide = args.k % kWide == 0 && is_aligned(args.weight, kVectorBytes) &&
-                        is_aligned(args.x, static_cast<size_t>(access_alignment<TX, kWide>()));
-      if (!wide) {
-        run_gemv<TW, TX, 1, 1, kSwiglu>(ctx, args);
+      const bool wide = wide_path<TW, TX>(args);
+      if constexpr (kSrc == XSource::Norm) {
+        // One token only (the caller checks); the scalar shape for odd K.
+        if (wide)
+          run_gemv<TW, TX, 1, kWide, kSrc>(ctx, args);
+        else
+          run_gemv<TW, TX, 1, 1, kSrc>(ctx, args);
+      } else if (!wide) {
+        run_gemv<TW, TX, 1, 1, kSrc>(ctx, args);
       } else if (args.tokens == 1) {
-        run_gemv<TW, TX, 1, kWide, kSwiglu>(ctx, args);
+        run_gemv<TW, TX, 1, kWide, kSrc>(ctx, args);
       } else if (kSwiglu || args.tokens == 2) {
         // SwiGLU: only the 2-token shape beyond one token (more tokens would hold too many
         // activation registers for full occupancy; linear_swiglu sends them elsewhere and uses
         // this only as a fallback, in groups of two tokens).
-        run_gemv<TW, TX, 2, kWide, kSwiglu>(ctx, args);
+        run_gemv<TW, TX, 2, kWide, kSrc>(ctx, args);
       } else if constexpr (!kSwiglu) {
         if (args.tokens <= 4)
-          run_gemv<TW, TX, 4, kWide, false>(ctx, args);
+          run_gemv<TW, TX, 4, kWide, kSrc>(ctx, args);
         else
-          run_gemv<TW, TX, 8, kWide, false>(ctx, args);
+          run_gemv<TW, TX, 8, kWide, kSrc>(ctx, args);
       }
     });
   });
 }
 
-}  // namespace
-
-void launch_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
-                 float alpha) {
+GemvArgs plain_args(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha,
+                    OutputMode mode) {
   GemvArgs args{};
   args.weight = weight.data;
   args.x = x.data;
@@ -356,24 +461,42 @@ void launch_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, const 
   args.k = weight.dim(1);
   args.tokens = x.rows();
   args.alpha = alpha;
-  dispatch_gemv<false>(ctx, args, weight.dtype, x.dtype);
+  args.accumulate = mode == OutputMode::Accumulate;
+  args.norm_weight = nullptr;
+  args.norm_weight_dtype = DType::F32;
+  args.norm_eps = 0.0f;
+  return args;
 }
 
-void launch_gemv_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out) {
-  GemvArgs args{};
-  args.weight = weight.data;
-  args.x = gate_up.data;
+}  // namespace
+
+size_t norm_shared_bytes(int64_t k, int64_t tokens) {
+  return static_cast<size_t>(k) * static_cast<size_t>(tokens) * sizeof(float);
+}
+
+void launch_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
+                 float alpha, OutputMode mode) {
+  dispatch_gemv<XSource::Plain>(ctx, plain_args(x, weight, bias, out, alpha, mode), weight.dtype, x.dtype);
+}
+
+void launch_gemv_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out, float alpha,
+                        OutputMode mode) {
+  GemvArgs args = plain_args(gate_up, weight, Tensor(), out, alpha, mode);
   args.x_stride = 2 * weight.dim(1);
   args.up_offset = weight.dim(1);
-  args.bias = nullptr;
   args.bias_dtype = DType::F32;
-  args.out = out.data;
-  args.out_dtype = out.dtype;
-  args.n = weight.dim(0);
-  args.k = weight.dim(1);
-  args.tokens = gate_up.rows();
-  args.alpha = 1.0f;
-  dispatch_gemv<true>(ctx, args, weight.dtype, gate_up.dtype);
+  dispatch_gemv<XSource::Swiglu>(ctx, args, weight.dtype, gate_up.dtype);
+}
+
+bool try_gemv_rms_norm(CudaContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weight,
+                       const Tensor& bias, Tensor& out) {
+  if (x.rows() != 1 || norm_shared_bytes(weight.dim(1), 1) > kMaxNormSharedBytes) return false;
+  GemvArgs args = plain_args(x, weight, bias, out, 1.0f, OutputMode::Overwrite);
+  args.norm_weight = norm_weight.data;
+  args.norm_weight_dtype = norm_weight.dtype;
+  args.norm_eps = eps;
+  dispatch_gemv<XSource::Norm>(ctx, args, weight.dtype, x.dtype);
+  return true;
 }
 
 }  // namespace specula::ops::cuda_impl

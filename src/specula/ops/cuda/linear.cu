@@ -1,5 +1,10 @@
-// CUDA linear ops: ops::linear (out = alpha * x W^T + bias) and ops::linear_swiglu
-// (out = (silu(gate) * up) W^T, the MLP down projection over the fused gate/up output).
+// CUDA linear ops: ops::linear (out = alpha * x W^T + bias, or out += that), ops::rms_norm_linear
+// (the norm feeding a projection) and ops::linear_swiglu (out = (silu(gate) * up) W^T, the MLP
+// down projection over the fused gate/up output).
+//
+// rms_norm_linear: one token (decode) runs the GEMV that normalises x in every block (gemv.cu);
+// more tokens run rms_norm into `normed` and then linear, where the norm is a small share of the
+// work.
 //
 // Up to kGemvMaxTokens tokens (decode, short verification batches) run on the hand-written GEMV,
 // which streams the weights once at close to memory bandwidth; larger counts go to cuBLASLt's
@@ -35,7 +40,8 @@ constexpr size_t kChunkAlignment = 256;  // where cuBLASLt's share of the worksp
 
 // silu_mul into the workspace, then linear on it; false (nothing launched) if the workspace
 // cannot hold enough activation rows.
-bool swiglu_through_workspace(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out) {
+bool swiglu_through_workspace(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out, float alpha,
+                              OutputMode mode) {
   const int64_t tokens = gate_up.rows(), inter = weight.dim(1), n = weight.dim(0);
   const size_t row_bytes = static_cast<size_t>(inter) * dtype_size(gate_up.dtype);
   if (ctx.workspace() == nullptr || row_bytes == 0) return false;
@@ -56,24 +62,35 @@ bool swiglu_through_workspace(CudaContext& ctx, const Tensor& gate_up, const Ten
     Tensor act(ctx.workspace(), gate_up.dtype, {count, inter}, Device::CUDA);
     silu_mul(ctx, gu_chunk, act);
     if (count > kGemvMaxTokens && act.dtype == weight.dtype &&
-        try_gemm_cublaslt(ctx, act, weight, Tensor(), out_chunk, 1.0f, gemm_workspace, gemm_workspace_bytes))
+        try_gemm_cublaslt(ctx, act, weight, Tensor(), out_chunk, alpha, mode, gemm_workspace, gemm_workspace_bytes))
       continue;
-    launch_gemv(ctx, act, weight, Tensor(), out_chunk, 1.0f);
+    launch_gemv(ctx, act, weight, Tensor(), out_chunk, alpha, mode);
   }
   return true;
 }
 
 }  // namespace
 
-void linear(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha) {
-  if (x.rows() > kGemvMaxTokens && x.dtype == weight.dtype && try_gemm_cublaslt(ctx, x, weight, bias, out, alpha))
+void linear(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha,
+            OutputMode mode) {
+  if (x.rows() > kGemvMaxTokens && x.dtype == weight.dtype &&
+      try_gemm_cublaslt(ctx, x, weight, bias, out, alpha, mode))
     return;
-  launch_gemv(ctx, x, weight, bias, out, alpha);
+  launch_gemv(ctx, x, weight, bias, out, alpha, mode);
 }
 
-void linear_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out) {
-  if (gate_up.rows() > kFusedSwigluMaxTokens && swiglu_through_workspace(ctx, gate_up, weight, out)) return;
-  launch_gemv_swiglu(ctx, gate_up, weight, out);
+void rms_norm_linear(CudaContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weight,
+                     const Tensor& bias, Tensor& normed, Tensor& out) {
+  if (try_gemv_rms_norm(ctx, x, norm_weight, eps, weight, bias, out)) return;
+  rms_norm(ctx, x, norm_weight, eps, normed);
+  linear(ctx, normed, weight, bias, out, 1.0f, OutputMode::Overwrite);
+}
+
+void linear_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out, float alpha,
+                   OutputMode mode) {
+  if (gate_up.rows() > kFusedSwigluMaxTokens && swiglu_through_workspace(ctx, gate_up, weight, out, alpha, mode))
+    return;
+  launch_gemv_swiglu(ctx, gate_up, weight, out, alpha, mode);
 }
 
 }  // namespace specula::ops::cuda_impl

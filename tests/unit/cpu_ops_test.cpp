@@ -1,0 +1,81 @@
+// Properties of the CPU reference ops that the CUDA tests take for granted: the fused forms are
+// exactly their unfused compositions (Accumulate = Overwrite + what out held; rms_norm_linear =
+// rms_norm then linear), and their errors name the problem. Runs everywhere.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "specula/core/error.h"
+#include "specula/core/tensor.h"
+#include "specula/core/thread_pool.h"
+#include "specula/ops/ops.h"
+
+using namespace specula;
+
+namespace {
+
+std::vector<float> random_values(size_t n, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(gen);
+  return v;
+}
+
+Tensor view(std::vector<float>& v, std::initializer_list<int64_t> shape) { return Tensor(v.data(), DType::F32, shape); }
+
+struct CpuOps : ::testing::Test {
+  ThreadPool pool{3};
+  ops::OpContext ctx{&pool, nullptr, nullptr};
+};
+
+TEST_F(CpuOps, LinearAccumulateIsOverwritePlusPrior) {
+  const int64_t tokens = 3, n = 19, k = 37;
+  std::vector<float> w = random_values(n * k, 1), x = random_values(tokens * k, 2), bias = random_values(n, 3);
+  std::vector<float> prior = random_values(tokens * n, 4), product(prior.size()), accumulated = prior;
+  Tensor product_t = view(product, {tokens, n}), accumulated_t = view(accumulated, {tokens, n});
+  ops::linear(ctx, view(x, {tokens, k}), view(w, {n, k}), view(bias, {n}), product_t, 0.5f);
+  ops::linear(ctx, view(x, {tokens, k}), view(w, {n, k}), view(bias, {n}), accumulated_t, 0.5f,
+              ops::OutputMode::Accumulate);
+  for (size_t i = 0; i < prior.size(); ++i) EXPECT_EQ(accumulated[i], prior[i] + product[i]) << "element " << i;
+}
+
+TEST_F(CpuOps, SwigluAccumulateIsOverwritePlusPrior) {
+  const int64_t tokens = 2, n = 11, inter = 23;
+  std::vector<float> w = random_values(n * inter, 5), gu = random_values(tokens * 2 * inter, 6);
+  std::vector<float> prior = random_values(tokens * n, 7), product(prior.size()), accumulated = prior;
+  Tensor product_t = view(product, {tokens, n}), accumulated_t = view(accumulated, {tokens, n});
+  ops::linear_swiglu(ctx, view(gu, {tokens, 2 * inter}), view(w, {n, inter}), product_t, 0.25f);
+  ops::linear_swiglu(ctx, view(gu, {tokens, 2 * inter}), view(w, {n, inter}), accumulated_t, 0.25f,
+                     ops::OutputMode::Accumulate);
+  for (size_t i = 0; i < prior.size(); ++i) EXPECT_EQ(accumulated[i], prior[i] + product[i]) << "element " << i;
+}
+
+TEST_F(CpuOps, RmsNormLinearIsNormThenLinear) {
+  const int64_t tokens = 4, n = 13, k = 29;
+  std::vector<float> x = random_values(tokens * k, 8), gamma = random_values(k, 9), w = random_values(n * k, 10);
+  std::vector<float> bias = random_values(n, 11);
+  std::vector<float> normed(tokens * k), fused(tokens * n), normed2(tokens * k), unfused(tokens * n);
+  Tensor normed_t = view(normed, {tokens, k}), fused_t = view(fused, {tokens, n});
+  ops::rms_norm_linear(ctx, view(x, {tokens, k}), view(gamma, {k}), 1e-6f, view(w, {n, k}), view(bias, {n}), normed_t,
+                       fused_t);
+  Tensor normed2_t = view(normed2, {tokens, k}), unfused_t = view(unfused, {tokens, n});
+  ops::rms_norm(ctx, view(x, {tokens, k}), view(gamma, {k}), 1e-6f, normed2_t);
+  ops::linear(ctx, normed2_t, view(w, {n, k}), view(bias, {n}), unfused_t);
+  EXPECT_EQ(fused, unfused);
+}
+
+TEST_F(CpuOps, RmsNormLinearNamesMismatchedShapes) {
+  std::vector<float> x(2 * 8), gamma(7), w(5 * 8), normed(2 * 8), out(2 * 5);
+  Tensor normed_t = view(normed, {2, 8}), out_t = view(out, {2, 5});
+  try {
+    ops::rms_norm_linear(ctx, view(x, {2, 8}), view(gamma, {7}), 1e-6f, view(w, {5, 8}), Tensor(), normed_t, out_t);
+    FAIL() << "a norm weight of the wrong length was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("norm_weight"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
