@@ -27,12 +27,13 @@
 // the 1- and 2-token shapes exist: beyond that the gate and up registers cut occupancy.
 //
 // RMSNorm variant (ops::rms_norm_linear at one token, the QKV and gate/up projections of decode):
-// x is the residual stream, normalised in a prologue that every block runs for itself: the
-// block reads the row (a few KB, from L2), reduces its sum of squares, and keeps
-// weight * x * rsqrt(mean(x^2) + eps) in fp32 in shared memory, where the main loop reads it.
-// Every block computing the same norm costs some L2 reads; it saves the separate add/norm kernel,
-// its launch and its 16-bit round trip, twice per layer. The first step's weights are already in
-// flight while the prologue runs.
+// x is the residual stream, and every block runs the norm for itself: a prologue reads the row
+// (a few KB, from L2) and the norm weight in one round of loads, keeps norm_weight * x in fp32 in
+// shared memory, where the main loop reads it, and sums x^2; the epilogue multiplies the dot
+// products by 1 / rms (the product is linear in it), so the prologue needs no second pass. Every
+// block computing the same norm costs some L2 reads; it saves the separate add/norm kernel, its
+// launch and its 16-bit round trip, twice per layer. The first step's weights are already in
+// flight while the prologue runs. The norm weight must have the weights' dtype (the host checks).
 //
 // Accumulate mode (OutputMode::Accumulate, the o and down projections): out += alpha * x W^T (+
 // bias), each output element read and written by the one lane that owns it, so the residual
@@ -88,8 +89,7 @@ struct GemvArgs {
   int64_t n, k, tokens;
   float alpha;
   bool accumulate;           // out += result (the residual update) instead of out = result
-  const void* norm_weight;   // XSource::Norm: the RMSNorm weight [k]
-  DType norm_weight_dtype;
+  const void* norm_weight;   // XSource::Norm: the RMSNorm weight [k], in the weights' dtype
   float norm_eps;
   int splits;  // warps sharing one row group's K range: 1, 2, 4 or 8
 };
@@ -138,12 +138,12 @@ __device__ __forceinline__ void write_output(const GemvArgs& a, int64_t row, int
 __device__ __forceinline__ float swiglu(float g, float u) { return __fdividef(g, 1.0f + __expf(-g)) * u; }
 
 // The kVec activations of one token at x element offset `v * kVec` of its row: loaded, for the
-// SwiGLU variant computed from the gate and up halves, for the norm variant read from the
-// normalised fp32 row in shared memory (xrow then points there, TX is float).
+// SwiGLU variant computed from the gate and up halves, for the norm variant read from the fp32
+// norm_weight * x row in shared memory (xrow then points there, TX is float).
 template <XSource kSrc, typename TX, int kVec>
 __device__ __forceinline__ void load_x(const TX* xrow, int64_t v, int64_t up_offset, float (&xv)[kVec]) {
   if constexpr (kSrc == XSource::Norm) {
-    static_assert(std::is_same_v<TX, float>, "the normalised row is fp32");
+    static_assert(std::is_same_v<TX, float>, "the shared row is fp32");
     if constexpr (kVec % 4 == 0) {
 #pragma unroll
       for (int j = 0; j < kVec; j += 4) {
@@ -218,37 +218,53 @@ __device__ __forceinline__ void gemv_step(const TW* const (&wrow)[kRows], const 
   accumulate<kGuard, kSrc, TW, TX, kT, kVec, kRows, kUnroll>(w, xrow, v0, stride, vectors, up_offset, acc);
 }
 
-// XSource::Norm prologue: row t of `xs` (shared memory, k floats per token) = the RMSNorm of
-// token t's row of x, for the block's tokens. Each thread normalises the elements it loaded, so
-// only the sum of squares crosses threads.
-template <typename TX, int kT>
-__device__ __forceinline__ void normalize_into_shared(const GemvArgs& a, const TX* const (&xrow)[kT], float* xs) {
-  __shared__ float warp_sums[kGemvWarps][kT];
+// XSource::Norm prologue: row t of `xs` (shared memory, k floats per token) = norm_weight * x for
+// the block's tokens, and each warp's share of sum(x^2) in warp_sums. The 1 / rms factor is not
+// applied here: the product is linear in it, so the epilogue multiplies the finished dot products
+// by it (see rms_scales) and the prologue costs one round of loads (x and the norm weight, all
+// issued before any is used) and no second pass. kPerThread elements per thread and round keep
+// the registers within the kernel's occupancy bucket while the first weights are held.
+template <typename TW, typename TX, int kT>
+__device__ __forceinline__ void load_weighted_rows(const GemvArgs& a, const TX* const (&xrow)[kT], float* xs,
+                                                   float (&warp_sums)[kGemvWarps][kT]) {
+  constexpr int kPerThread = 8;
   const int tid = static_cast<int>(threadIdx.x), warp = tid / kWarpSize, lane = tid % kWarpSize;
-  float sum_sq[kT];
+  const TW* gamma = static_cast<const TW*>(a.norm_weight);
 #pragma unroll
   for (int t = 0; t < kT; ++t) {
-    sum_sq[t] = 0.0f;
-#pragma unroll 4
-    for (int64_t i = tid; i < a.k; i += kGemvThreads) {
-      const float v = to_f32(xrow[t][i]);
-      xs[t * a.k + i] = v;
-      sum_sq[t] = fmaf(v, v, sum_sq[t]);
+    float sum_sq = 0.0f;
+    for (int64_t base = 0; base < a.k; base += kPerThread * kGemvThreads) {
+      float xv[kPerThread], gv[kPerThread];
+#pragma unroll
+      for (int j = 0; j < kPerThread; ++j) {
+        const int64_t i = base + j * kGemvThreads + tid;
+        xv[j] = i < a.k ? to_f32(xrow[t][i]) : 0.0f;
+        gv[j] = i < a.k ? to_f32(__ldg(gamma + i)) : 0.0f;
+      }
+#pragma unroll
+      for (int j = 0; j < kPerThread; ++j) {
+        const int64_t i = base + j * kGemvThreads + tid;
+        if (i < a.k) xs[t * a.k + i] = gv[j] * xv[j];
+        sum_sq = fmaf(xv[j], xv[j], sum_sq);
+      }
     }
-    sum_sq[t] = warp_sum(sum_sq[t]);
-    if (lane == 0) warp_sums[warp][t] = sum_sq[t];
+    sum_sq = warp_sum(sum_sq);
+    if (lane == 0) warp_sums[warp][t] = sum_sq;
   }
   __syncthreads();
+}
+
+// 1 / sqrt(mean(x^2) + eps) per token, from load_weighted_rows's warp sums.
+template <int kT>
+__device__ __forceinline__ void rms_scales(const GemvArgs& a, const float (&warp_sums)[kGemvWarps][kT],
+                                           float (&scale)[kT]) {
 #pragma unroll
   for (int t = 0; t < kT; ++t) {
     float total = 0.0f;
 #pragma unroll
     for (int w = 0; w < kGemvWarps; ++w) total += warp_sums[w][t];
-    const float inv = 1.0f / sqrtf(total / static_cast<float>(a.k) + a.norm_eps);
-    for (int64_t i = tid; i < a.k; i += kGemvThreads)
-      xs[t * a.k + i] = load_f32_dyn(a.norm_weight, a.norm_weight_dtype, i) * (xs[t * a.k + i] * inv);
+    scale[t] = 1.0f / sqrtf(total / static_cast<float>(a.k) + a.norm_eps);
   }
-  __syncthreads();
 }
 
 // blockIdx.x: a block of kGemvWarps / splits row groups; blockIdx.y: a group of kT tokens.
@@ -256,10 +272,11 @@ template <typename TW, typename TX, int kT, int kVec, XSource kSrc>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
   constexpr int kRows = GemvShape<kT>::kRows, kUnroll = GemvShape<kT>::kUnroll;
   constexpr bool kSwiglu = kSrc == XSource::Swiglu, kNorm = kSrc == XSource::Norm;
-  // The loop reads x as XT: the normalised fp32 rows in shared memory for the norm variant.
+  // The loop reads x as XT: the fp32 rows in shared memory for the norm variant.
   using XT = std::conditional_t<kNorm, float, TX>;
   __shared__ float partial[kGemvWarps][kRows][kT];
-  extern __shared__ float4 dynamic_shared[];  // XSource::Norm: kT normalised rows of k floats
+  __shared__ float norm_warp_sums[kNorm ? kGemvWarps : 1][kT];
+  extern __shared__ float4 dynamic_shared[];  // XSource::Norm: kT rows of norm_weight * x, k floats each
   pdl_launch_dependents();
 
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
@@ -312,7 +329,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
     WeightVec<TW, kVec> first[kUnroll][kRows];
     load_weights<true, TW, kVec, kRows, kUnroll>(first, wrow, v0, stride, vectors);
     pdl_wait();
-    if constexpr (kNorm) normalize_into_shared<TX, kT>(a, xrow_global, xs);
+    if constexpr (kNorm) load_weighted_rows<TW, TX, kT>(a, xrow_global, xs, norm_warp_sums);
     accumulate<true, kSrc, TW, XT, kT, kVec, kRows, kUnroll>(first, xrow, v0, stride, vectors, a.up_offset, acc);
     v0 += stride * kUnroll;
   } else {
@@ -323,7 +340,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
       for (int r = 0; r < kRows; ++r) pdl_prefetch_l2(wrow[r] + v0 * kVec);
     }
     pdl_wait();
-    if constexpr (kNorm) normalize_into_shared<TX, kT>(a, xrow_global, xs);
+    if constexpr (kNorm) load_weighted_rows<TW, TX, kT>(a, xrow_global, xs, norm_warp_sums);
   }
   for (; v0 + (kUnroll - 1) * stride < vectors; v0 += stride * kUnroll)
     gemv_step<false, kSrc, TW, XT, kT, kVec, kRows, kUnroll>(wrow, xrow, v0, stride, vectors, a.up_offset, acc);
@@ -334,6 +351,14 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
     for (int t = 0; t < kT; ++t) acc[r][t] = warp_sum(acc[r][t]);
+  if constexpr (kNorm) {
+    float scale[kT];
+    rms_scales<kT>(a, norm_warp_sums, scale);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+#pragma unroll
+      for (int t = 0; t < kT; ++t) acc[r][t] *= scale[t];
+  }
 
   if (splits == 1) {  // uniform over the block
     if (lane == 0) {
@@ -463,7 +488,6 @@ GemvArgs plain_args(const Tensor& x, const Tensor& weight, const Tensor& bias, T
   args.alpha = alpha;
   args.accumulate = mode == OutputMode::Accumulate;
   args.norm_weight = nullptr;
-  args.norm_weight_dtype = DType::F32;
   args.norm_eps = 0.0f;
   return args;
 }
@@ -490,10 +514,10 @@ void launch_gemv_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& w
 
 bool try_gemv_rms_norm(CudaContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weight,
                        const Tensor& bias, Tensor& out) {
-  if (x.rows() != 1 || norm_shared_bytes(weight.dim(1), 1) > kMaxNormSharedBytes) return false;
+  if (x.rows() != 1 || norm_weight.dtype != weight.dtype || norm_shared_bytes(weight.dim(1), 1) > kMaxNormSharedBytes)
+    return false;
   GemvArgs args = plain_args(x, weight, bias, out, 1.0f, OutputMode::Overwrite);
   args.norm_weight = norm_weight.data;
-  args.norm_weight_dtype = norm_weight.dtype;
   args.norm_eps = eps;
   dispatch_gemv<XSource::Norm>(ctx, args, weight.dtype, x.dtype);
   return true;
