@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build with CUDA (ninja -j16), run the GPU tests and the benchmarks,
 # and print a short table last. Logs and JSON go to $OUT (the device tool returns that folder).
-#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench quickbench torch
-#   (default: build tests bench torch; quickbench is specula bench alone, for iterating on decode)
+#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench quickbench load torch
+#   (default: build tests bench torch; quickbench is specula bench alone, for iterating on decode;
+#   load writes a random Llama-3-8B-shaped checkpoint to disk and times loading it, cold then warm)
 # Needs .deps (scripts/fetch-deps.sh and scripts/fetch-device-deps.sh) carried along.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +80,20 @@ if has quickbench; then
   ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 4096 --decode-steps 64 --profile \
     --commit "$commit" --json "$RESULTS/specula_bench.json" >"$OUT/specula_bench.log" 2>&1
   note "specula bench llama3-8b: rc=$?"; cat "$OUT/specula_bench.log"
+fi
+
+if has load; then
+  t=$SECONDS
+  ckpt=${LOAD_CHECKPOINT_DIR:-/tmp/specula-llama3-8b-random}
+  python3 tools/make_random_checkpoint.py "$ckpt" >"$OUT/make_checkpoint.log" 2>&1
+  note "random 8B checkpoint: rc=$? $(tail -1 "$OUT/make_checkpoint.log")"
+  for run in cold warm; do
+    ./$build/specula bench --model "$ckpt" --device cuda --contexts 512 --prefill 0 --decode-steps 32 --repeats 1 \
+      --commit "$commit" --json "$RESULTS/load_$run.json" >"$OUT/load_$run.log" 2>&1
+    note "load ($run page cache): rc=$? $(grep -E 'load_|decode_tokens' "$OUT/load_$run.log" | tr -s ' ' | tr '\n' ' ')"
+  done
+  rm -rf "$ckpt"
+  note "load stage: $((SECONDS - t)) s"
 fi
 
 if has torch; then

@@ -5,6 +5,10 @@
 // which it reports decode as a percentage of the memory-bandwidth limit:
 //   limit = bandwidth / (weight bytes read per token + KV bytes read at that context).
 // Results print as a table and, with --json, as one object per measurement.
+//
+// --model DIR measures a checkpoint instead: it is loaded the way `generate` loads it (memory-
+// mapped files, pinned staging to the device) and the load time and rate join the results
+// (metrics load_seconds and load_gb_per_s, over the checkpoint's bytes).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -31,7 +35,7 @@ namespace specula::cli {
 namespace {
 
 struct BenchArgs {
-  std::string preset = "llama3-8b", device = "auto", json_path, commit = "unknown";
+  std::string preset = "llama3-8b", device = "auto", json_path, commit = "unknown", model_dir;
   std::vector<int64_t> contexts{512, 8192};
   int64_t prefill = 4096, decode_steps = 64, prefill_chunk = 0;
   int threads = 0;
@@ -115,7 +119,11 @@ void profile_decode(engine::Engine& e, int64_t ctx, int32_t token) {
 }
 
 void run_bench(const BenchArgs& a) {
-  const model::ModelConfig config = model::ModelConfig::from_json(preset_config(a.preset), "preset " + a.preset);
+  const bool from_checkpoint = !a.model_dir.empty();
+  const model::ModelConfig config = from_checkpoint
+                                        ? model::ModelConfig::from_dir(a.model_dir)
+                                        : model::ModelConfig::from_json(preset_config(a.preset), "preset " + a.preset);
+  const std::string label = from_checkpoint ? a.model_dir : a.preset;
   SPECULA_CHECK(!a.contexts.empty(), "--contexts needs at least one length");
   const int64_t max_ctx = *std::max_element(a.contexts.begin(), a.contexts.end());
   engine::EngineOptions options;
@@ -123,16 +131,24 @@ void run_bench(const BenchArgs& a) {
   options.threads = a.threads;
   options.max_context = std::max(max_ctx, a.prefill) + a.decode_steps + 2;
   options.prefill_chunk = a.prefill_chunk > 0 ? a.prefill_chunk : std::max<int64_t>(a.prefill, 1);
-  const auto load_start = std::chrono::steady_clock::now();
-  auto engine = engine::Engine::create_random(config, options, 1234);
-  const double build_s = seconds_since(load_start);
+  std::unique_ptr<engine::Engine> engine;
+  if (from_checkpoint) {
+    options.model_dir = a.model_dir;
+    engine = engine::Engine::load(options);
+  } else {
+    engine = engine::Engine::create_random(config, options, 1234);
+  }
   const model::ModelWeights& w = engine->transformer().weights();
   const std::string device = engine->device_description();
-  std::fprintf(stderr, "bench: %s, %.2fB parameters, %.2f GB of weights, on %s (built in %.1f s)\n", a.preset.c_str(),
+  std::fprintf(stderr, "bench: %s, %.2fB parameters, %.2f GB of weights, on %s (%s in %.1f s)\n", label.c_str(),
                static_cast<double>(w.parameter_count) / 1e9, static_cast<double>(w.bytes) / 1e9, device.c_str(),
-               build_s);
+               from_checkpoint ? "loaded" : "built", engine->load_seconds());
 
   std::vector<Measurement> results;
+  if (from_checkpoint) {
+    results.push_back({"load_seconds", engine->load_seconds(), "s"});
+    results.push_back({"load_gb_per_s", static_cast<double>(w.bytes) / 1e9 / engine->load_seconds(), "GB/s"});
+  }
   double bandwidth = 0.0;
 #ifdef SPECULA_WITH_CUDA
   if (engine->device() == Device::CUDA) {
@@ -234,7 +250,7 @@ void run_bench(const BenchArgs& a) {
   if (!a.json_path.empty()) {
     nlohmann::ordered_json out = nlohmann::ordered_json::array();
     for (const Measurement& m : results)
-      out.push_back({{"device", device}, {"commit", a.commit}, {"date", date}, {"preset", a.preset},
+      out.push_back({{"device", device}, {"commit", a.commit}, {"date", date}, {"preset", label},
                      {"metric", m.metric}, {"value", m.value}, {"unit", m.unit}});
     std::ofstream f(a.json_path);
     SPECULA_CHECK(f.good(), a.json_path, ": cannot write");
@@ -247,8 +263,11 @@ void run_bench(const BenchArgs& a) {
 void add_bench_command(CLI::App& app) {
   auto a = std::make_shared<BenchArgs>();
   CLI::App* cmd = app.add_subcommand(
-      "bench", "Measure prefill and decode speed of a model shape with random weights built on the device");
+      "bench", "Measure prefill and decode speed of a model shape with random weights built on the device, or of "
+      "a checkpoint (--model)");
   cmd->add_option("--preset", a->preset, "Model shape: llama3-8b or cpu-100m")->capture_default_str();
+  cmd->add_option("--model", a->model_dir,
+                  "Measure this checkpoint folder instead of a preset (also reports its load time)");
   cmd->add_option("--device", a->device, "auto, cuda or cpu")->capture_default_str();
   cmd->add_option("--contexts", a->contexts, "Context lengths to measure decode at")->capture_default_str()
       ->delimiter(',');
