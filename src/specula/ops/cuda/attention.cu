@@ -305,7 +305,7 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const T
                             aligned16(v_cache.data);
   if (tensor_cores) {
     run_attention_mma(p, cache, info.multiprocessors, info.max_shared_memory_per_block_optin, ctx.workspace(),
-                      ctx.workspace_bytes(), ctx.arrival_counters(), stream, ctx.programmatic_launch());
+                      ctx.workspace_bytes(), stream, ctx.programmatic_launch());
     return;
   }
   SPECULA_CHECK(hd <= kFallbackMaxHeadDim, "attention: head_dim ", hd, " is larger than the CUDA kernels support (",

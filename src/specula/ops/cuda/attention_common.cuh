@@ -56,9 +56,6 @@ struct AttnParams {
   float* partial_o = nullptr;      // see above; null when num_splits == 1
   float* partial_lse = nullptr;
   uint32_t* error_word = nullptr;
-  // Decode layout with num_splits > 1: one zeroed counter per (query tile, KV head); the last
-  // split to finish merges the partials itself (no combine kernel). Null: the combine kernel runs.
-  uint32_t* arrival_counters = nullptr;
   int tokens = 0, n_heads = 0, n_kv = 0, group = 0, head_dim = 0, capacity = 0;
   int num_splits = 1;       // grid.x of the attention kernel
   int min_split_tiles = 1;  // see attn_split_range
@@ -128,8 +125,7 @@ void plan_splits(AttnParams& p, const KernelShape& shape, int base_blocks, int m
 void launch_combine(const AttnParams& p, cudaStream_t stream, bool programmatic);
 // Host side, defined in attention_mma.cu: tensor-core attention; the caller has checked that
 // q and caches share a 16-bit dtype, head_dim is 64 or 128 and the pointers are 16-byte aligned.
-// arrival_counters: the context's (see CudaContext::arrival_counters), or null for the combine kernel.
 void run_attention_mma(AttnParams p, DType cache_dtype, int multiprocessors, size_t smem_optin, void* workspace,
-                       size_t workspace_bytes, uint32_t* arrival_counters, cudaStream_t stream, bool programmatic);
+                       size_t workspace_bytes, cudaStream_t stream, bool programmatic);
 
 }  // namespace specula::ops::cuda_impl::attn

@@ -2,9 +2,7 @@
 // caches with head_dim 64 or 128: the prefill layout (64 query rows, 4 warps along the rows,
 // double-buffered 64-row K/V tiles) when a KV head has more than 16 query rows in the call, else
 // the decode layout (16 query rows, 4 warps along the cache rows, triple-buffered tiles). Both
-// split the cache when the grid would otherwise leave multiprocessors idle; the decode layout
-// merges its splits in the kernel (arrival counters), the prefill layout through the combine
-// kernel.
+// split the cache when the grid would otherwise leave multiprocessors idle.
 #include <algorithm>
 
 #include "specula/core/error.h"
@@ -27,7 +25,7 @@ using DecodeConfig = MmaConfig<Elem, kHeadDim, 1, 4, kTileRows, 3, 2>;
 
 template <class Cfg>
 void launch(AttnParams p, int multiprocessors, size_t smem_optin, void* workspace, size_t workspace_bytes,
-            uint32_t* arrival_counters, cudaStream_t stream, bool programmatic) {
+            cudaStream_t stream, bool programmatic) {
   const auto kernel = attention_mma_kernel<Cfg, CausalBySlotMask>;
   SPECULA_CHECK(Cfg::kSmemBytes <= smem_optin, "attention: the tensor-core kernel needs ", Cfg::kSmemBytes,
                 " bytes of shared memory per block, the device allows ", smem_optin);
@@ -43,49 +41,39 @@ void launch(AttnParams p, int multiprocessors, size_t smem_optin, void* workspac
   const KernelShape shape{Cfg::kBlockM, Cfg::kBlockN, blocks_per_sm, std::min(total_rows, Cfg::kBlockM)};
   plan_splits(p, shape, q_tiles * p.n_kv, multiprocessors, workspace, workspace_bytes);
   const dim3 grid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(q_tiles), static_cast<unsigned>(p.n_kv));
-  // The decode layout merges its own splits (its last block per query tile and KV head) when
-  // there is a counter for each of those.
-  const bool merge_in_kernel = Cfg::kWarpsN > 1 && p.num_splits > 1 && arrival_counters != nullptr &&
-                               static_cast<size_t>(q_tiles) * static_cast<size_t>(p.n_kv) <=
-                                   cuda::CudaContext::kArrivalCounters;
-  p.arrival_counters = merge_in_kernel ? arrival_counters : nullptr;
   launch_kernel(stream, programmatic, "attention (tensor-core kernel)", kernel, grid, dim3(Cfg::kThreads),
                 Cfg::kSmemBytes, p);
-  if (p.num_splits > 1 && !merge_in_kernel) launch_combine(p, stream, programmatic);
+  if (p.num_splits > 1) launch_combine(p, stream, programmatic);
 }
 
 template <typename Elem, int kHeadDim>
 void launch_for(AttnParams p, int multiprocessors, size_t smem_optin, void* workspace, size_t workspace_bytes,
-                uint32_t* arrival_counters, cudaStream_t stream, bool programmatic) {
+                cudaStream_t stream, bool programmatic) {
   if (p.tokens * p.group <= kDecodeMaxRows)
-    launch<DecodeConfig<Elem, kHeadDim>>(p, multiprocessors, smem_optin, workspace, workspace_bytes,
-                                         arrival_counters, stream, programmatic);
+    launch<DecodeConfig<Elem, kHeadDim>>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream,
+                                         programmatic);
   else
-    launch<PrefillConfig<Elem, kHeadDim>>(p, multiprocessors, smem_optin, workspace, workspace_bytes,
-                                          arrival_counters, stream, programmatic);
+    launch<PrefillConfig<Elem, kHeadDim>>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream,
+                                          programmatic);
 }
 
 }  // namespace
 
 void run_attention_mma(AttnParams p, DType cache_dtype, int multiprocessors, size_t smem_optin, void* workspace,
-                       size_t workspace_bytes, uint32_t* arrival_counters, cudaStream_t stream, bool programmatic) {
+                       size_t workspace_bytes, cudaStream_t stream, bool programmatic) {
   const bool bf16 = cache_dtype == DType::BF16;
   SPECULA_CHECK(bf16 || cache_dtype == DType::F16, "attention: tensor-core kernel called for ",
                 dtype_name(cache_dtype));
   if (p.head_dim == 64) {
     if (bf16)
-      launch_for<__nv_bfloat16, 64>(p, multiprocessors, smem_optin, workspace, workspace_bytes, arrival_counters, stream,
-                                      programmatic);
+      launch_for<__nv_bfloat16, 64>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream, programmatic);
     else
-      launch_for<__half, 64>(p, multiprocessors, smem_optin, workspace, workspace_bytes, arrival_counters, stream,
-                                      programmatic);
+      launch_for<__half, 64>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream, programmatic);
   } else if (p.head_dim == 128) {
     if (bf16)
-      launch_for<__nv_bfloat16, 128>(p, multiprocessors, smem_optin, workspace, workspace_bytes, arrival_counters, stream,
-                                      programmatic);
+      launch_for<__nv_bfloat16, 128>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream, programmatic);
     else
-      launch_for<__half, 128>(p, multiprocessors, smem_optin, workspace, workspace_bytes, arrival_counters, stream,
-                                      programmatic);
+      launch_for<__half, 128>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream, programmatic);
   } else {
     fail("attention: tensor-core kernel called for head_dim ", p.head_dim);
   }

@@ -10,9 +10,7 @@
 //   - decode  (WarpsM = 1, WarpsN = 4): 16 query rows, each warp a quarter of the tile's cache
 //     rows with its own online softmax; the four states are merged through shared memory at the
 //     end, so a 16-row tile does not leave three warps idle.
-// Split-KV (attention_common.cuh) is orthogonal: any configuration can write partials. The decode
-// layout, given arrival counters, also merges them itself: its last split to finish does the
-// combine, which saves decode a kernel launch per layer.
+// Split-KV (attention_common.cuh) is orthogonal: any configuration can write partials.
 //
 // Masking goes through a policy type (FlashInfer-style) so the tree-mask variant for speculative
 // verification and the block-sparse variant for InfLLM-V2 can reuse the pipeline: the policy says
@@ -488,57 +486,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
         const int64_t prow = orow * p.num_splits + split;
         if (row_lse[row] != -INFINITY) p.partial_o[prow * head_stride + col] = acc;
         if (col == 0) p.partial_lse[prow] = row_lse[row];
-      }
-    }
-    if (!direct && p.arrival_counters != nullptr) {
-      // Publish this split's partials and count it in; the last split of this (query tile, KV
-      // head) to arrive merges all of them into out, as attention_combine_kernel would, and
-      // resets the counter for the next call. (The classic threadfence reduction: writes, fence,
-      // atomic; the last block reads through L2.)
-      static_assert(Cfg::kRingBytes >= (kRows * kMaxSplits + kRows) * sizeof(float), "merge weights fit the ring");
-      __shared__ int s_is_last;
-      __threadfence();
-      __syncthreads();
-      if (tid == 0) {
-        uint32_t* counter = p.arrival_counters + (blockIdx.z * gridDim.y + blockIdx.y);
-        const uint32_t arrived = atomicAdd(counter, 1u) + 1u;
-        s_is_last = arrived == gridDim.x;
-        if (arrived == gridDim.x) *counter = 0u;
-      }
-      __syncthreads();
-      if (!s_is_last) return;
-      __threadfence();
-      const int splits = p.num_splits;
-      float* weights = reinterpret_cast<float*>(s_ring);  // [rows_here][splits]; the ring is free
-      float* inv_total = weights + kRows * splits;        // [rows_here]
-      for (int row = warp; row < rows_here; row += kThreads / 32) {
-        const float* lse = p.partial_lse + out_row(row) * splits;
-        float mx = -INFINITY;
-        for (int s = lane; s < splits; s += 32) mx = fmaxf(mx, __ldcg(lse + s));
-#pragma unroll
-        for (int offset = 16; offset > 0; offset >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, offset));
-        float total = 0.0f;
-        for (int s = lane; s < splits; s += 32) {
-          const float v = __ldcg(lse + s);
-          const float w = v == -INFINITY ? 0.0f : exp2f(v - mx);
-          weights[row * splits + s] = w;
-          total += w;
-        }
-#pragma unroll
-        for (int offset = 16; offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
-        if (lane == 0) inv_total[row] = total > 0.0f ? 1.0f / total : 0.0f;  // 0: invalid slot, zeros out
-      }
-      __syncthreads();
-      for (int idx = tid; idx < rows_here * kHeadDim; idx += kThreads) {
-        const int row = idx / kHeadDim, col = idx - row * kHeadDim;
-        const int64_t orow = out_row(row);
-        const float* po = p.partial_o + orow * splits * head_stride + col;
-        float acc = 0.0f;
-        for (int s = 0; s < splits; ++s) {
-          const float w = weights[row * splits + s];
-          if (w > 0.0f) acc += w * __ldcg(po + static_cast<int64_t>(s) * head_stride);
-        }
-        store_elem(p.out, p.out_kind, orow * head_stride + col, acc * inv_total[row]);
       }
     }
   }

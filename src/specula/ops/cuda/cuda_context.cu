@@ -74,8 +74,6 @@ std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_b
   ctx->workspace_bytes_ = workspace_bytes;
   SPECULA_CUDA_CHECK(cudaMalloc(&ctx->error_word_, sizeof(uint32_t)));
   SPECULA_CUDA_CHECK(cudaMemset(ctx->error_word_, 0, sizeof(uint32_t)));
-  SPECULA_CUDA_CHECK(cudaMalloc(&ctx->arrival_counters_, kArrivalCounters * sizeof(uint32_t)));
-  SPECULA_CUDA_CHECK(cudaMemset(ctx->arrival_counters_, 0, kArrivalCounters * sizeof(uint32_t)));
   return ctx;
 }
 
@@ -85,7 +83,6 @@ CudaContext::~CudaContext() {
   if (cublaslt_) cublasLtDestroy(static_cast<cublasLtHandle_t>(cublaslt_));
   if (workspace_) cudaFree(workspace_);
   if (error_word_) cudaFree(error_word_);
-  if (arrival_counters_) cudaFree(arrival_counters_);
   if (stream_) cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
 }
 

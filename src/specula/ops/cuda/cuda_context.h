@@ -45,11 +45,6 @@ class CudaContext {
   void* workspace() const { return workspace_; }
   size_t workspace_bytes() const { return workspace_bytes_; }
   uint32_t* error_word() const { return error_word_; } // device pointer
-  // Zeroed device counters for kernels whose last-arriving block finishes the work of the others
-  // (attention's split combine): a kernel increments its counters and the last block resets
-  // them, so they are zero again between ops and across graph replays. kArrivalCounters of them.
-  static constexpr size_t kArrivalCounters = 4096;
-  uint32_t* arrival_counters() const { return arrival_counters_; }  // device pointer
   const DeviceInfo& info() const { return info_; }
   // True when the decode-path kernels are launched with programmatic dependent launch: the device
   // is sm_90+, the kernels were compiled for it (their device code holds the grid-dependency
@@ -80,7 +75,6 @@ class CudaContext {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   uint32_t* error_word_ = nullptr;
-  uint32_t* arrival_counters_ = nullptr;
   DeviceInfo info_;
   bool programmatic_launch_supported_ = false;
   bool programmatic_launch_ = false;
