@@ -4,32 +4,24 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
-#include <random>
+#include <string>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "specula/core/error.h"
-#include "specula/core/tensor.h"
-#include "specula/core/thread_pool.h"
 #include "specula/ops/ops.h"
 
 using namespace specula;
 
 namespace {
 
-std::vector<float> random_values(size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(gen);
-  return v;
-}
-
-Tensor view(std::vector<float>& v, std::initializer_list<int64_t> shape) { return Tensor(v.data(), DType::F32, shape); }
-
 struct CpuOps : ::testing::Test {
-  ThreadPool pool{3};
-  ops::OpContext ctx{&pool, nullptr, nullptr};
+  test::CpuTestContext cpu = test::make_cpu_context(3);
+  ops::OpContext& ctx = cpu.ops;
 };
+
+std::vector<float> random_values(size_t n, uint64_t counter) { return test::random_floats(n, test::test_seed(counter)); }
+Tensor view(std::vector<float>& v, std::initializer_list<int64_t> shape) { return test::cpu_tensor(v, shape); }
 
 TEST_F(CpuOps, LinearAccumulateIsOverwritePlusPrior) {
   const int64_t tokens = 3, n = 19, k = 37;

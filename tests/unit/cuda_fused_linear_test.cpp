@@ -17,7 +17,6 @@
 
 #include "cuda_test_util.h"
 #include "specula/core/error.h"
-#include "specula/ops/cuda/cuda_context.h"
 #include "specula/ops/ops.h"
 
 using namespace specula;
@@ -25,26 +24,15 @@ using namespace specula::test;
 
 namespace {
 
-constexpr double kTolF32 = 1e-5;
-constexpr double kTolSwigluF32 = 5e-5;
-constexpr double kTol16 = 1e-2;
 constexpr DType kNoBias = DType::U8;
 
-std::string name_of(DType d) { return std::string(dtype_name(d)); }
+using CudaFusedLinear = CudaOpsTest;
 
-class CudaFusedLinear : public ::testing::Test {
- protected:
-  void SetUp() override {
-    SPECULA_SKIP_WITHOUT_CUDA();
-    gpu_ = make_cuda_context();
-    cpu_ = make_cpu_context();
-  }
-  uint64_t seed() { return test_seed(counter_++); }
-
-  CudaTestContext gpu_;
-  CpuTestContext cpu_;
-  uint64_t counter_ = 0;
-};
+// "T=.. N=.. K=.. W .. x .. out .." for the trace of one case.
+std::string linear_label(int64_t tokens, int64_t n, int64_t k, DType weight, DType x, DType out, bool has_bias) {
+  return "T=" + std::to_string(tokens) + " N=" + std::to_string(n) + " K=" + std::to_string(k) + " W " +
+         name_of(weight) + " x " + name_of(x) + " out " + name_of(out) + (has_bias ? " bias" : "");
+}
 
 // ---------------------------------------------------------------------------------------------
 // linear, OutputMode::Accumulate
@@ -73,9 +61,7 @@ TEST_F(CudaFusedLinear, LinearAccumulateMatchesCpu) {
   };
   for (const AccumulateCase& c : cases) {
     const bool has_bias = c.bias != kNoBias;
-    const std::string label = "T=" + std::to_string(c.tokens) + " N=" + std::to_string(c.n) + " K=" +
-                              std::to_string(c.k) + " W " + name_of(c.weight) + " x " + name_of(c.x) + " out " +
-                              name_of(c.out) + (has_bias ? " bias" : "");
+    const std::string label = linear_label(c.tokens, c.n, c.k, c.weight, c.x, c.out, has_bias);
     SCOPED_TRACE(label);
     std::vector<float> w = round_to(c.weight, random_floats(static_cast<size_t>(c.n * c.k), seed()));
     std::vector<float> x = round_to(c.x, random_floats(static_cast<size_t>(c.tokens * c.k), seed()));
@@ -172,9 +158,7 @@ TEST_F(CudaFusedLinear, RmsNormLinearMatchesCpu) {
   const float eps = 1e-5f;
   for (const NormLinearCase& c : cases) {
     const bool has_bias = c.bias != kNoBias;
-    const std::string label = "T=" + std::to_string(c.tokens) + " N=" + std::to_string(c.n) + " K=" +
-                              std::to_string(c.k) + " W " + name_of(c.weight) + " x " + name_of(c.x) + " out " +
-                              name_of(c.out) + (has_bias ? " bias" : "");
+    const std::string label = linear_label(c.tokens, c.n, c.k, c.weight, c.x, c.out, has_bias);
     SCOPED_TRACE(label);
     std::vector<float> w = round_to(c.weight, random_floats(static_cast<size_t>(c.n * c.k), seed()));
     // A residual stream with a large mean square, so the norm's scale matters.
@@ -200,7 +184,7 @@ TEST_F(CudaFusedLinear, RmsNormLinearMatchesCpu) {
                          has_bias ? d_bias.tensor : Tensor{}, d_normed.tensor, d_out.tensor);
     gpu_.sync();
     expect_close(label, download_f32(d_out), round_to(c.out, want), c.tolerance);
-    EXPECT_NO_THROW(gpu_.cuda->check_device_errors());
+    expect_no_device_errors();
   }
 }
 

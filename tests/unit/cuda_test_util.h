@@ -67,6 +67,18 @@ inline std::vector<int32_t> random_ints(size_t n, uint64_t seed, int32_t lo, int
 }
 
 // ---------------------------------------------------------------------------------------------
+// Tolerances of the op tests (relative, see Comparison below)
+
+constexpr double kTolF32 = 1e-5;        // fp32 outputs of fp32 arithmetic
+constexpr double kTolSwigluF32 = 5e-5;  // fp32 outputs through the fused SwiGLU's fast exp
+constexpr double kTol16 = 1e-2;         // 16-bit outputs, against the reference rounded to them
+constexpr double kExact = 0.0;          // copies, conversions, indices
+
+inline double tolerance_for(DType out) { return out == DType::F32 ? kTolF32 : kTol16; }
+
+inline std::string name_of(DType d) { return std::string(dtype_name(d)); }
+
+// ---------------------------------------------------------------------------------------------
 // Host dtype conversion
 
 // The value each float takes once stored as `dtype` (what a kernel reading that tensor sees), so
@@ -210,6 +222,24 @@ inline CudaTestContext make_cuda_context() {
   c.ops.cuda = c.cuda.get();
   return c;
 }
+
+// Fixture of the op tests: a CUDA context and a CPU reference context, skipped (saying why)
+// without a device, and a fresh seed per draw.
+class CudaOpsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SPECULA_SKIP_WITHOUT_CUDA();
+    gpu_ = make_cuda_context();
+    cpu_ = make_cpu_context();
+  }
+  uint64_t seed() { return test_seed(counter_++); }
+  // Fails the test if a kernel reported invalid input.
+  void expect_no_device_errors() { EXPECT_NO_THROW(gpu_.cuda->check_device_errors()); }
+
+  CudaTestContext gpu_;
+  CpuTestContext cpu_;
+  uint64_t counter_ = 0;
+};
 
 // cudaMalloc'd memory owned by the object. Copies are synchronous and device-wide synchronized,
 // so they are ordered with kernels on any stream (the op stream is non-blocking).

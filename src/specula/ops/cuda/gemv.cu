@@ -60,6 +60,13 @@ constexpr int kGemvWarps = 8;
 constexpr int kGemvThreads = kGemvWarps * kWarpSize;
 constexpr int kTargetWarpsPerSm = 16;  // enough 16-byte loads in flight to cover DRAM latency
 constexpr int64_t kMaxGridY = 65535;   // CUDA limit on gridDim.y (token groups)
+// Longest row the RMSNorm variant keeps in shared memory: the default dynamic shared memory
+// limit, so the kernel needs no opt-in (hidden sizes up to 12288 fit).
+constexpr size_t kMaxNormSharedBytes = 48 * 1024;
+
+size_t norm_shared_bytes(int64_t k, int64_t tokens) {
+  return static_cast<size_t>(k) * static_cast<size_t>(tokens) * sizeof(float);
+}
 
 // Rows per warp and weight vectors per lane in flight per row, by token count: more tokens need
 // more accumulators and activation registers, so they trade unrolling for registers.
@@ -493,10 +500,6 @@ GemvArgs plain_args(const Tensor& x, const Tensor& weight, const Tensor& bias, T
 }
 
 }  // namespace
-
-size_t norm_shared_bytes(int64_t k, int64_t tokens) {
-  return static_cast<size_t>(k) * static_cast<size_t>(tokens) * sizeof(float);
-}
 
 void launch_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
                  float alpha, OutputMode mode) {

@@ -18,11 +18,6 @@ using specula::cuda::CudaContext;
 // at these sizes beats a tensor-core GEMM whose tiles would be mostly padding.
 constexpr int64_t kGemvMaxTokens = 8;
 
-// Longest row the fused RMSNorm GEMV keeps in shared memory: the default dynamic
-// shared memory limit, so the kernel needs no opt-in (hidden sizes up to 12288 fit).
-constexpr size_t kMaxNormSharedBytes = 48 * 1024;
-size_t norm_shared_bytes(int64_t k, int64_t tokens);
-
 // out = alpha * x W^T + bias (or out += that, OutputMode::Accumulate) on the CUDA cores, any
 // float dtypes, any token count (beyond kGemvMaxTokens it runs in groups of kGemvMaxTokens tokens,
 // each group re-reading the weights: correct but slow, the fallback when cuBLASLt cannot take the
@@ -39,7 +34,8 @@ void launch_gemv_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& w
 
 // out = rms_norm(x) W^T + bias for one token, the norm computed by every block into shared
 // memory (gemv.cu). Returns false, having launched nothing, for more than one token, a norm weight
-// whose dtype differs from the weights', or a row too long for kMaxNormSharedBytes.
+// whose dtype differs from the weights', or a row too long to keep in
+// shared memory (more than 12288 elements).
 bool try_gemv_rms_norm(CudaContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weight,
                        const Tensor& bias, Tensor& out);
 
