@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build with CUDA (ninja -j16), run the GPU tests and the benchmarks,
 # and print a short table last. Logs and JSON go to $OUT (the device tool returns that folder).
-#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench quickbench load torch
+#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench quickbench ab lab load torch
 #   (default: build tests bench torch; quickbench is specula bench alone, for iterating on decode;
 #   load writes a random Llama-3-8B-shaped checkpoint to disk and times loading it, cold then warm)
 # Needs .deps (scripts/fetch-deps.sh and scripts/fetch-device-deps.sh) carried along.
@@ -80,6 +80,32 @@ if has quickbench; then
   ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 4096 --decode-steps 64 --profile \
     --commit "$commit" --json "$RESULTS/specula_bench.json" >"$OUT/specula_bench.log" 2>&1
   note "specula bench llama3-8b: rc=$?"; cat "$OUT/specula_bench.log"
+fi
+
+if has ab; then
+  # Decode A/B in one run: the default build, then with AB_ENV set (e.g. SPECULA_NO_L2_PREFETCH=1),
+  # each twice in alternation so run-to-run spread shows next to the difference.
+  ab_env=${AB_ENV:-SPECULA_NO_L2_PREFETCH=1}
+  for round in 1 2; do
+    for variant in default "$ab_env"; do
+      log="$OUT/ab_${round}_$(echo "$variant" | tr -c 'A-Za-z0-9_\n' '_').log"
+      if [ "$variant" = default ]; then
+        ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 0 --decode-steps 64 \
+          --commit "$commit" >"$log" 2>&1
+      else
+        env "$variant" ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 0 \
+          --decode-steps 64 --commit "$commit" >"$log" 2>&1
+      fi
+      note "ab round $round [$variant]: rc=$? $(grep -E 'decode_vs_bandwidth|copy_bandwidth' "$log" | tr -s ' ' | tr '\n' ' ')"
+    done
+  done
+fi
+
+if has lab; then
+  # bench/gemv_lab.cu: decode GEMV variants against the copy and read ceilings (standalone nvcc build).
+  nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a bench/gemv_lab.cu -o "$OUT/gemv_lab" >"$OUT/gemv_lab_build.log" 2>&1 \
+    && "$OUT/gemv_lab" >"$OUT/gemv_lab.log" 2>&1
+  note "gemv lab: rc=$?"; cat "$OUT/gemv_lab.log"; rm -f "$OUT/gemv_lab"
 fi
 
 if has load; then
