@@ -83,21 +83,15 @@ if has quickbench; then
 fi
 
 if has ab; then
-  # Decode A/B in one run: the default build, then with AB_ENV set (e.g. SPECULA_NO_L2_PREFETCH=1),
-  # each twice in alternation so run-to-run spread shows next to the difference.
-  ab_env=${AB_ENV:-SPECULA_NO_L2_PREFETCH=1}
-  for round in 1 2; do
-    for variant in default "$ab_env"; do
-      log="$OUT/ab_${round}_$(echo "$variant" | tr -c 'A-Za-z0-9_\n' '_').log"
-      if [ "$variant" = default ]; then
-        ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 0 --decode-steps 64 \
-          --commit "$commit" >"$log" 2>&1
-      else
-        env "$variant" ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 0 \
-          --decode-steps 64 --commit "$commit" >"$log" 2>&1
-      fi
-      note "ab round $round [$variant]: rc=$? $(grep -E 'decode_vs_bandwidth|copy_bandwidth' "$log" | tr -s ' ' | tr '\n' ' ')"
-    done
+  # Decode A/B in one run: the default, then each setting in AB_ENV (space-separated VAR=value,
+  # default SPECULA_NO_L2_PREFETCH=1), then the default again, so run-to-run spread shows beside
+  # the difference.
+  for variant in default ${AB_ENV:-SPECULA_NO_L2_PREFETCH=1} default; do
+    log="$OUT/ab_$(echo "$variant" | tr -c 'A-Za-z0-9_\n' '_')_$SECONDS.log"
+    if [ "$variant" = default ]; then set --; else set -- "$variant"; fi
+    env "$@" ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 0 --decode-steps 64 \
+      --commit "$commit" >"$log" 2>&1
+    note "ab [$variant]: rc=$? $(grep -E 'decode_vs_bandwidth|copy_bandwidth' "$log" | awk -F'|' '{printf "%s %s; ", $2, $3}')"
   done
 fi
 

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 #include "specula/ops/cuda/cuda_check.cuh"
 #include "specula/ops/cuda/cuda_ops.h"
@@ -28,31 +29,40 @@ namespace specula::ops::cuda_impl {
 
 namespace {
 
-constexpr int kThreads = 128;
-constexpr uint64_t kChunkBytes = 64 * 1024;  // one bulk prefetch; a 32 MB matrix is 512 of them
+constexpr int kThreads = 256;
 constexpr uint64_t kLineBytes = 128;
-constexpr uint64_t kBulkAlign = 16;  // cp.async.bulk address and size granularity
+constexpr uint64_t kBulkChunkBytes = 16 * 1024;
+constexpr uint64_t kBulkAlign = 16;
 
 __device__ __forceinline__ void prefetch_line(const char* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
-__device__ __forceinline__ void prefetch_range(const char* p, uint64_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(static_cast<uint32_t>(bytes)) : "memory");
-#else
-  for (uint64_t off = 0; off < bytes; off += kLineBytes) prefetch_line(p + off);
-#endif
+// Line mode: thread i prefetches lines i, i + threads, ... of the tensor (the first line's
+// address clamped to the tensor's start).
+__global__ void __launch_bounds__(kThreads) prefetch_lines_kernel(const char* data, uint64_t bytes) {
+  pdl_launch_dependents();
+  pdl_wait();
+  const uint64_t head = reinterpret_cast<uintptr_t>(data) % kLineBytes;
+  const uint64_t lines = (head + bytes + kLineBytes - 1) / kLineBytes;
+  const uint64_t threads = static_cast<uint64_t>(gridDim.x) * kThreads;
+  for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * kThreads + threadIdx.x; i < lines; i += threads)
+    prefetch_line(data + (i == 0 ? 0 : i * kLineBytes - head));
 }
 
-// begin/end: the 16-byte-aligned interior [begin, end) of the tensor [data, data + bytes).
-__global__ void __launch_bounds__(kThreads) prefetch_l2_kernel(const char* data, uint64_t bytes, uint64_t begin,
-                                                               uint64_t end) {
+// Bulk mode (sm_90): one cp.async.bulk.prefetch.L2 per 16 KB chunk of the aligned interior.
+__global__ void __launch_bounds__(kThreads) prefetch_bulk_kernel(const char* data, uint64_t bytes, uint64_t begin,
+                                                                 uint64_t end) {
   pdl_launch_dependents();
   pdl_wait();
   const uint64_t thread = static_cast<uint64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const uint64_t threads = static_cast<uint64_t>(gridDim.x) * kThreads;
-  for (uint64_t off = begin + thread * kChunkBytes; off < end; off += threads * kChunkBytes)
-    prefetch_range(data + off, end - off < kChunkBytes ? end - off : kChunkBytes);
-  if (thread == 0) {  // the ragged ends outside the aligned interior
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  for (uint64_t off = begin + thread * kBulkChunkBytes; off < end; off += threads * kBulkChunkBytes) {
+    const uint64_t n = end - off < kBulkChunkBytes ? end - off : kBulkChunkBytes;
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(data + off), "r"(static_cast<uint32_t>(n))
+                 : "memory");
+  }
+#endif
+  if (thread == 0) {
     if (begin > 0) prefetch_line(data);
     if (end < bytes) prefetch_line(data + bytes - 1);
   }
@@ -63,14 +73,18 @@ __global__ void __launch_bounds__(kThreads) prefetch_l2_kernel(const char* data,
 void prefetch_to_l2(CudaContext& ctx, const Tensor& t) {
   const uint64_t bytes = t.nbytes();
   if (bytes == 0 || !ctx.l2_prefetch()) return;
-  const auto address = reinterpret_cast<uintptr_t>(t.data);
-  const uint64_t begin = std::min<uint64_t>(bytes, (kBulkAlign - address % kBulkAlign) % kBulkAlign);
-  const uint64_t end = std::max<uint64_t>(begin, begin + (bytes - begin) / kBulkAlign * kBulkAlign);
-  const uint64_t chunks = (end - begin + kChunkBytes - 1) / kChunkBytes;
-  const auto blocks = static_cast<unsigned>(std::clamp<uint64_t>((chunks + kThreads - 1) / kThreads, 1,
-                                                                 static_cast<uint64_t>(ctx.info().multiprocessors)));
-  launch_kernel(ctx, "prefetch_to_l2", prefetch_l2_kernel, dim3(blocks), dim3(kThreads), 0,
-                static_cast<const char*>(t.data), bytes, begin, end);
+  const auto blocks = static_cast<unsigned>(ctx.info().multiprocessors);
+  static const bool bulk = std::getenv("SPECULA_L2_PREFETCH_BULK") != nullptr;  // EXPERIMENT
+  if (bulk && ctx.info().sm_major >= 9) {
+    const auto address = reinterpret_cast<uintptr_t>(t.data);
+    const uint64_t begin = std::min<uint64_t>(bytes, (kBulkAlign - address % kBulkAlign) % kBulkAlign);
+    const uint64_t end = std::max<uint64_t>(begin, begin + (bytes - begin) / kBulkAlign * kBulkAlign);
+    launch_kernel(ctx, "prefetch_to_l2", prefetch_bulk_kernel, dim3(blocks), dim3(kThreads), 0,
+                  static_cast<const char*>(t.data), bytes, begin, end);
+    return;
+  }
+  launch_kernel(ctx, "prefetch_to_l2", prefetch_lines_kernel, dim3(blocks), dim3(kThreads), 0,
+                static_cast<const char*>(t.data), bytes);
 }
 
 }  // namespace specula::ops::cuda_impl
