@@ -84,9 +84,9 @@ fi
 
 if has ab; then
   # Decode A/B in one run: the default, then each setting in AB_ENV (space-separated VAR=value,
-  # default SPECULA_NO_L2_PREFETCH=1), then the default again, so run-to-run spread shows beside
+  # default SPECULA_NO_BULK_GEMV=1), then the default again, so run-to-run spread shows beside
   # the difference.
-  for variant in default ${AB_ENV:-SPECULA_NO_L2_PREFETCH=1} default; do
+  for variant in default ${AB_ENV:-SPECULA_NO_BULK_GEMV=1} default; do
     log="$OUT/ab_$(echo "$variant" | tr -c 'A-Za-z0-9_\n' '_')_$SECONDS.log"
     if [ "$variant" = default ]; then set --; else set -- "$variant"; fi
     env "$@" ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 0 --decode-steps 64 \

@@ -70,11 +70,4 @@ TEST_F(CpuOps, RmsNormLinearNamesMismatchedShapes) {
   }
 }
 
-TEST_F(CpuOps, PrefetchToL2IsANoOpOnTheCpu) {
-  std::vector<float> w = random_values(37, 12);
-  const std::vector<float> before = w;
-  ops::prefetch_to_l2(ctx, view(w, {37}));
-  EXPECT_EQ(w, before);
-}
-
 }  // namespace

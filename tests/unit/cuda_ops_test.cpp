@@ -44,7 +44,6 @@ using CudaConvert = CudaOpsTest;
 using CudaGraph = CudaOpsTest;
 using CudaLinearSwiglu = CudaOpsTest;
 using CudaPdl = CudaOpsTest;
-using CudaPrefetch = CudaOpsTest;
 
 // ---------------------------------------------------------------------------------------------
 // embedding
@@ -697,53 +696,6 @@ TEST_F(CudaConvert, EveryDtypePairIsExact) {
           gpu_.sync();
           expect_close(label, download_f32(d_dst), round_to(dst, values), kExact);
         }
-}
-
-// ---------------------------------------------------------------------------------------------
-// prefetch_to_l2: a hint, so what can be checked is that it accepts any tensor (sizes that are
-// not whole 16-byte vectors or chunks, starts off a 16-byte boundary, sizes beyond one block's
-// share of chunks), changes nothing it was given, leaves the stream usable, and captures into a
-// graph; compute-sanitizer (device-check.sh) checks that it touches nothing outside the tensor.
-
-TEST_F(CudaPrefetch, LeavesTensorsUnchangedAtAnySizeAndAlignment) {
-  const int64_t sizes[] = {1, 7, 4096, 100003, 9 * 1000 * 1000 + 5};  // the last: > 128 chunks of 64 KB
-  for (int64_t n : sizes)
-    for (size_t offset : {size_t{0}, size_t{2}, size_t{6}}) {
-      SCOPED_TRACE("n=" + std::to_string(n) + " offset=" + std::to_string(offset));
-      const std::vector<float> values = round_to(DType::BF16, random_floats(static_cast<size_t>(n), seed()));
-      DeviceTensor t = upload_tensor(values, DType::BF16, {n}, offset);
-      ops::prefetch_to_l2(gpu_.ops, t.tensor);
-      gpu_.sync();
-      expect_close("after prefetch", download_f32(t), values, kExact);
-    }
-  expect_no_device_errors();
-}
-
-TEST_F(CudaPrefetch, CapturesIntoAGraphAndOrdersWithNeighbours) {
-  // convert -> prefetch -> convert in one captured graph: the second convert must see the first's
-  // output (the prefetch kernel keeps the PDL chain transitive) and the replay must match.
-  const int64_t n = 70001;
-  const std::vector<float> values = random_floats(static_cast<size_t>(n), seed());
-  DeviceTensor src = upload_tensor(values, DType::F32, {n});
-  DeviceTensor mid = device_tensor(DType::BF16, {n});
-  DeviceTensor dst = device_tensor(DType::F32, {n});
-  poison(mid);
-  poison(dst);
-  const auto stream = static_cast<cudaStream_t>(gpu_.cuda->stream());
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  SPECULA_TEST_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  ops::convert(gpu_.ops, src.tensor, mid.tensor);
-  ops::prefetch_to_l2(gpu_.ops, mid.tensor);
-  ops::convert(gpu_.ops, mid.tensor, dst.tensor);
-  SPECULA_TEST_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  SPECULA_TEST_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  SPECULA_TEST_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-  gpu_.sync();
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  expect_close("graph replay", download_f32(dst), round_to(DType::BF16, values), kExact);
-  expect_no_device_errors();
 }
 
 // ---------------------------------------------------------------------------------------------

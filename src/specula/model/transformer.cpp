@@ -19,13 +19,6 @@
 
 namespace specula::model {
 
-namespace {
-// Up to this many tokens per forward (decode, draft-tree verification) the step streams every
-// weight once and the attention stretch leaves DRAM idle, so the output projection's weights are
-// prefetched into L2 during it; prefill products are compute-bound and skip the hint.
-constexpr int64_t kL2PrefetchMaxTokens = 64;
-}  // namespace
-
 ActivationDTypes ActivationDTypes::for_device(Device device, DType weight_dtype, bool full_precision) {
   if (device == Device::CPU || full_precision) return {};
   const DType half = weight_dtype == DType::F16 ? DType::F16 : DType::BF16;
@@ -112,9 +105,6 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
     Tensor& k_cache = k_cache_[static_cast<size_t>(l)];
     Tensor& v_cache = v_cache_[static_cast<size_t>(l)];
     ops::rms_norm_linear(ctx, x, w.input_norm, eps, w.qkv, w.qkv_bias, h, qkv);
-    // RoPE/cache store and attention read little at decode sizes and leave DRAM mostly idle; the
-    // output projection's weights stream into L2 meanwhile (ops::prefetch_to_l2).
-    if (tokens <= kL2PrefetchMaxTokens) ops::prefetch_to_l2(ctx, w.o_proj);
     ops::qkv_rope_store(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, q, k_cache, v_cache);
     ops::attention(ctx, q, k_cache, v_cache, slots, attn_scale, a);
     ops::linear(ctx, a, w.o_proj, Tensor(), x, residual_scale, ops::OutputMode::Accumulate);

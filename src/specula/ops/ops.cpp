@@ -277,10 +277,4 @@ void fill_random(OpContext& ctx, Tensor& t, uint64_t seed, float scale) {
            SPECULA_ON_CUDA(fill_random(c, t, seed, scale)));
 }
 
-void prefetch_to_l2(OpContext& ctx, const Tensor& t) {
-  constexpr std::string_view op = "prefetch_to_l2";
-  const Device device = common_device(op, {&t});
-  dispatch(op, ctx, device, [](ThreadPool&) {}, SPECULA_ON_CUDA(prefetch_to_l2(c, t)));
-}
-
 }  // namespace specula::ops

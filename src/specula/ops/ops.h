@@ -124,11 +124,5 @@ void convert(OpContext& ctx, const Tensor& src, Tensor& dst);
 // models for benchmarks and tests without a checkpoint.
 void fill_random(OpContext& ctx, Tensor& t, uint64_t seed, float scale);
 
-// A hint that `t` (read-only during the step, e.g. a weight matrix) is read soon: on CUDA, once
-// the previous op has finished, its bytes are fetched into L2 asynchronously, so a latency-bound
-// stretch of kernels that follows overlaps with streaming it. No effect on any result; nothing on
-// the CPU.
-void prefetch_to_l2(OpContext& ctx, const Tensor& t);
-
 }  // namespace ops
 }  // namespace specula

@@ -57,11 +57,6 @@ class CudaContext {
     programmatic_launch_ = enable && programmatic_launch_supported_;
     return programmatic_launch_;
   }
-  // True when ops::prefetch_to_l2 issues its prefetches (the default); false makes it a no-op, for
-  // A/B benchmarks (SPECULA_NO_L2_PREFETCH=1 or set_l2_prefetch(false)). Like PDL, only between
-  // steps: a captured graph keeps what it was captured with.
-  bool l2_prefetch() const { return l2_prefetch_; }
-  void set_l2_prefetch(bool enable) { l2_prefetch_ = enable; }
   // Slot for the cuBLASLt plan cache of ops/cuda/gemm_cublaslt.cu (per-shape descriptors and
   // heuristic results), type-erased so this header stays free of CUDA types. Created by the
   // linear op on first use; owned here so it lives exactly as long as the context.
@@ -83,7 +78,6 @@ class CudaContext {
   DeviceInfo info_;
   bool programmatic_launch_supported_ = false;
   bool programmatic_launch_ = false;
-  bool l2_prefetch_ = true;
   std::shared_ptr<void> gemm_plan_cache_;
 };
 

@@ -29,6 +29,5 @@ void silu_mul(CudaContext& ctx, const Tensor& gate_up, Tensor& out);
 void argmax(CudaContext& ctx, const Tensor& logits, Tensor& out);
 void convert(CudaContext& ctx, const Tensor& src, Tensor& dst);
 void fill_random(CudaContext& ctx, Tensor& t, uint64_t seed, float scale);
-void prefetch_to_l2(CudaContext& ctx, const Tensor& t);
 
 }  // namespace specula::ops::cuda_impl
