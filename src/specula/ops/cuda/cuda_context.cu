@@ -33,8 +33,10 @@ bool pdl_supported(const cudaDeviceProp& prop) {
   return attributes.ptxVersion >= kPdlMinPtxVersion && attributes.binaryVersion >= kPdlMinPtxVersion;
 }
 
-bool pdl_disabled_by_environment() {
-  const char* value = std::getenv("SPECULA_NO_PDL");
+// True when the environment variable `name` is set to anything but "" or "0" (the A/B switches
+// SPECULA_NO_PDL and SPECULA_NO_BULK_GEMV).
+bool disabled_by_environment(const char* name) {
+  const char* value = std::getenv(name);
   return value != nullptr && value[0] != '\0' && std::strcmp(value, "0") != 0;
 }
 
@@ -61,7 +63,8 @@ std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_b
   SPECULA_CHECK(prop.major >= 8, "CUDA device ", prop.name, " has compute capability ", prop.major, ".", prop.minor,
                 "; specula needs 8.0 (Ampere) or newer");
   ctx->programmatic_launch_supported_ = pdl_supported(prop);
-  ctx->programmatic_launch_ = ctx->programmatic_launch_supported_ && !pdl_disabled_by_environment();
+  ctx->programmatic_launch_ = ctx->programmatic_launch_supported_ && !disabled_by_environment("SPECULA_NO_PDL");
+  ctx->bulk_gemv_ = !disabled_by_environment("SPECULA_NO_BULK_GEMV");
 
   cudaStream_t stream = nullptr;
   SPECULA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));

@@ -57,6 +57,12 @@ class CudaContext {
     programmatic_launch_ = enable && programmatic_launch_supported_;
     return programmatic_launch_;
   }
+  // True when one-token products may use the bulk-copy GEMV (ops/cuda/gemv_bulk.cu, sm_90 only;
+  // the default); false keeps them on the register-streaming GEMV, for A/B benchmarks and tests
+  // (SPECULA_NO_BULK_GEMV=1 or set_bulk_gemv(false)). Only between steps: a captured graph keeps
+  // the kernels it was captured with.
+  bool bulk_gemv() const { return bulk_gemv_; }
+  void set_bulk_gemv(bool enable) { bulk_gemv_ = enable; }
   // Slot for the cuBLASLt plan cache of ops/cuda/gemm_cublaslt.cu (per-shape descriptors and
   // heuristic results), type-erased so this header stays free of CUDA types. Created by the
   // linear op on first use; owned here so it lives exactly as long as the context.
@@ -78,6 +84,7 @@ class CudaContext {
   DeviceInfo info_;
   bool programmatic_launch_supported_ = false;
   bool programmatic_launch_ = false;
+  bool bulk_gemv_ = true;
   std::shared_ptr<void> gemm_plan_cache_;
 };
 

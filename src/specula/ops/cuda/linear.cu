@@ -2,6 +2,9 @@
 // (the norm feeding a projection) and ops::linear_swiglu (out = (silu(gate) * up) W^T, the MLP
 // down projection over the fused gate/up output).
 //
+// One token on sm_90 (batch-1 decode) goes to the bulk-copy GEMV (gemv_bulk.cu) where its shape
+// allows, for linear and rms_norm_linear alike; the paths below are the rest.
+//
 // rms_norm_linear: one token (decode) runs the GEMV that normalises x in every block (gemv.cu);
 // more tokens run rms_norm into `normed` and then linear, where the norm is a small share of the
 // work.
@@ -76,11 +79,13 @@ void linear(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tenso
   if (x.rows() > kGemvMaxTokens && x.dtype == weight.dtype &&
       try_gemm_cublaslt(ctx, x, weight, bias, out, alpha, mode))
     return;
+  if (try_gemv_bulk(ctx, x, nullptr, 0.0f, weight, bias, out, alpha, mode)) return;
   launch_gemv(ctx, x, weight, bias, out, alpha, mode);
 }
 
 void rms_norm_linear(CudaContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weight,
                      const Tensor& bias, Tensor& normed, Tensor& out) {
+  if (try_gemv_bulk(ctx, x, &norm_weight, eps, weight, bias, out, 1.0f, OutputMode::Overwrite)) return;
   if (try_gemv_rms_norm(ctx, x, norm_weight, eps, weight, bias, out)) return;
   rms_norm(ctx, x, norm_weight, eps, normed);
   linear(ctx, normed, weight, bias, out, 1.0f, OutputMode::Overwrite);

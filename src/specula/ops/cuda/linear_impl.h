@@ -39,6 +39,15 @@ void launch_gemv_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& w
 bool try_gemv_rms_norm(CudaContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weight,
                        const Tensor& bias, Tensor& out);
 
+// One token on sm_90: out = alpha * x W^T + bias (Accumulate: out += ...), with x replaced by
+// rms_norm(x, *norm_weight, norm_eps) when norm_weight is given, through the bulk-copy GEMV
+// (gemv_bulk.cu). Returns false, having launched nothing, when the context has it off, the device
+// is older, there is more than one token, the weights are not 16-bit with rows of at most 32 KB
+// and K a multiple of 8, a norm weight's dtype differs from the weights', or a pointer is not
+// aligned for 16-byte access.
+bool try_gemv_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, float norm_eps, const Tensor& weight,
+                   const Tensor& bias, Tensor& out, float alpha, OutputMode mode);
+
 // Runs the same through cuBLASLt (tensor cores for bf16/f16 weights, fp32 accumulation). An x
 // whose dtype differs from the weights' is converted into the context's workspace first, in
 // token chunks. Returns false, having launched nothing, when the combination is not one
