@@ -90,7 +90,7 @@ if has ab; then
     log="$OUT/ab_$(echo "$variant" | tr -c 'A-Za-z0-9_\n' '_')_$SECONDS.log"
     if [ "$variant" = default ]; then set --; else set -- "$variant"; fi
     env "$@" ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 0 --decode-steps 64 \
-      --commit "$commit" >"$log" 2>&1
+      ${AB_PROFILE:+--profile} --commit "$commit" >"$log" 2>&1
     note "ab [$variant]: rc=$? $(grep -E 'decode_vs_bandwidth|copy_bandwidth' "$log" | awk -F'|' '{printf "%s %s; ", $2, $3}')"
   done
 fi

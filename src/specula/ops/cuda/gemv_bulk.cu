@@ -25,6 +25,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <mutex>
 
 #include "specula/ops/cuda/cuda_check.cuh"
@@ -257,6 +258,8 @@ void launch_bulk(CudaContext& ctx, const BulkArgs& args, size_t smem) {
 bool try_gemv_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, float norm_eps, const Tensor& weight,
                    const Tensor& bias, Tensor& out, float alpha, OutputMode mode) {
   if (!ctx.bulk_gemv() || ctx.info().sm_major < kMinComputeMajor || x.rows() != 1) return false;
+  static const bool norm_only = std::getenv("SPECULA_BULK_GEMV_NORM_ONLY") != nullptr;  // EXPERIMENT
+  if (norm_only && !norm_weight) return false;
   if (weight.dtype != DType::BF16 && weight.dtype != DType::F16) return false;
   const int64_t n = weight.dim(0), k = weight.dim(1);
   if (n == 0 || k == 0 || k % kVec != 0 || !is_aligned(weight.data, kVectorBytes)) return false;
