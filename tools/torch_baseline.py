@@ -51,6 +51,13 @@ def main():
     ap.add_argument("--json", type=str, required=True)
     a = ap.parse_args()
     results = []
+
+    # Written after every measurement, so a run cut short (torch.compile can take minutes) keeps
+    # what it measured.
+    def save(rows):
+        tagged = [dict(r, device=dev, torch=torch.__version__, transformers=transformers.__version__) for r in rows]
+        with open(a.json, "w") as f:
+            json.dump(tagged, f, indent=1)
     torch.manual_seed(0)
     cfg = config_8b()
     with torch.device("cuda"):
@@ -66,6 +73,7 @@ def main():
     times = [sync_time(lambda: model(input_ids=ids, logits_to_keep=1))[0] for _ in range(a.repeats)]
     results.append({"metric": f"torch_prefill_tokens_per_s_{a.prefill}", "value": a.prefill / median(times),
                     "unit": "tok/s"})
+    save(results)
 
     # Decode: eager loop over the DynamicCache.
     for ctx in [int(c) for c in a.contexts.split(",")]:
@@ -86,6 +94,7 @@ def main():
         t = median([run() for _ in range(a.repeats)])
         results.append({"metric": f"torch_decode_tokens_per_s_ctx{ctx}", "value": a.decode_steps / t, "unit": "tok/s"})
         print(results[-1], flush=True)
+        save(results)
     if a.compile:
         try:  # prefill: default mode, one static prompt shape
             compiled_prefill = torch.compile(model, dynamic=False)
@@ -98,6 +107,7 @@ def main():
             results.append({"metric": f"torch_compile_prefill_tokens_per_s_{a.prefill}",
                             "value": a.prefill / median(times), "unit": "tok/s"})
             print(results[-1], flush=True)
+            save(results)
         except Exception as e:
             print(f"torch.compile prefill failed: {type(e).__name__}: {e}", flush=True)
             results.append({"metric": "torch_compile_prefill_failed", "value": 1, "unit": str(type(e).__name__)})
@@ -127,13 +137,11 @@ def main():
                 results.append({"metric": f"torch_compile_decode_tokens_per_s_ctx{ctx}", "value": steps / t,
                                 "unit": "tok/s"})
                 print(results[-1], flush=True)
+                save(results)
         except Exception as e:  # report, do not hide: the table says compile failed
             print(f"torch.compile failed: {type(e).__name__}: {e}", flush=True)
             results.append({"metric": "torch_compile_failed", "value": 1, "unit": str(type(e).__name__)})
-    for r in results:
-        r.update({"device": dev, "torch": torch.__version__, "transformers": transformers.__version__})
-    with open(a.json, "w") as f:
-        json.dump(results, f, indent=1)
+    save(results)
 
 
 if __name__ == "__main__":

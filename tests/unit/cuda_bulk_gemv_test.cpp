@@ -139,8 +139,9 @@ TEST_F(CudaBulkGemv, DeclinesWhatItCannotTake) {
 }
 
 TEST_F(CudaBulkGemv, PublicOpsAgreeWithItOnAndOff) {
-  // ops::linear and ops::rms_norm_linear at one token take the bulk GEMV by default and gemv.cu
-  // with it off; both must match (within fp32 summation-order differences).
+  // ops::rms_norm_linear at one token takes the bulk GEMV by default and gemv.cu with it off;
+  // both must match (within fp32 summation-order differences), and ops::linear (gemv.cu either
+  // way) must not depend on the switch.
   const int64_t n = 1027, k = 4096;
   std::vector<float> w = round_to(DType::BF16, random_floats(static_cast<size_t>(n * k), seed()));
   std::vector<float> x = random_floats(static_cast<size_t>(k), seed(), -30.0f, 30.0f);

@@ -57,8 +57,8 @@ class CudaContext {
     programmatic_launch_ = enable && programmatic_launch_supported_;
     return programmatic_launch_;
   }
-  // True when one-token products may use the bulk-copy GEMV (ops/cuda/gemv_bulk.cu, sm_90 only;
-  // the default); false keeps them on the register-streaming GEMV, for A/B benchmarks and tests
+  // True when one-token fused-norm products may use the bulk-copy GEMV (ops/cuda/gemv_bulk.cu,
+  // sm_90 only; the default); false keeps them on the register-streaming GEMV, for A/B benchmarks and tests
   // (SPECULA_NO_BULK_GEMV=1 or set_bulk_gemv(false)). Only between steps: a captured graph keeps
   // the kernels it was captured with.
   bool bulk_gemv() const { return bulk_gemv_; }

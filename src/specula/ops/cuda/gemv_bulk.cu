@@ -22,10 +22,16 @@
 //   the finished dot products, as in gemv.cu), split in two arrays of float4 (elements 0-3 and 4-7
 //   of each 8-element group) so a warp's reads are conflict-free 16-byte accesses.
 // sm_90 only (the host checks the device); other devices and shapes use gemv.cu.
+//
+// Where it is used (ops/cuda/linear.cu): the fused-norm projections of decode (QKV, gate/up), where
+// normalising once per SM instead of once per block pays. The plain one-token products (the
+// output projection, the LM head) measured faster on gemv.cu in the decode step (H100, commit
+// ec94da1: eager step time of ops::linear 1040 us with this kernel, 873 us without; the graph-
+// replayed step about 1 point of the bandwidth limit slower): a 32 MB matrix is too short for a
+// 128 KB-per-SM ring to fill and drain without a visible edge.
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <mutex>
 
 #include "specula/ops/cuda/cuda_check.cuh"
@@ -258,8 +264,6 @@ void launch_bulk(CudaContext& ctx, const BulkArgs& args, size_t smem) {
 bool try_gemv_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, float norm_eps, const Tensor& weight,
                    const Tensor& bias, Tensor& out, float alpha, OutputMode mode) {
   if (!ctx.bulk_gemv() || ctx.info().sm_major < kMinComputeMajor || x.rows() != 1) return false;
-  static const bool norm_only = std::getenv("SPECULA_BULK_GEMV_NORM_ONLY") != nullptr;  // EXPERIMENT
-  if (norm_only && !norm_weight) return false;
   if (weight.dtype != DType::BF16 && weight.dtype != DType::F16) return false;
   const int64_t n = weight.dim(0), k = weight.dim(1);
   if (n == 0 || k == 0 || k % kVec != 0 || !is_aligned(weight.data, kVectorBytes)) return false;
