@@ -70,31 +70,4 @@ TEST_F(CpuOps, RmsNormLinearNamesMismatchedShapes) {
   }
 }
 
-TEST_F(CpuOps, RmsNormLinearSwigluIsNormLinearThenSiluMul) {
-  const int64_t tokens = 3, inter = 11, k = 19;
-  std::vector<float> x = random_values(tokens * k, 13), gamma = random_values(k, 14), w = random_values(2 * inter * k, 15);
-  std::vector<float> normed(tokens * k), gu(tokens * 2 * inter), fused(tokens * inter);
-  Tensor normed_t = view(normed, {tokens, k}), gu_t = view(gu, {tokens, 2 * inter}), fused_t = view(fused, {tokens, inter});
-  ops::rms_norm_linear_swiglu(ctx, view(x, {tokens, k}), view(gamma, {k}), 1e-6f, view(w, {2 * inter, k}), normed_t,
-                              gu_t, fused_t);
-  std::vector<float> normed2(tokens * k), gu2(tokens * 2 * inter), unfused(tokens * inter);
-  Tensor gu2_t = view(gu2, {tokens, 2 * inter}), unfused_t = view(unfused, {tokens, inter});
-  Tensor normed2_t = view(normed2, {tokens, k});
-  ops::rms_norm_linear(ctx, view(x, {tokens, k}), view(gamma, {k}), 1e-6f, view(w, {2 * inter, k}), Tensor(), normed2_t,
-                       gu2_t);
-  ops::silu_mul(ctx, gu2_t, unfused_t);
-  EXPECT_EQ(fused, unfused);
-}
-
-TEST_F(CpuOps, RmsNormLinearSwigluNamesAMisshapedOutput) {
-  std::vector<float> x(8), gamma(8), w(2 * 5 * 8), normed(8), gu(10), out(4);
-  Tensor normed_t = view(normed, {1, 8}), gu_t = view(gu, {1, 10}), out_t = view(out, {1, 4});
-  try {
-    ops::rms_norm_linear_swiglu(ctx, view(x, {1, 8}), view(gamma, {8}), 1e-6f, view(w, {10, 8}), normed_t, gu_t, out_t);
-    FAIL() << "an output of 4 columns for 5 gate/up pairs was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("out"), std::string::npos) << e.what();
-  }
-}
-
 }  // namespace

@@ -1,7 +1,6 @@
 // The Hopper bulk-copy GEMV (ops/cuda/gemv_bulk.cu), called directly so each case is known to run
 // on it, against the CPU reference on fresh random inputs: linear (Overwrite and Accumulate, with
-// and without bias), the fused RMSNorm form and the gate/up form with SwiGLU in the epilogue (and
-// ops::rms_norm_linear_swiglu on each of its paths), at shapes that reach each of its tile layouts:
+// and without bias) and the fused RMSNorm form, at shapes that reach each of its tile layouts:
 // several rows per tile with K split over warps (unevenly too), one row per warp, several rows per
 // warp, one 32 KB row per tile, and a last tile with fewer rows. Also the shapes it must decline
 // (leaving them to gemv.cu), and that the public ops agree with it switched off.
@@ -106,86 +105,6 @@ TEST_F(CudaBulkGemv, MatchesCpuAtEveryTileLayout) {
   }
 }
 
-// The gate/up product with the SwiGLU in its epilogue: a tile holds P gate rows and the matching
-// P up rows. Layouts: P = 2 with two warps per row (the Llama-3-8B shape), P = 4 with a warp per
-// row, P = 1 with four warps per row, P = 32 with several rows per warp and a short last tile.
-TEST_F(CudaBulkGemv, SwigluEpilogueMatchesCpu) {
-  struct SwigluCase {
-    int64_t inter, k;
-    DType weight, x, out;
-  };
-  const SwigluCase cases[] = {
-      {14336, 4096, DType::BF16, DType::F32, DType::BF16},
-      {1001, 1032, DType::BF16, DType::F32, DType::F32},
-      {37, 8192, DType::F16, DType::F16, DType::F32},
-      {515, 8, DType::BF16, DType::BF16, DType::F32},
-  };
-  const float eps = 1e-6f;
-  for (const SwigluCase& c : cases) {
-    const std::string label = "I=" + std::to_string(c.inter) + " K=" + std::to_string(c.k) + " W " +
-                              name_of(c.weight) + " x " + name_of(c.x) + " out " + name_of(c.out);
-    SCOPED_TRACE(label);
-    const int64_t n = 2 * c.inter;
-    std::vector<float> w = round_to(c.weight, random_floats(static_cast<size_t>(n * c.k), seed(), -0.1f, 0.1f));
-    std::vector<float> x = round_to(c.x, random_floats(static_cast<size_t>(c.k), seed(), -30.0f, 30.0f));
-    std::vector<float> gamma = round_to(c.weight, random_floats(static_cast<size_t>(c.k), seed(), 0.2f, 2.0f));
-
-    std::vector<float> normed(static_cast<size_t>(c.k)), gate_up(static_cast<size_t>(n)),
-        want(static_cast<size_t>(c.inter));
-    Tensor cpu_normed = cpu_tensor(normed, {1, c.k}), cpu_gu = cpu_tensor(gate_up, {1, n}),
-           cpu_out = cpu_tensor(want, {1, c.inter});
-    ops::rms_norm(cpu_.ops, cpu_tensor(x, {1, c.k}), cpu_tensor(gamma, {c.k}), eps, cpu_normed);
-    ops::linear(cpu_.ops, cpu_normed, cpu_tensor(w, {n, c.k}), Tensor{}, cpu_gu);
-    ops::silu_mul(cpu_.ops, cpu_gu, cpu_out);
-
-    DeviceTensor d_w = upload_tensor(w, c.weight, {n, c.k});
-    DeviceTensor d_x = upload_tensor(x, c.x, {1, c.k});
-    DeviceTensor d_gamma = upload_tensor(gamma, c.weight, {c.k});
-    DeviceTensor d_out = device_tensor(c.out, {1, c.inter});
-    poison(d_out);
-    ASSERT_TRUE(ops::cuda_impl::try_gemv_bulk_swiglu(*gpu_.cuda, d_x.tensor, d_gamma.tensor, eps, d_w.tensor,
-                                                     d_out.tensor))
-        << "the SwiGLU bulk GEMV declined a shape it is meant to take";
-    gpu_.sync();
-    expect_close(label, download_f32(d_out), round_to(c.out, want), c.out == DType::F32 ? kTolSwigluF32 : kTol16);
-    expect_no_device_errors();
-  }
-}
-
-TEST_F(CudaBulkGemv, RmsNormLinearSwigluOpMatchesCpuOnEveryPath) {
-  // One token with the bulk GEMV on (the epilogue form) and off (rms_norm_linear + silu_mul), and
-  // three tokens (the unfused path): the op against the CPU reference.
-  const int64_t inter = 300, k = 1024;
-  for (int64_t tokens : {int64_t{1}, int64_t{3}})
-    for (bool bulk : {true, false}) {
-      const std::string label = "T=" + std::to_string(tokens) + (bulk ? " bulk on" : " bulk off");
-      SCOPED_TRACE(label);
-      std::vector<float> w = round_to(DType::BF16, random_floats(static_cast<size_t>(2 * inter * k), seed(), -0.1f, 0.1f));
-      std::vector<float> x = random_floats(static_cast<size_t>(tokens * k), seed(), -30.0f, 30.0f);
-      std::vector<float> gamma = round_to(DType::BF16, random_floats(static_cast<size_t>(k), seed(), 0.2f, 2.0f));
-      std::vector<float> normed(static_cast<size_t>(tokens * k)), gate_up(static_cast<size_t>(tokens * 2 * inter)),
-          want(static_cast<size_t>(tokens * inter));
-      Tensor cpu_normed = cpu_tensor(normed, {tokens, k}), cpu_gu = cpu_tensor(gate_up, {tokens, 2 * inter}),
-             cpu_out = cpu_tensor(want, {tokens, inter});
-      ops::rms_norm_linear_swiglu(cpu_.ops, cpu_tensor(x, {tokens, k}), cpu_tensor(gamma, {k}), 1e-5f,
-                                  cpu_tensor(w, {2 * inter, k}), cpu_normed, cpu_gu, cpu_out);
-
-      gpu_.cuda->set_bulk_gemv(bulk);
-      DeviceTensor d_w = upload_tensor(w, DType::BF16, {2 * inter, k}), d_x = upload_tensor(x, DType::F32, {tokens, k});
-      DeviceTensor d_gamma = upload_tensor(gamma, DType::BF16, {k});
-      DeviceTensor d_normed = device_tensor(DType::BF16, {tokens, k}),
-                   d_gu = device_tensor(DType::BF16, {tokens, 2 * inter}),
-                   d_out = device_tensor(DType::BF16, {tokens, inter});
-      poison(d_out);
-      ops::rms_norm_linear_swiglu(gpu_.ops, d_x.tensor, d_gamma.tensor, 1e-5f, d_w.tensor, d_normed.tensor,
-                                  d_gu.tensor, d_out.tensor);
-      gpu_.sync();
-      gpu_.cuda->set_bulk_gemv(true);
-      expect_close(label, download_f32(d_out), round_to(DType::BF16, want), kTol16);
-      expect_no_device_errors();
-    }
-}
-
 TEST_F(CudaBulkGemv, DeclinesWhatItCannotTake) {
   DeviceTensor x1 = device_tensor(DType::BF16, {1, 4096}), x2 = device_tensor(DType::BF16, {2, 4096});
   DeviceTensor w = device_tensor(DType::BF16, {64, 4096}), out1 = device_tensor(DType::F32, {1, 64});
@@ -211,16 +130,6 @@ TEST_F(CudaBulkGemv, DeclinesWhatItCannotTake) {
       ops::cuda_impl::try_gemv_bulk(ctx, x1.tensor, &gamma_f32.tensor, 1e-5f, w.tensor, Tensor{}, out1.tensor, 1,
                                     overwrite))
       << "a norm weight in another dtype than the weights'";
-  DeviceTensor gu_long = device_tensor(DType::BF16, {64, 8200}), x_8200 = device_tensor(DType::F32, {1, 8200});
-  DeviceTensor gamma_8200 = device_tensor(DType::BF16, {8200}), act = device_tensor(DType::BF16, {1, 32});
-  DeviceTensor gamma = device_tensor(DType::BF16, {4096}), x1_f32 = device_tensor(DType::F32, {1, 4096});
-  DeviceTensor w_odd_rows = device_tensor(DType::BF16, {63, 4096});
-  EXPECT_FALSE(ops::cuda_impl::try_gemv_bulk_swiglu(ctx, x_8200.tensor, gamma_8200.tensor, 1e-5f, gu_long.tensor,
-                                                    act.tensor))
-      << "a gate row and an up row longer than a 32 KB tile together";
-  EXPECT_FALSE(ops::cuda_impl::try_gemv_bulk_swiglu(ctx, x1_f32.tensor, gamma.tensor, 1e-5f, w_odd_rows.tensor,
-                                                    act.tensor))
-      << "an odd number of gate/up rows";
   ctx.set_bulk_gemv(false);
   EXPECT_FALSE(ops::cuda_impl::try_gemv_bulk(ctx, x1.tensor, nullptr, 0, w.tensor, Tensor{}, out1.tensor, 1, overwrite))
       << "switched off in the context";

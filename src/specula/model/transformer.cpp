@@ -2,9 +2,8 @@
 //   qkv = norm_in(x) Wqkv^T + b          (norm fused into the projection: ops::rms_norm_linear)
 //   q/k norm, RoPE, K/V -> cache; a = attention(q, cache)
 //   x += s * (a Wo^T)                    (residual update fused into the product: Accumulate)
-//   a = silu(g) * u, [g, u] = norm_post(x) [Wg; Wu]^T   (ops::rms_norm_linear_swiglu: the SwiGLU
-//                                        in the gate/up product's epilogue where the backend can)
-//   x += s * (a Wd^T)                    (residual update fused into the product)
+//   gu = norm_post(x) [Wg; Wu]^T
+//   x += s * ((silu(g) * u) Wd^T)        (SwiGLU and the residual update fused into the product)
 // then final = norm_final(x) (kept: EAGLE drafts from it) and logits = alpha * final W_head^T,
 // where s and alpha are MiniCPM's muP scales (1 for the other families). The residual stream x
 // stays F32 on both backends; the fused forms never round a product to 16 bits before adding it.
@@ -50,7 +49,6 @@ void Transformer::visit_buffers(const ModelConfig& c, const ForwardShape& s, con
   visit(at(&Transformer::q_), d.activations, {T, c.num_heads, c.head_dim});
   visit(at(&Transformer::attn_out_), d.activations, {T, c.q_size()});
   visit(at(&Transformer::gate_up_), d.activations, {T, 2 * c.intermediate_size});
-  visit(at(&Transformer::mlp_act_), d.activations, {T, c.intermediate_size});
   visit(at(&Transformer::final_hidden_), d.activations, {T, c.hidden_size});
   visit(at(&Transformer::logits_), DType::F32, {s.max_logit_rows, c.vocab_size});
   visit(at(&Transformer::next_tokens_), DType::I32, {s.max_logit_rows});
@@ -99,8 +97,7 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
          slots = slots_.slice_outer(0, tokens);
   Tensor x = residual_.slice_outer(0, tokens), h = normed_.slice_outer(0, tokens), qkv = qkv_.slice_outer(0, tokens),
          q = q_.slice_outer(0, tokens), a = attn_out_.slice_outer(0, tokens),
-         gu = gate_up_.slice_outer(0, tokens), act = mlp_act_.slice_outer(0, tokens),
-         fin = final_hidden_.slice_outer(0, tokens);
+         gu = gate_up_.slice_outer(0, tokens), fin = final_hidden_.slice_outer(0, tokens);
 
   ops::embedding(ctx, weights_.embed, ids, static_cast<float>(c.scale_emb), x);
   for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -111,8 +108,8 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
     ops::qkv_rope_store(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, q, k_cache, v_cache);
     ops::attention(ctx, q, k_cache, v_cache, slots, attn_scale, a);
     ops::linear(ctx, a, w.o_proj, Tensor(), x, residual_scale, ops::OutputMode::Accumulate);
-    ops::rms_norm_linear_swiglu(ctx, x, w.post_attention_norm, eps, w.gate_up, h, gu, act);
-    ops::linear(ctx, act, w.down, Tensor(), x, residual_scale, ops::OutputMode::Accumulate);
+    ops::rms_norm_linear(ctx, x, w.post_attention_norm, eps, w.gate_up, Tensor(), h, gu);
+    ops::linear_swiglu(ctx, gu, w.down, x, residual_scale, ops::OutputMode::Accumulate);
   }
   ops::rms_norm(ctx, x, weights_.final_norm, eps, fin);
   if (logit_rows > 0) {

@@ -76,7 +76,7 @@ class Transformer {
   ops::RopeParams rope_;
   std::vector<Tensor> k_cache_, v_cache_;  // per layer [n_kv, capacity, hd]
   Tensor token_ids_, positions_, slots_;
-  Tensor residual_, normed_, qkv_, q_, attn_out_, gate_up_, mlp_act_, final_hidden_, logits_, next_tokens_;
+  Tensor residual_, normed_, qkv_, q_, attn_out_, gate_up_, final_hidden_, logits_, next_tokens_;
 };
 
 }  // namespace specula::model

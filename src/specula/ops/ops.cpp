@@ -151,30 +151,6 @@ void rms_norm_linear(OpContext& ctx, const Tensor& x, const Tensor& norm_weight,
            SPECULA_ON_CUDA(rms_norm_linear(c, x, norm_weight, eps, weight, bias, normed, out)));
 }
 
-void rms_norm_linear_swiglu(OpContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps,
-                            const Tensor& gate_up_weight, Tensor& normed, Tensor& gate_up, Tensor& out) {
-  constexpr std::string_view op = "rms_norm_linear_swiglu";
-  check_linear_operands(op, x, gate_up_weight, Tensor(), gate_up);
-  check_float(op, "norm_weight", norm_weight);
-  check_float(op, "normed", normed);
-  check_float(op, "out", out);
-  check_same_shape(op, "x", x, "normed", normed);
-  SPECULA_CHECK(norm_weight.numel() == x.row_size(), op, ": norm_weight ", norm_weight.shape_string(),
-                " does not match x ", x.shape_string());
-  SPECULA_CHECK(out.rows() == x.rows() && 2 * out.row_size() == gate_up_weight.dim(0), op, ": out ",
-                out.shape_string(), " must be [", x.rows(), ", ", gate_up_weight.dim(0) / 2,
-                "] (half the rows of gate_up_weight ", gate_up_weight.shape_string(), ")");
-  const Device device = common_device(op, {&x, &norm_weight, &gate_up_weight, &normed, &gate_up, &out});
-  check_cpu_f32(op, device, {&x, &normed, &gate_up, &out});
-  dispatch(op, ctx, device,
-           [&](ThreadPool& p) {
-             cpu::rms_norm(p, x, norm_weight, eps, normed);
-             cpu::linear(p, normed, gate_up_weight, Tensor(), gate_up, 1.0f, OutputMode::Overwrite);
-             cpu::silu_mul(p, gate_up, out);
-           },
-           SPECULA_ON_CUDA(rms_norm_linear_swiglu(c, x, norm_weight, eps, gate_up_weight, normed, gate_up, out)));
-}
-
 void qkv_rope_store(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                     const RopeParams& rope, const Tensor& positions, const Tensor& slots, Tensor& q_out,
                     Tensor& k_cache, Tensor& v_cache) {

@@ -76,16 +76,6 @@ void linear(OpContext& ctx, const Tensor& x, const Tensor& weight, const Tensor&
 void rms_norm_linear(OpContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weight,
                      const Tensor& bias, Tensor& normed, Tensor& out);
 
-// The MLP's first half: out = silu(g) * u where [g, u] = rms_norm(x) [Wg; Wu]^T, i.e.
-// silu_mul(rms_norm_linear(x, ...)), with the SwiGLU in the product's epilogue where the backend
-// can (on CUDA at one token on sm_90: each output's gate and up dot products meet in one block,
-// so the [T, 2I] product is never stored and the down projection is a plain product). `normed`
-// [T, K] and `gate_up` [T, 2I] are scratch in the activation dtype for the unfused path; whether
-// they are written is up to the backend. x [T, K]; norm_weight [K]; gate_up_weight [2I, K] (gate
-// rows, then up rows); out [T, I].
-void rms_norm_linear_swiglu(OpContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps,
-                            const Tensor& gate_up_weight, Tensor& normed, Tensor& gate_up, Tensor& out);
-
 // Rotary embedding parameters of one model (see model/rope.h for how they are derived).
 // inv_freq [head_dim / 2] F32 on the op's device; cos and sin are multiplied by attention_scaling.
 struct RopeParams {

@@ -18,8 +18,6 @@ void linear(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tenso
             OutputMode mode);
 void rms_norm_linear(CudaContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weight,
                      const Tensor& bias, Tensor& normed, Tensor& out);
-void rms_norm_linear_swiglu(CudaContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps,
-                            const Tensor& gate_up_weight, Tensor& normed, Tensor& gate_up, Tensor& out);
 void linear_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out, float alpha,
                    OutputMode mode);
 void qkv_rope_store(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,

@@ -104,28 +104,19 @@ __device__ __forceinline__ void write_bulk_output(const BulkArgs& a, int64_t row
 }
 #endif
 
-// kSwiglu (with kNorm): the weight is the fused [gate; up] matrix [2I, K] and the output is
-// silu(gate) * up [I]: a tile holds tile_rows / 2 gate rows and the matching up rows (two bulk
-// copies from the two halves of the matrix), so both dot products of an output meet in the
-// epilogue.
-template <typename TW, typename TX, bool kNorm, bool kSwiglu>
+template <typename TW, typename TX, bool kNorm>
 __global__ void __launch_bounds__(kBulkThreads, 1) gemv_bulk_kernel(BulkArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  static_assert(kNorm || !kSwiglu, "the SwiGLU epilogue exists for the fused-norm gate/up product only");
   extern __shared__ __align__(128) unsigned char bulk_shared[];
   __shared__ uint64_t tile_ready[kStages];
   __shared__ float partial[kStages][kBulkWarps];
-  __shared__ float row_value[kSwiglu ? kStages : 1][kSwiglu ? kMaxTileRows : 1];  // kSwiglu, one warp per row
   __shared__ float norm_warp_sums[kBulkWarps];
   pdl_launch_dependents();
 
   const int tid = static_cast<int>(threadIdx.x), warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int64_t vectors = a.k / kVec;
   const int tile_rows = a.tile_rows;
-  // Outputs per tile: its rows, or (SwiGLU) its gate/up row pairs.
-  const int tile_outputs = kSwiglu ? tile_rows / 2 : tile_rows;
-  const int64_t outputs = kSwiglu ? a.n / 2 : a.n;
-  const int64_t tiles = ceil_div<int64_t>(outputs, tile_outputs);
+  const int64_t tiles = ceil_div<int64_t>(a.n, tile_rows);
   const size_t tile_bytes = static_cast<size_t>(tile_rows) * static_cast<size_t>(a.k) * sizeof(TW);
   unsigned char* ring = bulk_shared;
   float4* x_lo = reinterpret_cast<float4*>(bulk_shared + kStages * tile_bytes);
@@ -141,18 +132,11 @@ __global__ void __launch_bounds__(kBulkThreads, 1) gemv_bulk_kernel(BulkArgs a) 
     const int64_t t = blockIdx.x + i * gridDim.x;
     if (t >= tiles) return;
     const int s = static_cast<int>(i % kStages);
-    const TW* weight = static_cast<const TW*>(a.weight);
-    const int64_t count = min(static_cast<int64_t>(tile_outputs), outputs - t * tile_outputs);
-    const auto bytes = static_cast<uint32_t>(count * a.k * static_cast<int64_t>(sizeof(TW)));
-    unsigned char* stage = ring + s * tile_bytes;
-    if constexpr (kSwiglu) {  // gate rows into the first half of the stage, up rows into the second
-      mbarrier_expect_bytes(&tile_ready[s], 2 * bytes);
-      bulk_copy_to_shared(stage, weight + t * tile_outputs * a.k, bytes, &tile_ready[s]);
-      bulk_copy_to_shared(stage + tile_bytes / 2, weight + (outputs + t * tile_outputs) * a.k, bytes, &tile_ready[s]);
-    } else {
-      mbarrier_expect_bytes(&tile_ready[s], bytes);
-      bulk_copy_to_shared(stage, weight + t * tile_rows * a.k, bytes, &tile_ready[s]);
-    }
+    const int64_t rows = min(static_cast<int64_t>(tile_rows), a.n - t * tile_rows);
+    const auto bytes = static_cast<uint32_t>(rows * a.k * static_cast<int64_t>(sizeof(TW)));
+    mbarrier_expect_bytes(&tile_ready[s], bytes);
+    bulk_copy_to_shared(ring + s * tile_bytes, static_cast<const TW*>(a.weight) + t * tile_rows * a.k, bytes,
+                        &tile_ready[s]);
   };
   if (tid == 0)
     for (int i = 0; i < kStages; ++i) request(i);
@@ -199,12 +183,10 @@ __global__ void __launch_bounds__(kBulkThreads, 1) gemv_bulk_kernel(BulkArgs a) 
     const int s = static_cast<int>(i % kStages);
     mbarrier_wait(&tile_ready[s], static_cast<uint32_t>((i / kStages) & 1));
     const uint4* tile = reinterpret_cast<const uint4*>(ring + s * tile_bytes);
-    const int count = static_cast<int>(min(static_cast<int64_t>(tile_outputs), outputs - t * tile_outputs));
+    const int rows = static_cast<int>(min(static_cast<int64_t>(tile_rows), a.n - t * tile_rows));
     for (int r = warp / warps_per_row; r < tile_rows; r += kBulkWarps / warps_per_row) {
       float acc = 0.0f;
-      // SwiGLU: row r < tile_outputs is gate row r, the rest are the up rows, in the same order.
-      const bool valid = kSwiglu ? (r < tile_outputs ? r : r - tile_outputs) < count : r < count;
-      if (valid) {
+      if (r < rows) {
         const uint4* wrow = tile + r * vectors;
 #pragma unroll 4
         for (int64_t v = v_begin + lane; v < v_end; v += kWarpSize) {
@@ -228,26 +210,13 @@ __global__ void __launch_bounds__(kBulkThreads, 1) gemv_bulk_kernel(BulkArgs a) 
       if (lane == 0) {
         if (warps_per_row > 1)
           partial[s][warp] = acc;
-        else if constexpr (kSwiglu)
-          row_value[s][r] = acc;
-        else if (valid)
+        else if (r < rows)
           write_bulk_output(a, t * tile_rows + r, acc * scale);
       }
     }
     // Every warp is done with stage s (and partial[s] is complete): the stage can be refilled.
     __syncthreads();
-    if constexpr (kSwiglu) {
-      if (tid < count) {
-        auto row_dot = [&](int r) {
-          if (warps_per_row == 1) return row_value[s][r];
-          float sum = 0.0f;
-          for (int j = 0; j < warps_per_row; ++j) sum += partial[s][r * warps_per_row + j];
-          return sum;
-        };
-        const float gate = row_dot(tid) * scale, up = row_dot(tile_outputs + tid) * scale;
-        store_f32_dyn(a.out, a.out_dtype, t * tile_outputs + tid, gate / (1.0f + expf(-gate)) * up);
-      }
-    } else if (warps_per_row > 1 && tid < count) {
+    if (warps_per_row > 1 && tid < rows) {
       float sum = 0.0f;
       for (int j = 0; j < warps_per_row; ++j) sum += partial[s][tid * warps_per_row + j];
       write_bulk_output(a, t * tile_rows + tid, sum * scale);
@@ -272,9 +241,9 @@ int bulk_tile_rows(int64_t k, size_t weight_size) {
   return rows;
 }
 
-template <typename TW, typename TX, bool kNorm, bool kSwiglu>
+template <typename TW, typename TX, bool kNorm>
 void launch_bulk(CudaContext& ctx, const BulkArgs& args, size_t smem) {
-  auto kernel = gemv_bulk_kernel<TW, TX, kNorm, kSwiglu>;
+  auto kernel = gemv_bulk_kernel<TW, TX, kNorm>;
   // The dynamic shared memory limit is raised once per instantiation to the largest this
   // kernel can ask for (4 tiles and a 16384-wide fp32 row).
   static std::once_flag raised;
@@ -284,19 +253,16 @@ void launch_bulk(CudaContext& ctx, const BulkArgs& args, size_t smem) {
                                             static_cast<int>(std::min<size_t>(
                                                 most, ctx.info().max_shared_memory_per_block_optin))));
   });
-  const int64_t outputs = kSwiglu ? args.n / 2 : args.n, per_tile = kSwiglu ? args.tile_rows / 2 : args.tile_rows;
-  const int64_t tiles = ceil_div<int64_t>(outputs, per_tile);
+  const int64_t tiles = ceil_div<int64_t>(args.n, args.tile_rows);
   const auto blocks = static_cast<unsigned>(std::min<int64_t>(tiles, ctx.info().multiprocessors));
-  const char* label = kSwiglu ? "rms_norm_linear_swiglu (bulk gemv)"
-                              : (kNorm ? "rms_norm_linear (bulk gemv)" : "linear (bulk gemv)");
-  launch_kernel(ctx, label, kernel, dim3(blocks), dim3(kBulkThreads), smem, args);
+  launch_kernel(ctx, kNorm ? "rms_norm_linear (bulk gemv)" : "linear (bulk gemv)", kernel, dim3(blocks),
+                dim3(kBulkThreads), smem, args);
 }
 
-// Checks what every form needs and launches the instantiation for the operands; false (nothing
-// launched) where the shape, dtypes, alignment or device rule it out.
-template <bool kSwiglu>
-bool run_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, float norm_eps, const Tensor& weight,
-              const Tensor& bias, Tensor& out, float alpha, OutputMode mode) {
+}  // namespace
+
+bool try_gemv_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, float norm_eps, const Tensor& weight,
+                   const Tensor& bias, Tensor& out, float alpha, OutputMode mode) {
   if (!ctx.bulk_gemv() || ctx.info().sm_major < kMinComputeMajor || x.rows() != 1) return false;
   if (weight.dtype != DType::BF16 && weight.dtype != DType::F16) return false;
   const int64_t n = weight.dim(0), k = weight.dim(1);
@@ -304,7 +270,7 @@ bool run_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, floa
   if (norm_weight && (norm_weight->dtype != weight.dtype || !is_aligned(norm_weight->data, kVectorBytes)))
     return false;
   const int tile_rows = bulk_tile_rows(k, dtype_size(weight.dtype));
-  if (tile_rows == 0 || (kSwiglu && (tile_rows < 2 || n % 2 != 0))) return false;
+  if (tile_rows == 0) return false;
   const size_t smem = bulk_shared_bytes(k, tile_rows, dtype_size(weight.dtype));
   if (smem > ctx.info().max_shared_memory_per_block_optin) return false;
 
@@ -329,29 +295,15 @@ bool run_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, floa
       dispatch_float(x.dtype, [&](auto x_tag) {
         using TX = typename decltype(x_tag)::type;
         if (!is_aligned(x.data, static_cast<size_t>(access_alignment<TX, kVec>()))) return;
-        if constexpr (kSwiglu)
-          launch_bulk<TW, TX, true, true>(ctx, args, smem);
-        else if (norm_weight)
-          launch_bulk<TW, TX, true, false>(ctx, args, smem);
+        if (norm_weight)
+          launch_bulk<TW, TX, true>(ctx, args, smem);
         else
-          launch_bulk<TW, TX, false, false>(ctx, args, smem);
+          launch_bulk<TW, TX, false>(ctx, args, smem);
         launched = true;
       });
     }
   });
   return launched;
-}
-
-}  // namespace
-
-bool try_gemv_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, float norm_eps, const Tensor& weight,
-                   const Tensor& bias, Tensor& out, float alpha, OutputMode mode) {
-  return run_bulk<false>(ctx, x, norm_weight, norm_eps, weight, bias, out, alpha, mode);
-}
-
-bool try_gemv_bulk_swiglu(CudaContext& ctx, const Tensor& x, const Tensor& norm_weight, float norm_eps,
-                          const Tensor& gate_up_weight, Tensor& out) {
-  return run_bulk<true>(ctx, x, &norm_weight, norm_eps, gate_up_weight, Tensor(), out, 1.0f, OutputMode::Overwrite);
 }
 
 }  // namespace specula::ops::cuda_impl

@@ -1,10 +1,6 @@
 // CUDA linear ops: ops::linear (out = alpha * x W^T + bias, or out += that), ops::rms_norm_linear
-// (the norm feeding a projection), ops::rms_norm_linear_swiglu (the norm, the gate/up product and
-// silu(gate) * up) and ops::linear_swiglu (out = (silu(gate) * up) W^T, the MLP down projection
-// over the fused gate/up output).
-//
-// rms_norm_linear_swiglu: one token on sm_90 runs the bulk-copy GEMV with the SwiGLU in its
-// epilogue (gemv_bulk.cu); otherwise rms_norm_linear into `gate_up`, then silu_mul.
+// (the norm feeding a projection) and ops::linear_swiglu (out = (silu(gate) * up) W^T, the MLP
+// down projection over the fused gate/up output).
 //
 // rms_norm_linear: one token (decode) runs the bulk-copy GEMV on sm_90 where the shape allows
 // (gemv_bulk.cu: x normalised once per SM; measured faster than the alternative for the QKV and
@@ -92,13 +88,6 @@ void rms_norm_linear(CudaContext& ctx, const Tensor& x, const Tensor& norm_weigh
   if (try_gemv_rms_norm(ctx, x, norm_weight, eps, weight, bias, out)) return;
   rms_norm(ctx, x, norm_weight, eps, normed);
   linear(ctx, normed, weight, bias, out, 1.0f, OutputMode::Overwrite);
-}
-
-void rms_norm_linear_swiglu(CudaContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps,
-                            const Tensor& gate_up_weight, Tensor& normed, Tensor& gate_up, Tensor& out) {
-  if (try_gemv_bulk_swiglu(ctx, x, norm_weight, eps, gate_up_weight, out)) return;
-  rms_norm_linear(ctx, x, norm_weight, eps, gate_up_weight, Tensor(), normed, gate_up);
-  silu_mul(ctx, gate_up, out);
 }
 
 void linear_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out, float alpha,

@@ -48,12 +48,6 @@ bool try_gemv_rms_norm(CudaContext& ctx, const Tensor& x, const Tensor& norm_wei
 bool try_gemv_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, float norm_eps, const Tensor& weight,
                    const Tensor& bias, Tensor& out, float alpha, OutputMode mode);
 
-// One token on sm_90: out = silu(g) * u where [g, u] = rms_norm(x) [Wg; Wu]^T (gate_up_weight
-// [2I, K], out [1, I]): the gate/up product with the SwiGLU in its epilogue (gemv_bulk.cu). False,
-// having launched nothing, where try_gemv_bulk would decline or two rows do not fit a 32 KB tile.
-bool try_gemv_bulk_swiglu(CudaContext& ctx, const Tensor& x, const Tensor& norm_weight, float norm_eps,
-                          const Tensor& gate_up_weight, Tensor& out);
-
 // Runs the same through cuBLASLt (tensor cores for bf16/f16 weights, fp32 accumulation). An x
 // whose dtype differs from the weights' is converted into the context's workspace first, in
 // token chunks. Returns false, having launched nothing, when the combination is not one
