@@ -10,7 +10,8 @@
 //    head; distinct weights per layer, PDL between kernels, in one CUDA graph) against the copy
 //    bandwidth: the share of the decode bandwidth limit the GEMVs alone could reach.
 // Every variant is checked against a naive fp32 GEMV on the same random inputs first.
-// Not part of the library: built by scripts/device-check.sh (stage `lab`) with nvcc -arch=sm_90a.
+// Not part of the library (it uses only the header-only ops/cuda/bulk_copy.cuh): built by
+// scripts/device-check.sh (stage `lab`) with nvcc -arch=sm_90a -I src.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -22,6 +23,8 @@
 #include <functional>
 #include <string>
 #include <vector>
+
+#include "specula/ops/cuda/bulk_copy.cuh"
 
 #define CK(x)                                                                               \
   do {                                                                                      \
@@ -169,32 +172,7 @@ int reg_splits(int n, int k, int rows, int unroll, int target_warps_per_sm) {
 }
 
 // ---------------------------------------------------------------- bulk-copy GEMV
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count));
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "WAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@!p bra WAIT_%=;\n"
-      "}\n" ::"r"(smem_addr(bar)),
-      "r"(parity)
-      : "memory");
-}
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_addr(dst)),
-      "l"(src), "r"(bytes), "r"(smem_addr(bar))
-      : "memory");
-}
+using namespace specula::ops::cuda_impl::bulk;  // the library's mbarrier / bulk-copy wrappers
 
 // Persistent grid; tile t = kTileRows consecutive rows (contiguous bytes, one bulk copy), tiles
 // dealt round-robin to blocks; kStages tiles in flight per block. x (bf16) sits in shared memory.
@@ -212,8 +190,8 @@ __global__ void __launch_bounds__(kThreads) bulk_gemv(const __nv_bfloat16* __res
   unsigned char* ring = smem;
   __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem + static_cast<size_t>(kStages) * tile_bytes);
   if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) mbar_init(&full[s], 1);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    for (int s = 0; s < kStages; ++s) mbarrier_init(&full[s]);
+    mbarrier_init_fence();
   }
   __syncthreads();
   auto issue = [&](int i) {  // i: the block's i-th tile
@@ -222,8 +200,8 @@ __global__ void __launch_bounds__(kThreads) bulk_gemv(const __nv_bfloat16* __res
     const int s = i % kStages;
     const int rows = min(tile_rows, n - t * tile_rows);
     const uint32_t bytes = static_cast<uint32_t>(rows) * k * 2;
-    mbar_expect_tx(&full[s], bytes);
-    bulk_load(ring + static_cast<size_t>(s) * tile_bytes, W + static_cast<size_t>(t) * tile_rows * k, bytes, &full[s]);
+    mbarrier_expect_bytes(&full[s], bytes);
+    bulk_copy_to_shared(ring + static_cast<size_t>(s) * tile_bytes, W + static_cast<size_t>(t) * tile_rows * k, bytes, &full[s]);
   };
   if (threadIdx.x == 0)
     for (int i = 0; i < kStages; ++i) issue(i);
@@ -242,7 +220,7 @@ __global__ void __launch_bounds__(kThreads) bulk_gemv(const __nv_bfloat16* __res
     const int t = blockIdx.x + i * gridDim.x;
     if (t >= tiles) break;
     const int s = i % kStages;
-    mbar_wait(&full[s], (i / kStages) & 1);
+    mbarrier_wait(&full[s], (i / kStages) & 1);
     const uint4* tile = reinterpret_cast<const uint4*>(ring + static_cast<size_t>(s) * tile_bytes);
     const int rows = min(tile_rows, n - t * tile_rows);
     // rows per warp when tile_rows > kWarps

@@ -101,7 +101,7 @@ fi
 
 if has lab; then
   # bench/gemv_lab.cu: decode GEMV variants against the copy and read ceilings (standalone nvcc build).
-  nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a bench/gemv_lab.cu -o "$OUT/gemv_lab" >"$OUT/gemv_lab_build.log" 2>&1 \
+  nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I src bench/gemv_lab.cu -o "$OUT/gemv_lab" >"$OUT/gemv_lab_build.log" 2>&1 \
     && "$OUT/gemv_lab" >"$OUT/gemv_lab.log" 2>&1
   note "gemv lab: rc=$?"; cat "$OUT/gemv_lab.log"; rm -f "$OUT/gemv_lab"
 fi

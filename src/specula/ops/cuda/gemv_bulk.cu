@@ -34,6 +34,7 @@
 #include <algorithm>
 #include <mutex>
 
+#include "specula/ops/cuda/bulk_copy.cuh"
 #include "specula/ops/cuda/cuda_check.cuh"
 #include "specula/ops/cuda/kernel_utils.cuh"
 #include "specula/ops/cuda/linear_impl.h"
@@ -66,37 +67,9 @@ struct BulkArgs {
   int tile_rows;
 };
 
+using namespace bulk;
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void mbarrier_init(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(shared_address(bar)));
-}
-__device__ __forceinline__ void mbarrier_expect_bytes(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_address(bar)), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "WAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n"
-      "}\n" ::"r"(shared_address(bar)),
-      "r"(parity)
-      : "memory");
-}
-__device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-          shared_address(dst)),
-      "l"(src), "r"(bytes), "r"(shared_address(bar))
-      : "memory");
-}
-
 __device__ __forceinline__ void write_bulk_output(const BulkArgs& a, int64_t row, float dot) {
   const float b = a.bias ? load_f32_dyn(a.bias, a.bias_dtype, row) : 0.0f;
   const float prior = a.accumulate ? load_f32_dyn(a.out, a.out_dtype, row) : 0.0f;
@@ -124,7 +97,7 @@ __global__ void __launch_bounds__(kBulkThreads, 1) gemv_bulk_kernel(BulkArgs a) 
 
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) mbarrier_init(&tile_ready[s]);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    mbarrier_init_fence();
   }
   __syncthreads();
   // Requests the block's i-th tile into stage i % kStages (thread 0 only).
