@@ -128,6 +128,37 @@ TEST_F(CudaFusedLinear, SwigluAccumulateMatchesCpu) {
   }
 }
 
+TEST_F(CudaFusedLinear, OpsUseAnAdoptedWorkspace) {
+  // The engine hands the context a workspace carved from its arena (CudaContext::adopt_workspace);
+  // the ops that use it (linear_swiglu beyond two tokens: the activation chunk, and cuBLASLt's
+  // scratch) must compute the same there. The adopted memory starts as garbage.
+  const int64_t n = 260, inter = 512;
+  constexpr size_t kWorkspace = size_t{8} << 20;
+  DeviceBuffer workspace(kWorkspace);
+  SPECULA_TEST_CUDA_CHECK(cudaMemset(workspace.data(), 0x7f, kWorkspace));
+  gpu_.cuda->adopt_workspace(workspace.data(), kWorkspace);
+  EXPECT_EQ(gpu_.cuda->workspace(), workspace.data());
+  EXPECT_EQ(gpu_.cuda->workspace_bytes(), kWorkspace);
+  for (int64_t tokens : {int64_t{4}, int64_t{24}}) {  // workspace + GEMV, workspace + cuBLASLt
+    SCOPED_TRACE("T=" + std::to_string(tokens));
+    std::vector<float> w = round_to(DType::BF16, random_floats(static_cast<size_t>(n * inter), seed()));
+    std::vector<float> gu =
+        round_to(DType::BF16, random_floats(static_cast<size_t>(tokens * 2 * inter), seed(), -5.0f, 5.0f));
+    std::vector<float> want(static_cast<size_t>(tokens * n));
+    Tensor cpu_out = cpu_tensor(want, {tokens, n});
+    ops::linear_swiglu(cpu_.ops, cpu_tensor(gu, {tokens, 2 * inter}), cpu_tensor(w, {n, inter}), cpu_out);
+    DeviceTensor d_w = upload_tensor(w, DType::BF16, {n, inter});
+    DeviceTensor d_gu = upload_tensor(gu, DType::BF16, {tokens, 2 * inter});
+    DeviceTensor d_out = device_tensor(DType::F32, {tokens, n});
+    poison(d_out);
+    ops::linear_swiglu(gpu_.ops, d_gu.tensor, d_w.tensor, d_out.tensor);
+    gpu_.sync();
+    expect_close("adopted workspace", download_f32(d_out), want, kTol16);
+  }
+  expect_no_device_errors();
+  gpu_.cuda.reset();  // the context must not free the adopted memory (the buffer does, after it)
+}
+
 // ---------------------------------------------------------------------------------------------
 // rms_norm_linear
 

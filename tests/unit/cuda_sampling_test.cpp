@@ -93,12 +93,20 @@ struct Harness {
   int64_t vocab;
   test::DeviceTensor logits;
   test::DeviceTensor token;
+  test::DeviceBuffer external;  // the sampler's state when it is given memory (as the engine does)
   std::unique_ptr<GpuSampler> sampler;
 
-  explicit Harness(int64_t v, int64_t rows = 1) : ctx(test::make_cuda_context()), vocab(v) {
+  // external_memory: the sampler runs in caller-owned memory, first filled with garbage so that
+  // anything it fails to initialise shows.
+  explicit Harness(int64_t v, int64_t rows = 1, bool external_memory = false)
+      : ctx(test::make_cuda_context()), vocab(v) {
     logits = test::device_tensor(DType::F32, {rows, vocab});
     token = test::device_tensor(DType::I32, {rows});
-    sampler = std::make_unique<GpuSampler>(*ctx.cuda, vocab, rows);
+    if (external_memory) {
+      external = test::DeviceBuffer(GpuSampler::device_bytes(vocab));
+      SPECULA_TEST_CUDA_CHECK(cudaMemset(external.data(), 0xA5, external.bytes()));
+    }
+    sampler = std::make_unique<GpuSampler>(*ctx.cuda, vocab, rows, external.data());
   }
 
   // Uploads one row (synchronous), samples it, returns the token.
@@ -207,6 +215,23 @@ TEST(CudaSampling, GreedyEqualsCpuArgmaxWithPenalties) {
       }
     }
   }
+}
+
+TEST(CudaSampling, CallerOwnedMemoryBehavesTheSame) {
+  // The engine gives the sampler memory from its arena: sequences with penalties, top-k and top-p
+  // must match the CPU there too, over two requests (begin() resets the state in place).
+  SPECULA_SKIP_WITHOUT_CUDA();
+  Harness h(kVocabQwen, 1, true);
+  uint64_t seed = test::test_seed();
+  SamplingParams p = with_penalties(sampled(0.9f, 5));
+  p.top_k = 50;
+  expect_sequence_matches(h, p, Shape::Peaked, ++seed);
+  p.top_k = 0;
+  p.top_p = 0.9f;
+  expect_sequence_matches(h, p, Shape::Bf16Ties, ++seed);
+  expect_sequence_matches(h, with_penalties(SamplingParams{}), Shape::Masked, ++seed, 40);
+  test::DeviceBuffer misaligned(GpuSampler::device_bytes(kVocabOdd) + 256);
+  EXPECT_THROW(GpuSampler(*h.ctx.cuda, kVocabOdd, 1, static_cast<char*>(misaligned.data()) + 4), Error);
 }
 
 TEST(CudaSampling, GreedyTiesPickLowestId) {

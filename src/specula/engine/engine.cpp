@@ -20,6 +20,22 @@ namespace specula::engine {
 
 namespace {
 constexpr int64_t kDefaultCpuContext = 4096;
+
+// The CUDA context's workspace: cuBLASLt's scratch and the attention split partials (see
+// ops/cuda/attention.cu; decode of 32 heads with 33 splits needs 0.55 MB per token).
+constexpr size_t kCudaWorkspaceBytes = size_t{64} << 20;
+
+// What the CUDA engine keeps in its arena besides the weights and the model's buffers, in the
+// order build() allocates it after them: the context's workspace, then the GPU sampler's state.
+void plan_device_scratch(const model::ModelConfig& config, ArenaPlan& plan) {
+#ifdef SPECULA_WITH_CUDA
+  plan.add(kCudaWorkspaceBytes);
+  plan.add(sampling::GpuSampler::device_bytes(config.vocab_size));
+#else
+  (void)config;
+  (void)plan;
+#endif
+}
 }  // namespace
 
 int64_t default_context(const model::ModelConfig& config, Device device) {
@@ -40,7 +56,8 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
   engine->op_context_.pool = engine->pool_.get();
   if (options.device == Device::CUDA) {
 #ifdef SPECULA_WITH_CUDA
-    engine->cuda_ = cuda::CudaContext::create(0);
+    // No workspace of its own: the engine gives it one from the arena below.
+    engine->cuda_ = cuda::CudaContext::create(0, 0);
     engine->op_context_.cuda = engine->cuda_.get();
 #else
     fail("--device cuda: this build of specula has no CUDA backend (rebuild with nvcc available)");
@@ -55,13 +72,15 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
 #ifdef SPECULA_WITH_CUDA
   if (options.device == Device::CUDA && options.max_context <= 0) {
     // No --max-context: as much of the model's own context as free device memory holds after the
-    // weights and buffers, keeping a reserve for cuBLASLt, the sampler and graphs.
+    // weights, buffers, workspace and sampler, keeping a reserve for the CUDA and cuBLASLt
+    // libraries' own memory and the captured graphs.
     constexpr size_t kReserveBytes = size_t{2} << 30;
     ArenaPlan fixed;
     plan_weights(fixed);
     model::ForwardShape no_cache = shape;
     no_cache.kv_capacity = 0;
     model::Transformer::plan(config, no_cache, dtypes, fixed);
+    plan_device_scratch(config, fixed);
     const size_t free_bytes = cuda_free_memory();
     const size_t row_bytes = 2 * static_cast<size_t>(config.num_layers * config.num_kv_heads * config.head_dim) *
                              dtype_size(dtypes.kv_cache);
@@ -78,6 +97,7 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
   ArenaPlan plan;
   plan_weights(plan);
   model::Transformer::plan(config, shape, dtypes, plan);
+  if (options.device == Device::CUDA) plan_device_scratch(config, plan);
 #ifdef SPECULA_WITH_CUDA
   if (options.device == Device::CUDA) {
     const size_t free_bytes = cuda_free_memory();
@@ -90,6 +110,12 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
   model::ModelWeights weights = make_weights(*engine);
   engine->transformer_ =
       std::make_unique<model::Transformer>(config, std::move(weights), shape, dtypes, engine->arena_);
+#ifdef SPECULA_WITH_CUDA
+  if (options.device == Device::CUDA) {  // the rest of the plan, in plan_device_scratch's order
+    engine->cuda_->adopt_workspace(engine->arena_.alloc_bytes(kCudaWorkspaceBytes), kCudaWorkspaceBytes);
+    engine->sampler_memory_ = engine->arena_.alloc_bytes(sampling::GpuSampler::device_bytes(config.vocab_size));
+  }
+#endif
   engine->synchronize();
   engine->load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return engine;
@@ -193,7 +219,8 @@ int32_t Engine::decode_step(int32_t token, int32_t position, StepOutput output) 
 void Engine::begin_sampling(const sampling::SamplingParams& params, std::span<const int32_t> prompt) {
 #ifdef SPECULA_WITH_CUDA
   SPECULA_CHECK(cuda_ != nullptr, "begin_sampling: device sampling needs the CUDA backend");
-  if (!gpu_sampler_) gpu_sampler_ = std::make_shared<sampling::GpuSampler>(*cuda_, config().vocab_size);
+  if (!gpu_sampler_)
+    gpu_sampler_ = std::make_shared<sampling::GpuSampler>(*cuda_, config().vocab_size, 1, sampler_memory_);
   const sampling::SamplingParams& old = gpu_sampler_->params();
   const bool same = old.temperature == params.temperature && old.top_k == params.top_k && old.top_p == params.top_p &&
                     old.min_p == params.min_p && old.repetition_penalty == params.repetition_penalty &&

@@ -115,6 +115,7 @@ class Engine {
   // result) and the device sampler.
   std::shared_ptr<void> decode_graphs_[3];
   std::shared_ptr<sampling::GpuSampler> gpu_sampler_;
+  void* sampler_memory_ = nullptr;  // the GPU sampler's state, in the arena
   std::shared_ptr<int32_t> step_io_;
 };
 

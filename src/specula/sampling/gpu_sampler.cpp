@@ -20,17 +20,29 @@ namespace specula::sampling {
 
 namespace kernels = ops::cuda_impl::sampler;
 
-GpuSampler::GpuSampler(cuda::CudaContext& ctx, int64_t vocab_size, int64_t max_batch_rows)
-    : ctx_(ctx), vocab_(vocab_size), max_rows_(max_batch_rows) {
+namespace {
+constexpr uintptr_t kDeviceMemoryAlignment = 256;  // what cudaMalloc and the arena give
+}  // namespace
+
+size_t GpuSampler::device_bytes(int64_t vocab_size) {
   SPECULA_CHECK(vocab_size > 0 && vocab_size < kernels::kMaxVocab, "GpuSampler: vocab_size must be in [1, ",
                 kernels::kMaxVocab, "), got ", vocab_size);
+  return kernels::device_bytes(vocab_size);
+}
+
+GpuSampler::GpuSampler(cuda::CudaContext& ctx, int64_t vocab_size, int64_t max_batch_rows, void* device_memory)
+    : ctx_(ctx), vocab_(vocab_size), max_rows_(max_batch_rows) {
+  const size_t bytes = device_bytes(vocab_size);
   SPECULA_CHECK(max_batch_rows >= 1, "GpuSampler: max_batch_rows must be >= 1, got ", max_batch_rows);
-  device_ = cuda_device_alloc(kernels::device_bytes(vocab_));
+  SPECULA_CHECK(reinterpret_cast<uintptr_t>(device_memory) % kDeviceMemoryAlignment == 0,
+                "GpuSampler: device memory must be ", kDeviceMemoryAlignment, "-byte aligned");
+  owns_device_ = device_memory == nullptr;
+  device_ = owns_device_ ? cuda_device_alloc(bytes) : device_memory;
   try {
     host_state_.assign(static_cast<size_t>(vocab_), 0);
     kernels::reset(ctx_, device_, vocab_, host_state_.data());
   } catch (...) {
-    cuda_device_free(device_);
+    if (owns_device_) cuda_device_free(device_);
     throw;
   }
 }
@@ -41,7 +53,7 @@ GpuSampler::~GpuSampler() {
     ctx_.synchronize();
   } catch (...) {
   }
-  cuda_device_free(device_);
+  if (owns_device_) cuda_device_free(device_);
 }
 
 void GpuSampler::begin(const SamplingParams& params, std::span<const int32_t> prompt_ids) {

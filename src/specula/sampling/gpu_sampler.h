@@ -27,7 +27,11 @@ namespace specula::sampling {
 class GpuSampler {
  public:
   // vocab_size in [1, 2^24). max_batch_rows bounds the rows one sample() call may take.
-  GpuSampler(cuda::CudaContext& ctx, int64_t vocab_size, int64_t max_batch_rows = 1);
+  // device_memory: device_bytes(vocab_size) bytes of device memory (256-byte aligned) owned by the
+  // caller, e.g. carved from the engine's arena; null: the sampler allocates its own.
+  GpuSampler(cuda::CudaContext& ctx, int64_t vocab_size, int64_t max_batch_rows = 1, void* device_memory = nullptr);
+  // Device memory one sampler of this vocabulary uses (its state, counts and histograms).
+  static size_t device_bytes(int64_t vocab_size);
   ~GpuSampler();
   GpuSampler(const GpuSampler&) = delete;
   GpuSampler& operator=(const GpuSampler&) = delete;
@@ -67,7 +71,8 @@ class GpuSampler {
   cuda::CudaContext& ctx_;
   int64_t vocab_ = 0;
   int64_t max_rows_ = 1;
-  void* device_ = nullptr;  // one allocation: control words, histograms, per-vocab state
+  void* device_ = nullptr;  // one region: control words, histograms, per-vocab state
+  bool owns_device_ = false;
   SamplingParams params_;
   bool begun_ = false;
   std::vector<int32_t> host_state_;  // staging for begin(), reused across requests

@@ -75,6 +75,7 @@ std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_b
   ctx->cublaslt_ = lt;
   if (workspace_bytes > 0) SPECULA_CUDA_CHECK(cudaMalloc(&ctx->workspace_, workspace_bytes));
   ctx->workspace_bytes_ = workspace_bytes;
+  ctx->owns_workspace_ = workspace_bytes > 0;
   SPECULA_CUDA_CHECK(cudaMalloc(&ctx->error_word_, sizeof(uint32_t)));
   SPECULA_CUDA_CHECK(cudaMemset(ctx->error_word_, 0, sizeof(uint32_t)));
   return ctx;
@@ -84,9 +85,18 @@ CudaContext::~CudaContext() {
   // Destructors must not throw: errors here are ignored on purpose.
   if (stream_) cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
   if (cublaslt_) cublasLtDestroy(static_cast<cublasLtHandle_t>(cublaslt_));
-  if (workspace_) cudaFree(workspace_);
+  if (workspace_ && owns_workspace_) cudaFree(workspace_);
   if (error_word_) cudaFree(error_word_);
   if (stream_) cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+}
+
+void CudaContext::adopt_workspace(void* data, size_t bytes) {
+  SPECULA_CHECK(data != nullptr || bytes == 0, "CudaContext::adopt_workspace: null memory for ", bytes, " bytes");
+  synchronize();  // nothing queued may still use the old workspace
+  if (workspace_ && owns_workspace_) SPECULA_CUDA_CHECK(cudaFree(workspace_));
+  workspace_ = data;
+  workspace_bytes_ = bytes;
+  owns_workspace_ = false;
 }
 
 void CudaContext::synchronize() const { SPECULA_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_))); }

@@ -43,6 +43,11 @@ class CudaContext {
   void* stream() const { return stream_; }             // cudaStream_t
   void* cublaslt() const { return cublaslt_; }         // cublasLtHandle_t
   void* workspace() const { return workspace_; }
+  // Replaces the workspace with `bytes` of device memory owned by the caller (the engine carves it
+  // from its arena, so the whole memory plan is one allocation), freeing the context's own. The
+  // memory must outlive every use through this context. Only before ops capture or queue work
+  // that reads the workspace: captured graphs keep the address they were captured with.
+  void adopt_workspace(void* data, size_t bytes);
   size_t workspace_bytes() const { return workspace_bytes_; }
   uint32_t* error_word() const { return error_word_; } // device pointer
   const DeviceInfo& info() const { return info_; }
@@ -80,6 +85,7 @@ class CudaContext {
   void* cublaslt_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+  bool owns_workspace_ = false;  // false after adopt_workspace()
   uint32_t* error_word_ = nullptr;
   DeviceInfo info_;
   bool programmatic_launch_supported_ = false;
