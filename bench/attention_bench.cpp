@@ -37,6 +37,7 @@ using namespace specula::bench;
 
 namespace {
 
+constexpr int kDefaultRepeats = 30;
 constexpr size_t kMaxRotationBytes = size_t{24} << 30;  // cap on memory spent on decode caches
 constexpr int kL2Multiple = 4;                          // bytes read per replay vs L2 size
 
@@ -145,19 +146,10 @@ PrefillResult bench_prefill(cuda::CudaContext& ctx, int tokens, int n_heads, int
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string json_path;
-  int repeats = 30;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--json" && i + 1 < argc) {
-      json_path = argv[++i];
-    } else if (arg == "--repeats" && i + 1 < argc) {
-      repeats = std::max(1, std::atoi(argv[++i]));
-    } else {
-      std::fprintf(stderr, "usage: %s [--json PATH] [--repeats N]\n", argv[0]);
-      return 2;
-    }
-  }
+  const std::optional<BenchArgs> args = parse_bench_args(argc, argv, kDefaultRepeats);
+  if (!args) return 2;
+  const std::string& json_path = args->json_path;
+  const int repeats = args->repeats;
   try {
     auto ctx = cuda::CudaContext::create();
     const auto stream = static_cast<cudaStream_t>(ctx->stream());

@@ -7,6 +7,10 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "specula/core/error.h"
@@ -58,6 +62,37 @@ double time_ms(cudaStream_t stream, int repeats, Body&& body) {
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   return median(times);
+}
+
+// The command line both micro-benchmarks take: [--json PATH] [--repeats N].
+struct BenchArgs {
+  std::string json_path;  // empty: no JSON report
+  int repeats = 0;
+};
+
+// Parses argv; on anything else (or a --repeats that is not a positive integer) prints why to
+// stderr and returns nothing (the caller exits with 2).
+inline std::optional<BenchArgs> parse_bench_args(int argc, char** argv, int default_repeats) {
+  BenchArgs args;
+  args.repeats = default_repeats;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--json" && i + 1 < argc) {
+      args.json_path = argv[++i];
+    } else if (arg == "--repeats" && i + 1 < argc) {
+      char* end = nullptr;
+      const long n = std::strtol(argv[++i], &end, 10);
+      if (*end != '\0' || n < 1 || n > 1000000) {
+        std::fprintf(stderr, "%s: --repeats wants a positive integer, got '%s'\n", argv[0], argv[i]);
+        return std::nullopt;
+      }
+      args.repeats = static_cast<int>(n);
+    } else {
+      std::fprintf(stderr, "usage: %s [--json PATH] [--repeats N]\n", argv[0]);
+      return std::nullopt;
+    }
+  }
+  return args;
 }
 
 }  // namespace specula::bench

@@ -144,20 +144,11 @@ GemmResult bench_gemm(cuda::CudaContext& ctx, const char* name, int64_t tokens, 
 }  // namespace
 
 int main(int argc, char** argv) {
+  const std::optional<BenchArgs> args = parse_bench_args(argc, argv, kDefaultRepeats);
+  if (!args) return 2;
+  const std::string& json_path = args->json_path;
+  const int repeats = args->repeats;
   try {
-    std::string json_path;
-    int repeats = kDefaultRepeats;
-    for (int i = 1; i < argc; ++i) {
-      const std::string arg = argv[i];
-      if (arg == "--json" && i + 1 < argc) {
-        json_path = argv[++i];
-      } else if (arg == "--repeats" && i + 1 < argc) {
-        repeats = std::max(1, std::stoi(argv[++i]));
-      } else {
-        std::fprintf(stderr, "usage: %s [--json PATH] [--repeats N]\n", argv[0]);
-        return 2;
-      }
-    }
     auto ctx = cuda::CudaContext::create();
     const auto stream = static_cast<cudaStream_t>(ctx->stream());
     std::printf("device: %s, %d SMs, L2 %.0f MiB\n", ctx->info().name.c_str(), ctx->info().multiprocessors,
