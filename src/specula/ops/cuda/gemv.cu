@@ -26,7 +26,8 @@
 // unfused path applies), since each activation is recomputed by every warp that reads it. Only
 // the 1- and 2-token shapes exist: beyond that the gate and up registers cut occupancy.
 //
-// RMSNorm variant (ops::rms_norm_linear at one token, the QKV and gate/up projections of decode):
+// RMSNorm variant (ops::rms_norm_linear at one token, the QKV and gate/up projections of decode,
+// where the bulk-copy GEMV of gemv_bulk.cu does not run: before sm_90, F32 weights, long rows):
 // x is the residual stream, and every block runs the norm for itself: a prologue reads the row
 // (a few KB, from L2) and the norm weight in one round of loads, keeps norm_weight * x in fp32 in
 // shared memory, where the main loop reads it, and sums x^2; the epilogue multiplies the dot
