@@ -10,7 +10,7 @@
 //    head; distinct weights per layer, PDL between kernels, in one CUDA graph) against the copy
 //    bandwidth: the share of the decode bandwidth limit the GEMVs alone could reach.
 // Every variant is checked against a naive fp32 GEMV on the same random inputs first.
-// Not part of the library (it uses only the header-only ops/cuda/bulk_copy.cuh): built by
+// Not part of the library (it uses only the header-only ops/cuda/bulk_copy.cuh and pdl.cuh): built by
 // scripts/device-check.sh (stage `lab`) with nvcc -arch=sm_90a -I src.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "specula/ops/cuda/bulk_copy.cuh"
+#include "specula/ops/cuda/pdl.cuh"
 
 #define CK(x)                                                                               \
   do {                                                                                      \
@@ -40,8 +41,8 @@ namespace {
 constexpr int kThreads = 256, kWarps = kThreads / 32;
 int g_sms = 132;
 
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+using specula::ops::cuda_impl::pdl_launch_dependents;
+using specula::ops::cuda_impl::pdl_wait;
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -113,7 +114,7 @@ __global__ void __launch_bounds__(kThreads) reg_gemv(const __nv_bfloat16* __rest
                                                       const __nv_bfloat16* __restrict__ x, __nv_bfloat16* y, int n,
                                                       int k, int splits) {
   __shared__ float partial[kWarps][kRows];
-  pdl_trigger();
+  pdl_launch_dependents();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int groups = kWarps / splits, group = warp / splits, split = warp % splits;
   const int row0 = (blockIdx.x * groups + group) * kRows;
@@ -184,7 +185,7 @@ __global__ void __launch_bounds__(kThreads) bulk_gemv(const __nv_bfloat16* __res
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ uint64_t full[kStages];
   __shared__ float partial[kStages][kWarps];
-  pdl_trigger();
+  pdl_launch_dependents();
   const int tile_bytes = tile_rows * k * 2;
   const int tiles = (n + tile_rows - 1) / tile_rows;
   unsigned char* ring = smem;
@@ -265,19 +266,10 @@ struct Variant {
   std::function<void(const Shape&, const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, cudaStream_t)> launch;
 };
 
+// The engine's launch with programmatic stream serialization (pdl.cuh).
 template <typename Kernel, typename... Args>
 void launch_pdl(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  CK(cudaLaunchKernelEx(&cfg, kernel, args...));
+  specula::ops::cuda_impl::launch_kernel(stream, true, "gemv_lab variant", kernel, grid, block, smem, args...);
 }
 
 template <int kRows, int kUnroll, int kHint>

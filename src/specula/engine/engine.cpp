@@ -21,15 +21,11 @@ namespace specula::engine {
 namespace {
 constexpr int64_t kDefaultCpuContext = 4096;
 
-// The CUDA context's workspace: cuBLASLt's scratch and the attention split partials (see
-// ops/cuda/attention.cu; decode of 32 heads with 33 splits needs 0.55 MB per token).
-constexpr size_t kCudaWorkspaceBytes = size_t{64} << 20;
-
 // What the CUDA engine keeps in its arena besides the weights and the model's buffers, in the
 // order build() allocates it after them: the context's workspace, then the GPU sampler's state.
 void plan_device_scratch(const model::ModelConfig& config, ArenaPlan& plan) {
 #ifdef SPECULA_WITH_CUDA
-  plan.add(kCudaWorkspaceBytes);
+  plan.add(cuda::kDefaultWorkspaceBytes);
   plan.add(sampling::GpuSampler::device_bytes(config.vocab_size));
 #else
   (void)config;
@@ -112,7 +108,8 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
       std::make_unique<model::Transformer>(config, std::move(weights), shape, dtypes, engine->arena_);
 #ifdef SPECULA_WITH_CUDA
   if (options.device == Device::CUDA) {  // the rest of the plan, in plan_device_scratch's order
-    engine->cuda_->adopt_workspace(engine->arena_.alloc_bytes(kCudaWorkspaceBytes), kCudaWorkspaceBytes);
+    engine->cuda_->adopt_workspace(engine->arena_.alloc_bytes(cuda::kDefaultWorkspaceBytes),
+                                  cuda::kDefaultWorkspaceBytes);
     engine->sampler_memory_ = engine->arena_.alloc_bytes(sampling::GpuSampler::device_bytes(config.vocab_size));
   }
 #endif

@@ -69,8 +69,8 @@ void linear(OpContext& ctx, const Tensor& x, const Tensor& weight, const Tensor&
             float alpha = 1.0f, OutputMode mode = OutputMode::Overwrite);
 
 // out = rms_norm(x) @ weight^T + bias: the norm that feeds a projection (input and
-// post-attention norms), fused where the backend can (on CUDA at one token, every GEMV block
-// normalises x itself, in fp32). `normed` [T, K] is scratch in the activation dtype for the
+// post-attention norms), fused where the backend can (on CUDA at one token the GEMV normalises x
+// itself, in fp32: once per SM on sm_90, once per block elsewhere). `normed` [T, K] is scratch in the activation dtype for the
 // unfused path (rms_norm into it, then linear); whether it is written is up to the backend.
 // x [T, K] (the residual stream); norm_weight [K]; weight [N, K]; bias [N] or empty; out [T, N].
 void rms_norm_linear(OpContext& ctx, const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weight,

@@ -249,8 +249,9 @@ bool try_gemm_cublaslt(CudaContext& ctx, const Tensor& x, const Tensor& weight, 
       x_chunk = workspace_base;
     }
     void* out_chunk = static_cast<char*>(out.data) + t0 * out_row_bytes;
+    const float beta = mode == OutputMode::Accumulate ? 1.0f : 0.0f;
     cache.get(key_for(count, t0, use_epilogue), handle)
-        .run(handle, alpha, mode == OutputMode::Accumulate ? 1.0f : 0.0f, weight.data, x_chunk, use_epilogue ? bias.data : nullptr, out_chunk, workspace,
+        .run(handle, alpha, beta, weight.data, x_chunk, use_epilogue ? bias.data : nullptr, out_chunk, workspace,
              workspace_bytes, stream);
   }
 

@@ -134,10 +134,7 @@ struct WeightVec {
 };
 
 __device__ __forceinline__ void write_output(const GemvArgs& a, int64_t row, int64_t token, float dot) {
-  const float b = a.bias ? load_f32_dyn(a.bias, a.bias_dtype, row) : 0.0f;
-  const int64_t i = token * a.n + row;
-  const float prior = a.accumulate ? load_f32_dyn(a.out, a.out_dtype, i) : 0.0f;
-  store_f32_dyn(a.out, a.out_dtype, i, prior + (a.alpha * dot + b));
+  store_linear_output(a.out, a.out_dtype, token * a.n + row, dot, a.alpha, a.bias, a.bias_dtype, row, a.accumulate);
 }
 
 // silu(g) * u in fp32 with the fast exp and divide: for g below about -87, 1 + exp(-g) exceeds

@@ -32,7 +32,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <mutex>
 
 #include "specula/ops/cuda/bulk_copy.cuh"
 #include "specula/ops/cuda/cuda_check.cuh"
@@ -71,9 +70,7 @@ using namespace bulk;
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void write_bulk_output(const BulkArgs& a, int64_t row, float dot) {
-  const float b = a.bias ? load_f32_dyn(a.bias, a.bias_dtype, row) : 0.0f;
-  const float prior = a.accumulate ? load_f32_dyn(a.out, a.out_dtype, row) : 0.0f;
-  store_f32_dyn(a.out, a.out_dtype, row, prior + (a.alpha * dot + b));
+  store_linear_output(a.out, a.out_dtype, row, dot, a.alpha, a.bias, a.bias_dtype, row, a.accumulate);
 }
 #endif
 
@@ -217,15 +214,13 @@ int bulk_tile_rows(int64_t k, size_t weight_size) {
 template <typename TW, typename TX, bool kNorm>
 void launch_bulk(CudaContext& ctx, const BulkArgs& args, size_t smem) {
   auto kernel = gemv_bulk_kernel<TW, TX, kNorm>;
-  // The dynamic shared memory limit is raised once per instantiation to the largest this
-  // kernel can ask for (4 tiles and a 16384-wide fp32 row).
-  static std::once_flag raised;
-  std::call_once(raised, [&] {
-    const size_t most = bulk_shared_bytes(kTileBytes / static_cast<int64_t>(sizeof(TW)), 1, sizeof(TW));
-    SPECULA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(std::min<size_t>(
-                                                most, ctx.info().max_shared_memory_per_block_optin))));
-  });
+  // Above 48 KB the dynamic shared memory needs the per-kernel opt-in (a host call, so a captured
+  // decode step pays it once). Always the largest this instantiation can ask for (4 tiles and a
+  // 16384-wide fp32 row), never the call's own size: a lower limit set by a later, smaller call
+  // would invalidate launches already captured into graphs.
+  const size_t most = std::min<size_t>(bulk_shared_bytes(kTileBytes / static_cast<int64_t>(sizeof(TW)), 1, sizeof(TW)),
+                                       ctx.info().max_shared_memory_per_block_optin);
+  SPECULA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)));
   const int64_t tiles = ceil_div<int64_t>(args.n, args.tile_rows);
   const auto blocks = static_cast<unsigned>(std::min<int64_t>(tiles, ctx.info().multiprocessors));
   launch_kernel(ctx, kNorm ? "rms_norm_linear (bulk gemv)" : "linear (bulk gemv)", kernel, dim3(blocks),

@@ -100,6 +100,17 @@ __device__ __forceinline__ void store_f32_dyn(void* p, DType dtype, int64_t i, f
   }
 }
 
+// The epilogue of a linear-op kernel for one output element: out[i] = alpha * dot + bias[row], or
+// out[i] += that (OutputMode::Accumulate, the residual update), with bias null for none. The one
+// thread that owns element i reads and writes it.
+__device__ __forceinline__ void store_linear_output(void* out, DType out_dtype, int64_t i, float dot, float alpha,
+                                                    const void* bias, DType bias_dtype, int64_t row,
+                                                    bool accumulate) {
+  const float b = bias ? load_f32_dyn(bias, bias_dtype, row) : 0.0f;
+  const float prior = accumulate ? load_f32_dyn(out, out_dtype, i) : 0.0f;
+  store_f32_dyn(out, out_dtype, i, prior + (alpha * dot + b));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Vector access: N consecutive elements of T <-> N fp32 registers.
 //
