@@ -159,6 +159,16 @@ TEST_F(CudaFusedLinear, OpsUseAnAdoptedWorkspace) {
   gpu_.cuda.reset();  // the context must not free the adopted memory (the buffer does, after it)
 }
 
+TEST_F(CudaFusedLinear, AdoptingNoMemoryIsAnError) {
+  try {
+    gpu_.cuda->adopt_workspace(nullptr, 4096);
+    FAIL() << "a null workspace of 4096 bytes was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("null memory"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(gpu_.cuda->workspace_bytes(), cuda::kDefaultWorkspaceBytes) << "a refused workspace replaced the old one";
+}
+
 // ---------------------------------------------------------------------------------------------
 // rms_norm_linear
 
