@@ -57,7 +57,7 @@ fi
 if has sanitizer; then
   t=$SECONDS
   # The op-level tests (the whole-model ones repeat the same kernels many times over).
-  filter=${SANITIZER_FILTER:-'CudaBulkGemv*:CudaEmbedding*:CudaRmsNorm*:CudaAddRmsNorm*:CudaLinear*:CudaFusedLinear*:CudaQkvRopeStore*:CudaSiluMul*:CudaArgmax*:CudaConvert*:CudaGraph*:CudaAttention*:CudaSampling*-*Timing*'}
+  filter=${SANITIZER_FILTER:-'CudaBulkGemv*:CudaEmbedding*:CudaRmsNorm*:CudaAddRmsNorm*:CudaLinear*:CudaFusedLinear*:CudaQkvRopeStore*:CudaQkvAttention*:CudaSiluMul*:CudaArgmax*:CudaConvert*:CudaGraph*:CudaAttention*:CudaSampling*-*Timing*'}
   timeout 420 compute-sanitizer --tool memcheck --error-exitcode 3 \
     ./$build/tests/specula_tests --gtest_filter="$filter" --gtest_brief=1 >"$OUT/memcheck.log" 2>&1
   note "compute-sanitizer memcheck: rc=$? in $((SECONDS - t)) s ($(grep -c 'Invalid' "$OUT/memcheck.log") invalid accesses; $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1); $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/memcheck.log" | head -1))"

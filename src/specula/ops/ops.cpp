@@ -56,6 +56,66 @@ void check_same_shape(std::string_view op, const char* a_name, const Tensor& a, 
   SPECULA_CHECK(same, op, ": ", a_name, " ", a.shape_string(), " and ", b_name, " ", b.shape_string(),
                 " must have the same shape");
 }
+
+// Argument checks of qkv_rope_store (also qkv_attention's); returns the operands' device.
+Device check_qkv_rope_store(std::string_view op, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm,
+                            const RopeParams& rope, const Tensor& positions, const Tensor& slots, const Tensor& q_out,
+                            const Tensor& k_cache, const Tensor& v_cache) {
+  check_float(op, "qkv", qkv);
+  check_rank(op, "qkv", qkv, 2);
+  check_float(op, "q_out", q_out);
+  check_rank(op, "q_out", q_out, 3);
+  check_float(op, "k_cache", k_cache);
+  check_rank(op, "k_cache", k_cache, 3);
+  check_same_shape(op, "k_cache", k_cache, "v_cache", v_cache);
+  SPECULA_CHECK(k_cache.dtype == v_cache.dtype, op, ": k_cache and v_cache dtypes differ");
+  const int64_t tokens = qkv.dim(0), n_heads = q_out.dim(1), hd = q_out.dim(2), n_kv = k_cache.dim(0);
+  check_dim(op, "q_out", q_out, 0, tokens);
+  check_dim(op, "k_cache", k_cache, 2, hd);
+  SPECULA_CHECK(hd % 2 == 0, op, ": head_dim ", hd, " must be even for RoPE");
+  check_dim(op, "qkv", qkv, 1, (n_heads + 2 * n_kv) * hd);
+  check_dtype(op, "positions", positions, DType::I32);
+  check_dtype(op, "slots", slots, DType::I32);
+  SPECULA_CHECK(positions.numel() == tokens && slots.numel() == tokens, op, ": positions ", positions.shape_string(),
+                " and slots ", slots.shape_string(), " must have ", tokens, " entries");
+  check_dtype(op, "rope.inv_freq", rope.inv_freq, DType::F32);
+  SPECULA_CHECK(rope.inv_freq.numel() == hd / 2, op, ": rope.inv_freq ", rope.inv_freq.shape_string(), " must have ",
+                hd / 2, " entries");
+  SPECULA_CHECK(q_norm.empty() == k_norm.empty(), op, ": q_norm and k_norm must be given together");
+  if (!q_norm.empty()) {
+    check_float(op, "q_norm", q_norm);
+    check_float(op, "k_norm", k_norm);
+    SPECULA_CHECK(q_norm.numel() == hd && k_norm.numel() == hd, op, ": q_norm/k_norm must have head_dim ", hd,
+                  " entries");
+  }
+  const Device device =
+      common_device(op, {&qkv, &q_norm, &k_norm, &rope.inv_freq, &positions, &slots, &q_out, &k_cache, &v_cache});
+  check_cpu_f32(op, device, {&qkv, &q_out, &k_cache, &v_cache});
+  return device;
+}
+
+// Argument checks of attention (also qkv_attention's, with q_out as q); returns the device.
+Device check_attention(std::string_view op, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                       const Tensor& slots, const Tensor& out) {
+  check_float(op, "q", q);
+  check_rank(op, "q", q, 3);
+  check_float(op, "k_cache", k_cache);
+  check_rank(op, "k_cache", k_cache, 3);
+  check_same_shape(op, "k_cache", k_cache, "v_cache", v_cache);
+  SPECULA_CHECK(k_cache.dtype == v_cache.dtype, op, ": k_cache and v_cache dtypes differ");
+  const int64_t tokens = q.dim(0), n_heads = q.dim(1), hd = q.dim(2), n_kv = k_cache.dim(0);
+  check_dim(op, "k_cache", k_cache, 2, hd);
+  SPECULA_CHECK(n_kv > 0 && n_heads % n_kv == 0, op, ": ", n_heads, " query heads are not a multiple of ", n_kv,
+                " KV heads");
+  check_dtype(op, "slots", slots, DType::I32);
+  SPECULA_CHECK(slots.numel() == tokens, op, ": slots ", slots.shape_string(), " must have ", tokens, " entries");
+  check_float(op, "out", out);
+  SPECULA_CHECK(out.numel() == q.numel() && out.rows() == tokens, op, ": out ", out.shape_string(), " must be [",
+                tokens, ", ", n_heads * hd, "]");
+  const Device device = common_device(op, {&q, &k_cache, &v_cache, &slots, &out});
+  check_cpu_f32(op, device, {&q, &k_cache, &v_cache, &out});
+  return device;
+}
 }  // namespace
 
 void embedding(OpContext& ctx, const Tensor& table, const Tensor& ids, float scale, Tensor& out) {
@@ -155,36 +215,7 @@ void qkv_rope_store(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, con
                     const RopeParams& rope, const Tensor& positions, const Tensor& slots, Tensor& q_out,
                     Tensor& k_cache, Tensor& v_cache) {
   constexpr std::string_view op = "qkv_rope_store";
-  check_float(op, "qkv", qkv);
-  check_rank(op, "qkv", qkv, 2);
-  check_float(op, "q_out", q_out);
-  check_rank(op, "q_out", q_out, 3);
-  check_float(op, "k_cache", k_cache);
-  check_rank(op, "k_cache", k_cache, 3);
-  check_same_shape(op, "k_cache", k_cache, "v_cache", v_cache);
-  SPECULA_CHECK(k_cache.dtype == v_cache.dtype, op, ": k_cache and v_cache dtypes differ");
-  const int64_t tokens = qkv.dim(0), n_heads = q_out.dim(1), hd = q_out.dim(2), n_kv = k_cache.dim(0);
-  check_dim(op, "q_out", q_out, 0, tokens);
-  check_dim(op, "k_cache", k_cache, 2, hd);
-  SPECULA_CHECK(hd % 2 == 0, op, ": head_dim ", hd, " must be even for RoPE");
-  check_dim(op, "qkv", qkv, 1, (n_heads + 2 * n_kv) * hd);
-  check_dtype(op, "positions", positions, DType::I32);
-  check_dtype(op, "slots", slots, DType::I32);
-  SPECULA_CHECK(positions.numel() == tokens && slots.numel() == tokens, op, ": positions ", positions.shape_string(),
-                " and slots ", slots.shape_string(), " must have ", tokens, " entries");
-  check_dtype(op, "rope.inv_freq", rope.inv_freq, DType::F32);
-  SPECULA_CHECK(rope.inv_freq.numel() == hd / 2, op, ": rope.inv_freq ", rope.inv_freq.shape_string(), " must have ",
-                hd / 2, " entries");
-  SPECULA_CHECK(q_norm.empty() == k_norm.empty(), op, ": q_norm and k_norm must be given together");
-  if (!q_norm.empty()) {
-    check_float(op, "q_norm", q_norm);
-    check_float(op, "k_norm", k_norm);
-    SPECULA_CHECK(q_norm.numel() == hd && k_norm.numel() == hd, op, ": q_norm/k_norm must have head_dim ", hd,
-                  " entries");
-  }
-  const Device device =
-      common_device(op, {&qkv, &q_norm, &k_norm, &rope.inv_freq, &positions, &slots, &q_out, &k_cache, &v_cache});
-  check_cpu_f32(op, device, {&qkv, &q_out, &k_cache, &v_cache});
+  const Device device = check_qkv_rope_store(op, qkv, q_norm, k_norm, rope, positions, slots, q_out, k_cache, v_cache);
   dispatch(op, ctx, device,
            [&](ThreadPool& p) {
              cpu::qkv_rope_store(p, qkv, q_norm, k_norm, norm_eps, rope, positions, slots, q_out, k_cache, v_cache);
@@ -196,25 +227,24 @@ void qkv_rope_store(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, con
 void attention(OpContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& slots,
                float scale, Tensor& out) {
   constexpr std::string_view op = "attention";
-  check_float(op, "q", q);
-  check_rank(op, "q", q, 3);
-  check_float(op, "k_cache", k_cache);
-  check_rank(op, "k_cache", k_cache, 3);
-  check_same_shape(op, "k_cache", k_cache, "v_cache", v_cache);
-  SPECULA_CHECK(k_cache.dtype == v_cache.dtype, op, ": k_cache and v_cache dtypes differ");
-  const int64_t tokens = q.dim(0), n_heads = q.dim(1), hd = q.dim(2), n_kv = k_cache.dim(0);
-  check_dim(op, "k_cache", k_cache, 2, hd);
-  SPECULA_CHECK(n_kv > 0 && n_heads % n_kv == 0, op, ": ", n_heads, " query heads are not a multiple of ", n_kv,
-                " KV heads");
-  check_dtype(op, "slots", slots, DType::I32);
-  SPECULA_CHECK(slots.numel() == tokens, op, ": slots ", slots.shape_string(), " must have ", tokens, " entries");
-  check_float(op, "out", out);
-  SPECULA_CHECK(out.numel() == q.numel() && out.rows() == tokens, op, ": out ", out.shape_string(), " must be [",
-                tokens, ", ", n_heads * hd, "]");
-  const Device device = common_device(op, {&q, &k_cache, &v_cache, &slots, &out});
-  check_cpu_f32(op, device, {&q, &k_cache, &v_cache, &out});
+  const Device device = check_attention(op, q, k_cache, v_cache, slots, out);
   dispatch(op, ctx, device, [&](ThreadPool& p) { cpu::attention(p, q, k_cache, v_cache, slots, scale, out); },
            SPECULA_ON_CUDA(attention(c, q, k_cache, v_cache, slots, scale, out)));
+}
+
+void qkv_attention(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
+                   const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale, Tensor& q_out,
+                   Tensor& k_cache, Tensor& v_cache, Tensor& out) {
+  constexpr std::string_view op = "qkv_attention";
+  const Device device = check_qkv_rope_store(op, qkv, q_norm, k_norm, rope, positions, slots, q_out, k_cache, v_cache);
+  SPECULA_CHECK(check_attention(op, q_out, k_cache, v_cache, slots, out) == device, op, ": out is on another device");
+  dispatch(op, ctx, device,
+           [&](ThreadPool& p) {
+             cpu::qkv_rope_store(p, qkv, q_norm, k_norm, norm_eps, rope, positions, slots, q_out, k_cache, v_cache);
+             cpu::attention(p, q_out, k_cache, v_cache, slots, scale, out);
+           },
+           SPECULA_ON_CUDA(qkv_attention(c, qkv, q_norm, k_norm, norm_eps, rope, positions, slots, scale, q_out,
+                                         k_cache, v_cache, out)));
 }
 
 void silu_mul(OpContext& ctx, const Tensor& gate_up, Tensor& out) {

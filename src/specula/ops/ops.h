@@ -102,6 +102,14 @@ void qkv_rope_store(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, con
 void attention(OpContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                const Tensor& slots, float scale, Tensor& out);
 
+// A decoder layer's attention from the fused QKV projection on: qkv_rope_store then attention
+// (same arguments and results; q_out holds the rotated queries afterwards). One op because the
+// CUDA backend runs a one-token call (batch-1 decode) as a single kernel, where three separate
+// kernels cost more in launch boundaries and load round trips than the cache reads themselves.
+void qkv_attention(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
+                   const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale,
+                   Tensor& q_out, Tensor& k_cache, Tensor& v_cache, Tensor& out);
+
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, I + i].   gate_up [T, 2I]; out [T, I].
 void silu_mul(OpContext& ctx, const Tensor& gate_up, Tensor& out);
 

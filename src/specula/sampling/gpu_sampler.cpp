@@ -109,7 +109,7 @@ uint64_t GpuSampler::draw_counter() const { return kernels::draw_counter(ctx_, d
 
 #else  // !SPECULA_WITH_CUDA
 
-GpuSampler::GpuSampler(cuda::CudaContext& ctx, int64_t vocab_size, int64_t max_batch_rows)
+GpuSampler::GpuSampler(cuda::CudaContext& ctx, int64_t vocab_size, int64_t max_batch_rows, void*)
     : ctx_(ctx), vocab_(vocab_size), max_rows_(max_batch_rows) {
   fail("GpuSampler: this build has no CUDA backend");
 }

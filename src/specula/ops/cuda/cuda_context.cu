@@ -34,7 +34,7 @@ bool pdl_supported(const cudaDeviceProp& prop) {
 }
 
 // True when the environment variable `name` is set to anything but "" or "0" (the A/B switches
-// SPECULA_NO_PDL and SPECULA_NO_BULK_GEMV).
+// SPECULA_NO_PDL, SPECULA_NO_BULK_GEMV and SPECULA_NO_FUSED_ATTENTION).
 bool disabled_by_environment(const char* name) {
   const char* value = std::getenv(name);
   return value != nullptr && value[0] != '\0' && std::strcmp(value, "0") != 0;
@@ -65,6 +65,7 @@ std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_b
   ctx->programmatic_launch_supported_ = pdl_supported(prop);
   ctx->programmatic_launch_ = ctx->programmatic_launch_supported_ && !disabled_by_environment("SPECULA_NO_PDL");
   ctx->bulk_gemv_ = !disabled_by_environment("SPECULA_NO_BULK_GEMV");
+  ctx->fused_decode_attention_ = !disabled_by_environment("SPECULA_NO_FUSED_ATTENTION");
 
   cudaStream_t stream = nullptr;
   SPECULA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -76,8 +77,12 @@ std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_b
   if (workspace_bytes > 0) SPECULA_CUDA_CHECK(cudaMalloc(&ctx->workspace_, workspace_bytes));
   ctx->workspace_bytes_ = workspace_bytes;
   ctx->owns_workspace_ = workspace_bytes > 0;
-  SPECULA_CUDA_CHECK(cudaMalloc(&ctx->error_word_, sizeof(uint32_t)));
-  SPECULA_CUDA_CHECK(cudaMemset(ctx->error_word_, 0, sizeof(uint32_t)));
+  // The error word, then the arrival counters from the next 128-byte boundary (their own lines).
+  constexpr size_t kCounterOffsetWords = 32;
+  constexpr size_t kWordsBytes = (kCounterOffsetWords + kArrivalCounters) * sizeof(uint32_t);
+  SPECULA_CUDA_CHECK(cudaMalloc(&ctx->error_word_, kWordsBytes));
+  SPECULA_CUDA_CHECK(cudaMemset(ctx->error_word_, 0, kWordsBytes));
+  ctx->arrival_counters_ = ctx->error_word_ + kCounterOffsetWords;
   return ctx;
 }
 

@@ -25,6 +25,12 @@ void qkv_rope_store(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, c
                     Tensor& k_cache, Tensor& v_cache);
 void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& slots,
                float scale, Tensor& out);
+void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
+                   const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale, Tensor& q_out,
+                   Tensor& k_cache, Tensor& v_cache, Tensor& out);
+// Whether qkv_attention with these operands runs the fused decode kernel (for tests).
+bool qkv_attention_is_fused(const CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,
+                            const Tensor& v_cache);
 void silu_mul(CudaContext& ctx, const Tensor& gate_up, Tensor& out);
 void argmax(CudaContext& ctx, const Tensor& logits, Tensor& out);
 void convert(CudaContext& ctx, const Tensor& src, Tensor& dst);

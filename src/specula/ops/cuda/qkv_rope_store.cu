@@ -3,16 +3,9 @@
 // rotate-half convention, then q to q_out and k/v to their cache rows.
 //
 // One warp per (token, head) over all n_heads + 2 n_kv heads of the fused row, so every head is
-// independent and the grid grows with tokens for prefill. Lane l handles the rotation pairs
-// (i, i + hd/2) for i = l, l + 32, ...: each pair needs one angle, so a lane computes exactly the
-// cos/sin it uses, and the warp's loads of consecutive i are coalesced. With a norm the warp
-// first reduces the head's sum of squares and then re-reads the head (an L1 hit), which works
-// for any head_dim without a register cap.
-//
-// Angles follow the CPU reference bit for bit: float(position) * inv_freq[i] in fp32, then the
-// precise sincosf (never the __sinf intrinsics, whose error grows with the angle and positions
-// reach 1e5+ radians); cos and sin are scaled by attention_scaling. A slot outside the cache
-// sets kErrorSlotOutOfRange and skips that token's K/V store; its queries are still written.
+// independent and the grid grows with tokens for prefill. The rotation itself is rope.cuh's
+// rope_head_warp, which the fused decode kernel (qkv_attention.cu) shares. A slot outside the
+// cache sets kErrorSlotOutOfRange and skips that token's K/V store; its queries are still written.
 //
 // Launched with programmatic dependent launch where available (pdl.cuh): every warp waits for
 // the QKV projection before reading anything, including on its early-exit paths.
@@ -21,6 +14,7 @@
 #include "specula/ops/cuda/cuda_check.cuh"
 #include "specula/ops/cuda/cuda_ops.h"
 #include "specula/ops/cuda/kernel_utils.cuh"
+#include "specula/ops/cuda/rope.cuh"
 
 namespace specula::ops::cuda_impl {
 
@@ -56,7 +50,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarpSize) qkv_rope_store_ker
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
   if (item >= a.tokens * heads_per_token) return;  // whole warps only: no block barrier below
   const int64_t t = item / heads_per_token, h = item % heads_per_token;
-  const int64_t hd = a.head_dim, half = hd / 2;
+  const int64_t hd = a.head_dim;
   const int64_t src = t * heads_per_token * hd + h * hd;  // element offset of this head in qkv
 
   const bool is_q = h < a.n_heads, is_v = h >= a.n_heads + a.n_kv;
@@ -85,35 +79,10 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarpSize) qkv_rope_store_ker
     return;
   }
 
-  const void* norm = is_q ? a.q_norm : a.k_norm;
-  const DType norm_dtype = is_q ? a.q_norm_dtype : a.k_norm_dtype;
-  float inv = 1.0f;
-  if (norm) {
-    float sum_sq = 0.0f;
-    for (int64_t i = lane; i < hd; i += kWarpSize) {
-      const float x = load_f32_dyn(a.qkv, a.qkv_dtype, src + i);
-      sum_sq += x * x;
-    }
-    sum_sq = warp_sum(sum_sq);
-    inv = 1.0f / sqrtf(sum_sq / static_cast<float>(hd) + a.norm_eps);
-  }
-
-  const float position = static_cast<float>(a.positions[t]);
-  for (int64_t i = lane; i < half; i += kWarpSize) {
-    float x0 = load_f32_dyn(a.qkv, a.qkv_dtype, src + i);
-    float x1 = load_f32_dyn(a.qkv, a.qkv_dtype, src + i + half);
-    if (norm) {
-      x0 = load_f32_dyn(norm, norm_dtype, i) * (x0 * inv);
-      x1 = load_f32_dyn(norm, norm_dtype, i + half) * (x1 * inv);
-    }
-    const float angle = position * a.inv_freq[i];
-    float s, c;
-    sincosf(angle, &s, &c);
-    c *= a.attention_scaling;
-    s *= a.attention_scaling;
-    store_f32_dyn(dst_base, dst_dtype, dst + i, x0 * c - x1 * s);
-    store_f32_dyn(dst_base, dst_dtype, dst + i + half, x1 * c + x0 * s);
-  }
+  const RopeHeadSource head{a.qkv, a.qkv_dtype, src, hd, is_q ? a.q_norm : a.k_norm,
+                            is_q ? a.q_norm_dtype : a.k_norm_dtype, a.norm_eps};
+  const RopeAngles angles{a.inv_freq, a.attention_scaling, static_cast<float>(a.positions[t])};
+  rope_head_warp(head, angles, lane, [&](int64_t i, float v) { store_f32_dyn(dst_base, dst_dtype, dst + i, v); });
 }
 
 }  // namespace
