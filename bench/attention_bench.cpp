@@ -1,7 +1,10 @@
-// specula_attention_bench: speed of the CUDA ops::attention kernels against the two ceilings that
-// bound them. Decode (one token, 32 query heads over 8 KV heads, head_dim 128, BF16 cache) is
-// reported as GB/s of K/V read and as a share of a device-to-device copy measured in the same run;
-// prefill (T = 4096, causal) as TFLOP/s counting 2 * 2 * T * T / 2 * head_dim * heads.
+// specula_attention_bench: speed of the CUDA attention kernels against the two ceilings that
+// bound them. Decode (one token, 32 query heads over 8 KV heads, head_dim 128, BF16 cache) runs
+// ops::qkv_attention as the engine does (RoPE, cache store and attention from the QKV output),
+// once with the fused decode kernel and once with the separate kernels, and is reported as
+// microseconds per call and GB/s of K/V read, as a share of a device-to-device copy measured in
+// the same run; prefill (ops::attention, T = 4096, causal) as TFLOP/s counting
+// 2 * 2 * T * T / 2 * head_dim * heads.
 //
 // Method: CUDA events around the timed region, warm-up first, median of repeats. Decode calls are
 // captured in a CUDA graph (as the engine runs them), one call per "layer" over enough distinct
@@ -59,11 +62,12 @@ void fill_random_bf16(void* device, size_t count, uint64_t seed) {
 
 struct DecodeResult {
   int context, capacity, n_heads, n_kv, head_dim, layers;
+  bool fused;
   double us, gbps;
 };
 
 DecodeResult bench_decode(cuda::CudaContext& ctx, int context, int capacity, int n_heads, int n_kv, int head_dim,
-                          int repeats) {
+                          bool fused, int repeats) {
   const auto stream = static_cast<cudaStream_t>(ctx.stream());
   const size_t cache_elems = static_cast<size_t>(n_kv) * capacity * head_dim;
   const size_t read_bytes = 2 * static_cast<size_t>(n_kv) * context * head_dim * 2;  // K and V, bf16
@@ -84,15 +88,26 @@ DecodeResult bench_decode(cuda::CudaContext& ctx, int context, int capacity, int
       }
   }
   const size_t q_elems = static_cast<size_t>(n_heads) * head_dim;
-  DeviceMemory q(q_elems * 2), out(q_elems * 2 * layers), slots(sizeof(int32_t));
-  fill_random_bf16(q.get(), q_elems, 99);
+  const size_t qkv_elems = static_cast<size_t>(n_heads + 2 * n_kv) * head_dim;
+  DeviceMemory qkv(qkv_elems * 2), q(q_elems * 2), out(q_elems * 2 * layers), slots(sizeof(int32_t)),
+      positions(sizeof(int32_t)), inv_freq(static_cast<size_t>(head_dim / 2) * sizeof(float));
+  fill_random_bf16(qkv.get(), qkv_elems, 99);
   const int32_t slot = context - 1;
   check(cudaMemcpy(slots.get(), &slot, sizeof slot, cudaMemcpyHostToDevice), "slots");
+  check(cudaMemcpy(positions.get(), &slot, sizeof slot, cudaMemcpyHostToDevice), "positions");
+  std::vector<float> freq(static_cast<size_t>(head_dim / 2));
+  for (size_t i = 0; i < freq.size(); ++i)
+    freq[i] = 1.0f / std::pow(500000.0f, 2.0f * static_cast<float>(i) / static_cast<float>(head_dim));
+  check(cudaMemcpy(inv_freq.get(), freq.data(), freq.size() * sizeof(float), cudaMemcpyHostToDevice), "inv_freq");
 
   ops::OpContext op;
   op.cuda = &ctx;
+  ctx.set_fused_decode_attention(fused);
+  Tensor tqkv(qkv.get(), DType::BF16, {1, static_cast<int64_t>(qkv_elems)}, Device::CUDA);
   Tensor tq(q.get(), DType::BF16, {1, n_heads, head_dim}, Device::CUDA);
   Tensor ts(slots.get(), DType::I32, {1}, Device::CUDA);
+  Tensor tp(positions.get(), DType::I32, {1}, Device::CUDA);
+  const ops::RopeParams rope{Tensor(inv_freq.get(), DType::F32, {head_dim / 2}, Device::CUDA), 1.0f};
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
   check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "begin capture");
@@ -101,16 +116,19 @@ DecodeResult bench_decode(cuda::CudaContext& ctx, int context, int capacity, int
     Tensor tk(k, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA);
     Tensor tv(k + cache_elems, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA);
     Tensor to(static_cast<uint16_t*>(out.get()) + l * q_elems, DType::BF16, {1, n_heads * head_dim}, Device::CUDA);
-    ops::attention(op, tq, tk, tv, ts, 1.0f / std::sqrt(static_cast<float>(head_dim)), to);
+    ops::qkv_attention(op, tqkv, Tensor(), Tensor(), 1e-6f, rope, tp, ts, 1.0f / std::sqrt(static_cast<float>(head_dim)),
+                       tq, tk, tv, to);
   }
   check(cudaStreamEndCapture(stream, &graph), "end capture");
+  ctx.set_fused_decode_attention(true);
   check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
   const double ms = time_ms(stream, repeats, [&] { check(cudaGraphLaunch(exec, stream), "graph launch"); });
   ctx.check_device_errors();
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   const double us = ms * 1e3 / layers;
-  return {context, capacity, n_heads, n_kv, head_dim, layers, us, static_cast<double>(read_bytes) / (us * 1e-6) / 1e9};
+  return {context, capacity, n_heads, n_kv, head_dim, layers, fused, us,
+          static_cast<double>(read_bytes) / (us * 1e-6) / 1e9};
 }
 
 struct PrefillResult {
@@ -161,8 +179,8 @@ int main(int argc, char** argv) {
     std::printf("device: %s, %d SMs; device-to-device copy %.0f GB/s (read + write)\n", ctx->info().name.c_str(),
                 ctx->info().multiprocessors, copy);
 
-    std::printf("\ndecode, bf16 cache, one token\n%8s %9s %6s %5s %7s %10s %9s %8s\n", "context", "capacity", "heads",
-                "kv", "layers", "us/call", "GB/s", "of copy");
+    std::printf("\ndecode (qkv_attention), bf16 cache, one token\n%8s %9s %6s %5s %7s %8s %10s %9s %8s\n", "context",
+                "capacity", "heads", "kv", "layers", "kernel", "us/call", "GB/s", "of copy");
     struct DecodeShape {
       int context, capacity, n_heads, n_kv;
     };
@@ -171,12 +189,15 @@ int main(int argc, char** argv) {
         {8192, 32768, 32, 8},  {32768, 32768, 32, 8}, {32768, 32768, 32, 2},  // last: group 16 (MiniCPM4)
     };
     for (const DecodeShape& s : decode_shapes) {
-      const DecodeResult r = bench_decode(*ctx, s.context, s.capacity, s.n_heads, s.n_kv, 128, repeats);
-      std::printf("%8d %9d %6d %5d %7d %10.2f %9.0f %7.1f%%\n", r.context, r.capacity, r.n_heads, r.n_kv, r.layers,
-                  r.us, r.gbps, 100.0 * r.gbps / copy);
-      report["decode"].push_back({{"context", r.context}, {"capacity", r.capacity}, {"n_heads", r.n_heads},
-                                  {"n_kv", r.n_kv}, {"head_dim", r.head_dim}, {"layers", r.layers}, {"us", r.us},
-                                  {"gbps", r.gbps}, {"fraction_of_copy", r.gbps / copy}});
+      for (bool fused : {true, false}) {
+        const DecodeResult r = bench_decode(*ctx, s.context, s.capacity, s.n_heads, s.n_kv, 128, fused, repeats);
+        std::printf("%8d %9d %6d %5d %7d %8s %10.2f %9.0f %7.1f%%\n", r.context, r.capacity, r.n_heads, r.n_kv,
+                    r.layers, fused ? "fused" : "3-kernel", r.us, r.gbps, 100.0 * r.gbps / copy);
+        report["decode"].push_back({{"context", r.context}, {"capacity", r.capacity}, {"n_heads", r.n_heads},
+                                    {"n_kv", r.n_kv}, {"head_dim", r.head_dim}, {"layers", r.layers},
+                                    {"kernel", fused ? "fused" : "unfused"}, {"us", r.us}, {"gbps", r.gbps},
+                                    {"fraction_of_copy", r.gbps / copy}});
+      }
     }
 
     std::printf("\nprefill, bf16, causal\n%6s %6s %5s %5s %10s %9s\n", "T", "heads", "kv", "hd", "ms", "TFLOP/s");

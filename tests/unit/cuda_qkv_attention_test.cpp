@@ -115,9 +115,9 @@ Expected reference(const FusedCase& c, FusedInputs in, int32_t slot) {
   ops::qkv_rope_store(cpu.ops, cpu_tensor(in.qkv, {1, c.width()}), c.qk_norm ? cpu_tensor(in.q_norm, {hd}) : Tensor{},
                       c.qk_norm ? cpu_tensor(in.k_norm, {hd}) : Tensor{}, kNormEps, rope, cpu_tensor(pos, {1}),
                       cpu_tensor(slots, {1}), q, k, v);
-  e.q = round_to(c.cache, e.q);
-  e.k_cache = round_to(c.cache, e.k_cache);
-  e.v_cache = round_to(c.cache, e.v_cache);
+  // In place: the tensors above view these vectors.
+  for (std::vector<float>* v : {&e.q, &e.k_cache, &e.v_cache})
+    for (float& x : *v) x = round_to(c.cache, x);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   Tensor out = cpu_tensor(e.out, {1, c.n_heads * hd});
   ops::attention(cpu.ops, q, k, v, cpu_tensor(slots, {1}), scale, out);
