@@ -106,6 +106,9 @@ void attention(OpContext& ctx, const Tensor& q, const Tensor& k_cache, const Ten
 // (same arguments and results; q_out holds the rotated queries afterwards). One op because the
 // CUDA backend runs a one-token call (batch-1 decode) as a single kernel, where three separate
 // kernels cost more in launch boundaries and load round trips than the cache reads themselves.
+// That kernel reads the cache rows below slots[0] before it waits for the previous kernel, so in
+// a one-token call those rows must not be written by work queued after the forward's input copy
+// (they come from earlier forwards, which is how the engine fills the cache).
 void qkv_attention(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale,
                    Tensor& q_out, Tensor& k_cache, Tensor& v_cache, Tensor& out);

@@ -77,12 +77,8 @@ std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_b
   if (workspace_bytes > 0) SPECULA_CUDA_CHECK(cudaMalloc(&ctx->workspace_, workspace_bytes));
   ctx->workspace_bytes_ = workspace_bytes;
   ctx->owns_workspace_ = workspace_bytes > 0;
-  // The error word, then the arrival counters from the next 128-byte boundary (their own lines).
-  constexpr size_t kCounterOffsetWords = 32;
-  constexpr size_t kWordsBytes = (kCounterOffsetWords + kArrivalCounters) * sizeof(uint32_t);
-  SPECULA_CUDA_CHECK(cudaMalloc(&ctx->error_word_, kWordsBytes));
-  SPECULA_CUDA_CHECK(cudaMemset(ctx->error_word_, 0, kWordsBytes));
-  ctx->arrival_counters_ = ctx->error_word_ + kCounterOffsetWords;
+  SPECULA_CUDA_CHECK(cudaMalloc(&ctx->error_word_, sizeof(uint32_t)));
+  SPECULA_CUDA_CHECK(cudaMemset(ctx->error_word_, 0, sizeof(uint32_t)));
   return ctx;
 }
 

@@ -36,11 +36,6 @@ struct DeviceInfo {
 // token; see ops/cuda/attention.cu).
 constexpr size_t kDefaultWorkspaceBytes = size_t{64} << 20;
 
-// Arrival counters a context keeps for kernels whose last block to finish does the final step
-// (the fused decode attention merges its splits that way): one per group of cooperating blocks,
-// all zero between kernels (the last block resets its own counter).
-constexpr int kArrivalCounters = 1024;
-
 class CudaContext {
  public:
   // Selects device `ordinal`, creates a non-blocking stream, a cuBLASLt handle and a workspace of
@@ -60,8 +55,6 @@ class CudaContext {
   void adopt_workspace(void* data, size_t bytes);
   size_t workspace_bytes() const { return workspace_bytes_; }
   uint32_t* error_word() const { return error_word_; } // device pointer
-  // kArrivalCounters device words, zero whenever no kernel is running (see kArrivalCounters).
-  uint32_t* arrival_counters() const { return arrival_counters_; }
   const DeviceInfo& info() const { return info_; }
   // True when the decode-path kernels are launched with programmatic dependent launch: the device
   // is sm_90+, the kernels were compiled for it (their device code holds the grid-dependency
@@ -80,10 +73,11 @@ class CudaContext {
   // the kernels it was captured with.
   bool bulk_gemv() const { return bulk_gemv_; }
   void set_bulk_gemv(bool enable) { bulk_gemv_ = enable; }
-  // True when one-token ops::qkv_attention runs as one fused kernel (RoPE, cache store, split-KV
-  // attention and the merge; ops/cuda/qkv_attention.cu; the default); false keeps the separate
-  // qkv_rope_store, attention and combine kernels, for A/B benchmarks and tests
-  // (SPECULA_NO_FUSED_ATTENTION=1 or set_fused_decode_attention(false)). Only between steps.
+  // True when one-token ops::qkv_attention may run as one fused kernel (RoPE, cache store,
+  // split-KV attention and the merge of the splits inside a thread-block cluster;
+  // ops/cuda/qkv_attention.cu, sm_90; the default); false keeps the separate qkv_rope_store,
+  // attention and combine kernels, for A/B benchmarks and tests (SPECULA_NO_FUSED_ATTENTION=1 or
+  // set_fused_decode_attention(false)). Only between steps: a captured graph keeps its kernels.
   bool fused_decode_attention() const { return fused_decode_attention_; }
   void set_fused_decode_attention(bool enable) { fused_decode_attention_ = enable; }
   // Slot for the cuBLASLt plan cache of ops/cuda/gemm_cublaslt.cu (per-shape descriptors and
@@ -104,8 +98,7 @@ class CudaContext {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   bool owns_workspace_ = false;  // false after adopt_workspace()
-  uint32_t* error_word_ = nullptr;        // start of the one allocation of device words
-  uint32_t* arrival_counters_ = nullptr;  // inside it, after the error word
+  uint32_t* error_word_ = nullptr;
   DeviceInfo info_;
   bool programmatic_launch_supported_ = false;
   bool programmatic_launch_ = false;

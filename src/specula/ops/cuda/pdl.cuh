@@ -58,28 +58,44 @@ __device__ __forceinline__ void pdl_prefetch_l2(const void* p) {
 }
 
 // Launches kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization
-// when `programmatic` (the context's programmatic_launch()). Throws "<what>: <error>" if the
-// launch is rejected. The kernel must follow the contract above.
+// when `programmatic` (the context's programmatic_launch()) and, when cluster_x > 0, in thread-block
+// clusters of cluster_x x 1 x 1 blocks (sm_90; grid.x must be a multiple). Throws "<what>: <error>"
+// if the launch is rejected. The kernel must follow the contract above.
 template <typename... Params, typename... Args>
-void launch_kernel(cudaStream_t stream, bool programmatic, const char* what, void (*kernel)(Params...), dim3 grid,
-                   dim3 block, size_t smem, Args&&... args) {
+void launch_kernel_clustered(cudaStream_t stream, bool programmatic, const char* what, void (*kernel)(Params...),
+                             dim3 grid, dim3 block, size_t smem, unsigned cluster_x, Args&&... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attribute{};
+  cudaLaunchAttribute attributes[2]{};
+  unsigned count = 0;
   if (programmatic) {
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
+    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[count].val.programmaticStreamSerializationAllowed = 1;
+    ++count;
   }
+  if (cluster_x > 0) {
+    attributes[count].id = cudaLaunchAttributeClusterDimension;
+    attributes[count].val.clusterDim.x = cluster_x;
+    attributes[count].val.clusterDim.y = 1;
+    attributes[count].val.clusterDim.z = 1;
+    ++count;
+  }
+  config.attrs = count > 0 ? attributes : nullptr;
+  config.numAttrs = count;
   const cudaError_t status = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
   if (status != cudaSuccess) {
     cudaGetLastError();  // the launch error is not sticky; clear it so later checks start clean
     fail(what, ": ", cudaGetErrorString(status));
   }
+}
+
+template <typename... Params, typename... Args>
+void launch_kernel(cudaStream_t stream, bool programmatic, const char* what, void (*kernel)(Params...), dim3 grid,
+                   dim3 block, size_t smem, Args&&... args) {
+  launch_kernel_clustered(stream, programmatic, what, kernel, grid, block, smem, 0u, std::forward<Args>(args)...);
 }
 
 template <typename... Params, typename... Args>

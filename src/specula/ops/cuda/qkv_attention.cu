@@ -1,36 +1,42 @@
 // CUDA ops::qkv_attention: everything from the fused QKV projection's output to the attention
-// output. For one token (batch-1 decode) with a 16-bit cache and head_dim 64 or 128 it runs one
-// fused kernel; anything else runs qkv_rope_store then attention (qkv_rope_store.cu,
+// output. For one token (batch-1 decode) on sm_90 with a 16-bit cache and head_dim 64 or 128 it
+// runs one fused kernel; anything else runs qkv_rope_store then attention (qkv_rope_store.cu,
 // attention.cu), which is also what the fused kernel must agree with.
 //
 // Why a fused decode kernel: at short context the decode attention is a chain of dependent round
 // trips, not a bandwidth problem (2 MB of cache per layer at context 512). Three kernels (RoPE and
 // cache store, split-KV attention, split merge) pay three launch-and-wait boundaries and three
-// chains of loads per layer; measured on the H100 that stretch cost ~15 us per layer, 8% of the
-// step. Here one kernel does it all:
-//   1. Each block owns one KV head (or kHeads of its query heads when the GQA group is larger
-//      than 8) and one split of the visible rows, cut in tiles of kTileRows rows exactly as
-//      attention.cu cuts its splits (attn_split_range), so the grid depends only on the capacity
-//      and the length is read on the device: one captured graph serves every length.
-//   2. Right after the grid-dependency wait it issues the loads of its first K/V tile, then
-//      rotates its queries (and, in the split holding the new row, the new key) from the QKV
-//      buffer with rope.cuh while those loads are in flight. The new row never comes from the
-//      cache: the block that owns it writes it to the cache and uses its own copy, so cache loads
-//      only touch rows before the slot, which nothing writes during the kernel.
-//   3. Threads own 8 dims of one row per pass (one 16-byte load each of K and V); each half-warp
-//      (a row's lanes) keeps an online softmax over its rows; warps merge through shared memory.
-//   4. Splits merge without another kernel: each writes its unnormalised output and (max, sum)
-//      to the workspace, takes a ticket from the context's arrival counter for its head group
-//      (after a fence), and the last to arrive merges all splits and resets the counter. One
-//      active split writes the output directly.
-// Rounding matches the unfused path: q and the new K/V row are rounded to the cache dtype
-// before use (as q_out and the cache hold them), scores and softmax in fp32.
+// chains of loads per layer. Here one kernel does it all:
+//   1. Each thread-block cluster owns one KV head (or kHeads of its query heads, when the group is
+//      large or there are few KV heads) and its kCluster blocks split the visible rows, cut in
+//      tiles of kTileRows rows as attention.cu cuts its splits (attn_split_range), so the grid
+//      depends only on the shapes and the length is read on the device: one captured graph serves
+//      every length.
+//   2. Before the grid-dependency wait a block reads the slot and requests its first K/V tiles:
+//      the slot comes from the forward's host-to-device input copy, which completes before the
+//      forward's first kernel, and cache rows before the slot were written by earlier forwards
+//      (the new row never comes from the cache; see below). The latency of those loads then hides
+//      behind the previous kernel's tail. After the wait it rotates its queries (and, in the split
+//      holding the new row, the new key) from the QKV buffer with rope.cuh.
+//   3. Threads own 8 dims of one row per pass (one 16-byte load each of K and V), kAhead tiles in
+//      flight; each row group (the lanes of a row) keeps an online softmax over its rows; warps
+//      merge through shared memory, then the cluster's leader merges the splits through
+//      distributed shared memory: no partials in global memory, no merge kernel, no atomics.
+//   4. The block that owns the new row writes it to the cache and attends to its own fp32 copy of
+//      it (rounded to the cache dtype), so no block reads a row that this kernel writes.
+// Rounding matches the unfused path: q and the new K/V row are rounded to the cache dtype before
+// use (as q_out and the cache hold them); scores and softmax in fp32.
+//
+// Contract this relies on (ops.h states it for the op): in a one-token call, nothing queued since
+// the forward's input copy writes cache rows below slots[0] of this layer before this op.
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "specula/core/error.h"
 #include "specula/ops/cuda/attention_common.cuh"
@@ -44,10 +50,13 @@ namespace specula::ops::cuda_impl {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / kWarpSize;
-constexpr int kDimsPerLane = 8;        // one 16-byte load of a 16-bit cache row
-constexpr int kMaxHeadsPerBlock = 8;   // query heads a block serves (at most kWarps, see the merge)
-constexpr int kMaxFusedSplits = 64;    // splits per head group; bounds the merge's shared memory
+[[maybe_unused]] constexpr int kWarps = kThreads / kWarpSize;
+constexpr int kDimsPerLane = 8;       // one 16-byte load of a 16-bit cache row
+[[maybe_unused]] constexpr int kPasses = 2;            // rows per thread per tile
+[[maybe_unused]] constexpr int kAhead = 2;             // tiles in flight per block
+constexpr int kMaxHeadsPerBlock = 8;  // query heads a block serves (at most kWarps, see the merge)
+constexpr int kMaxCluster = 16;       // blocks per cluster (16 is the non-portable sm_90 maximum)
+constexpr int kMinComputeMajor = 9;   // thread-block clusters and distributed shared memory
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct FusedArgs {
@@ -66,11 +75,8 @@ struct FusedArgs {
   void* v_cache;
   void* out;  // [n_heads * head_dim]
   DType out_dtype;
-  float* partial_o;   // [groups, num_splits, kHeads, head_dim]
-  float* partial_ml;  // [groups, num_splits, kHeads, 2]: running max (log2 domain) and sum
-  uint32_t* counters; // [groups]
   uint32_t* error_word;
-  int n_heads, n_kv, group, head_blocks, capacity, num_splits;
+  int n_heads, n_kv, group, head_blocks, capacity;
   float scale_log2;
 };
 
@@ -80,7 +86,7 @@ struct HeadState {
   float m, l, acc[kDimsPerLane];
 };
 
-__device__ __forceinline__ void merge_state(HeadState& s, float m2, float l2, const float (&acc2)[kDimsPerLane]) {
+[[maybe_unused]] __device__ __forceinline__ void merge_state(HeadState& s, float m2, float l2, const float (&acc2)[kDimsPerLane]) {
   const float m = fmaxf(s.m, m2);
   if (m == -INFINITY) return;  // both empty
   const float c1 = exp2f(s.m - m), c2 = exp2f(m2 - m);
@@ -99,44 +105,43 @@ __device__ __forceinline__ void unpack_row(const uint4& r, float (&f)[kDimsPerLa
   W::unpack(r.w, &f[6]);
 }
 
+// Grid (cluster blocks, head groups), clusters of kCluster x 1 blocks: blockIdx.x is the split and
+// the block's rank in its cluster, blockIdx.y the (KV head, head block) pair.
 template <typename CacheT, int kHeadDim, int kHeads>
-__global__ void __launch_bounds__(kThreads) decode_attention_kernel(const FusedArgs a) {
+__global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(const FusedArgs a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int kLanesPerRow = kHeadDim / kDimsPerLane;  // 16 or 8
   constexpr int kRowsPerPass = kThreads / kLanesPerRow;  // 16 or 32
-  constexpr int kPasses = 2;
   constexpr int kTileRows = kPasses * kRowsPerPass;      // 32 or 64
   static_assert(kHeads <= kWarps, "the split merge gives each head one warp");
   __shared__ float s_q[kHeads][kHeadDim];
   __shared__ float s_k[kHeadDim], s_v[kHeadDim];
   __shared__ float s_acc[kWarps][kHeads][kHeadDim];
   __shared__ float s_m[kWarps][kHeads], s_l[kWarps][kHeads];
-  __shared__ float s_weight[kHeads][kMaxFusedSplits];
-  __shared__ bool s_last;
+  __shared__ __align__(16) float s_out[kHeads][kHeadDim];  // this split's result, read by the leader
+  __shared__ float s_ml[kHeads][2];
+  __shared__ float s_weight[kHeads][kMaxCluster];
+  namespace cg = cooperative_groups;
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int num_splits = static_cast<int>(cluster.num_blocks());
 
   pdl_launch_dependents();
-  pdl_wait();  // qkv, the caches, slots/positions, the workspace and the counters are earlier kernels'
   const int tid = static_cast<int>(threadIdx.x), lane = tid % kWarpSize, warp = tid / kWarpSize;
   const int split = static_cast<int>(blockIdx.x), group_block = static_cast<int>(blockIdx.y);
   const int kvh = group_block / a.head_blocks, hb = group_block % a.head_blocks;
-  const int head0 = kvh * a.group + hb * kHeads;           // first query head of this block
-  const int heads = min(kHeads, a.group - hb * kHeads);    // its real heads (the rest is padding)
+  const int head0 = kvh * a.group + hb * kHeads;         // first query head of this block
+  const int heads = min(kHeads, a.group - hb * kHeads);  // its real heads (the rest is padding)
 
+  // Before the wait: the slot and this split's first tiles (see the file comment for why that is safe).
   const int slot = a.slots[0];
-  if (slot < 0 || slot >= a.capacity) {  // reported once; the output is zeros, the cache untouched
-    if (split == 0) {
-      if (group_block == 0 && tid == 0) report_device_error(a.error_word, specula::cuda::kErrorSlotOutOfRange);
-      for (int e = tid; e < heads * kHeadDim; e += kThreads)
-        store_f32_dyn(a.out, a.out_dtype, static_cast<int64_t>(head0) * kHeadDim + e, 0.0f);
-    }
-    return;
-  }
-  const int len_tiles = attn::ceil_div_int(slot + 1, kTileRows);
-  const attn::TileRange range = attn::attn_split_range(len_tiles, a.num_splits, 1, split);
-  if (range.begin >= range.end) return;  // a split past the length: no partial, no ticket
-  const int active = attn::ceil_div_int(len_tiles, attn::ceil_div_int(len_tiles, a.num_splits));
-  const bool owner = range.end == len_tiles;  // the last active split holds the new row
+  const bool valid = slot >= 0 && slot < a.capacity;
+  const int len_tiles = valid ? attn::ceil_div_int(slot + 1, kTileRows) : 0;
+  const attn::TileRange range = attn::attn_split_range(len_tiles, num_splits, 1, split);
+  const bool active = range.begin < range.end;
+  const int active_splits = valid ? attn::ceil_div_int(len_tiles, attn::ceil_div_int(len_tiles, num_splits)) : 0;
+  const bool owner = active && range.end == len_tiles;  // the last active split holds the new row
   const int row_begin = range.begin * kTileRows;
-  const int row_end = min(range.end * kTileRows, slot);  // cached rows; row `slot` is added apart
+  const int row_end = active ? min(range.end * kTileRows, slot) : row_begin;  // cached rows only
 
   const int row0 = tid / kLanesPerRow, dim0 = (tid % kLanesPerRow) * kDimsPerLane;
   const int64_t head_rows = static_cast<int64_t>(kvh) * a.capacity;
@@ -150,18 +155,28 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const FusedA
         kr[p] = detail::load_v4_stream(k_base + static_cast<int64_t>(row) * kHeadDim);
         vr[p] = detail::load_v4_stream(v_base + static_cast<int64_t>(row) * kHeadDim);
       } else {
-        kr[p] = vr[p] = make_uint4(0, 0, 0, 0);
+        kr[p] = vr[p] = make_uint4(0, 0, 0, 0);  // past the split: no memory access
       }
     }
   };
-  // The first tile's loads go out before the rotation below, which then hides their latency.
-  uint4 k_regs[kPasses], v_regs[kPasses];
-  load_tile(row_begin, k_regs, v_regs);
+  uint4 k_buf[kAhead][kPasses], v_buf[kAhead][kPasses];
+#pragma unroll
+  for (int i = 0; i < kAhead; ++i) load_tile(row_begin + i * kTileRows, k_buf[i], v_buf[i]);
+
+  pdl_wait();  // qkv, positions, the cache row this kernel writes and the error word are earlier kernels'
+  if (!valid) {  // the same for every block: no cluster barrier is left waiting
+    if (split == 0) {
+      if (group_block == 0 && tid == 0) report_device_error(a.error_word, specula::cuda::kErrorSlotOutOfRange);
+      for (int e = tid; e < heads * kHeadDim; e += kThreads)
+        store_f32_dyn(a.out, a.out_dtype, static_cast<int64_t>(head0) * kHeadDim + e, 0.0f);
+    }
+    return;
+  }
 
   // Queries (and the new K/V row, in the owner) from the QKV buffer: one warp per head.
   const int64_t kv_row = (head_rows + slot) * kHeadDim;
   const RopeAngles angles{a.inv_freq, a.attention_scaling, static_cast<float>(a.positions[0])};
-  const int items = heads + (owner ? 2 : 0);
+  const int items = active ? heads + (owner ? 2 : 0) : 0;
   for (int item = warp; item < items; item += kWarps) {
     if (item < heads) {
       const int head = head0 + item;
@@ -203,7 +218,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const FusedA
     st[h].l = 0.0f;
   }
 
-  // Scores of this lane's rows for every head, reduced over the row's lanes; masked rows -inf.
+  // Scores of this lane's row for every head, reduced over the row's lanes; masked rows -inf.
   auto row_scores = [&](const float (&kf)[kDimsPerLane], bool visible, float (&score)[kHeads]) {
 #pragma unroll
     for (int h = 0; h < kHeads; ++h) {
@@ -215,18 +230,13 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const FusedA
       score[h] = visible ? dot : -INFINITY;
     }
   };
-
-  for (int base = row_begin; base < row_end; base += kTileRows) {
-    // The next tile's loads go out before this tile's arithmetic (past row_end they are zeros
-    // without a memory access), so one tile is always in flight.
-    uint4 k_next[kPasses], v_next[kPasses];
-    load_tile(base + kTileRows, k_next, v_next);
+  auto attend_tile = [&](int base, const uint4 (&kr)[kPasses], const uint4 (&vr)[kPasses]) {
     float score[kPasses][kHeads], vf[kPasses][kDimsPerLane];
 #pragma unroll
     for (int p = 0; p < kPasses; ++p) {
       float kf[kDimsPerLane];
-      unpack_row<CacheT>(k_regs[p], kf);
-      unpack_row<CacheT>(v_regs[p], vf[p]);
+      unpack_row<CacheT>(kr[p], kf);
+      unpack_row<CacheT>(vr[p], vf[p]);
       row_scores(kf, base + row0 + p * kRowsPerPass < row_end, score[p]);
     }
 #pragma unroll
@@ -239,25 +249,28 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const FusedA
       for (int j = 0; j < kDimsPerLane; ++j) st[h].acc[j] = st[h].acc[j] * corr + p0 * vf[0][j] + p1 * vf[1][j];
       st[h].m = m;
     }
+  };
+  // kAhead tiles in flight: each slot of the ring is refilled right after it is used.
+  for (int base = row_begin; base < row_end; base += kAhead * kTileRows) {
 #pragma unroll
-    for (int p = 0; p < kPasses; ++p) {
-      k_regs[p] = k_next[p];
-      v_regs[p] = v_next[p];
+    for (int i = 0; i < kAhead; ++i) {
+      const int tile = base + i * kTileRows;
+      if (tile < row_end) attend_tile(tile, k_buf[i], v_buf[i]);
+      load_tile(tile + kAhead * kTileRows, k_buf[i], v_buf[i]);
     }
   }
 
   if (owner && warp == 0) {  // the new row, in the first row group of warp 0
-    float kf[kDimsPerLane], score[kHeads];
+    float kf[kDimsPerLane], score[kHeads], vf[kDimsPerLane];
 #pragma unroll
-    for (int j = 0; j < kDimsPerLane; ++j) kf[j] = s_k[dim0 + j];
+    for (int j = 0; j < kDimsPerLane; ++j) {
+      kf[j] = s_k[dim0 + j];
+      vf[j] = s_v[dim0 + j];
+    }
     row_scores(kf, lane < kLanesPerRow, score);
 #pragma unroll
-    for (int h = 0; h < kHeads; ++h) {
-      float one[kDimsPerLane];
-#pragma unroll
-      for (int j = 0; j < kDimsPerLane; ++j) one[j] = s_v[dim0 + j];
-      if (score[h] != -INFINITY) merge_state(st[h], score[h], 1.0f, one);
-    }
+    for (int h = 0; h < kHeads; ++h)
+      if (score[h] != -INFINITY) merge_state(st[h], score[h], 1.0f, vf);
   }
 
   // Row groups of a warp -> one state per warp (butterfly), then warps -> block in shared memory.
@@ -285,145 +298,177 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const FusedA
     }
   }
   __syncthreads();
-
-  const int group_splits = group_block * a.num_splits;
-  for (int e = tid; e < heads * kHeadDim; e += kThreads) {
-    const int h = e / kHeadDim, d = e % kHeadDim;
-    float m = -INFINITY;
+  if (active) {  // this split's (max, sum, unnormalised output) per head; m is finite: a row was seen
+    for (int e = tid; e < heads * kHeadDim; e += kThreads) {
+      const int h = e / kHeadDim, d = e % kHeadDim;
+      float m = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, s_m[w][h]);
-    float o = 0.0f, l = 0.0f;  // m is finite: every active split sees at least one row
+      for (int w = 0; w < kWarps; ++w) m = fmaxf(m, s_m[w][h]);
+      float o = 0.0f, l = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float f = exp2f(s_m[w][h] - m);
-      o += f * s_acc[w][h][d];
-      l += f * s_l[w][h];
-    }
-    if (active == 1) {
-      store_f32_dyn(a.out, a.out_dtype, static_cast<int64_t>(head0 + h) * kHeadDim + d, o / l);
-    } else {
-      const int64_t row = static_cast<int64_t>(group_splits + split) * kHeads + h;
-      a.partial_o[row * kHeadDim + d] = o;
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = exp2f(s_m[w][h] - m);
+        o += f * s_acc[w][h][d];
+        l += f * s_l[w][h];
+      }
+      s_out[h][d] = o;
       if (d == 0) {
-        a.partial_ml[2 * row] = m;
-        a.partial_ml[2 * row + 1] = l;
+        s_ml[h][0] = m;
+        s_ml[h][1] = l;
       }
     }
   }
-  if (active == 1) return;
 
-  // Ticket: the fence orders this block's partials before its arrival; the last block's fence
-  // orders its reads after everyone's (the classic threadfence reduction).
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) s_last = atomicAdd(&a.counters[group_block], 1u) == static_cast<unsigned>(active - 1);
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-
-  if (warp < heads) {  // weights exp2(m_s - M) / L of the splits, one warp per head
-    const int h = warp;
-    float m = -INFINITY;
-    for (int s = lane; s < active; s += kWarpSize)
-      m = fmaxf(m, __ldcg(&a.partial_ml[2 * ((static_cast<int64_t>(group_splits) + s) * kHeads + h)]));
+  // Every split's result is in its block's shared memory; the leader (split 0, always active)
+  // weighs them and writes the output, and the second barrier keeps the peers' shared memory
+  // alive until it has read them.
+  cluster.sync();
+  if (split == 0) {
+    if (warp < heads) {
+      const int h = warp;
+      float m_split = -INFINITY, l_split = 0.0f;
+      if (lane < active_splits) {
+        const float* ml = cluster.map_shared_rank(&s_ml[h][0], lane);
+        m_split = ml[0];
+        l_split = ml[1];
+      }
+      float m = m_split;
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, offset));
-    float total = 0.0f;
-    for (int s = lane; s < active; s += kWarpSize) {
-      const int64_t row = (static_cast<int64_t>(group_splits) + s) * kHeads + h;
-      const float w = exp2f(__ldcg(&a.partial_ml[2 * row]) - m);
-      s_weight[h][s] = w;
-      total += w * __ldcg(&a.partial_ml[2 * row + 1]);
+      for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, offset));
+      const float w = lane < active_splits ? exp2f(m_split - m) : 0.0f;
+      const float total = warp_sum(w * l_split);
+      if (lane < active_splits) s_weight[h][lane] = w / total;
     }
-    total = warp_sum(total);
-    const float inv = 1.0f / total;
-    for (int s = lane; s < active; s += kWarpSize) s_weight[h][s] *= inv;
-  }
-  __syncthreads();
-  for (int e = tid; e < heads * kHeadDim; e += kThreads) {
-    const int h = e / kHeadDim, d = e % kHeadDim;
-    float o = 0.0f;
+    __syncthreads();
+    for (int e = tid; e < heads * kHeadDim; e += kThreads) {
+      const int h = e / kHeadDim, d = e % kHeadDim;
+      float o = 0.0f;
 #pragma unroll 4
-    for (int s = 0; s < active; ++s)
-      o += s_weight[h][s] * __ldcg(&a.partial_o[((static_cast<int64_t>(group_splits) + s) * kHeads + h) * kHeadDim + d]);
-    store_f32_dyn(a.out, a.out_dtype, static_cast<int64_t>(head0 + h) * kHeadDim + d, o);
+      for (int r = 0; r < active_splits; ++r) o += s_weight[h][r] * *cluster.map_shared_rank(&s_out[h][d], r);
+      store_f32_dyn(a.out, a.out_dtype, static_cast<int64_t>(head0 + h) * kHeadDim + d, o);
+    }
   }
-  if (tid == 0) a.counters[group_block] = 0;  // every active split has arrived: ready for the next use
+  cluster.sync();
+#else
+  __trap();  // never launched below sm_90 (fused_applies)
+#endif
 }
 
-// Query heads per block for a GQA group: the next power of two up to kMaxHeadsPerBlock (a group
-// of 7 computes one padded head; groups above 8 take several blocks per KV head, which read the
-// same K/V rows, mostly from L2).
-int heads_per_block(int group) {
+int next_power_of_two_heads(int group) {
   int heads = 1;
   while (heads < group && heads < kMaxHeadsPerBlock) heads *= 2;
   return heads;
 }
 
+// The fused kernel's launch plan for one shape, or none (cluster == 0) when it does not apply.
+struct FusedPlan {
+  int heads_per_block = 0, head_blocks = 0, cluster = 0;
+};
+
 template <typename CacheT, int kHeadDim, int kHeads>
-void launch_fused(CudaContext& ctx, FusedArgs a, int capacity) {
-  const auto kernel = decode_attention_kernel<CacheT, kHeadDim, kHeads>;
-  constexpr int kTileRows = 2 * kThreads / (kHeadDim / kDimsPerLane);
-  int blocks_per_sm = 0;
-  SPECULA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, 0));
-  const int groups = a.n_kv * a.head_blocks;
-  // One full wave of blocks at long context; at short context the length leaves fewer active.
-  const int target = std::max(1, ctx.info().multiprocessors) * std::max(1, blocks_per_sm);
-  int splits = std::max(1, attn::ceil_div_int(target, groups));
-  splits = std::min({splits, kMaxFusedSplits, attn::ceil_div_int(capacity, kTileRows)});
-  const size_t per_split = static_cast<size_t>(groups) * kHeads * (kHeadDim + 2) * sizeof(float);
-  const size_t fit = ctx.workspace_bytes() > attn::kPartialAlignment
-                         ? (ctx.workspace_bytes() - attn::kPartialAlignment) / per_split
-                         : 0;
-  if (static_cast<size_t>(splits) > fit) splits = static_cast<int>(std::max<size_t>(fit, 1));
-  a.num_splits = splits;
-  const size_t o_bytes = static_cast<size_t>(groups) * splits * kHeads * kHeadDim * sizeof(float);
-  const size_t ml_offset = (o_bytes + attn::kPartialAlignment - 1) / attn::kPartialAlignment * attn::kPartialAlignment;
-  a.partial_o = static_cast<float*>(ctx.workspace());
-  a.partial_ml = reinterpret_cast<float*>(static_cast<unsigned char*>(ctx.workspace()) + ml_offset);
-  launch_kernel(ctx, "qkv_attention (fused decode kernel)", kernel,
-                dim3(static_cast<unsigned>(splits), static_cast<unsigned>(groups)), dim3(kThreads), 0, a);
+void* kernel_for() {
+  return reinterpret_cast<void*>(decode_attention_kernel<CacheT, kHeadDim, kHeads>);
+}
+
+void* pick_kernel(DType cache, int64_t head_dim, int heads) {
+  auto by_heads = [&](auto tag_cache, auto tag_dim) -> void* {
+    using CacheT = typename decltype(tag_cache)::type;
+    constexpr int kHeadDim = decltype(tag_dim)::value;
+    switch (heads) {
+      case 1: return kernel_for<CacheT, kHeadDim, 1>();
+      case 2: return kernel_for<CacheT, kHeadDim, 2>();
+      case 4: return kernel_for<CacheT, kHeadDim, 4>();
+      default: return kernel_for<CacheT, kHeadDim, 8>();
+    }
+  };
+  using D64 = std::integral_constant<int, 64>;
+  using D128 = std::integral_constant<int, 128>;
+  if (cache == DType::BF16) return head_dim == 128 ? by_heads(TypeTag<__nv_bfloat16>{}, D128{}) : by_heads(TypeTag<__nv_bfloat16>{}, D64{});
+  return head_dim == 128 ? by_heads(TypeTag<__half>{}, D128{}) : by_heads(TypeTag<__half>{}, D64{});
+}
+
+// Heads per block: the GQA group rounded up to a power of two (at most kMaxHeadsPerBlock), halved
+// while the clusters would leave more than half the SMs idle (few KV heads: more blocks re-read
+// the same K/V rows, mostly from L2, instead of a few blocks streaming long caches alone). The
+// cluster is kMaxCluster blocks when every cluster of the grid fits on the device at once (one
+// wave), else the plan is empty and the three-kernel path runs.
+FusedPlan plan_fused(const CudaContext& ctx, DType cache, int64_t n_heads, int64_t n_kv, int64_t head_dim) {
+  FusedPlan plan;
+  const int group = static_cast<int>(n_heads / n_kv), sms = ctx.info().multiprocessors;
+  int heads = next_power_of_two_heads(group);
+  auto groups_for = [&](int h) { return static_cast<int>(n_kv) * attn::ceil_div_int(group, h); };
+  while (heads > 1 && groups_for(heads) * kMaxCluster * 2 < sms) heads /= 2;
+  const int groups = groups_for(heads);
+  if (groups > 65535) return plan;
+  void* kernel = pick_kernel(cache, head_dim, heads);
+  cudaFuncAttributes attributes{};
+  SPECULA_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  if (attributes.binaryVersion < 90) return plan;  // built without sm_90 code: the body would trap
+  SPECULA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(kMaxCluster, static_cast<unsigned>(groups));
+  config.blockDim = dim3(kThreads);
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = kMaxCluster;
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  int clusters = 0;
+  SPECULA_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
+  if (clusters < groups) return plan;
+  plan.heads_per_block = heads;
+  plan.head_blocks = attn::ceil_div_int(group, heads);
+  plan.cluster = kMaxCluster;
+  return plan;
+}
+
+// Whether the fused kernel takes this call: sm_90, one token, a 16-bit cache with q_out in the
+// same dtype (so q is rounded as the unfused path rounds it), head_dim 64 or 128, 16-byte aligned
+// caches, and a plan whose clusters all fit on the device at once.
+FusedPlan fused_plan_for(const CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,
+                         const Tensor& v_cache) {
+  const int64_t n_heads = q_out.dim(1), hd = q_out.dim(2), n_kv = k_cache.dim(0);
+  const DType cache = k_cache.dtype;
+  if (!ctx.fused_decode_attention() || ctx.info().sm_major < kMinComputeMajor || qkv.dim(0) != 1) return {};
+  if ((cache != DType::BF16 && cache != DType::F16) || q_out.dtype != cache) return {};
+  if (hd != 64 && hd != 128) return {};
+  if (!is_aligned(k_cache.data, kVectorBytes) || !is_aligned(v_cache.data, kVectorBytes)) return {};
+  if (k_cache.dim(1) > INT_MAX || n_heads > INT_MAX) return {};
+  return plan_fused(ctx, cache, n_heads, n_kv, hd);
+}
+
+template <typename CacheT, int kHeadDim, int kHeads>
+void launch_fused(CudaContext& ctx, const FusedArgs& a, const FusedPlan& plan) {
+  const dim3 grid(static_cast<unsigned>(plan.cluster), static_cast<unsigned>(a.n_kv * a.head_blocks));
+  launch_kernel_clustered(stream_of(ctx), ctx.programmatic_launch(), "qkv_attention (fused decode kernel)",
+                          decode_attention_kernel<CacheT, kHeadDim, kHeads>, grid, dim3(kThreads), 0,
+                          static_cast<unsigned>(plan.cluster), a);
 }
 
 template <typename CacheT, int kHeadDim>
-void launch_fused_heads(CudaContext& ctx, const FusedArgs& a, int heads, int capacity) {
-  switch (heads) {
-    case 1: launch_fused<CacheT, kHeadDim, 1>(ctx, a, capacity); return;
-    case 2: launch_fused<CacheT, kHeadDim, 2>(ctx, a, capacity); return;
-    case 4: launch_fused<CacheT, kHeadDim, 4>(ctx, a, capacity); return;
-    default: launch_fused<CacheT, kHeadDim, 8>(ctx, a, capacity); return;
+void launch_fused_heads(CudaContext& ctx, const FusedArgs& a, const FusedPlan& plan) {
+  switch (plan.heads_per_block) {
+    case 1: launch_fused<CacheT, kHeadDim, 1>(ctx, a, plan); return;
+    case 2: launch_fused<CacheT, kHeadDim, 2>(ctx, a, plan); return;
+    case 4: launch_fused<CacheT, kHeadDim, 4>(ctx, a, plan); return;
+    default: launch_fused<CacheT, kHeadDim, 8>(ctx, a, plan); return;
   }
-}
-
-// Whether the fused kernel takes this call: one token, a 16-bit cache with q_out in the same
-// dtype (so q is rounded as the unfused path rounds it), head_dim 64 or 128, 16-byte aligned
-// cache rows, enough arrival counters and a workspace for at least the partials of one split.
-bool fused_applies(const CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,
-                   const Tensor& v_cache) {
-  const int64_t n_heads = q_out.dim(1), hd = q_out.dim(2), n_kv = k_cache.dim(0);
-  const DType cache = k_cache.dtype;
-  if (!ctx.fused_decode_attention() || qkv.dim(0) != 1) return false;
-  if ((cache != DType::BF16 && cache != DType::F16) || q_out.dtype != cache) return false;
-  if (hd != 64 && hd != 128) return false;
-  if (!is_aligned(k_cache.data, kVectorBytes) || !is_aligned(v_cache.data, kVectorBytes)) return false;
-  const int64_t group = n_heads / n_kv, heads = heads_per_block(static_cast<int>(std::min<int64_t>(group, INT_MAX)));
-  const int64_t groups = n_kv * attn::ceil_div_int(static_cast<int>(group), static_cast<int>(heads));
-  if (groups > specula::cuda::kArrivalCounters || k_cache.dim(1) > INT_MAX) return false;
-  const size_t one_split = static_cast<size_t>(groups) * heads * (hd + 2) * sizeof(float) + attn::kPartialAlignment;
-  return ctx.workspace() != nullptr && ctx.workspace_bytes() >= one_split;
 }
 
 }  // namespace
 
 bool qkv_attention_is_fused(const CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,
                             const Tensor& v_cache) {
-  return fused_applies(ctx, qkv, q_out, k_cache, v_cache);
+  return fused_plan_for(ctx, qkv, q_out, k_cache, v_cache).cluster > 0;
 }
 
 void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale, Tensor& q_out,
                    Tensor& k_cache, Tensor& v_cache, Tensor& out) {
-  if (!fused_applies(ctx, qkv, q_out, k_cache, v_cache)) {
+  const FusedPlan plan = fused_plan_for(ctx, qkv, q_out, k_cache, v_cache);
+  if (plan.cluster == 0) {
     qkv_rope_store(ctx, qkv, q_norm, k_norm, norm_eps, rope, positions, slots, q_out, k_cache, v_cache);
     attention(ctx, q_out, k_cache, v_cache, slots, scale, out);
     return;
@@ -445,26 +490,24 @@ void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, co
   a.v_cache = v_cache.data;
   a.out = out.data;
   a.out_dtype = out.dtype;
-  a.counters = ctx.arrival_counters();
   a.error_word = ctx.error_word();
   a.n_heads = static_cast<int>(q_out.dim(1));
   a.n_kv = static_cast<int>(k_cache.dim(0));
   a.group = a.n_heads / a.n_kv;
+  a.head_blocks = plan.head_blocks;
   a.capacity = static_cast<int>(k_cache.dim(1));
   a.scale_log2 = scale * kLog2e;
-  const int heads = heads_per_block(a.group);
-  a.head_blocks = attn::ceil_div_int(a.group, heads);
   const bool hd128 = q_out.dim(2) == 128;
   if (k_cache.dtype == DType::BF16) {
     if (hd128)
-      launch_fused_heads<__nv_bfloat16, 128>(ctx, a, heads, a.capacity);
+      launch_fused_heads<__nv_bfloat16, 128>(ctx, a, plan);
     else
-      launch_fused_heads<__nv_bfloat16, 64>(ctx, a, heads, a.capacity);
+      launch_fused_heads<__nv_bfloat16, 64>(ctx, a, plan);
   } else {
     if (hd128)
-      launch_fused_heads<__half, 128>(ctx, a, heads, a.capacity);
+      launch_fused_heads<__half, 128>(ctx, a, plan);
     else
-      launch_fused_heads<__half, 64>(ctx, a, heads, a.capacity);
+      launch_fused_heads<__half, 64>(ctx, a, plan);
   }
 }
 
