@@ -33,6 +33,7 @@
 #include "specula/core/error.h"
 #include "specula/core/tensor.h"
 #include "specula/ops/cuda/cuda_context.h"
+#include "specula/ops/cuda/cuda_ops.h"
 #include "specula/ops/ops.h"
 
 using namespace specula;
@@ -64,6 +65,7 @@ struct DecodeResult {
   int context, capacity, n_heads, n_kv, head_dim, layers;
   bool fused;
   double us, gbps;
+  std::string path;  // what qkv_attention ran
 };
 
 DecodeResult bench_decode(cuda::CudaContext& ctx, int context, int capacity, int n_heads, int n_kv, int head_dim,
@@ -103,6 +105,7 @@ DecodeResult bench_decode(cuda::CudaContext& ctx, int context, int capacity, int
   ops::OpContext op;
   op.cuda = &ctx;
   ctx.set_fused_decode_attention(fused);
+  std::string path;
   Tensor tqkv(qkv.get(), DType::BF16, {1, static_cast<int64_t>(qkv_elems)}, Device::CUDA);
   Tensor tq(q.get(), DType::BF16, {1, n_heads, head_dim}, Device::CUDA);
   Tensor ts(slots.get(), DType::I32, {1}, Device::CUDA);
@@ -110,6 +113,12 @@ DecodeResult bench_decode(cuda::CudaContext& ctx, int context, int capacity, int
   const ops::RopeParams rope{Tensor(inv_freq.get(), DType::F32, {head_dim / 2}, Device::CUDA), 1.0f};
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
+  {
+    auto* k = static_cast<uint16_t*>(caches[0]->get());
+    Tensor tk(k, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA);
+    Tensor tv(k + cache_elems, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA);
+    path = ops::cuda_impl::describe_qkv_attention(ctx, tqkv, tq, tk, tv);
+  }
   check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "begin capture");
   for (int l = 0; l < layers; ++l) {
     auto* k = static_cast<uint16_t*>(caches[static_cast<size_t>(l)]->get());
@@ -128,7 +137,7 @@ DecodeResult bench_decode(cuda::CudaContext& ctx, int context, int capacity, int
   cudaGraphDestroy(graph);
   const double us = ms * 1e3 / layers;
   return {context, capacity, n_heads, n_kv, head_dim, layers, fused, us,
-          static_cast<double>(read_bytes) / (us * 1e-6) / 1e9};
+          static_cast<double>(read_bytes) / (us * 1e-6) / 1e9, path};
 }
 
 struct PrefillResult {
@@ -191,11 +200,13 @@ int main(int argc, char** argv) {
     for (const DecodeShape& s : decode_shapes) {
       for (bool fused : {true, false}) {
         const DecodeResult r = bench_decode(*ctx, s.context, s.capacity, s.n_heads, s.n_kv, 128, fused, repeats);
-        std::printf("%8d %9d %6d %5d %7d %8s %10.2f %9.0f %7.1f%%\n", r.context, r.capacity, r.n_heads, r.n_kv,
-                    r.layers, fused ? "fused" : "3-kernel", r.us, r.gbps, 100.0 * r.gbps / copy);
+        std::printf("%8d %9d %6d %5d %7d %8s %10.2f %9.0f %7.1f%%  (%s)\n", r.context, r.capacity, r.n_heads,
+                    r.n_kv, r.layers, fused ? "fused" : "3-kernel", r.us, r.gbps, 100.0 * r.gbps / copy,
+                    r.path.c_str());
         report["decode"].push_back({{"context", r.context}, {"capacity", r.capacity}, {"n_heads", r.n_heads},
                                     {"n_kv", r.n_kv}, {"head_dim", r.head_dim}, {"layers", r.layers},
-                                    {"kernel", fused ? "fused" : "unfused"}, {"us", r.us}, {"gbps", r.gbps},
+                                    {"kernel", fused ? "fused" : "unfused"}, {"path", r.path}, {"us", r.us},
+                                    {"gbps", r.gbps},
                                     {"fraction_of_copy", r.gbps / copy}});
       }
     }

@@ -3,6 +3,8 @@
 // been checked by the dispatcher when these run.
 #pragma once
 
+#include <string>
+
 #include "specula/core/tensor.h"
 #include "specula/ops/ops.h"
 
@@ -31,6 +33,9 @@ void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, co
 // Whether qkv_attention with these operands runs the fused decode kernel (for tests).
 bool qkv_attention_is_fused(const CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,
                             const Tensor& v_cache);
+// Which path qkv_attention takes with these operands, in words (benchmarks print it).
+std::string describe_qkv_attention(const CudaContext& ctx, const Tensor& qkv, const Tensor& q_out,
+                                   const Tensor& k_cache, const Tensor& v_cache);
 void silu_mul(CudaContext& ctx, const Tensor& gate_up, Tensor& out);
 void argmax(CudaContext& ctx, const Tensor& logits, Tensor& out);
 void convert(CudaContext& ctx, const Tensor& src, Tensor& dst);

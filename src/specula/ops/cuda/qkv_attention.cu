@@ -36,6 +36,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
 #include "specula/core/error.h"
@@ -390,38 +391,39 @@ void* pick_kernel(DType cache, int64_t head_dim, int heads) {
 // Heads per block: the GQA group rounded up to a power of two (at most kMaxHeadsPerBlock), halved
 // while the clusters would leave more than half the SMs idle (few KV heads: more blocks re-read
 // the same K/V rows, mostly from L2, instead of a few blocks streaming long caches alone). The
-// cluster is kMaxCluster blocks when every cluster of the grid fits on the device at once (one
-// wave), else the plan is empty and the three-kernel path runs.
+// cluster is the largest of kClusterSizes whose clusters all fit on the device at once (one wave;
+// a cluster of 16 needs 16 free SMs in one GPC at one block per SM, which not every GPC has);
+// when none fits the plan is empty and the three-kernel path runs.
+constexpr int kClusterSizes[] = {kMaxCluster, 8};
+
 FusedPlan plan_fused(const CudaContext& ctx, DType cache, int64_t n_heads, int64_t n_kv, int64_t head_dim) {
-  FusedPlan plan;
   const int group = static_cast<int>(n_heads / n_kv), sms = ctx.info().multiprocessors;
-  int heads = next_power_of_two_heads(group);
   auto groups_for = [&](int h) { return static_cast<int>(n_kv) * attn::ceil_div_int(group, h); };
-  while (heads > 1 && groups_for(heads) * kMaxCluster * 2 < sms) heads /= 2;
-  const int groups = groups_for(heads);
-  if (groups > 65535) return plan;
-  void* kernel = pick_kernel(cache, head_dim, heads);
-  cudaFuncAttributes attributes{};
-  SPECULA_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
-  if (attributes.binaryVersion < 90) return plan;  // built without sm_90 code: the body would trap
-  SPECULA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(kMaxCluster, static_cast<unsigned>(groups));
-  config.blockDim = dim3(kThreads);
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeClusterDimension;
-  attribute.val.clusterDim.x = kMaxCluster;
-  attribute.val.clusterDim.y = 1;
-  attribute.val.clusterDim.z = 1;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  int clusters = 0;
-  SPECULA_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
-  if (clusters < groups) return plan;
-  plan.heads_per_block = heads;
-  plan.head_blocks = attn::ceil_div_int(group, heads);
-  plan.cluster = kMaxCluster;
-  return plan;
+  for (const int cluster : kClusterSizes) {
+    int heads = next_power_of_two_heads(group);
+    while (heads > 1 && groups_for(heads) * cluster * 2 < sms) heads /= 2;
+    const int groups = groups_for(heads);
+    if (groups > 65535) continue;
+    void* kernel = pick_kernel(cache, head_dim, heads);
+    cudaFuncAttributes attributes{};
+    SPECULA_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+    if (attributes.binaryVersion < 90) return {};  // built without sm_90 code: the body would trap
+    SPECULA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(static_cast<unsigned>(cluster), static_cast<unsigned>(groups));
+    config.blockDim = dim3(kThreads);
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = static_cast<unsigned>(cluster);
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    int clusters = 0;
+    SPECULA_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
+    if (clusters >= groups) return {heads, attn::ceil_div_int(group, heads), cluster};
+  }
+  return {};
 }
 
 // Whether the fused kernel takes this call: sm_90, one token, a 16-bit cache with q_out in the
@@ -462,6 +464,14 @@ void launch_fused_heads(CudaContext& ctx, const FusedArgs& a, const FusedPlan& p
 bool qkv_attention_is_fused(const CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,
                             const Tensor& v_cache) {
   return fused_plan_for(ctx, qkv, q_out, k_cache, v_cache).cluster > 0;
+}
+
+std::string describe_qkv_attention(const CudaContext& ctx, const Tensor& qkv, const Tensor& q_out,
+                                   const Tensor& k_cache, const Tensor& v_cache) {
+  const FusedPlan plan = fused_plan_for(ctx, qkv, q_out, k_cache, v_cache);
+  if (plan.cluster == 0) return "three kernels";
+  return "fused, clusters of " + std::to_string(plan.cluster) + " x " + std::to_string(plan.heads_per_block) +
+         " heads";
 }
 
 void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
