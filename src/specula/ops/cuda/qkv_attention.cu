@@ -54,7 +54,7 @@ constexpr int kThreads = 256;
 [[maybe_unused]] constexpr int kWarps = kThreads / kWarpSize;
 constexpr int kDimsPerLane = 8;       // one 16-byte load of a 16-bit cache row
 [[maybe_unused]] constexpr int kPasses = 2;            // rows per thread per tile
-[[maybe_unused]] constexpr int kAhead = 4;             // tiles in flight per block
+[[maybe_unused]] constexpr int kAhead = 2;             // tiles in flight per block
 constexpr int kMaxHeadsPerBlock = 8;  // query heads a block serves (at most kWarps, see the merge)
 constexpr int kMaxCluster = 16;       // blocks per cluster (16 is the non-portable sm_90 maximum)
 constexpr int kMinComputeMajor = 9;   // thread-block clusters and distributed shared memory
@@ -108,8 +108,15 @@ __device__ __forceinline__ void unpack_row(const uint4& r, float (&f)[kDimsPerLa
 
 // Grid (cluster blocks, head groups), clusters of kCluster x 1 blocks: blockIdx.x is the split and
 // the block's rank in its cluster, blockIdx.y the (KV head, head block) pair.
+// Two blocks per SM up to 4 heads (registers capped at 128), so that a cluster of 16 needs only 8
+// SMs of one GPC; 8 heads need the registers of a whole SM.
+template <int kHeads>
+constexpr int min_blocks_per_sm() {
+  return kHeads <= 4 ? 2 : 1;
+}
+
 template <typename CacheT, int kHeadDim, int kHeads>
-__global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(const FusedArgs a) {
+__global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kHeads>()) decode_attention_kernel(const FusedArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int kLanesPerRow = kHeadDim / kDimsPerLane;  // 16 or 8
   constexpr int kRowsPerPass = kThreads / kLanesPerRow;  // 16 or 32
@@ -401,7 +408,7 @@ FusedPlan plan_fused(const CudaContext& ctx, DType cache, int64_t n_heads, int64
   auto groups_for = [&](int h) { return static_cast<int>(n_kv) * attn::ceil_div_int(group, h); };
   for (const int cluster : kClusterSizes) {
     int heads = next_power_of_two_heads(group);
-    while (heads > 1 && groups_for(heads) * cluster * 4 < sms) heads /= 2;
+    while (heads > 1 && groups_for(heads) * cluster * 2 < sms) heads /= 2;
     if (ctx.fused_attention_heads() > 0) heads = std::min(ctx.fused_attention_heads(), next_power_of_two_heads(group));
     const int groups = groups_for(heads);
     if (groups > 65535) continue;
