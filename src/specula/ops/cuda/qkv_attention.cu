@@ -20,8 +20,9 @@
 //      holding the new row, the new key) from the QKV buffer with rope.cuh.
 //   3. Threads own 8 dims of one row per pass (one 16-byte load each of K and V), kAhead tiles in
 //      flight; each row group (the lanes of a row) keeps an online softmax over its rows; warps
-//      merge through shared memory, then the cluster's leader merges the splits through
-//      distributed shared memory: no partials in global memory, no merge kernel, no atomics.
+//      merge through shared memory, then the cluster merges the splits through distributed
+//      shared memory, each block one slice of the output: no partials in global memory, no merge
+//      kernel, no atomics.
 //   4. The block that owns the new row writes it to the cache and attends to its own fp32 copy of
 //      it (rounded to the cache dtype), so no block reads a row that this kernel writes.
 // Rounding matches the unfused path: q and the new K/V row are rounded to the cache dtype before
@@ -327,34 +328,39 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kHeads>()) decode_
     }
   }
 
-  // Every split's result is in its block's shared memory; the leader (split 0, always active)
-  // weighs them and writes the output, and the second barrier keeps the peers' shared memory
-  // alive until it has read them.
+  // Every split's result is in its block's shared memory. Each block of the cluster then merges
+  // one slice of the outputs, reading the slice from every split at once (one round trip of
+  // distributed shared memory loads); the second barrier keeps every block's shared memory alive
+  // until all slices are read.
   cluster.sync();
-  if (split == 0) {
-    if (warp < heads) {
-      const int h = warp;
-      float m_split = -INFINITY, l_split = 0.0f;
-      if (lane < active_splits) {
-        const float* ml = cluster.map_shared_rank(&s_ml[h][0], lane);
-        m_split = ml[0];
-        l_split = ml[1];
-      }
-      float m = m_split;
+  if (warp < heads) {  // weights exp2(m_split - m) / l of the splits for head `warp`
+    const int h = warp;
+    float m_split = -INFINITY, l_split = 0.0f;
+    if (lane < active_splits) {
+      const float* ml = cluster.map_shared_rank(&s_ml[h][0], lane);
+      m_split = ml[0];
+      l_split = ml[1];
+    }
+    float m = m_split;
 #pragma unroll
-      for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, offset));
-      const float w = lane < active_splits ? exp2f(m_split - m) : 0.0f;
-      const float total = warp_sum(w * l_split);
-      if (lane < active_splits) s_weight[h][lane] = w / total;
-    }
-    __syncthreads();
-    for (int e = tid; e < heads * kHeadDim; e += kThreads) {
-      const int h = e / kHeadDim, d = e % kHeadDim;
-      float o = 0.0f;
-#pragma unroll 4
-      for (int r = 0; r < active_splits; ++r) o += s_weight[h][r] * *cluster.map_shared_rank(&s_out[h][d], r);
-      store_f32_dyn(a.out, a.out_dtype, static_cast<int64_t>(head0 + h) * kHeadDim + d, o);
-    }
+    for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, offset));
+    const float w = lane < active_splits ? exp2f(m_split - m) : 0.0f;
+    const float total = warp_sum(w * l_split);
+    if (lane < kMaxCluster) s_weight[h][lane] = w / total;
+  }
+  __syncthreads();
+  const int outputs = heads * kHeadDim, slice = attn::ceil_div_int(outputs, num_splits);
+  const int slice_end = min(outputs, (split + 1) * slice);
+  for (int e = split * slice + tid; e < slice_end; e += kThreads) {
+    const int h = e / kHeadDim, d = e % kHeadDim;
+    float part[kMaxCluster];
+#pragma unroll
+    for (int r = 0; r < kMaxCluster; ++r)
+      part[r] = r < active_splits ? *cluster.map_shared_rank(&s_out[h][d], r) : 0.0f;
+    float o = 0.0f;
+#pragma unroll
+    for (int r = 0; r < kMaxCluster; ++r) o += s_weight[h][r] * part[r];
+    store_f32_dyn(a.out, a.out_dtype, static_cast<int64_t>(head0 + h) * kHeadDim + d, o);
   }
   cluster.sync();
 #else
