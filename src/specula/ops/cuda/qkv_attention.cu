@@ -7,11 +7,11 @@
 // trips, not a bandwidth problem (2 MB of cache per layer at context 512). Three kernels (RoPE and
 // cache store, split-KV attention, split merge) pay three launch-and-wait boundaries and three
 // chains of loads per layer. Here one kernel does it all:
-//   1. Each thread-block cluster owns one KV head (or kHeads of its query heads, when the group is
-//      large or there are few KV heads) and its kCluster blocks split the visible rows, cut in
-//      tiles of kTileRows rows as attention.cu cuts its splits (attn_split_range), so the grid
-//      depends only on the shapes and the length is read on the device: one captured graph serves
-//      every length.
+//   1. Each thread-block cluster owns kHeads query heads of one KV head (the whole group, or half
+//      of it so that enough clusters fill the GPU) and its kCluster blocks split the visible rows,
+//      cut in tiles of kTileRows rows as attention.cu cuts its splits (attn_split_range), so the
+//      grid depends only on the shapes and the length is read on the device: one captured graph
+//      serves every length.
 //   2. Before the grid-dependency wait a block reads the slot and requests its first K/V tiles:
 //      the slot comes from the forward's host-to-device input copy, which completes before the
 //      forward's first kernel, and cache rows before the slot were written by earlier forwards
@@ -20,9 +20,10 @@
 //      holding the new row, the new key) from the QKV buffer with rope.cuh.
 //   3. Threads own 8 dims of one row per pass (one 16-byte load each of K and V), kAhead tiles in
 //      flight; each row group (the lanes of a row) keeps an online softmax over its rows; warps
-//      merge through shared memory, then the cluster merges the splits through distributed
-//      shared memory, each block one slice of the output: no partials in global memory, no merge
-//      kernel, no atomics.
+//      merge through shared memory; each split stores its result into the shared memory of the
+//      cluster's leader (split 0, distributed shared memory), arrives at the cluster barrier and
+//      leaves; the leader waits, merges and writes the output. No partials in global memory, no
+//      merge kernel, no atomics.
 //   4. The block that owns the new row writes it to the cache and attends to its own fp32 copy of
 //      it (rounded to the cache dtype), so no block reads a row that this kernel writes.
 // Rounding matches the unfused path: q and the new K/V row are rounded to the cache dtype before
@@ -56,8 +57,8 @@ constexpr int kThreads = 256;
 constexpr int kDimsPerLane = 8;       // one 16-byte load of a 16-bit cache row
 [[maybe_unused]] constexpr int kPasses = 2;            // rows per thread per tile
 [[maybe_unused]] constexpr int kAhead = 2;             // tiles in flight per block
-constexpr int kMaxHeadsPerBlock = 8;  // query heads a block serves (at most kWarps, see the merge)
-constexpr int kMaxCluster = 16;       // blocks per cluster (16 is the non-portable sm_90 maximum)
+constexpr int kMaxHeadsPerBlock = 4;  // query heads a block serves (at most kWarps, see the merge)
+constexpr int kCluster = 8;           // blocks per cluster: the portable maximum, one split each
 constexpr int kMinComputeMajor = 9;   // thread-block clusters and distributed shared memory
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -107,17 +108,33 @@ __device__ __forceinline__ void unpack_row(const uint4& r, float (&f)[kDimsPerLa
   W::unpack(r.w, &f[6]);
 }
 
-// Grid (cluster blocks, head groups), clusters of kCluster x 1 blocks: blockIdx.x is the split and
-// the block's rank in its cluster, blockIdx.y the (KV head, head block) pair.
-// Two blocks per SM up to 4 heads (registers capped at 128), so that a cluster of 16 needs only 8
-// SMs of one GPC; 8 heads need the registers of a whole SM.
-template <int kHeads>
-constexpr int min_blocks_per_sm() {
-  return kHeads <= 4 ? 2 : 1;
+// Cluster barrier halves (sm_90): every thread of every block of the cluster arrives once per
+// phase; `release` orders this thread's earlier writes (shared memory of other blocks included)
+// before the arrival, `acquire` makes the writes of every arrived thread visible after the wait.
+[[maybe_unused]] __device__ __forceinline__ void cluster_arrive_relaxed() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+#endif
+}
+[[maybe_unused]] __device__ __forceinline__ void cluster_arrive_release() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#endif
+}
+[[maybe_unused]] __device__ __forceinline__ void cluster_wait_acquire() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
 }
 
+// Grid (kCluster, head groups) in clusters of kCluster x 1 blocks: blockIdx.x is the split and the
+// block's rank in its cluster, blockIdx.y the (KV head, head block) pair.
+// Two blocks per SM (registers capped at 128): a cluster then needs only 4 SMs of one GPC, and a
+// block fits beside the bulk-copy GEMV (gemv_bulk.cu) that precedes it under PDL.
+constexpr int kMinBlocksPerSm = 2;
+
 template <typename CacheT, int kHeadDim, int kHeads>
-__global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kHeads>()) decode_attention_kernel(const FusedArgs a) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) decode_attention_kernel(const FusedArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int kLanesPerRow = kHeadDim / kDimsPerLane;  // 16 or 8
   constexpr int kRowsPerPass = kThreads / kLanesPerRow;  // 16 or 32
@@ -127,14 +144,19 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kHeads>()) decode_
   __shared__ float s_k[kHeadDim], s_v[kHeadDim];
   __shared__ float s_acc[kWarps][kHeads][kHeadDim];
   __shared__ float s_m[kWarps][kHeads], s_l[kWarps][kHeads];
-  __shared__ __align__(16) float s_out[kHeads][kHeadDim];  // this split's result, read by the leader
-  __shared__ float s_ml[kHeads][2];
-  __shared__ float s_weight[kHeads][kMaxCluster];
+  // Written by every split into the leader's (split 0's) copy: each split's unnormalised output
+  // and its (max, sum) per head.
+  __shared__ float s_part[kCluster][kHeads][kHeadDim];
+  __shared__ float s_part_ml[kCluster][kHeads][2];
+  __shared__ float s_weight[kHeads][kCluster];
   namespace cg = cooperative_groups;
   const cg::cluster_group cluster = cg::this_cluster();
-  const int num_splits = static_cast<int>(cluster.num_blocks());
+  constexpr int num_splits = kCluster;
 
   pdl_launch_dependents();
+  // Phase 1 of the cluster barrier: its wait (before the first store into the leader's shared
+  // memory) guarantees every block of the cluster has started; the work in between hides it.
+  cluster_arrive_relaxed();
   const int tid = static_cast<int>(threadIdx.x), lane = tid % kWarpSize, warp = tid / kWarpSize;
   const int split = static_cast<int>(blockIdx.x), group_block = static_cast<int>(blockIdx.y);
   const int kvh = group_block / a.head_blocks, hb = group_block % a.head_blocks;
@@ -307,10 +329,13 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kHeads>()) decode_
     }
   }
   __syncthreads();
-  if (active) {  // this split's (max, sum, unnormalised output) per head; m is finite: a row was seen
+  cluster_wait_acquire();  // phase 1: every block of the cluster is running
+  if (active) {  // this split's (max, sum, unnormalised output) per head, into the leader's memory
+    float* part = cluster.map_shared_rank(&s_part[split][0][0], 0);
+    float* part_ml = cluster.map_shared_rank(&s_part_ml[split][0][0], 0);
     for (int e = tid; e < heads * kHeadDim; e += kThreads) {
       const int h = e / kHeadDim, d = e % kHeadDim;
-      float m = -INFINITY;
+      float m = -INFINITY;  // finite after the loop: an active split saw a row
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) m = fmaxf(m, s_m[w][h]);
       float o = 0.0f, l = 0.0f;
@@ -320,49 +345,38 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kHeads>()) decode_
         o += f * s_acc[w][h][d];
         l += f * s_l[w][h];
       }
-      s_out[h][d] = o;
+      part[h * kHeadDim + d] = o;
       if (d == 0) {
-        s_ml[h][0] = m;
-        s_ml[h][1] = l;
+        part_ml[2 * h] = m;
+        part_ml[2 * h + 1] = l;
       }
     }
   }
-
-  // Every split's result is in its block's shared memory. Each block of the cluster then merges
-  // one slice of the outputs, reading the slice from every split at once (one round trip of
-  // distributed shared memory loads); the second barrier keeps every block's shared memory alive
-  // until all slices are read.
-  cluster.sync();
+  // Phase 2: the splits arrive after their stores; only the leader waits, merges and writes the
+  // output (the others may leave: nobody reads their shared memory).
+  cluster_arrive_release();
+  if (split != 0) return;
+  cluster_wait_acquire();
   if (warp < heads) {  // weights exp2(m_split - m) / l of the splits for head `warp`
     const int h = warp;
-    float m_split = -INFINITY, l_split = 0.0f;
-    if (lane < active_splits) {
-      const float* ml = cluster.map_shared_rank(&s_ml[h][0], lane);
-      m_split = ml[0];
-      l_split = ml[1];
-    }
+    const bool seen = lane < active_splits;
+    const float m_split = seen ? s_part_ml[lane][h][0] : -INFINITY, l_split = seen ? s_part_ml[lane][h][1] : 0.0f;
     float m = m_split;
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, offset));
-    const float w = lane < active_splits ? exp2f(m_split - m) : 0.0f;
+    const float w = seen ? exp2f(m_split - m) : 0.0f;
     const float total = warp_sum(w * l_split);
-    if (lane < kMaxCluster) s_weight[h][lane] = w / total;
+    if (lane < kCluster) s_weight[h][lane] = w / total;
   }
   __syncthreads();
-  const int outputs = heads * kHeadDim, slice = attn::ceil_div_int(outputs, num_splits);
-  const int slice_end = min(outputs, (split + 1) * slice);
-  for (int e = split * slice + tid; e < slice_end; e += kThreads) {
+  for (int e = tid; e < heads * kHeadDim; e += kThreads) {
     const int h = e / kHeadDim, d = e % kHeadDim;
-    float part[kMaxCluster];
-#pragma unroll
-    for (int r = 0; r < kMaxCluster; ++r)
-      part[r] = r < active_splits ? *cluster.map_shared_rank(&s_out[h][d], r) : 0.0f;
     float o = 0.0f;
 #pragma unroll
-    for (int r = 0; r < kMaxCluster; ++r) o += s_weight[h][r] * part[r];
+    for (int r = 0; r < kCluster; ++r)
+      if (r < active_splits) o += s_weight[h][r] * s_part[r][h][d];
     store_f32_dyn(a.out, a.out_dtype, static_cast<int64_t>(head0 + h) * kHeadDim + d, o);
   }
-  cluster.sync();
 #else
   __trap();  // never launched below sm_90 (fused_applies)
 #endif
@@ -391,8 +405,7 @@ void* pick_kernel(DType cache, int64_t head_dim, int heads) {
     switch (heads) {
       case 1: return kernel_for<CacheT, kHeadDim, 1>();
       case 2: return kernel_for<CacheT, kHeadDim, 2>();
-      case 4: return kernel_for<CacheT, kHeadDim, 4>();
-      default: return kernel_for<CacheT, kHeadDim, 8>();
+      default: return kernel_for<CacheT, kHeadDim, 4>();
     }
   };
   using D64 = std::integral_constant<int, 64>;
@@ -402,42 +415,38 @@ void* pick_kernel(DType cache, int64_t head_dim, int heads) {
 }
 
 // Heads per block: the GQA group rounded up to a power of two (at most kMaxHeadsPerBlock), halved
-// while the clusters would leave more than half the SMs idle (few KV heads: more blocks re-read
-// the same K/V rows, mostly from L2, instead of a few blocks streaming long caches alone). The
-// cluster is the largest of kClusterSizes whose clusters all fit on the device at once (one wave;
-// a cluster of 16 needs 16 free SMs in one GPC at one block per SM, which not every GPC has);
-// when none fits the plan is empty and the three-kernel path runs.
-constexpr int kClusterSizes[] = {kMaxCluster, 8};
-
+// while the clusters would fill less than half the SMs, as long as each KV head is shared by at
+// most two blocks (the second read of its rows mostly hits L2). Shapes that still fill less than
+// half the SMs (few KV heads: Qwen2.5's 2-4, MiniCPM4's 2) keep the three-kernel path, which
+// splits long caches over more blocks. The plan is empty too when the clusters do not all fit on
+// the device at once (one wave).
 FusedPlan plan_fused(const CudaContext& ctx, DType cache, int64_t n_heads, int64_t n_kv, int64_t head_dim) {
   const int group = static_cast<int>(n_heads / n_kv), sms = ctx.info().multiprocessors;
   auto groups_for = [&](int h) { return static_cast<int>(n_kv) * attn::ceil_div_int(group, h); };
-  for (const int cluster : kClusterSizes) {
-    int heads = next_power_of_two_heads(group);
-    while (heads > 1 && groups_for(heads) * cluster * 2 < sms) heads /= 2;
-    if (ctx.fused_attention_heads() > 0) heads = std::min(ctx.fused_attention_heads(), next_power_of_two_heads(group));
-    const int groups = groups_for(heads);
-    if (groups > 65535) continue;
-    void* kernel = pick_kernel(cache, head_dim, heads);
-    cudaFuncAttributes attributes{};
-    SPECULA_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
-    if (attributes.binaryVersion < 90) return {};  // built without sm_90 code: the body would trap
-    SPECULA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(static_cast<unsigned>(cluster), static_cast<unsigned>(groups));
-    config.blockDim = dim3(kThreads);
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim.x = static_cast<unsigned>(cluster);
-    attribute.val.clusterDim.y = 1;
-    attribute.val.clusterDim.z = 1;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    int clusters = 0;
-    SPECULA_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
-    if (clusters >= groups) return {heads, attn::ceil_div_int(group, heads), cluster};
-  }
-  return {};
+  auto fills_half = [&](int h) { return groups_for(h) * kCluster * 2 >= sms; };
+  int heads = next_power_of_two_heads(group);
+  while (heads > 1 && !fills_half(heads) && attn::ceil_div_int(group, heads / 2) <= 2) heads /= 2;
+  if (ctx.fused_attention_heads() > 0) heads = std::min(ctx.fused_attention_heads(), next_power_of_two_heads(group));
+  const int head_blocks = attn::ceil_div_int(group, heads), groups = groups_for(heads);
+  if (head_blocks > 2 || !fills_half(heads) || groups > 65535) return {};
+  void* kernel = pick_kernel(cache, head_dim, heads);
+  cudaFuncAttributes attributes{};
+  SPECULA_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  if (attributes.binaryVersion < 90) return {};  // built without sm_90 code: the body would trap
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(kCluster, static_cast<unsigned>(groups));
+  config.blockDim = dim3(kThreads);
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = kCluster;
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  int clusters = 0;
+  SPECULA_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
+  if (clusters < groups) return {};
+  return {heads, head_blocks, kCluster};
 }
 
 // Whether the fused kernel takes this call: sm_90, one token, a 16-bit cache with q_out in the
@@ -468,8 +477,7 @@ void launch_fused_heads(CudaContext& ctx, const FusedArgs& a, const FusedPlan& p
   switch (plan.heads_per_block) {
     case 1: launch_fused<CacheT, kHeadDim, 1>(ctx, a, plan); return;
     case 2: launch_fused<CacheT, kHeadDim, 2>(ctx, a, plan); return;
-    case 4: launch_fused<CacheT, kHeadDim, 4>(ctx, a, plan); return;
-    default: launch_fused<CacheT, kHeadDim, 8>(ctx, a, plan); return;
+    default: launch_fused<CacheT, kHeadDim, 4>(ctx, a, plan); return;
   }
 }
 
