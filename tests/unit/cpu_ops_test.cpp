@@ -71,3 +71,59 @@ TEST_F(CpuOps, RmsNormLinearNamesMismatchedShapes) {
 }
 
 }  // namespace
+
+namespace {
+
+// Operands of one qkv_attention call: T tokens, 8 query heads over 2 KV heads of 16 dims.
+struct QkvAttentionOperands {
+  static constexpr int64_t kTokens = 3, kHeads = 8, kKv = 2, kDim = 16, kCapacity = 11;
+  std::vector<float> qkv, inv_freq, k_cache, v_cache, q, out;
+  std::vector<int32_t> positions = {4, 5, 5}, slots = {4, 5, 7};
+  explicit QkvAttentionOperands(uint64_t seed)
+      : qkv(random_values(kTokens * (kHeads + 2 * kKv) * kDim, seed)),
+        inv_freq(random_values(kDim / 2, seed + 1)),
+        k_cache(random_values(kKv * kCapacity * kDim, seed + 2)),
+        v_cache(random_values(kKv * kCapacity * kDim, seed + 3)),
+        q(kTokens * kHeads * kDim),
+        out(kTokens * kHeads * kDim) {}
+  ops::RopeParams rope() { return {view(inv_freq, {kDim / 2}), 1.0f}; }
+};
+
+}  // namespace
+
+TEST_F(CpuOps, QkvAttentionIsRopeStoreThenAttention) {
+  QkvAttentionOperands fused(12), parts(12);
+  const int64_t T = QkvAttentionOperands::kTokens, H = QkvAttentionOperands::kHeads, KV = QkvAttentionOperands::kKv,
+                D = QkvAttentionOperands::kDim, C = QkvAttentionOperands::kCapacity;
+  Tensor fq = view(fused.q, {T, H, D}), fk = view(fused.k_cache, {KV, C, D}), fv = view(fused.v_cache, {KV, C, D}),
+         fo = view(fused.out, {T, H * D});
+  ops::qkv_attention(ctx, view(fused.qkv, {T, (H + 2 * KV) * D}), Tensor(), Tensor(), 1e-6f, fused.rope(),
+                     test::cpu_tensor(fused.positions, {T}), test::cpu_tensor(fused.slots, {T}), 0.25f, fq, fk, fv, fo);
+  Tensor pq = view(parts.q, {T, H, D}), pk = view(parts.k_cache, {KV, C, D}), pv = view(parts.v_cache, {KV, C, D}),
+         po = view(parts.out, {T, H * D});
+  ops::qkv_rope_store(ctx, view(parts.qkv, {T, (H + 2 * KV) * D}), Tensor(), Tensor(), 1e-6f, parts.rope(),
+                      test::cpu_tensor(parts.positions, {T}), test::cpu_tensor(parts.slots, {T}), pq, pk, pv);
+  ops::attention(ctx, pq, pk, pv, test::cpu_tensor(parts.slots, {T}), 0.25f, po);
+  EXPECT_EQ(fused.q, parts.q);
+  EXPECT_EQ(fused.k_cache, parts.k_cache);
+  EXPECT_EQ(fused.v_cache, parts.v_cache);
+  EXPECT_EQ(fused.out, parts.out);
+}
+
+TEST_F(CpuOps, QkvAttentionNamesAMismatchedOutput) {
+  QkvAttentionOperands a(13);
+  const int64_t T = QkvAttentionOperands::kTokens, H = QkvAttentionOperands::kHeads, KV = QkvAttentionOperands::kKv,
+                D = QkvAttentionOperands::kDim, C = QkvAttentionOperands::kCapacity;
+  Tensor q = view(a.q, {T, H, D}), k = view(a.k_cache, {KV, C, D}), v = view(a.v_cache, {KV, C, D});
+  std::vector<float> short_out((T - 1) * H * D);
+  Tensor out = view(short_out, {T - 1, H * D});
+  try {
+    ops::qkv_attention(ctx, view(a.qkv, {T, (H + 2 * KV) * D}), Tensor(), Tensor(), 1e-6f, a.rope(),
+                       test::cpu_tensor(a.positions, {T}), test::cpu_tensor(a.slots, {T}), 0.25f, q, k, v, out);
+    ADD_FAILURE() << "a two-row output for three tokens was accepted";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("qkv_attention"), std::string::npos) << what;
+    EXPECT_NE(what.find("out"), std::string::npos) << what;
+  }
+}

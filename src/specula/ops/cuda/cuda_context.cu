@@ -66,11 +66,11 @@ std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_b
   ctx->programmatic_launch_ = ctx->programmatic_launch_supported_ && !disabled_by_environment("SPECULA_NO_PDL");
   ctx->bulk_gemv_ = !disabled_by_environment("SPECULA_NO_BULK_GEMV");
   ctx->fused_decode_attention_ = !disabled_by_environment("SPECULA_NO_FUSED_ATTENTION");
-  if (const char* heads = std::getenv("SPECULA_FUSED_ATTENTION_HEADS")) {
-    const int value = std::atoi(heads);
-    SPECULA_CHECK(value == 0 || value == 1 || value == 2 || value == 4 || value == 8,
-                  "SPECULA_FUSED_ATTENTION_HEADS must be 1, 2, 4 or 8 (or 0 for automatic), got '", heads, "'");
-    ctx->fused_attention_heads_ = value;
+  if (const char* heads = std::getenv("SPECULA_FUSED_ATTENTION_HEADS"); heads != nullptr && heads[0] != '\0') {
+    const std::string value = heads;
+    SPECULA_CHECK(value == "0" || value == "1" || value == "2" || value == "4",
+                  "SPECULA_FUSED_ATTENTION_HEADS must be 1, 2 or 4 (or 0 for automatic), got '", value, "'");
+    ctx->fused_attention_heads_ = value[0] - '0';
   }
 
   cudaStream_t stream = nullptr;

@@ -81,7 +81,7 @@ class CudaContext {
   bool fused_decode_attention() const { return fused_decode_attention_; }
   void set_fused_decode_attention(bool enable) { fused_decode_attention_ = enable; }
   // Query heads per block of the fused decode kernel, 0 for its own choice; a tuning override
-  // (SPECULA_FUSED_ATTENTION_HEADS=1|2|4|8) for A/B measurements of the split between blocks.
+  // (SPECULA_FUSED_ATTENTION_HEADS=1|2|4) for A/B measurements of the split between blocks.
   int fused_attention_heads() const { return fused_attention_heads_; }
   // Slot for the cuBLASLt plan cache of ops/cuda/gemm_cublaslt.cu (per-shape descriptors and
   // heuristic results), type-erased so this header stays free of CUDA types. Created by the
