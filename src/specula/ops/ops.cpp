@@ -57,6 +57,14 @@ void check_same_shape(std::string_view op, const char* a_name, const Tensor& a, 
                 " must have the same shape");
 }
 
+// K and V caches: float, [n_kv, capacity, head_dim], the same shape and dtype.
+void check_kv_caches(std::string_view op, const Tensor& k_cache, const Tensor& v_cache) {
+  check_float(op, "k_cache", k_cache);
+  check_rank(op, "k_cache", k_cache, 3);
+  check_same_shape(op, "k_cache", k_cache, "v_cache", v_cache);
+  SPECULA_CHECK(k_cache.dtype == v_cache.dtype, op, ": k_cache and v_cache dtypes differ");
+}
+
 // Argument checks of qkv_rope_store (also qkv_attention's); returns the operands' device.
 Device check_qkv_rope_store(std::string_view op, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm,
                             const RopeParams& rope, const Tensor& positions, const Tensor& slots, const Tensor& q_out,
@@ -65,10 +73,7 @@ Device check_qkv_rope_store(std::string_view op, const Tensor& qkv, const Tensor
   check_rank(op, "qkv", qkv, 2);
   check_float(op, "q_out", q_out);
   check_rank(op, "q_out", q_out, 3);
-  check_float(op, "k_cache", k_cache);
-  check_rank(op, "k_cache", k_cache, 3);
-  check_same_shape(op, "k_cache", k_cache, "v_cache", v_cache);
-  SPECULA_CHECK(k_cache.dtype == v_cache.dtype, op, ": k_cache and v_cache dtypes differ");
+  check_kv_caches(op, k_cache, v_cache);
   const int64_t tokens = qkv.dim(0), n_heads = q_out.dim(1), hd = q_out.dim(2), n_kv = k_cache.dim(0);
   check_dim(op, "q_out", q_out, 0, tokens);
   check_dim(op, "k_cache", k_cache, 2, hd);
@@ -99,10 +104,7 @@ Device check_attention(std::string_view op, const Tensor& q, const Tensor& k_cac
                        const Tensor& slots, const Tensor& out) {
   check_float(op, "q", q);
   check_rank(op, "q", q, 3);
-  check_float(op, "k_cache", k_cache);
-  check_rank(op, "k_cache", k_cache, 3);
-  check_same_shape(op, "k_cache", k_cache, "v_cache", v_cache);
-  SPECULA_CHECK(k_cache.dtype == v_cache.dtype, op, ": k_cache and v_cache dtypes differ");
+  check_kv_caches(op, k_cache, v_cache);
   const int64_t tokens = q.dim(0), n_heads = q.dim(1), hd = q.dim(2), n_kv = k_cache.dim(0);
   check_dim(op, "k_cache", k_cache, 2, hd);
   SPECULA_CHECK(n_kv > 0 && n_heads % n_kv == 0, op, ": ", n_heads, " query heads are not a multiple of ", n_kv,

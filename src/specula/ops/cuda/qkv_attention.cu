@@ -69,20 +69,7 @@ constexpr int kCluster = 8;           // blocks per cluster: the portable maximu
 constexpr int kMinComputeMajor = 9;   // thread-block clusters and distributed shared memory
 constexpr float kLog2e = 1.4426950408889634f;
 
-struct FusedArgs {
-  const void* qkv;
-  DType qkv_dtype;
-  const void* q_norm;  // nullptr: no per-head norm
-  const void* k_norm;
-  DType q_norm_dtype, k_norm_dtype;
-  float norm_eps;
-  const float* inv_freq;
-  float attention_scaling;
-  const int32_t* positions;
-  const int32_t* slots;
-  void* q_out;  // [n_heads, head_dim], the cache dtype
-  void* k_cache;
-  void* v_cache;
+struct FusedArgs : QkvRopeOperands {  // q_out in the cache dtype
   void* out;  // [n_heads * head_dim]
   DType out_dtype;
   uint32_t* error_word;
@@ -513,20 +500,8 @@ void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, co
     return;
   }
   FusedArgs a{};
-  a.qkv = qkv.data;
-  a.qkv_dtype = qkv.dtype;
-  a.q_norm = q_norm.empty() ? nullptr : q_norm.data;
-  a.k_norm = k_norm.empty() ? nullptr : k_norm.data;
-  a.q_norm_dtype = q_norm.dtype;
-  a.k_norm_dtype = k_norm.dtype;
-  a.norm_eps = norm_eps;
-  a.inv_freq = rope.inv_freq.as<const float>();
-  a.attention_scaling = rope.attention_scaling;
-  a.positions = positions.as<const int32_t>();
-  a.slots = slots.as<const int32_t>();
-  a.q_out = q_out.data;
-  a.k_cache = k_cache.data;
-  a.v_cache = v_cache.data;
+  static_cast<QkvRopeOperands&>(a) =
+      qkv_rope_operands(qkv, q_norm, k_norm, norm_eps, rope, positions, slots, q_out, k_cache, v_cache);
   a.out = out.data;
   a.out_dtype = out.dtype;
   a.error_word = ctx.error_word();

@@ -22,22 +22,7 @@ namespace {
 
 constexpr int kWarpsPerBlock = 4;
 
-struct QkvArgs {
-  const void* qkv;
-  DType qkv_dtype;
-  const void* q_norm;  // nullptr: no per-head norm
-  const void* k_norm;
-  DType q_norm_dtype, k_norm_dtype;
-  float norm_eps;
-  const float* inv_freq;
-  float attention_scaling;
-  const int32_t* positions;
-  const int32_t* slots;
-  void* q_out;
-  DType q_dtype;
-  void* k_cache;
-  void* v_cache;
-  DType cache_dtype;
+struct QkvArgs : QkvRopeOperands {
   int64_t tokens, n_heads, n_kv, head_dim, capacity;
   uint32_t* error_word;
 };
@@ -91,22 +76,8 @@ void qkv_rope_store(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, c
                     const RopeParams& rope, const Tensor& positions, const Tensor& slots, Tensor& q_out,
                     Tensor& k_cache, Tensor& v_cache) {
   QkvArgs a{};
-  a.qkv = qkv.data;
-  a.qkv_dtype = qkv.dtype;
-  a.q_norm = q_norm.empty() ? nullptr : q_norm.data;
-  a.k_norm = k_norm.empty() ? nullptr : k_norm.data;
-  a.q_norm_dtype = q_norm.dtype;
-  a.k_norm_dtype = k_norm.dtype;
-  a.norm_eps = norm_eps;
-  a.inv_freq = rope.inv_freq.as<const float>();
-  a.attention_scaling = rope.attention_scaling;
-  a.positions = positions.as<const int32_t>();
-  a.slots = slots.as<const int32_t>();
-  a.q_out = q_out.data;
-  a.q_dtype = q_out.dtype;
-  a.k_cache = k_cache.data;
-  a.v_cache = v_cache.data;
-  a.cache_dtype = k_cache.dtype;
+  static_cast<QkvRopeOperands&>(a) =
+      qkv_rope_operands(qkv, q_norm, k_norm, norm_eps, rope, positions, slots, q_out, k_cache, v_cache);
   a.tokens = qkv.dim(0);
   a.n_heads = q_out.dim(1);
   a.head_dim = q_out.dim(2);

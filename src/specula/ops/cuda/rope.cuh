@@ -20,9 +20,55 @@
 #include <cstdint>
 
 #include "specula/core/dtype.h"
+#include "specula/core/tensor.h"
 #include "specula/ops/cuda/kernel_utils.cuh"
+#include "specula/ops/ops.h"
 
 namespace specula::ops::cuda_impl {
+
+// The operands of the split of the fused QKV row into rotated queries and cache rows, as the
+// kernels that do it take them (the argument structs of qkv_rope_store.cu and qkv_attention.cu
+// derive from it).
+struct QkvRopeOperands {
+  const void* qkv;
+  DType qkv_dtype;
+  const void* q_norm;  // nullptr: no per-head norm
+  const void* k_norm;
+  DType q_norm_dtype, k_norm_dtype;
+  float norm_eps;
+  const float* inv_freq;
+  float attention_scaling;
+  const int32_t* positions;
+  const int32_t* slots;
+  void* q_out;
+  DType q_dtype;
+  void* k_cache;
+  void* v_cache;
+  DType cache_dtype;
+};
+
+inline QkvRopeOperands qkv_rope_operands(const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
+                                         const RopeParams& rope, const Tensor& positions, const Tensor& slots,
+                                         Tensor& q_out, Tensor& k_cache, Tensor& v_cache) {
+  QkvRopeOperands o{};
+  o.qkv = qkv.data;
+  o.qkv_dtype = qkv.dtype;
+  o.q_norm = q_norm.empty() ? nullptr : q_norm.data;
+  o.k_norm = k_norm.empty() ? nullptr : k_norm.data;
+  o.q_norm_dtype = q_norm.dtype;
+  o.k_norm_dtype = k_norm.dtype;
+  o.norm_eps = norm_eps;
+  o.inv_freq = rope.inv_freq.as<const float>();
+  o.attention_scaling = rope.attention_scaling;
+  o.positions = positions.as<const int32_t>();
+  o.slots = slots.as<const int32_t>();
+  o.q_out = q_out.data;
+  o.q_dtype = q_out.dtype;
+  o.k_cache = k_cache.data;
+  o.v_cache = v_cache.data;
+  o.cache_dtype = k_cache.dtype;
+  return o;
+}
 
 // Where a head's rotation reads from: the head's first element in `qkv`, its length, and the
 // norm weight to apply first (null for none).
