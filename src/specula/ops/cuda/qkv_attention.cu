@@ -121,12 +121,12 @@ __device__ __forceinline__ void unpack_row(const uint4& r, float (&f)[kDimsPerLa
 #endif
 }
 
-// Grid (kCluster, head groups) in clusters of kCluster x 1 blocks: blockIdx.x is the split and the
-// block's rank in its cluster, blockIdx.y the (KV head, head block) pair.
 // Two blocks per SM (registers capped at 128): a cluster then needs only 4 SMs of one GPC, and a
 // block fits beside the bulk-copy GEMV (gemv_bulk.cu) that precedes it under PDL.
 constexpr int kMinBlocksPerSm = 2;
 
+// Grid (kCluster, head groups) in clusters of kCluster x 1 blocks: blockIdx.x is the split and the
+// block's rank in its cluster, blockIdx.y the (KV head, head block) pair.
 template <typename CacheT, int kHeadDim, int kHeads>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) decode_attention_kernel(const FusedArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
