@@ -296,6 +296,25 @@ TEST_F(CudaQkvAttention, SeveralTokensTakeTheUnfusedPath) {
       << "the A/B switch must turn the fused kernel off";
 }
 
+// The tuning override is read from the environment when a context is created; a value the fused
+// kernel has no instantiation for is refused by name. Needs no GPU.
+TEST(CudaQkvAttentionSwitch, HeadsOverrideTakesOnlyZeroOneTwoOrFour) {
+  EXPECT_EQ(cuda::parse_fused_attention_heads(nullptr), 0);
+  EXPECT_EQ(cuda::parse_fused_attention_heads(""), 0);
+  EXPECT_EQ(cuda::parse_fused_attention_heads("0"), 0);
+  EXPECT_EQ(cuda::parse_fused_attention_heads("1"), 1);
+  EXPECT_EQ(cuda::parse_fused_attention_heads("2"), 2);
+  EXPECT_EQ(cuda::parse_fused_attention_heads("4"), 4);
+  for (const char* bad : {"3", "8", "two", "2 ", "-1", "04"}) {
+    try {
+      cuda::parse_fused_attention_heads(bad);
+      ADD_FAILURE() << "'" << bad << "' was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("SPECULA_FUSED_ATTENTION_HEADS"), std::string::npos) << e.what();
+    }
+  }
+}
+
 }  // namespace
 
 #endif  // SPECULA_WITH_CUDA

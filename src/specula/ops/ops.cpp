@@ -239,7 +239,7 @@ void qkv_attention(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, cons
                    Tensor& k_cache, Tensor& v_cache, Tensor& out) {
   constexpr std::string_view op = "qkv_attention";
   const Device device = check_qkv_rope_store(op, qkv, q_norm, k_norm, rope, positions, slots, q_out, k_cache, v_cache);
-  SPECULA_CHECK(check_attention(op, q_out, k_cache, v_cache, slots, out) == device, op, ": out is on another device");
+  check_attention(op, q_out, k_cache, v_cache, slots, out);  // its device check includes out
   dispatch(op, ctx, device,
            [&](ThreadPool& p) {
              cpu::qkv_rope_store(p, qkv, q_norm, k_norm, norm_eps, rope, positions, slots, q_out, k_cache, v_cache);

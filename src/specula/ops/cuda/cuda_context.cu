@@ -42,6 +42,14 @@ bool disabled_by_environment(const char* name) {
 
 }  // namespace
 
+int parse_fused_attention_heads(const char* value) {
+  if (value == nullptr || value[0] == '\0') return 0;
+  const std::string text = value;
+  SPECULA_CHECK(text == "0" || text == "1" || text == "2" || text == "4",
+                "SPECULA_FUSED_ATTENTION_HEADS must be 1, 2 or 4 (or 0 for automatic), got '", text, "'");
+  return text[0] - '0';
+}
+
 std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_bytes) {
   std::string why;
   SPECULA_CHECK(cuda_device_available(&why), "no usable CUDA device: ", why);
@@ -66,12 +74,7 @@ std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_b
   ctx->programmatic_launch_ = ctx->programmatic_launch_supported_ && !disabled_by_environment("SPECULA_NO_PDL");
   ctx->bulk_gemv_ = !disabled_by_environment("SPECULA_NO_BULK_GEMV");
   ctx->fused_decode_attention_ = !disabled_by_environment("SPECULA_NO_FUSED_ATTENTION");
-  if (const char* heads = std::getenv("SPECULA_FUSED_ATTENTION_HEADS"); heads != nullptr && heads[0] != '\0') {
-    const std::string value = heads;
-    SPECULA_CHECK(value == "0" || value == "1" || value == "2" || value == "4",
-                  "SPECULA_FUSED_ATTENTION_HEADS must be 1, 2 or 4 (or 0 for automatic), got '", value, "'");
-    ctx->fused_attention_heads_ = value[0] - '0';
-  }
+  ctx->fused_attention_heads_ = parse_fused_attention_heads(std::getenv("SPECULA_FUSED_ATTENTION_HEADS"));
 
   cudaStream_t stream = nullptr;
   SPECULA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));

@@ -83,10 +83,16 @@ class CudaContext {
   // Query heads per block of the fused decode kernel, 0 for its own choice; a tuning override
   // (SPECULA_FUSED_ATTENTION_HEADS=1|2|4) for A/B measurements of the split between blocks.
   int fused_attention_heads() const { return fused_attention_heads_; }
-  // Slot for the cuBLASLt plan cache of ops/cuda/gemm_cublaslt.cu (per-shape descriptors and
-  // heuristic results), type-erased so this header stays free of CUDA types. Created by the
-  // linear op on first use; owned here so it lives exactly as long as the context.
-  std::shared_ptr<void>& gemm_plan_cache() { return gemm_plan_cache_; }
+  // Per-shape state that ops compute once per context and reuse (their launch decisions are host
+  // queries too slow for every call of a decode step), type-erased so this header stays free of
+  // CUDA types. Created by the op on first use; owned here so it lives exactly as long as the
+  // context.
+  enum class OpCache {
+    GemmPlans,         // ops/cuda/gemm_cublaslt.cu: cuBLASLt descriptors and heuristic results
+    DecodeAttention,   // ops/cuda/qkv_attention.cu: the fused kernel's plan per shape
+    kCount
+  };
+  std::shared_ptr<void>& op_cache(OpCache which) { return op_caches_[static_cast<size_t>(which)]; }
 
   void synchronize() const;                  // waits for the stream; throws on a CUDA error
   // Reads and clears the error word (synchronous); throws specula::Error describing set bits.
@@ -108,8 +114,12 @@ class CudaContext {
   bool bulk_gemv_ = true;
   bool fused_decode_attention_ = true;
   int fused_attention_heads_ = 0;
-  std::shared_ptr<void> gemm_plan_cache_;
+  std::shared_ptr<void> op_caches_[static_cast<size_t>(OpCache::kCount)];
 };
+
+// The value of SPECULA_FUSED_ATTENTION_HEADS (null or empty: 0, automatic); throws specula::Error
+// naming the variable for anything but 0, 1, 2 or 4.
+int parse_fused_attention_heads(const char* value);
 
 // True if a CUDA device is present and usable (for tests that must say when they skip).
 bool cuda_device_available(std::string* why_not = nullptr);

@@ -31,10 +31,10 @@ void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, co
                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale, Tensor& q_out,
                    Tensor& k_cache, Tensor& v_cache, Tensor& out);
 // Whether qkv_attention with these operands runs the fused decode kernel (for tests).
-bool qkv_attention_is_fused(const CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,
+bool qkv_attention_is_fused(CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,
                             const Tensor& v_cache);
 // Which path qkv_attention takes with these operands, in words (benchmarks print it).
-std::string describe_qkv_attention(const CudaContext& ctx, const Tensor& qkv, const Tensor& q_out,
+std::string describe_qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_out,
                                    const Tensor& k_cache, const Tensor& v_cache);
 void silu_mul(CudaContext& ctx, const Tensor& gate_up, Tensor& out);
 void argmax(CudaContext& ctx, const Tensor& logits, Tensor& out);

@@ -140,7 +140,7 @@ class Plan {
   bool found_ = false;
 };
 
-// Plans by shape, owned by the CudaContext (see CudaContext::gemm_plan_cache). The mutex covers
+// Plans by shape, owned by the CudaContext (see CudaContext::op_cache). The mutex covers
 // lookups and runs, since a run writes the shared descriptor's bias pointer.
 class GemmPlanCache {
  public:
@@ -157,7 +157,7 @@ class GemmPlanCache {
 };
 
 GemmPlanCache& plan_cache(CudaContext& ctx) {
-  std::shared_ptr<void>& slot = ctx.gemm_plan_cache();
+  std::shared_ptr<void>& slot = ctx.op_cache(CudaContext::OpCache::GemmPlans);
   if (!slot) slot = std::make_shared<GemmPlanCache>();
   return *static_cast<GemmPlanCache*>(slot.get());
 }

@@ -44,7 +44,11 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <tuple>
 #include <type_traits>
 
 #include "specula/core/error.h"
@@ -382,31 +386,31 @@ int next_power_of_two_heads(int group) {
   return heads;
 }
 
-// The fused kernel's launch plan for one shape, or none (cluster == 0) when it does not apply.
-struct FusedPlan {
-  int heads_per_block = 0, head_blocks = 0, cluster = 0;
-};
+// Every instantiation has this signature, so a plan can carry the one it chose.
+using FusedKernel = void (*)(FusedArgs);
 
-template <typename CacheT, int kHeadDim, int kHeads>
-void* kernel_for() {
-  return reinterpret_cast<void*>(decode_attention_kernel<CacheT, kHeadDim, kHeads>);
-}
-
-void* pick_kernel(DType cache, int64_t head_dim, int heads) {
-  auto by_heads = [&](auto tag_cache, auto tag_dim) -> void* {
+FusedKernel pick_kernel(DType cache, int64_t head_dim, int heads) {
+  auto by_heads = [&](auto tag_cache, auto tag_dim) -> FusedKernel {
     using CacheT = typename decltype(tag_cache)::type;
     constexpr int kHeadDim = decltype(tag_dim)::value;
     switch (heads) {
-      case 1: return kernel_for<CacheT, kHeadDim, 1>();
-      case 2: return kernel_for<CacheT, kHeadDim, 2>();
-      default: return kernel_for<CacheT, kHeadDim, 4>();
+      case 1: return decode_attention_kernel<CacheT, kHeadDim, 1>;
+      case 2: return decode_attention_kernel<CacheT, kHeadDim, 2>;
+      default: return decode_attention_kernel<CacheT, kHeadDim, 4>;
     }
   };
   using D64 = std::integral_constant<int, 64>;
   using D128 = std::integral_constant<int, 128>;
-  if (cache == DType::BF16) return head_dim == 128 ? by_heads(TypeTag<__nv_bfloat16>{}, D128{}) : by_heads(TypeTag<__nv_bfloat16>{}, D64{});
+  if (cache == DType::BF16)
+    return head_dim == 128 ? by_heads(TypeTag<__nv_bfloat16>{}, D128{}) : by_heads(TypeTag<__nv_bfloat16>{}, D64{});
   return head_dim == 128 ? by_heads(TypeTag<__half>{}, D128{}) : by_heads(TypeTag<__half>{}, D64{});
 }
+
+// The fused kernel's launch plan for one shape; kernel == nullptr when it does not apply.
+struct FusedPlan {
+  FusedKernel kernel = nullptr;
+  int heads_per_block = 0, head_blocks = 0;
+};
 
 // Heads per block: the GQA group rounded up to a power of two (at most kMaxHeadsPerBlock), halved
 // while the clusters would fill less than half the SMs, as long as each KV head is shared by at
@@ -423,7 +427,7 @@ FusedPlan plan_fused(const CudaContext& ctx, DType cache, int64_t n_heads, int64
   if (ctx.fused_attention_heads() > 0) heads = std::min(ctx.fused_attention_heads(), next_power_of_two_heads(group));
   const int head_blocks = attn::ceil_div_int(group, heads), groups = groups_for(heads);
   if (head_blocks > 2 || !fills_half(heads) || groups > 65535) return {};
-  void* kernel = pick_kernel(cache, head_dim, heads);
+  const FusedKernel kernel = pick_kernel(cache, head_dim, heads);
   cudaFuncAttributes attributes{};
   SPECULA_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
   if (attributes.binaryVersion < 90) return {};  // built without sm_90 code: the body would trap
@@ -440,13 +444,32 @@ FusedPlan plan_fused(const CudaContext& ctx, DType cache, int64_t n_heads, int64
   int clusters = 0;
   SPECULA_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
   if (clusters < groups) return {};
-  return {heads, head_blocks, kCluster};
+  return {kernel, heads, head_blocks};
 }
+
+// Plans by shape and switch setting, kept in the context (CudaContext::op_cache): the attribute
+// and occupancy queries above would otherwise run on every eager one-token call.
+class FusedPlanCache {
+ public:
+  using Key = std::tuple<DType, int64_t, int64_t, int64_t, int>;  // cache, heads, KV heads, head_dim, override
+  FusedPlan get(const CudaContext& ctx, const Key& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = plans_.find(key);
+    if (it == plans_.end())
+      it = plans_.emplace(key, plan_fused(ctx, std::get<0>(key), std::get<1>(key), std::get<2>(key), std::get<3>(key)))
+               .first;
+    return it->second;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<Key, FusedPlan> plans_;
+};
 
 // Whether the fused kernel takes this call: sm_90, one token, a 16-bit cache with q_out in the
 // same dtype (so q is rounded as the unfused path rounds it), head_dim 64 or 128, 16-byte aligned
 // caches, and a plan whose clusters all fit on the device at once.
-FusedPlan fused_plan_for(const CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,
+FusedPlan fused_plan_for(CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,
                          const Tensor& v_cache) {
   const int64_t n_heads = q_out.dim(1), hd = q_out.dim(2), n_kv = k_cache.dim(0);
   const DType cache = k_cache.dtype;
@@ -455,46 +478,30 @@ FusedPlan fused_plan_for(const CudaContext& ctx, const Tensor& qkv, const Tensor
   if (hd != 64 && hd != 128) return {};
   if (!is_aligned(k_cache.data, kVectorBytes) || !is_aligned(v_cache.data, kVectorBytes)) return {};
   if (k_cache.dim(1) > INT_MAX || n_heads > INT_MAX) return {};
-  return plan_fused(ctx, cache, n_heads, n_kv, hd);
-}
-
-template <typename CacheT, int kHeadDim, int kHeads>
-void launch_fused(CudaContext& ctx, const FusedArgs& a, const FusedPlan& plan) {
-  const dim3 grid(static_cast<unsigned>(plan.cluster), static_cast<unsigned>(a.n_kv * a.head_blocks));
-  launch_kernel_clustered(stream_of(ctx), ctx.programmatic_launch(), "qkv_attention (fused decode kernel)",
-                          decode_attention_kernel<CacheT, kHeadDim, kHeads>, grid, dim3(kThreads), 0,
-                          static_cast<unsigned>(plan.cluster), a);
-}
-
-template <typename CacheT, int kHeadDim>
-void launch_fused_heads(CudaContext& ctx, const FusedArgs& a, const FusedPlan& plan) {
-  switch (plan.heads_per_block) {
-    case 1: launch_fused<CacheT, kHeadDim, 1>(ctx, a, plan); return;
-    case 2: launch_fused<CacheT, kHeadDim, 2>(ctx, a, plan); return;
-    default: launch_fused<CacheT, kHeadDim, 4>(ctx, a, plan); return;
-  }
+  std::shared_ptr<void>& slot = ctx.op_cache(CudaContext::OpCache::DecodeAttention);
+  if (!slot) slot = std::make_shared<FusedPlanCache>();
+  return static_cast<FusedPlanCache*>(slot.get())->get(ctx, {cache, n_heads, n_kv, hd, ctx.fused_attention_heads()});
 }
 
 }  // namespace
 
-bool qkv_attention_is_fused(const CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,
+bool qkv_attention_is_fused(CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,
                             const Tensor& v_cache) {
-  return fused_plan_for(ctx, qkv, q_out, k_cache, v_cache).cluster > 0;
+  return fused_plan_for(ctx, qkv, q_out, k_cache, v_cache).kernel != nullptr;
 }
 
-std::string describe_qkv_attention(const CudaContext& ctx, const Tensor& qkv, const Tensor& q_out,
+std::string describe_qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_out,
                                    const Tensor& k_cache, const Tensor& v_cache) {
   const FusedPlan plan = fused_plan_for(ctx, qkv, q_out, k_cache, v_cache);
-  if (plan.cluster == 0) return "three kernels";
-  return "fused, clusters of " + std::to_string(plan.cluster) + " x " + std::to_string(plan.heads_per_block) +
-         " heads";
+  if (plan.kernel == nullptr) return "three kernels";
+  return "fused, clusters of " + std::to_string(kCluster) + " x " + std::to_string(plan.heads_per_block) + " heads";
 }
 
 void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale, Tensor& q_out,
                    Tensor& k_cache, Tensor& v_cache, Tensor& out) {
   const FusedPlan plan = fused_plan_for(ctx, qkv, q_out, k_cache, v_cache);
-  if (plan.cluster == 0) {
+  if (plan.kernel == nullptr) {
     qkv_rope_store(ctx, qkv, q_norm, k_norm, norm_eps, rope, positions, slots, q_out, k_cache, v_cache);
     attention(ctx, q_out, k_cache, v_cache, slots, scale, out);
     return;
@@ -511,18 +518,9 @@ void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, co
   a.head_blocks = plan.head_blocks;
   a.capacity = static_cast<int>(k_cache.dim(1));
   a.scale_log2 = scale * kLog2e;
-  const bool hd128 = q_out.dim(2) == 128;
-  if (k_cache.dtype == DType::BF16) {
-    if (hd128)
-      launch_fused_heads<__nv_bfloat16, 128>(ctx, a, plan);
-    else
-      launch_fused_heads<__nv_bfloat16, 64>(ctx, a, plan);
-  } else {
-    if (hd128)
-      launch_fused_heads<__half, 128>(ctx, a, plan);
-    else
-      launch_fused_heads<__half, 64>(ctx, a, plan);
-  }
+  const dim3 grid(kCluster, static_cast<unsigned>(a.n_kv * a.head_blocks));
+  launch_kernel_clustered(stream_of(ctx), ctx.programmatic_launch(), "qkv_attention (fused decode kernel)", plan.kernel,
+                          grid, dim3(kThreads), 0, static_cast<unsigned>(kCluster), a);
 }
 
 }  // namespace specula::ops::cuda_impl
