@@ -46,7 +46,9 @@ if has tests; then
   nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader >"$OUT/gpu.txt" 2>&1
   ./$build/tests/specula_tests --gtest_filter='Cuda*:*Cuda*' --gtest_brief=1 >"$OUT/gpu-tests.log" 2>&1
   rc=$?
-  pass=$(grep -c '^\[       OK \]' "$OUT/gpu-tests.log"); fail=$(grep -c '^\[  FAILED  \]' "$OUT/gpu-tests.log")
+  # --gtest_brief prints failures only: the counts come from the closing summary.
+  pass=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$OUT/gpu-tests.log" | head -1)
+  fail=$(grep -c '^\[  FAILED  \] [A-Za-z]' "$OUT/gpu-tests.log")
   skip=$(grep -c '^\[  SKIPPED \]' "$OUT/gpu-tests.log")
   note "gpu tests: rc=$rc ok=$pass failed=$fail skipped=$skip in $((SECONDS - t)) s"
   grep -E '^\[  FAILED  \]|Failure|error' "$OUT/gpu-tests.log" | head -40

@@ -83,6 +83,11 @@ class CudaContext {
   // Query heads per block of the fused decode kernel, 0 for its own choice; a tuning override
   // (SPECULA_FUSED_ATTENTION_HEADS=1|2|4) for A/B measurements of the split between blocks.
   int fused_attention_heads() const { return fused_attention_heads_; }
+  // True when ops that take an L2 prefetch hint (ops::qkv_attention's next_weight) act on it: the
+  // default; false ignores the hints, for A/B benchmarks (SPECULA_NO_L2_PREFETCH=1 or
+  // set_l2_prefetch(false)). Only between steps: a captured graph keeps its launch arguments.
+  bool l2_prefetch() const { return l2_prefetch_; }
+  void set_l2_prefetch(bool enable) { l2_prefetch_ = enable; }
   // Per-shape state that ops compute once per context and reuse (their launch decisions are host
   // queries too slow for every call of a decode step), type-erased so this header stays free of
   // CUDA types. Created by the op on first use; owned here so it lives exactly as long as the
@@ -114,6 +119,7 @@ class CudaContext {
   bool bulk_gemv_ = true;
   bool fused_decode_attention_ = true;
   int fused_attention_heads_ = 0;
+  bool l2_prefetch_ = true;
   std::shared_ptr<void> op_caches_[static_cast<size_t>(OpCache::kCount)];
 };
 
