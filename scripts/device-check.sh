@@ -90,11 +90,11 @@ fi
 
 if has ab; then
   # Decode A/B in one run: the default, then each setting in AB_ENV (space-separated VAR=value,
-  # default SPECULA_NO_BULK_GEMV=1), then the default again, so run-to-run spread shows beside
-  # the difference.
+  # default SPECULA_NO_BULK_GEMV=1; VAR=1,VAR2=1 sets both), then the default again, so run-to-run
+  # spread shows beside the difference.
   for variant in default ${AB_ENV:-SPECULA_NO_BULK_GEMV=1} default; do
     log="$OUT/ab_$(echo "$variant" | tr -c 'A-Za-z0-9_\n' '_')_$SECONDS.log"
-    if [ "$variant" = default ]; then set --; else set -- "$variant"; fi
+    if [ "$variant" = default ]; then set --; else IFS=, read -ra vars <<<"$variant"; set -- "${vars[@]}"; fi
     env "$@" ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 0 --decode-steps 64 \
       ${AB_PROFILE:+--profile} --commit "$commit" >"$log" 2>&1
     note "ab [$variant]: rc=$? $(grep -E 'decode_vs_bandwidth|copy_bandwidth' "$log" | awk -F'|' '{printf "%s %s; ", $2, $3}')"

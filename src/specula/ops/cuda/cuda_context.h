@@ -73,6 +73,11 @@ class CudaContext {
   // the kernels it was captured with.
   bool bulk_gemv() const { return bulk_gemv_; }
   void set_bulk_gemv(bool enable) { bulk_gemv_ = enable; }
+  // True when one-token plain products (ops::linear: the output projection, the LM head) use the
+  // bulk-copy GEMV as well (where bulk_gemv() allows it); off by default, an A/B setting
+  // (SPECULA_BULK_GEMV_PLAIN=1 or set_bulk_gemv_plain(true)). Only between steps, as above.
+  bool bulk_gemv_plain() const { return bulk_gemv_plain_; }
+  void set_bulk_gemv_plain(bool enable) { bulk_gemv_plain_ = enable; }
   // True when one-token ops::qkv_attention may run as one fused kernel (RoPE, cache store,
   // split-KV attention and the merge of the splits inside a thread-block cluster;
   // ops/cuda/qkv_attention.cu, sm_90; the default); false keeps the separate qkv_rope_store,
@@ -117,6 +122,7 @@ class CudaContext {
   bool programmatic_launch_supported_ = false;
   bool programmatic_launch_ = false;
   bool bulk_gemv_ = true;
+  bool bulk_gemv_plain_ = false;
   bool fused_decode_attention_ = true;
   int fused_attention_heads_ = 0;
   bool l2_prefetch_ = true;
