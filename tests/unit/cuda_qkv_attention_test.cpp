@@ -135,16 +135,13 @@ Expected reference(const FusedCase& c, FusedInputs in, int32_t slot) {
 // Device operands of one case.
 struct DeviceOperands {
   DeviceTensor qkv, q_norm, k_norm, inv_freq, positions, slots, q, k_cache, v_cache, out;
-  // The L2 prefetch hint (an odd size, so its byte count is rounded down): it must not change a
-  // result, nor fault.
-  DeviceTensor next_weight;
 
   void run(ops::OpContext& ctx, const FusedCase& c) {
     ops::RopeParams rope{inv_freq.tensor, 1.0f};
     ops::qkv_attention(ctx, qkv.tensor, c.qk_norm ? q_norm.tensor : Tensor{}, c.qk_norm ? k_norm.tensor : Tensor{},
                        kNormEps, rope, positions.tensor, slots.tensor,
                        1.0f / std::sqrt(static_cast<float>(c.head_dim)), q.tensor, k_cache.tensor, v_cache.tensor,
-                       out.tensor, next_weight.tensor);
+                       out.tensor);
   }
 };
 
@@ -165,7 +162,6 @@ DeviceOperands upload(const FusedCase& c, const FusedInputs& in, int32_t slot) {
   d.v_cache = upload_tensor(in.v_cache, c.cache, {c.n_kv, c.capacity, hd});
   d.out = device_tensor(c.out, {1, c.n_heads * hd});
   poison(d.out);
-  d.next_weight = device_tensor(DType::BF16, {37, 1001});
   return d;
 }
 

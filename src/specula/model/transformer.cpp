@@ -105,8 +105,7 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
     Tensor& k_cache = k_cache_[static_cast<size_t>(l)];
     Tensor& v_cache = v_cache_[static_cast<size_t>(l)];
     ops::rms_norm_linear(ctx, x, w.input_norm, eps, w.qkv, w.qkv_bias, h, qkv);
-    ops::qkv_attention(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, attn_scale, q, k_cache, v_cache, a,
-                       w.o_proj);
+    ops::qkv_attention(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, attn_scale, q, k_cache, v_cache, a);
     ops::linear(ctx, a, w.o_proj, Tensor(), x, residual_scale, ops::OutputMode::Accumulate);
     ops::rms_norm_linear(ctx, x, w.post_attention_norm, eps, w.gate_up, Tensor(), h, gu);
     ops::linear_swiglu(ctx, gu, w.down, x, residual_scale, ops::OutputMode::Accumulate);

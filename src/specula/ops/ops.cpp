@@ -236,19 +236,17 @@ void attention(OpContext& ctx, const Tensor& q, const Tensor& k_cache, const Ten
 
 void qkv_attention(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale, Tensor& q_out,
-                   Tensor& k_cache, Tensor& v_cache, Tensor& out, const Tensor& next_weight) {
+                   Tensor& k_cache, Tensor& v_cache, Tensor& out) {
   constexpr std::string_view op = "qkv_attention";
   const Device device = check_qkv_rope_store(op, qkv, q_norm, k_norm, rope, positions, slots, q_out, k_cache, v_cache);
   check_attention(op, q_out, k_cache, v_cache, slots, out);  // its device check includes out
-  SPECULA_CHECK(next_weight.empty() || next_weight.device == device, op, ": next_weight is on ",
-                device_name(next_weight.device), ", the operands on ", device_name(device));
   dispatch(op, ctx, device,
            [&](ThreadPool& p) {
              cpu::qkv_rope_store(p, qkv, q_norm, k_norm, norm_eps, rope, positions, slots, q_out, k_cache, v_cache);
              cpu::attention(p, q_out, k_cache, v_cache, slots, scale, out);
            },
            SPECULA_ON_CUDA(qkv_attention(c, qkv, q_norm, k_norm, norm_eps, rope, positions, slots, scale, q_out,
-                                         k_cache, v_cache, out, next_weight)));
+                                         k_cache, v_cache, out)));
 }
 
 void silu_mul(OpContext& ctx, const Tensor& gate_up, Tensor& out) {

@@ -109,13 +109,9 @@ void attention(OpContext& ctx, const Tensor& q, const Tensor& k_cache, const Ten
 // That kernel reads the cache rows below slots[0] before it waits for the previous kernel, so in
 // a one-token call those rows must not be written by work queued after the forward's input copy
 // (they come from earlier forwards, which is how the engine fills the cache).
-// next_weight (optional) is a hint: the weights the op after this one streams (the layer's output
-// projection). The CUDA decode kernel asks L2 for them at its start, so that DRAM, which the
-// attention of a short cache leaves mostly idle, streams them while it runs; results never
-// depend on it (the CPU ignores it).
 void qkv_attention(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale,
-                   Tensor& q_out, Tensor& k_cache, Tensor& v_cache, Tensor& out, const Tensor& next_weight = Tensor());
+                   Tensor& q_out, Tensor& k_cache, Tensor& v_cache, Tensor& out);
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, I + i].   gate_up [T, 2I]; out [T, I].
 void silu_mul(OpContext& ctx, const Tensor& gate_up, Tensor& out);

@@ -1,6 +1,6 @@
 // Hopper (sm_90) bulk copies into shared memory that complete on an mbarrier: the PTX wrappers the
 // bulk-copy GEMV (gemv_bulk.cu) and its experiment bench (bench/gemv_lab.cu) build their weight
-// rings from; and bulk prefetches into L2 (the decode attention's hint for the next weights). One thread arms a barrier with the bytes it expects and issues the copies; the TMA
+// rings from. One thread arms a barrier with the bytes it expects and issues the copies; the TMA
 // engine moves the data and counts the bytes off; consumers wait on the barrier's phase parity.
 // The wrappers are declared for every pass, but their instructions only exist from sm_90 on: on
 // older targets the bodies are empty, and callers must not reach them (they guard their device
@@ -70,26 +70,6 @@ __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, 
       "l"(src), "r"(bytes), "r"(shared_address(bar))
       : "memory");
 #endif
-}
-
-// Asks L2 for `bytes` (a multiple of 16, src 16-byte aligned) of global memory: a hint with nothing
-// to wait for, handled by the copy engine while the issuing thread goes on.
-__device__ __forceinline__ void prefetch_to_l2(const void* src, uint32_t bytes) {
-#if SPECULA_BULK_COPY_AVAILABLE
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
-#endif
-}
-
-// Part `part` of `parts` equal shares of [src, src + bytes) into L2, issued by the lanes of one
-// warp in pieces of kPrefetchPieceBytes (several requests in flight rather than one long one).
-// bytes must be a multiple of 16; every lane of the warp calls it.
-constexpr uint32_t kPrefetchPieceBytes = 32 * 1024;
-__device__ __forceinline__ void prefetch_share_to_l2(const void* src, uint32_t bytes, uint32_t part, uint32_t parts,
-                                                     int lane) {
-  const uint32_t share = (bytes / parts + 15u) / 16u * 16u;
-  const uint32_t begin = min(bytes, part * share), end = min(bytes, begin + share);
-  for (uint32_t at = begin + static_cast<uint32_t>(lane) * kPrefetchPieceBytes; at < end; at += 32u * kPrefetchPieceBytes)
-    prefetch_to_l2(static_cast<const char*>(src) + at, min(kPrefetchPieceBytes, end - at));
 }
 
 }  // namespace specula::ops::cuda_impl::bulk

@@ -73,11 +73,6 @@ class CudaContext {
   // the kernels it was captured with.
   bool bulk_gemv() const { return bulk_gemv_; }
   void set_bulk_gemv(bool enable) { bulk_gemv_ = enable; }
-  // True when one-token plain products (ops::linear: the output projection, the LM head) use the
-  // bulk-copy GEMV as well (where bulk_gemv() allows it); off by default, an A/B setting
-  // (SPECULA_BULK_GEMV_PLAIN=1 or set_bulk_gemv_plain(true)). Only between steps, as above.
-  bool bulk_gemv_plain() const { return bulk_gemv_plain_; }
-  void set_bulk_gemv_plain(bool enable) { bulk_gemv_plain_ = enable; }
   // True when one-token ops::qkv_attention may run as one fused kernel (RoPE, cache store,
   // split-KV attention and the merge of the splits inside a thread-block cluster;
   // ops/cuda/qkv_attention.cu, sm_90; the default); false keeps the separate qkv_rope_store,
@@ -88,11 +83,6 @@ class CudaContext {
   // Query heads per block of the fused decode kernel, 0 for its own choice; a tuning override
   // (SPECULA_FUSED_ATTENTION_HEADS=1|2|4) for A/B measurements of the split between blocks.
   int fused_attention_heads() const { return fused_attention_heads_; }
-  // True when ops that take an L2 prefetch hint (ops::qkv_attention's next_weight) act on it: the
-  // default; false ignores the hints, for A/B benchmarks (SPECULA_NO_L2_PREFETCH=1 or
-  // set_l2_prefetch(false)). Only between steps: a captured graph keeps its launch arguments.
-  bool l2_prefetch() const { return l2_prefetch_; }
-  void set_l2_prefetch(bool enable) { l2_prefetch_ = enable; }
   // Per-shape state that ops compute once per context and reuse (their launch decisions are host
   // queries too slow for every call of a decode step), type-erased so this header stays free of
   // CUDA types. Created by the op on first use; owned here so it lives exactly as long as the
@@ -122,10 +112,8 @@ class CudaContext {
   bool programmatic_launch_supported_ = false;
   bool programmatic_launch_ = false;
   bool bulk_gemv_ = true;
-  bool bulk_gemv_plain_ = false;
   bool fused_decode_attention_ = true;
   int fused_attention_heads_ = 0;
-  bool l2_prefetch_ = true;
   std::shared_ptr<void> op_caches_[static_cast<size_t>(OpCache::kCount)];
 };
 

@@ -29,7 +29,7 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const T
                float scale, Tensor& out);
 void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale, Tensor& q_out,
-                   Tensor& k_cache, Tensor& v_cache, Tensor& out, const Tensor& next_weight);
+                   Tensor& k_cache, Tensor& v_cache, Tensor& out);
 // Whether qkv_attention with these operands runs the fused decode kernel (for tests).
 bool qkv_attention_is_fused(CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,
                             const Tensor& v_cache);

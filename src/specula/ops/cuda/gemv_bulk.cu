@@ -86,12 +86,7 @@ __global__ void __launch_bounds__(kBulkThreads, 1) gemv_bulk_kernel(BulkArgs a) 
   const int tid = static_cast<int>(threadIdx.x), warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int64_t vectors = a.k / kVec;
   const int tile_rows = a.tile_rows;
-  // The block's rows: an equal contiguous share of the matrix (shares differ by one row at most),
-  // cut in tiles of tile_rows rows, the last one shorter. Dealing out whole tiles round-robin
-  // instead left some SMs a tile more than others: for a 4096-row output projection (1024 tiles of
-  // 4 rows over 132 SMs) the last eighth of the kernel ran on a few SMs.
-  const int64_t row_begin = blockIdx.x * a.n / gridDim.x, row_end = (blockIdx.x + 1) * a.n / gridDim.x;
-  const int64_t tiles = ceil_div<int64_t>(row_end - row_begin, tile_rows);
+  const int64_t tiles = ceil_div<int64_t>(a.n, tile_rows);
   const size_t tile_bytes = static_cast<size_t>(tile_rows) * static_cast<size_t>(a.k) * sizeof(TW);
   unsigned char* ring = bulk_shared;
   float4* x_lo = reinterpret_cast<float4*>(bulk_shared + kStages * tile_bytes);
@@ -104,12 +99,14 @@ __global__ void __launch_bounds__(kBulkThreads, 1) gemv_bulk_kernel(BulkArgs a) 
   __syncthreads();
   // Requests the block's i-th tile into stage i % kStages (thread 0 only).
   auto request = [&](int64_t i) {
-    if (i >= tiles) return;
+    const int64_t t = blockIdx.x + i * gridDim.x;
+    if (t >= tiles) return;
     const int s = static_cast<int>(i % kStages);
-    const int64_t first = row_begin + i * tile_rows, rows = min(static_cast<int64_t>(tile_rows), row_end - first);
+    const int64_t rows = min(static_cast<int64_t>(tile_rows), a.n - t * tile_rows);
     const auto bytes = static_cast<uint32_t>(rows * a.k * static_cast<int64_t>(sizeof(TW)));
     mbarrier_expect_bytes(&tile_ready[s], bytes);
-    bulk_copy_to_shared(ring + s * tile_bytes, static_cast<const TW*>(a.weight) + first * a.k, bytes, &tile_ready[s]);
+    bulk_copy_to_shared(ring + s * tile_bytes, static_cast<const TW*>(a.weight) + t * tile_rows * a.k, bytes,
+                        &tile_ready[s]);
   };
   if (tid == 0)
     for (int i = 0; i < kStages; ++i) request(i);
@@ -150,12 +147,13 @@ __global__ void __launch_bounds__(kBulkThreads, 1) gemv_bulk_kernel(BulkArgs a) 
   const int segment = warp % warps_per_row;
   const int64_t v_begin = segment * vectors / warps_per_row, v_end = (segment + 1) * vectors / warps_per_row;
   using W = detail::Words<TW>;
-  for (int64_t i = 0; i < tiles; ++i) {
-    const int64_t first = row_begin + i * tile_rows;
+  for (int64_t i = 0;; ++i) {
+    const int64_t t = blockIdx.x + i * gridDim.x;
+    if (t >= tiles) break;
     const int s = static_cast<int>(i % kStages);
     mbarrier_wait(&tile_ready[s], static_cast<uint32_t>((i / kStages) & 1));
     const uint4* tile = reinterpret_cast<const uint4*>(ring + s * tile_bytes);
-    const int rows = static_cast<int>(min(static_cast<int64_t>(tile_rows), row_end - first));
+    const int rows = static_cast<int>(min(static_cast<int64_t>(tile_rows), a.n - t * tile_rows));
     for (int r = warp / warps_per_row; r < tile_rows; r += kBulkWarps / warps_per_row) {
       float acc = 0.0f;
       if (r < rows) {
@@ -183,7 +181,7 @@ __global__ void __launch_bounds__(kBulkThreads, 1) gemv_bulk_kernel(BulkArgs a) 
         if (warps_per_row > 1)
           partial[s][warp] = acc;
         else if (r < rows)
-          write_bulk_output(a, first + r, acc * scale);
+          write_bulk_output(a, t * tile_rows + r, acc * scale);
       }
     }
     // Every warp is done with stage s (and partial[s] is complete): the stage can be refilled.
@@ -191,7 +189,7 @@ __global__ void __launch_bounds__(kBulkThreads, 1) gemv_bulk_kernel(BulkArgs a) 
     if (warps_per_row > 1 && tid < rows) {
       float sum = 0.0f;
       for (int j = 0; j < warps_per_row; ++j) sum += partial[s][tid * warps_per_row + j];
-      write_bulk_output(a, first + tid, sum * scale);
+      write_bulk_output(a, t * tile_rows + tid, sum * scale);
     }
     if (tid == 0) request(i + kStages);
   }
@@ -223,8 +221,8 @@ void launch_bulk(CudaContext& ctx, const BulkArgs& args, size_t smem) {
   const size_t most = std::min<size_t>(bulk_shared_bytes(kTileBytes / static_cast<int64_t>(sizeof(TW)), 1, sizeof(TW)),
                                        ctx.info().max_shared_memory_per_block_optin);
   SPECULA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)));
-  // One block per SM, or per row when there are fewer rows than SMs.
-  const auto blocks = static_cast<unsigned>(std::min<int64_t>(args.n, ctx.info().multiprocessors));
+  const int64_t tiles = ceil_div<int64_t>(args.n, args.tile_rows);
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>(tiles, ctx.info().multiprocessors));
   launch_kernel(ctx, kNorm ? "rms_norm_linear (bulk gemv)" : "linear (bulk gemv)", kernel, dim3(blocks),
                 dim3(kBulkThreads), smem, args);
 }

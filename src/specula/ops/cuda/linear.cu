@@ -76,7 +76,6 @@ bool swiglu_through_workspace(CudaContext& ctx, const Tensor& gate_up, const Ten
 
 void linear(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha,
             OutputMode mode) {
-  if (ctx.bulk_gemv_plain() && try_gemv_bulk(ctx, x, nullptr, 0.0f, weight, bias, out, alpha, mode)) return;
   if (x.rows() > kGemvMaxTokens && x.dtype == weight.dtype &&
       try_gemm_cublaslt(ctx, x, weight, bias, out, alpha, mode))
     return;

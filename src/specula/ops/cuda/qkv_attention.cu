@@ -53,7 +53,6 @@
 
 #include "specula/core/error.h"
 #include "specula/ops/cuda/attention_common.cuh"
-#include "specula/ops/cuda/bulk_copy.cuh"
 #include "specula/ops/cuda/cuda_check.cuh"
 #include "specula/ops/cuda/cuda_ops.h"
 #include "specula/ops/cuda/kernel_utils.cuh"
@@ -80,8 +79,6 @@ struct FusedArgs : QkvRopeOperands {  // q_out in the cache dtype
   uint32_t* error_word;
   int n_heads, n_kv, group, head_blocks, capacity;
   float scale_log2;
-  const void* prefetch;     // the next op's weights (ops.h: next_weight), or null
-  uint32_t prefetch_bytes;  // a multiple of 16
 };
 
 // Online-softmax state of one query head over some rows: running max m (log2 domain), sum l of
@@ -160,11 +157,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) decode_attention_ke
   cluster_arrive_relaxed();
   const int tid = static_cast<int>(threadIdx.x), lane = tid % kWarpSize, warp = tid / kWarpSize;
   const int split = static_cast<int>(blockIdx.x), group_block = static_cast<int>(blockIdx.y);
-  // The next op's weights into L2, an equal share per block, first of all: nothing here depends on
-  // them, and at short context DRAM would otherwise idle through most of this kernel.
-  if (a.prefetch_bytes > 0 && warp == kWarps - 1)
-    bulk::prefetch_share_to_l2(a.prefetch, a.prefetch_bytes, group_block * kCluster + split, gridDim.x * gridDim.y,
-                               lane);
   const int kvh = group_block / a.head_blocks, hb = group_block % a.head_blocks;
   const int head0 = kvh * a.group + hb * kHeads;         // first query head of this block
   const int heads = min(kHeads, a.group - hb * kHeads);  // its real heads (the rest is padding)
@@ -507,7 +499,7 @@ std::string describe_qkv_attention(CudaContext& ctx, const Tensor& qkv, const Te
 
 void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale, Tensor& q_out,
-                   Tensor& k_cache, Tensor& v_cache, Tensor& out, const Tensor& next_weight) {
+                   Tensor& k_cache, Tensor& v_cache, Tensor& out) {
   const FusedPlan plan = fused_plan_for(ctx, qkv, q_out, k_cache, v_cache);
   if (plan.kernel == nullptr) {
     qkv_rope_store(ctx, qkv, q_norm, k_norm, norm_eps, rope, positions, slots, q_out, k_cache, v_cache);
@@ -526,13 +518,6 @@ void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, co
   a.head_blocks = plan.head_blocks;
   a.capacity = static_cast<int>(k_cache.dim(1));
   a.scale_log2 = scale * kLog2e;
-  // At most half of L2, from the start of the matrix (the GEMV's first blocks read it first): a
-  // longer prefetch would evict its own beginning before the GEMV gets there.
-  if (ctx.l2_prefetch() && !next_weight.empty() && is_aligned(next_weight.data, kVectorBytes)) {
-    const size_t bytes = std::min(next_weight.nbytes(), ctx.info().l2_cache_bytes / 2) / 16 * 16;
-    a.prefetch = next_weight.data;
-    a.prefetch_bytes = static_cast<uint32_t>(bytes);
-  }
   const dim3 grid(kCluster, static_cast<unsigned>(a.n_kv * a.head_blocks));
   launch_kernel_clustered(stream_of(ctx), ctx.programmatic_launch(), "qkv_attention (fused decode kernel)", plan.kernel,
                           grid, dim3(kThreads), 0, static_cast<unsigned>(kCluster), a);
