@@ -2,9 +2,8 @@
 // on it, against the CPU reference on fresh random inputs: linear (Overwrite and Accumulate, with
 // and without bias) and the fused RMSNorm form, at shapes that reach each of its tile layouts:
 // several rows per tile with K split over warps (unevenly too), one row per warp, several rows per
-// warp, one 32 KB row per tile, and a last tile with fewer rows; and its SwiGLU-pair form (gate
-// and up rows in one tile, silu(g) * u out). Also the shapes it must decline (leaving them to
-// gemv.cu), and that the public ops agree with it switched off.
+// warp, one 32 KB row per tile, and a last tile with fewer rows. Also the shapes it must decline
+// (leaving them to gemv.cu), and that the public ops agree with it switched off.
 // F32 outputs 1e-5 relative (fp32 arithmetic throughout), 16-bit outputs 1e-2. Skipped, saying
 // why, without a GPU or on one older than sm_90.
 #ifdef SPECULA_WITH_CUDA
@@ -135,69 +134,6 @@ TEST_F(CudaBulkGemv, DeclinesWhatItCannotTake) {
   EXPECT_FALSE(ops::cuda_impl::try_gemv_bulk(ctx, x1.tensor, nullptr, 0, w.tensor, Tensor{}, out1.tensor, 1, overwrite))
       << "switched off in the context";
   ctx.set_bulk_gemv(true);
-  gpu_.sync();
-  expect_no_device_errors();
-}
-
-// The SwiGLU-pair form: act = silu(g) * u from the fused gate/up weight [2I, K], each tile holding
-// matching gate and up rows. Reference: the CPU rms_norm and linear, g and u rounded to the act
-// dtype (what the unfused path's gate/up buffer would hold), then silu_mul.
-TEST_F(CudaBulkGemv, SwigluPairsMatchCpu) {
-  struct PairCase {
-    int64_t inter, k;
-    DType weight, x, act;
-  };
-  const PairCase cases[] = {
-      {1031, 4096, DType::BF16, DType::F32, DType::BF16},  // 2 pairs per tile, 4 warps each; last tile 1 pair
-      {300, 1032, DType::F16, DType::F16, DType::F32},     // 4 pairs per tile, 2 warps each
-      {1001, 8, DType::BF16, DType::BF16, DType::F16},     // 32 pairs per tile, 4 per warp; last tile 9
-      {77, 8184, DType::BF16, DType::F32, DType::F32},     // 1 pair per tile, K split over all warps
-  };
-  const float eps = 1e-5f;
-  for (const PairCase& c : cases) {
-    const std::string label = "I=" + std::to_string(c.inter) + " K=" + std::to_string(c.k) + " W " +
-                              name_of(c.weight) + " x " + name_of(c.x) + " act " + name_of(c.act);
-    SCOPED_TRACE(label);
-    const int64_t rows = 2 * c.inter;
-    std::vector<float> w = round_to(c.weight, random_floats(static_cast<size_t>(rows * c.k), seed()));
-    std::vector<float> x = round_to(c.x, random_floats(static_cast<size_t>(c.k), seed(), -30.0f, 30.0f));
-    std::vector<float> gamma = round_to(c.weight, random_floats(static_cast<size_t>(c.k), seed(), 0.2f, 2.0f));
-
-    std::vector<float> normed(static_cast<size_t>(c.k)), gate_up(static_cast<size_t>(rows));
-    std::vector<float> want(static_cast<size_t>(c.inter));
-    Tensor cpu_normed = cpu_tensor(normed, {1, c.k}), cpu_gate_up = cpu_tensor(gate_up, {1, rows});
-    ops::rms_norm(cpu_.ops, cpu_tensor(x, {1, c.k}), cpu_tensor(gamma, {c.k}), eps, cpu_normed);
-    ops::linear(cpu_.ops, cpu_normed, cpu_tensor(w, {rows, c.k}), Tensor{}, cpu_gate_up);
-    gate_up = round_to(c.act, gate_up);
-    Tensor cpu_act = cpu_tensor(want, {1, c.inter});
-    ops::silu_mul(cpu_.ops, cpu_gate_up, cpu_act);
-
-    DeviceTensor d_w = upload_tensor(w, c.weight, {rows, c.k});
-    DeviceTensor d_x = upload_tensor(x, c.x, {1, c.k});
-    DeviceTensor d_gamma = upload_tensor(gamma, c.weight, {c.k});
-    DeviceTensor d_act = device_tensor(c.act, {1, c.inter});
-    poison(d_act);
-    ASSERT_TRUE(ops::cuda_impl::try_gemv_bulk_swiglu(*gpu_.cuda, d_x.tensor, d_gamma.tensor, eps, d_w.tensor,
-                                                     d_act.tensor))
-        << "the bulk GEMV declined a SwiGLU shape it is meant to take";
-    gpu_.sync();
-    // F32 act: g and u round identically unless a summation-order difference crosses a 16-bit
-    // rounding edge, which moves a value by at most one 16-bit ulp, hence the 16-bit tolerance.
-    expect_close(label, download_f32(d_act), round_to(c.act, want), kTol16);
-    expect_no_device_errors();
-  }
-}
-
-TEST_F(CudaBulkGemv, SwigluPairsDeclineWhatTheyCannotTake) {
-  auto& ctx = *gpu_.cuda;
-  DeviceTensor x = device_tensor(DType::F32, {1, 16384}), gamma = device_tensor(DType::BF16, {16384});
-  DeviceTensor w = device_tensor(DType::BF16, {64, 16384}), act = device_tensor(DType::BF16, {1, 32});
-  EXPECT_FALSE(ops::cuda_impl::try_gemv_bulk_swiglu(ctx, x.tensor, gamma.tensor, 1e-5f, w.tensor, act.tensor))
-      << "a gate and an up row of 32 KB each do not fit one tile";
-  DeviceTensor x2 = device_tensor(DType::F32, {1, 4096}), gamma2 = device_tensor(DType::BF16, {4096});
-  DeviceTensor w2 = device_tensor(DType::BF16, {64, 4096}), act_wrong = device_tensor(DType::BF16, {1, 31});
-  EXPECT_FALSE(ops::cuda_impl::try_gemv_bulk_swiglu(ctx, x2.tensor, gamma2.tensor, 1e-5f, w2.tensor, act_wrong.tensor))
-      << "an act row that is not half the gate/up rows";
   gpu_.sync();
   expect_no_device_errors();
 }

@@ -3,7 +3,6 @@
 //   - ops::linear and ops::linear_swiglu with OutputMode::Accumulate (the residual update folded
 //     into the o and down projections): GEMV at 1-8 tokens, cuBLASLt (beta = 1) above, with F32
 //     and 16-bit outputs that already hold values;
-//   - ops::swiglu_mlp: one token with the SwiGLU in the gate/up product's epilogue, and without;
 //   - ops::rms_norm_linear: the one-token GEMV that normalises x in every block (vector and
 //     scalar paths), and the unfused path (rms_norm into `normed`, then linear) for more tokens
 //     or rows too long for shared memory.
@@ -13,7 +12,6 @@
 
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <string>
 #include <vector>
 
@@ -180,54 +178,6 @@ struct NormLinearCase {
   DType bias;  // kNoBias: none
   double tolerance;
 };
-
-// ops::swiglu_mlp, the whole MLP with its norm and residual update: one token with the SwiGLU in
-// the gate/up product's epilogue (sm_90; it leaves the up half of the gate_up scratch unwritten,
-// which is how the test knows that path ran) and without it, and several tokens.
-TEST_F(CudaFusedLinear, SwigluMlpMatchesCpu) {
-  struct Case {
-    int64_t tokens, hidden, inter;
-    bool epilogue;
-  };
-  const Case cases[] = {
-      {1, 4096, 1433, true}, {1, 4096, 1433, false}, {1, 1032, 700, true}, {3, 1032, 700, true}};
-  const bool epilogue_available = gpu_.cuda->info().sm_major >= 9;
-  const float eps = 1e-5f, alpha = 0.7f;
-  for (const Case& c : cases) {
-    const std::string label = "T=" + std::to_string(c.tokens) + " H=" + std::to_string(c.hidden) + " I=" +
-                              std::to_string(c.inter) + (c.epilogue ? " epilogue on" : " epilogue off");
-    SCOPED_TRACE(label);
-    const int64_t h = c.hidden, i = c.inter, t = c.tokens;
-    std::vector<float> w_gu = round_to(DType::BF16, random_floats(static_cast<size_t>(2 * i * h), seed()));
-    std::vector<float> w_down = round_to(DType::BF16, random_floats(static_cast<size_t>(h * i), seed()));
-    std::vector<float> gamma = round_to(DType::BF16, random_floats(static_cast<size_t>(h), seed(), 0.2f, 2.0f));
-    std::vector<float> x = random_floats(static_cast<size_t>(t * h), seed(), -30.0f, 30.0f);
-
-    std::vector<float> want = x, normed(static_cast<size_t>(t * h)), gu(static_cast<size_t>(t * 2 * i));
-    Tensor cpu_x = cpu_tensor(want, {t, h}), cpu_normed = cpu_tensor(normed, {t, h});
-    Tensor cpu_gu = cpu_tensor(gu, {t, 2 * i});
-    ops::swiglu_mlp(cpu_.ops, cpu_x, cpu_tensor(gamma, {h}), eps, cpu_tensor(w_gu, {2 * i, h}),
-                    cpu_tensor(w_down, {h, i}), alpha, cpu_normed, cpu_gu);
-
-    DeviceTensor d_w_gu = upload_tensor(w_gu, DType::BF16, {2 * i, h});
-    DeviceTensor d_w_down = upload_tensor(w_down, DType::BF16, {h, i});
-    DeviceTensor d_gamma = upload_tensor(gamma, DType::BF16, {h});
-    DeviceTensor d_x = upload_tensor(x, DType::F32, {t, h});
-    DeviceTensor d_normed = device_tensor(DType::BF16, {t, h}), d_gu = device_tensor(DType::BF16, {t, 2 * i});
-    poison(d_gu);
-    gpu_.cuda->set_swiglu_epilogue(c.epilogue);
-    ops::swiglu_mlp(gpu_.ops, d_x.tensor, d_gamma.tensor, eps, d_w_gu.tensor, d_w_down.tensor, alpha,
-                    d_normed.tensor, d_gu.tensor);
-    gpu_.sync();
-    gpu_.cuda->set_swiglu_epilogue(true);
-    expect_close(label, download_f32(d_x), want, kTol16);
-    expect_no_device_errors();
-    const std::vector<float> scratch = download_f32(d_gu);
-    const bool up_half_written = !std::isnan(scratch[static_cast<size_t>(2 * i - 1)]);
-    EXPECT_EQ(up_half_written, !(c.epilogue && t == 1 && epilogue_available))
-        << "the up half of gate_up tells which path ran";
-  }
-}
 
 TEST_F(CudaFusedLinear, RmsNormLinearMatchesCpu) {
   const NormLinearCase cases[] = {

@@ -2,9 +2,8 @@
 //   qkv = norm_in(x) Wqkv^T + b          (norm fused into the projection: ops::rms_norm_linear)
 //   q/k norm, RoPE, K/V -> cache; a = attention(q, cache)
 //   x += s * (a Wo^T)                    (residual update fused into the product: Accumulate)
-//   [g | u] = norm_post(x) [Wg; Wu]^T
-//   x += s * ((silu(g) * u) Wd^T)        (one op, ops::swiglu_mlp: SwiGLU fused into one of the
-//                                         products, the residual update into the last)
+//   gu = norm_post(x) [Wg; Wu]^T
+//   x += s * ((silu(g) * u) Wd^T)        (SwiGLU and the residual update fused into the product)
 // then final = norm_final(x) (kept: EAGLE drafts from it) and logits = alpha * final W_head^T,
 // where s and alpha are MiniCPM's muP scales (1 for the other families). The residual stream x
 // stays F32 on both backends; the fused forms never round a product to 16 bits before adding it.
@@ -108,7 +107,8 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
     ops::rms_norm_linear(ctx, x, w.input_norm, eps, w.qkv, w.qkv_bias, h, qkv);
     ops::qkv_attention(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, attn_scale, q, k_cache, v_cache, a);
     ops::linear(ctx, a, w.o_proj, Tensor(), x, residual_scale, ops::OutputMode::Accumulate);
-    ops::swiglu_mlp(ctx, x, w.post_attention_norm, eps, w.gate_up, w.down, residual_scale, h, gu);
+    ops::rms_norm_linear(ctx, x, w.post_attention_norm, eps, w.gate_up, Tensor(), h, gu);
+    ops::linear_swiglu(ctx, gu, w.down, x, residual_scale, ops::OutputMode::Accumulate);
   }
   ops::rms_norm(ctx, x, weights_.final_norm, eps, fin);
   if (logit_rows > 0) {

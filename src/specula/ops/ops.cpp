@@ -278,39 +278,6 @@ void linear_swiglu(OpContext& ctx, const Tensor& gate_up, const Tensor& weight, 
            SPECULA_ON_CUDA(linear_swiglu(c, gate_up, weight, out, alpha, mode)));
 }
 
-void swiglu_mlp(OpContext& ctx, Tensor& x, const Tensor& norm_weight, float eps, const Tensor& gate_up_weight,
-                const Tensor& down_weight, float alpha, Tensor& normed, Tensor& gate_up) {
-  constexpr std::string_view op = "swiglu_mlp";
-  check_float(op, "x", x);
-  check_float(op, "gate_up_weight", gate_up_weight);
-  check_float(op, "down_weight", down_weight);
-  check_rank(op, "gate_up_weight", gate_up_weight, 2);
-  check_rank(op, "down_weight", down_weight, 2);
-  check_float(op, "norm_weight", norm_weight);
-  check_float(op, "normed", normed);
-  check_float(op, "gate_up", gate_up);
-  check_same_shape(op, "x", x, "normed", normed);
-  const int64_t hidden = x.row_size(), inter = down_weight.dim(1);
-  SPECULA_CHECK(norm_weight.numel() == hidden, op, ": norm_weight ", norm_weight.shape_string(), " does not match x ",
-                x.shape_string());
-  SPECULA_CHECK(gate_up_weight.dim(0) == 2 * inter && gate_up_weight.dim(1) == hidden, op, ": gate_up_weight ",
-                gate_up_weight.shape_string(), " must be [", 2 * inter, ", ", hidden, "] for x ", x.shape_string(),
-                " and down_weight ", down_weight.shape_string());
-  SPECULA_CHECK(down_weight.dim(0) == hidden, op, ": down_weight ", down_weight.shape_string(), " must have ", hidden,
-                " rows for x ", x.shape_string());
-  SPECULA_CHECK(gate_up.rows() == x.rows() && gate_up.row_size() == 2 * inter, op, ": gate_up ",
-                gate_up.shape_string(), " must be [", x.rows(), ", ", 2 * inter, "]");
-  const Device device = common_device(op, {&x, &norm_weight, &gate_up_weight, &down_weight, &normed, &gate_up});
-  check_cpu_f32(op, device, {&x, &normed, &gate_up});
-  dispatch(op, ctx, device,
-           [&](ThreadPool& p) {
-             cpu::rms_norm(p, x, norm_weight, eps, normed);
-             cpu::linear(p, normed, gate_up_weight, Tensor(), gate_up, 1.0f, OutputMode::Overwrite);
-             cpu::linear_swiglu(p, gate_up, down_weight, x, alpha, OutputMode::Accumulate);
-           },
-           SPECULA_ON_CUDA(swiglu_mlp(c, x, norm_weight, eps, gate_up_weight, down_weight, alpha, normed, gate_up)));
-}
-
 void argmax(OpContext& ctx, const Tensor& logits, Tensor& out) {
   constexpr std::string_view op = "argmax";
   check_float(op, "logits", logits);

@@ -123,16 +123,6 @@ void silu_mul(OpContext& ctx, const Tensor& gate_up, Tensor& out);
 void linear_swiglu(OpContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out, float alpha = 1.0f,
                    OutputMode mode = OutputMode::Overwrite);
 
-// A decoder layer's MLP with its norm and residual update: x += alpha * (silu(g) * u) @ down^T,
-// where [g | u] = rms_norm(x) @ gate_up_weight^T. gate_up_weight [2I, H] (gate rows, then up
-// rows); down_weight [H, I]; x [T, H]; normed [T, H] and gate_up [T, 2I] are scratch in the
-// activation dtype. By default it is rms_norm_linear into gate_up, then linear_swiglu; one token
-// on CUDA (sm_90) instead computes silu(g) * u in the gate/up product's epilogue (each tile of
-// that GEMV holds matching gate and up rows) into the front of gate_up, rounded to its dtype as
-// the multi-token path rounds it, and runs the down projection as a plain product.
-void swiglu_mlp(OpContext& ctx, Tensor& x, const Tensor& norm_weight, float eps, const Tensor& gate_up_weight,
-                const Tensor& down_weight, float alpha, Tensor& normed, Tensor& gate_up);
-
 // out[t] = argmax_v logits[t, v] (ties: lowest id).   logits [T, V]; out [T] I32.
 void argmax(OpContext& ctx, const Tensor& logits, Tensor& out);
 

@@ -34,7 +34,7 @@ bool pdl_supported(const cudaDeviceProp& prop) {
 }
 
 // True when the environment variable `name` is set to anything but "" or "0" (the A/B switches
-// SPECULA_NO_PDL, SPECULA_NO_BULK_GEMV, SPECULA_NO_SWIGLU_EPILOGUE and SPECULA_NO_FUSED_ATTENTION).
+// SPECULA_NO_PDL, SPECULA_NO_BULK_GEMV and SPECULA_NO_FUSED_ATTENTION).
 bool disabled_by_environment(const char* name) {
   const char* value = std::getenv(name);
   return value != nullptr && value[0] != '\0' && std::strcmp(value, "0") != 0;
@@ -73,7 +73,6 @@ std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_b
   ctx->programmatic_launch_supported_ = pdl_supported(prop);
   ctx->programmatic_launch_ = ctx->programmatic_launch_supported_ && !disabled_by_environment("SPECULA_NO_PDL");
   ctx->bulk_gemv_ = !disabled_by_environment("SPECULA_NO_BULK_GEMV");
-  ctx->swiglu_epilogue_ = !disabled_by_environment("SPECULA_NO_SWIGLU_EPILOGUE");
   ctx->fused_decode_attention_ = !disabled_by_environment("SPECULA_NO_FUSED_ATTENTION");
   ctx->fused_attention_heads_ = parse_fused_attention_heads(std::getenv("SPECULA_FUSED_ATTENTION_HEADS"));
 

@@ -73,13 +73,6 @@ class CudaContext {
   // the kernels it was captured with.
   bool bulk_gemv() const { return bulk_gemv_; }
   void set_bulk_gemv(bool enable) { bulk_gemv_ = enable; }
-  // True when a one-token ops::swiglu_mlp computes silu(gate) * up in the epilogue of the
-  // gate/up product (bulk GEMV) and runs the down projection as a plain product (the default
-  // where the bulk GEMV runs); false keeps the gate/up product and the SwiGLU-fused down GEMV, for
-  // A/B benchmarks and tests (SPECULA_NO_SWIGLU_EPILOGUE=1 or set_swiglu_epilogue(false)). Only
-  // between steps, as above.
-  bool swiglu_epilogue() const { return swiglu_epilogue_; }
-  void set_swiglu_epilogue(bool enable) { swiglu_epilogue_ = enable; }
   // True when one-token ops::qkv_attention may run as one fused kernel (RoPE, cache store,
   // split-KV attention and the merge of the splits inside a thread-block cluster;
   // ops/cuda/qkv_attention.cu, sm_90; the default); false keeps the separate qkv_rope_store,
@@ -119,7 +112,6 @@ class CudaContext {
   bool programmatic_launch_supported_ = false;
   bool programmatic_launch_ = false;
   bool bulk_gemv_ = true;
-  bool swiglu_epilogue_ = true;
   bool fused_decode_attention_ = true;
   int fused_attention_heads_ = 0;
   std::shared_ptr<void> op_caches_[static_cast<size_t>(OpCache::kCount)];

@@ -22,8 +22,6 @@ void rms_norm_linear(CudaContext& ctx, const Tensor& x, const Tensor& norm_weigh
                      const Tensor& bias, Tensor& normed, Tensor& out);
 void linear_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight, Tensor& out, float alpha,
                    OutputMode mode);
-void swiglu_mlp(CudaContext& ctx, Tensor& x, const Tensor& norm_weight, float eps, const Tensor& gate_up_weight,
-                const Tensor& down_weight, float alpha, Tensor& normed, Tensor& gate_up);
 void qkv_rope_store(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                     const RopeParams& rope, const Tensor& positions, const Tensor& slots, Tensor& q_out,
                     Tensor& k_cache, Tensor& v_cache);

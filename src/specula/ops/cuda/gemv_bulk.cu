@@ -51,11 +51,6 @@ constexpr int64_t kMaxTileRows = 64;       // short rows: enough per tile, bound
 constexpr int kVec = 8;                    // 16-byte weight vector of 16-bit elements
 constexpr int kMinComputeMajor = 9;        // cp.async.bulk and mbarrier transaction counts
 
-// What one output element is made of: a row of the weights (a plain or normalised product), or a
-// gate row and the up row I rows below it (the fused gate/up weight [2I, K]), whose dot products
-// leave the kernel only as silu(gate) * up.
-enum class BulkOutput { Row, SwigluPair };
-
 struct BulkArgs {
   const void* weight;
   const void* x;
@@ -65,10 +60,10 @@ struct BulkArgs {
   DType bias_dtype;
   void* out;
   DType out_dtype;
-  int64_t n, k;  // n outputs (SwigluPair: the weight has 2n rows)
+  int64_t n, k;
   float alpha;
   bool accumulate;
-  int tile_units;  // outputs per tile (SwigluPair: a tile holds their gate rows, then their up rows)
+  int tile_rows;
 };
 
 using namespace bulk;
@@ -79,31 +74,20 @@ __device__ __forceinline__ void write_bulk_output(const BulkArgs& a, int64_t row
 }
 #endif
 
-// silu(gate) * up of a SwigluPair output, gate and up first rounded to the output dtype (what the
-// unfused path's gate/up buffer holds); the product is rounded by the store, as silu_mul's is.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void write_swiglu_output(const BulkArgs& a, int64_t i, float gate, float up) {
-  const float g = round_through_dyn(a.out_dtype, gate), u = round_through_dyn(a.out_dtype, up);
-  store_f32_dyn(a.out, a.out_dtype, i, g / (1.0f + expf(-g)) * u);
-}
-#endif
-
-template <typename TW, typename TX, bool kNorm, BulkOutput kOutput>
+template <typename TW, typename TX, bool kNorm>
 __global__ void __launch_bounds__(kBulkThreads, 1) gemv_bulk_kernel(BulkArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  constexpr int kRowsPerUnit = kOutput == BulkOutput::SwigluPair ? 2 : 1;
   extern __shared__ __align__(128) unsigned char bulk_shared[];
   __shared__ uint64_t tile_ready[kStages];
-  __shared__ float partial[kStages][kBulkWarps][kRowsPerUnit];
+  __shared__ float partial[kStages][kBulkWarps];
   __shared__ float norm_warp_sums[kBulkWarps];
   pdl_launch_dependents();
 
   const int tid = static_cast<int>(threadIdx.x), warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int64_t vectors = a.k / kVec;
-  const int tile_units = a.tile_units;
-  const int64_t tiles = ceil_div<int64_t>(a.n, tile_units);
-  const size_t unit_row_bytes = static_cast<size_t>(a.k) * sizeof(TW);
-  const size_t tile_bytes = static_cast<size_t>(kRowsPerUnit * tile_units) * unit_row_bytes;
+  const int tile_rows = a.tile_rows;
+  const int64_t tiles = ceil_div<int64_t>(a.n, tile_rows);
+  const size_t tile_bytes = static_cast<size_t>(tile_rows) * static_cast<size_t>(a.k) * sizeof(TW);
   unsigned char* ring = bulk_shared;
   float4* x_lo = reinterpret_cast<float4*>(bulk_shared + kStages * tile_bytes);
   float4* x_hi = x_lo + vectors;
@@ -113,19 +97,16 @@ __global__ void __launch_bounds__(kBulkThreads, 1) gemv_bulk_kernel(BulkArgs a) 
     mbarrier_init_fence();
   }
   __syncthreads();
-  // Requests the block's i-th tile into stage i % kStages (thread 0 only): its units' rows, and
-  // for SwigluPair their up rows right behind them.
+  // Requests the block's i-th tile into stage i % kStages (thread 0 only).
   auto request = [&](int64_t i) {
     const int64_t t = blockIdx.x + i * gridDim.x;
     if (t >= tiles) return;
     const int s = static_cast<int>(i % kStages);
-    const int64_t units = min(static_cast<int64_t>(tile_units), a.n - t * tile_units);
-    const auto bytes = static_cast<uint32_t>(static_cast<size_t>(units) * unit_row_bytes);
-    mbarrier_expect_bytes(&tile_ready[s], kRowsPerUnit * bytes);
-    const TW* rows = static_cast<const TW*>(a.weight) + t * tile_units * a.k;
-#pragma unroll
-    for (int j = 0; j < kRowsPerUnit; ++j)
-      bulk_copy_to_shared(ring + s * tile_bytes + j * bytes, rows + j * a.n * a.k, bytes, &tile_ready[s]);
+    const int64_t rows = min(static_cast<int64_t>(tile_rows), a.n - t * tile_rows);
+    const auto bytes = static_cast<uint32_t>(rows * a.k * static_cast<int64_t>(sizeof(TW)));
+    mbarrier_expect_bytes(&tile_ready[s], bytes);
+    bulk_copy_to_shared(ring + s * tile_bytes, static_cast<const TW*>(a.weight) + t * tile_rows * a.k, bytes,
+                        &tile_ready[s]);
   };
   if (tid == 0)
     for (int i = 0; i < kStages; ++i) request(i);
@@ -161,8 +142,8 @@ __global__ void __launch_bounds__(kBulkThreads, 1) gemv_bulk_kernel(BulkArgs a) 
     scale = 1.0f / sqrtf(total / static_cast<float>(a.k) + a.norm_eps);
   }
 
-  // Warps per output: a tile of fewer outputs than warps splits each one's K range.
-  const int warps_per_row = tile_units >= kBulkWarps ? 1 : kBulkWarps / tile_units;
+  // Warps per row: a tile of fewer rows than warps splits each row's K range.
+  const int warps_per_row = tile_rows >= kBulkWarps ? 1 : kBulkWarps / tile_rows;
   const int segment = warp % warps_per_row;
   const int64_t v_begin = segment * vectors / warps_per_row, v_end = (segment + 1) * vectors / warps_per_row;
   using W = detail::Words<TW>;
@@ -172,61 +153,43 @@ __global__ void __launch_bounds__(kBulkThreads, 1) gemv_bulk_kernel(BulkArgs a) 
     const int s = static_cast<int>(i % kStages);
     mbarrier_wait(&tile_ready[s], static_cast<uint32_t>((i / kStages) & 1));
     const uint4* tile = reinterpret_cast<const uint4*>(ring + s * tile_bytes);
-    const int units = static_cast<int>(min(static_cast<int64_t>(tile_units), a.n - t * tile_units));
-    // Writes output `unit` of this tile from its finished dot products (before the norm's scale).
-    auto write_unit = [&](int unit, const float (&dot)[kRowsPerUnit]) {
-      const int64_t i = t * tile_units + unit;
-      if constexpr (kOutput == BulkOutput::SwigluPair)
-        write_swiglu_output(a, i, dot[0] * scale, dot[1] * scale);
-      else
-        write_bulk_output(a, i, dot[0] * scale);
-    };
-    for (int r = warp / warps_per_row; r < tile_units; r += kBulkWarps / warps_per_row) {
-      float acc[kRowsPerUnit] = {};
-      if (r < units) {
-        const uint4* wrow[kRowsPerUnit];
-#pragma unroll
-        for (int j = 0; j < kRowsPerUnit; ++j) wrow[j] = tile + (j * units + r) * vectors;
+    const int rows = static_cast<int>(min(static_cast<int64_t>(tile_rows), a.n - t * tile_rows));
+    for (int r = warp / warps_per_row; r < tile_rows; r += kBulkWarps / warps_per_row) {
+      float acc = 0.0f;
+      if (r < rows) {
+        const uint4* wrow = tile + r * vectors;
 #pragma unroll 4
         for (int64_t v = v_begin + lane; v < v_end; v += kWarpSize) {
+          const uint4 raw = wrow[v];
+          float wf[kVec];
+          const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+          for (int j = 0; j < 4; ++j) W::unpack(words[j], &wf[j * W::kPerWord]);
           const float4 lo = x_lo[v], hi = x_hi[v];
-#pragma unroll
-          for (int j = 0; j < kRowsPerUnit; ++j) {
-            const uint4 raw = wrow[j][v];
-            float wf[kVec];
-            const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-            for (int w = 0; w < 4; ++w) W::unpack(words[w], &wf[w * W::kPerWord]);
-            acc[j] = fmaf(wf[0], lo.x, acc[j]);
-            acc[j] = fmaf(wf[1], lo.y, acc[j]);
-            acc[j] = fmaf(wf[2], lo.z, acc[j]);
-            acc[j] = fmaf(wf[3], lo.w, acc[j]);
-            acc[j] = fmaf(wf[4], hi.x, acc[j]);
-            acc[j] = fmaf(wf[5], hi.y, acc[j]);
-            acc[j] = fmaf(wf[6], hi.z, acc[j]);
-            acc[j] = fmaf(wf[7], hi.w, acc[j]);
-          }
+          acc = fmaf(wf[0], lo.x, acc);
+          acc = fmaf(wf[1], lo.y, acc);
+          acc = fmaf(wf[2], lo.z, acc);
+          acc = fmaf(wf[3], lo.w, acc);
+          acc = fmaf(wf[4], hi.x, acc);
+          acc = fmaf(wf[5], hi.y, acc);
+          acc = fmaf(wf[6], hi.z, acc);
+          acc = fmaf(wf[7], hi.w, acc);
         }
       }
-#pragma unroll
-      for (int j = 0; j < kRowsPerUnit; ++j) acc[j] = warp_sum(acc[j]);
+      acc = warp_sum(acc);
       if (lane == 0) {
-        if (warps_per_row > 1) {
-#pragma unroll
-          for (int j = 0; j < kRowsPerUnit; ++j) partial[s][warp][j] = acc[j];
-        } else if (r < units) {
-          write_unit(r, acc);
-        }
+        if (warps_per_row > 1)
+          partial[s][warp] = acc;
+        else if (r < rows)
+          write_bulk_output(a, t * tile_rows + r, acc * scale);
       }
     }
     // Every warp is done with stage s (and partial[s] is complete): the stage can be refilled.
     __syncthreads();
-    if (warps_per_row > 1 && tid < units) {
-      float sum[kRowsPerUnit] = {};
-      for (int w = 0; w < warps_per_row; ++w)
-#pragma unroll
-        for (int j = 0; j < kRowsPerUnit; ++j) sum[j] += partial[s][tid * warps_per_row + w][j];
-      write_unit(tid, sum);
+    if (warps_per_row > 1 && tid < rows) {
+      float sum = 0.0f;
+      for (int j = 0; j < warps_per_row; ++j) sum += partial[s][tid * warps_per_row + j];
+      write_bulk_output(a, t * tile_rows + tid, sum * scale);
     }
     if (tid == 0) request(i + kStages);
   }
@@ -248,9 +211,9 @@ int bulk_tile_rows(int64_t k, size_t weight_size) {
   return rows;
 }
 
-template <typename TW, typename TX, bool kNorm, BulkOutput kOutput>
+template <typename TW, typename TX, bool kNorm>
 void launch_bulk(CudaContext& ctx, const BulkArgs& args, size_t smem) {
-  auto kernel = gemv_bulk_kernel<TW, TX, kNorm, kOutput>;
+  auto kernel = gemv_bulk_kernel<TW, TX, kNorm>;
   // Above 48 KB the dynamic shared memory needs the per-kernel opt-in (a host call, so a captured
   // decode step pays it once). Always the largest this instantiation can ask for (4 tiles and a
   // 16384-wide fp32 row), never the call's own size: a lower limit set by a later, smaller call
@@ -258,28 +221,24 @@ void launch_bulk(CudaContext& ctx, const BulkArgs& args, size_t smem) {
   const size_t most = std::min<size_t>(bulk_shared_bytes(kTileBytes / static_cast<int64_t>(sizeof(TW)), 1, sizeof(TW)),
                                        ctx.info().max_shared_memory_per_block_optin);
   SPECULA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)));
-  const int64_t tiles = ceil_div<int64_t>(args.n, args.tile_units);
+  const int64_t tiles = ceil_div<int64_t>(args.n, args.tile_rows);
   const auto blocks = static_cast<unsigned>(std::min<int64_t>(tiles, ctx.info().multiprocessors));
-  const char* label = kOutput == BulkOutput::SwigluPair ? "rms_norm_linear_swiglu (bulk gemv)"
-                      : kNorm                          ? "rms_norm_linear (bulk gemv)"
-                                                       : "linear (bulk gemv)";
-  launch_kernel(ctx, label, kernel, dim3(blocks), dim3(kBulkThreads), smem, args);
+  launch_kernel(ctx, kNorm ? "rms_norm_linear (bulk gemv)" : "linear (bulk gemv)", kernel, dim3(blocks),
+                dim3(kBulkThreads), smem, args);
 }
 
-// The shared checks and launch of try_gemv_bulk and try_gemv_bulk_swiglu; `out` has n outputs,
-// the weight n rows (Row) or 2n (SwigluPair).
-template <BulkOutput kOutput>
-bool try_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, float norm_eps, const Tensor& weight,
-              const Tensor& bias, Tensor& out, float alpha, OutputMode mode) {
-  constexpr int kRowsPerUnit = kOutput == BulkOutput::SwigluPair ? 2 : 1;
+}  // namespace
+
+bool try_gemv_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, float norm_eps, const Tensor& weight,
+                   const Tensor& bias, Tensor& out, float alpha, OutputMode mode) {
   if (!ctx.bulk_gemv() || ctx.info().sm_major < kMinComputeMajor || x.rows() != 1) return false;
   if (weight.dtype != DType::BF16 && weight.dtype != DType::F16) return false;
-  const int64_t n = weight.dim(0) / kRowsPerUnit, k = weight.dim(1);
+  const int64_t n = weight.dim(0), k = weight.dim(1);
   if (n == 0 || k == 0 || k % kVec != 0 || !is_aligned(weight.data, kVectorBytes)) return false;
   if (norm_weight && (norm_weight->dtype != weight.dtype || !is_aligned(norm_weight->data, kVectorBytes)))
     return false;
   const int tile_rows = bulk_tile_rows(k, dtype_size(weight.dtype));
-  if (tile_rows < kRowsPerUnit) return false;
+  if (tile_rows == 0) return false;
   const size_t smem = bulk_shared_bytes(k, tile_rows, dtype_size(weight.dtype));
   if (smem > ctx.info().max_shared_memory_per_block_optin) return false;
 
@@ -296,7 +255,7 @@ bool try_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, floa
   args.k = k;
   args.alpha = alpha;
   args.accumulate = mode == OutputMode::Accumulate;
-  args.tile_units = tile_rows / kRowsPerUnit;
+  args.tile_rows = tile_rows;
   bool launched = false;
   dispatch_float(weight.dtype, [&](auto weight_tag) {
     using TW = typename decltype(weight_tag)::type;
@@ -305,30 +264,14 @@ bool try_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, floa
         using TX = typename decltype(x_tag)::type;
         if (!is_aligned(x.data, static_cast<size_t>(access_alignment<TX, kVec>()))) return;
         if (norm_weight)
-          launch_bulk<TW, TX, true, kOutput>(ctx, args, smem);
-        else if constexpr (kOutput == BulkOutput::Row)
-          launch_bulk<TW, TX, false, kOutput>(ctx, args, smem);
+          launch_bulk<TW, TX, true>(ctx, args, smem);
         else
-          return;  // the SwiGLU pair always comes with its norm
+          launch_bulk<TW, TX, false>(ctx, args, smem);
         launched = true;
       });
     }
   });
   return launched;
-}
-
-}  // namespace
-
-bool try_gemv_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, float norm_eps, const Tensor& weight,
-                   const Tensor& bias, Tensor& out, float alpha, OutputMode mode) {
-  return try_bulk<BulkOutput::Row>(ctx, x, norm_weight, norm_eps, weight, bias, out, alpha, mode);
-}
-
-bool try_gemv_bulk_swiglu(CudaContext& ctx, const Tensor& x, const Tensor& norm_weight, float norm_eps,
-                          const Tensor& gate_up_weight, Tensor& act) {
-  if (gate_up_weight.dim(0) % 2 != 0 || act.numel() * 2 != gate_up_weight.dim(0)) return false;
-  return try_bulk<BulkOutput::SwigluPair>(ctx, x, &norm_weight, norm_eps, gate_up_weight, Tensor(), act, 1.0f,
-                                          OutputMode::Overwrite);
 }
 
 }  // namespace specula::ops::cuda_impl

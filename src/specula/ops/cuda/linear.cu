@@ -97,18 +97,4 @@ void linear_swiglu(CudaContext& ctx, const Tensor& gate_up, const Tensor& weight
   launch_gemv_swiglu(ctx, gate_up, weight, out, alpha, mode);
 }
 
-void swiglu_mlp(CudaContext& ctx, Tensor& x, const Tensor& norm_weight, float eps, const Tensor& gate_up_weight,
-                const Tensor& down_weight, float alpha, Tensor& normed, Tensor& gate_up) {
-  if (ctx.swiglu_epilogue() && x.rows() == 1) {
-    // The activation row lives in the front of gate_up, which this path never reads.
-    Tensor act(gate_up.data, gate_up.dtype, {1, down_weight.dim(1)}, Device::CUDA);
-    if (try_gemv_bulk_swiglu(ctx, x, norm_weight, eps, gate_up_weight, act)) {
-      linear(ctx, act, down_weight, Tensor(), x, alpha, OutputMode::Accumulate);
-      return;
-    }
-  }
-  rms_norm_linear(ctx, x, norm_weight, eps, gate_up_weight, Tensor(), normed, gate_up);
-  linear_swiglu(ctx, gate_up, down_weight, x, alpha, OutputMode::Accumulate);
-}
-
 }  // namespace specula::ops::cuda_impl

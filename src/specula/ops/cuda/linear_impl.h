@@ -48,13 +48,6 @@ bool try_gemv_rms_norm(CudaContext& ctx, const Tensor& x, const Tensor& norm_wei
 bool try_gemv_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, float norm_eps, const Tensor& weight,
                    const Tensor& bias, Tensor& out, float alpha, OutputMode mode);
 
-// One token on sm_90: act = silu(g) * u where [g | u] = rms_norm(x) W^T, W the fused gate/up
-// weight [2I, K] and act [1, I], through the bulk-copy GEMV with each tile holding matching gate
-// and up rows, so the pair leaves the kernel as its SwiGLU product. False, having launched
-// nothing, under the conditions of try_gemv_bulk, or when act does not hold I elements.
-bool try_gemv_bulk_swiglu(CudaContext& ctx, const Tensor& x, const Tensor& norm_weight, float norm_eps,
-                          const Tensor& gate_up_weight, Tensor& act);
-
 // Runs the same through cuBLASLt (tensor cores for bf16/f16 weights, fp32 accumulation). An x
 // whose dtype differs from the weights' is converted into the context's workspace first, in
 // token chunks. Returns false, having launched nothing, when the combination is not one
