@@ -186,9 +186,6 @@ class CudaQkvAttention : public CudaOpsTest {
         const std::string label = c.label() + " slot " + std::to_string(slot) + (fused ? " fused" : " unfused");
         SCOPED_TRACE(label);
         gpu_.cuda->set_fused_decode_attention(fused);
-        // The L2 prefetch distance must not change a result: off, one tile, the default, the most.
-        const int prefetch_settings[] = {0, 1, cuda::kDefaultAttentionPrefetchTiles, 64};
-        gpu_.cuda->set_attention_prefetch_tiles(prefetch_settings[static_cast<size_t>(slot) % 4]);
         DeviceOperands d = upload(c, in, slot);
         EXPECT_EQ(ops::cuda_impl::qkv_attention_is_fused(*gpu_.cuda, d.qkv.tensor, d.q.tensor, d.k_cache.tensor,
                                                     d.v_cache.tensor),
@@ -200,7 +197,6 @@ class CudaQkvAttention : public CudaOpsTest {
       }
     }
     gpu_.cuda->set_fused_decode_attention(true);
-    gpu_.cuda->set_attention_prefetch_tiles(cuda::kDefaultAttentionPrefetchTiles);
   }
 };
 
@@ -302,22 +298,6 @@ TEST_F(CudaQkvAttention, SeveralTokensTakeTheUnfusedPath) {
 
 // The tuning override is read from the environment when a context is created; a value the fused
 // kernel has no instantiation for is refused by name. Needs no GPU.
-TEST(CudaQkvAttentionSwitch, PrefetchTilesTakesZeroToSixtyFour) {
-  EXPECT_EQ(cuda::parse_attention_prefetch_tiles(nullptr), cuda::kDefaultAttentionPrefetchTiles);
-  EXPECT_EQ(cuda::parse_attention_prefetch_tiles(""), cuda::kDefaultAttentionPrefetchTiles);
-  EXPECT_EQ(cuda::parse_attention_prefetch_tiles("0"), 0);
-  EXPECT_EQ(cuda::parse_attention_prefetch_tiles("16"), 16);
-  EXPECT_EQ(cuda::parse_attention_prefetch_tiles("64"), 64);
-  for (const char* bad : {"65", "-1", "eight", "8 ", "1.5"}) {
-    try {
-      cuda::parse_attention_prefetch_tiles(bad);
-      ADD_FAILURE() << "'" << bad << "' was accepted";
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("SPECULA_ATTENTION_PREFETCH_TILES"), std::string::npos) << e.what();
-    }
-  }
-}
-
 TEST(CudaQkvAttentionSwitch, HeadsOverrideTakesOnlyZeroOneTwoOrFour) {
   EXPECT_EQ(cuda::parse_fused_attention_heads(nullptr), 0);
   EXPECT_EQ(cuda::parse_fused_attention_heads(""), 0);

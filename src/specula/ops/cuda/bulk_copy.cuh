@@ -1,6 +1,6 @@
 // Hopper (sm_90) bulk copies into shared memory that complete on an mbarrier: the PTX wrappers the
 // bulk-copy GEMV (gemv_bulk.cu) and its experiment bench (bench/gemv_lab.cu) build their weight
-// rings from; and bulk prefetches into L2 (the decode attention streams its cache rows with them). One thread arms a barrier with the bytes it expects and issues the copies; the TMA
+// rings from. One thread arms a barrier with the bytes it expects and issues the copies; the TMA
 // engine moves the data and counts the bytes off; consumers wait on the barrier's phase parity.
 // The wrappers are declared for every pass, but their instructions only exist from sm_90 on: on
 // older targets the bodies are empty, and callers must not reach them (they guard their device
@@ -69,14 +69,6 @@ __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, 
           shared_address(dst)),
       "l"(src), "r"(bytes), "r"(shared_address(bar))
       : "memory");
-#endif
-}
-
-// Asks L2 for `bytes` (a multiple of 16, src 16-byte aligned) of global memory: a hint with nothing
-// to wait for, served by the copy engine while the issuing thread goes on.
-__device__ __forceinline__ void prefetch_to_l2(const void* src, uint32_t bytes) {
-#if SPECULA_BULK_COPY_AVAILABLE
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
 #endif
 }
 

@@ -50,16 +50,6 @@ int parse_fused_attention_heads(const char* value) {
   return text[0] - '0';
 }
 
-int parse_attention_prefetch_tiles(const char* value) {
-  if (value == nullptr || value[0] == '\0') return kDefaultAttentionPrefetchTiles;
-  const std::string text = value;
-  char* end = nullptr;
-  const long tiles = std::strtol(text.c_str(), &end, 10);
-  SPECULA_CHECK(end != text.c_str() && *end == '\0' && tiles >= 0 && tiles <= 64,
-                "SPECULA_ATTENTION_PREFETCH_TILES must be an integer from 0 (off) to 64, got '", text, "'");
-  return static_cast<int>(tiles);
-}
-
 std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_bytes) {
   std::string why;
   SPECULA_CHECK(cuda_device_available(&why), "no usable CUDA device: ", why);
@@ -84,7 +74,6 @@ std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_b
   ctx->programmatic_launch_ = ctx->programmatic_launch_supported_ && !disabled_by_environment("SPECULA_NO_PDL");
   ctx->bulk_gemv_ = !disabled_by_environment("SPECULA_NO_BULK_GEMV");
   ctx->fused_decode_attention_ = !disabled_by_environment("SPECULA_NO_FUSED_ATTENTION");
-  ctx->attention_prefetch_tiles_ = parse_attention_prefetch_tiles(std::getenv("SPECULA_ATTENTION_PREFETCH_TILES"));
   ctx->fused_attention_heads_ = parse_fused_attention_heads(std::getenv("SPECULA_FUSED_ATTENTION_HEADS"));
 
   cudaStream_t stream = nullptr;

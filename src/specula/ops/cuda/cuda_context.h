@@ -35,9 +35,6 @@ struct DeviceInfo {
 // scratch and the attention split partials (decode of 32 heads with 33 splits needs 0.55 MB per
 // token; see ops/cuda/attention.cu).
 constexpr size_t kDefaultWorkspaceBytes = size_t{64} << 20;
-// Fused decode attention: 8 tiles of K and V (128 KB per block at head_dim 128) requested into L2
-// beyond the two in registers, about what the bulk-copy GEMV keeps in flight per SM.
-constexpr int kDefaultAttentionPrefetchTiles = 8;
 
 class CudaContext {
  public:
@@ -86,11 +83,6 @@ class CudaContext {
   // Query heads per block of the fused decode kernel, 0 for its own choice; a tuning override
   // (SPECULA_FUSED_ATTENTION_HEADS=1|2|4) for A/B measurements of the split between blocks.
   int fused_attention_heads() const { return fused_attention_heads_; }
-  // Cache tiles the fused decode kernel streams into L2 ahead of the ones it holds in registers
-  // (ops/cuda/qkv_attention.cu); 0 turns the prefetch off. A tuning override for A/B runs
-  // (SPECULA_ATTENTION_PREFETCH_TILES=0..64); between steps only, a captured graph keeps its value.
-  int attention_prefetch_tiles() const { return attention_prefetch_tiles_; }
-  void set_attention_prefetch_tiles(int tiles) { attention_prefetch_tiles_ = tiles; }
   // Per-shape state that ops compute once per context and reuse (their launch decisions are host
   // queries too slow for every call of a decode step), type-erased so this header stays free of
   // CUDA types. Created by the op on first use; owned here so it lives exactly as long as the
@@ -122,16 +114,12 @@ class CudaContext {
   bool bulk_gemv_ = true;
   bool fused_decode_attention_ = true;
   int fused_attention_heads_ = 0;
-  int attention_prefetch_tiles_ = kDefaultAttentionPrefetchTiles;
   std::shared_ptr<void> op_caches_[static_cast<size_t>(OpCache::kCount)];
 };
 
 // The value of SPECULA_FUSED_ATTENTION_HEADS (null or empty: 0, automatic); throws specula::Error
 // naming the variable for anything but 0, 1, 2 or 4.
 int parse_fused_attention_heads(const char* value);
-// The value of SPECULA_ATTENTION_PREFETCH_TILES (null or empty: the default); throws specula::Error
-// naming the variable for anything but an integer in 0..64.
-int parse_attention_prefetch_tiles(const char* value);
 
 // True if a CUDA device is present and usable (for tests that must say when they skip).
 bool cuda_device_available(std::string* why_not = nullptr);

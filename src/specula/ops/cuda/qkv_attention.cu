@@ -53,7 +53,6 @@
 
 #include "specula/core/error.h"
 #include "specula/ops/cuda/attention_common.cuh"
-#include "specula/ops/cuda/bulk_copy.cuh"
 #include "specula/ops/cuda/cuda_check.cuh"
 #include "specula/ops/cuda/cuda_ops.h"
 #include "specula/ops/cuda/kernel_utils.cuh"
@@ -80,7 +79,6 @@ struct FusedArgs : QkvRopeOperands {  // q_out in the cache dtype
   uint32_t* error_word;
   int n_heads, n_kv, group, head_blocks, capacity;
   float scale_log2;
-  int prefetch_tiles;  // tiles requested into L2 beyond those in flight in registers (0: none)
 };
 
 // Online-softmax state of one query head over some rows: running max m (log2 domain), sum l of
@@ -193,22 +191,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) decode_attention_ke
   uint4 k_buf[kAhead][kPasses], v_buf[kAhead][kPasses];
 #pragma unroll
   for (int i = 0; i < kAhead; ++i) load_tile(row_begin + i * kTileRows, k_buf[i], v_buf[i]);
-  // Beyond the kAhead tiles in registers, the next prefetch_tiles tiles of K and V stream into L2
-  // (bulk prefetches from one thread: rows of a head are contiguous), and each step of the loop
-  // below asks for one more: a long cache then streams at DRAM speed, where the register tiles
-  // alone keep too few bytes in flight per SM; the register loads find their rows in L2.
-  const CacheT* k_rows = static_cast<const CacheT*>(a.k_cache) + head_rows * kHeadDim;
-  const CacheT* v_rows = static_cast<const CacheT*>(a.v_cache) + head_rows * kHeadDim;
-  auto prefetch_rows = [&](int first, int count) {  // thread 0 only
-    count = min(count, row_end - first);
-    if (count <= 0) return;
-    const auto bytes = static_cast<uint32_t>(count * kHeadDim * static_cast<int>(sizeof(CacheT)));
-    bulk::prefetch_to_l2(k_rows + static_cast<int64_t>(first) * kHeadDim, bytes);
-    bulk::prefetch_to_l2(v_rows + static_cast<int64_t>(first) * kHeadDim, bytes);
-  };
-  const int prefetch_rows_ahead = (kAhead + a.prefetch_tiles) * kTileRows;
-  if (tid == 0 && a.prefetch_tiles > 0)
-    prefetch_rows(row_begin + kAhead * kTileRows, a.prefetch_tiles * kTileRows);
 
   pdl_wait();  // qkv, positions, the cache row this kernel writes and the error word are earlier kernels'
   if (!valid) {  // the same for every block: no cluster barrier is left waiting
@@ -304,7 +286,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) decode_attention_ke
       const int tile = base + i * kTileRows;
       if (tile < row_end) attend_tile(tile, k_buf[i], v_buf[i]);
       load_tile(tile + kAhead * kTileRows, k_buf[i], v_buf[i]);
-      if (tid == 0 && a.prefetch_tiles > 0) prefetch_rows(tile + prefetch_rows_ahead, kTileRows);
     }
   }
 
@@ -537,7 +518,6 @@ void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, co
   a.head_blocks = plan.head_blocks;
   a.capacity = static_cast<int>(k_cache.dim(1));
   a.scale_log2 = scale * kLog2e;
-  a.prefetch_tiles = ctx.attention_prefetch_tiles();
   const dim3 grid(kCluster, static_cast<unsigned>(a.n_kv * a.head_blocks));
   launch_kernel_clustered(stream_of(ctx), ctx.programmatic_launch(), "qkv_attention (fused decode kernel)", plan.kernel,
                           grid, dim3(kThreads), 0, static_cast<unsigned>(kCluster), a);
