@@ -96,6 +96,9 @@ void profile_decode(engine::Engine& e, int64_t ctx, int32_t token) {
   e.decode_step(token, static_cast<int32_t>(ctx), engine::Engine::StepOutput::Logits);  // warm
   profiler.report();
   oc.profiler = &profiler;
+  // The attention path the decode graph takes at this length (see Engine::decode_step).
+  const bool fused_setting = oc.cuda->fused_decode_attention();
+  oc.cuda->set_fused_decode_attention(fused_setting && ctx + kSteps <= oc.cuda->fused_attention_max_rows());
   for (int i = 0; i < kSteps; ++i) {
     const int32_t pos = static_cast<int32_t>(ctx + i);
     e.write_inputs(std::span(&token, 1), std::span(&pos, 1), std::span(&pos, 1));
@@ -104,6 +107,7 @@ void profile_decode(engine::Engine& e, int64_t ctx, int32_t token) {
     ops::argmax(oc, e.transformer().logits(1), next);
   }
   oc.profiler = nullptr;
+  oc.cuda->set_fused_decode_attention(fused_setting);
   const auto totals = profiler.report();
   double sum = 0;
   for (const auto& [op, ct] : totals) sum += ct.second;

@@ -84,8 +84,10 @@ class Engine {
   // One decode step: `token` at `position` (also its cache slot). Returns the next token (Greedy,
   // Sampled) or -1 (Logits). On CUDA each output kind is captured as a CUDA graph at its first
   // call and replayed afterwards: the step's inputs travel through pinned memory inside the
-  // graph, and the chosen token is the one small device-to-host copy. Kernel-reported input
-  // errors surface at synchronize().
+  // graph, and the chosen token is the one small device-to-host copy. Each kind has two graphs,
+  // each captured once: one for caches up to CudaContext::fused_attention_max_rows() rows, with
+  // the fused decode attention, and one for longer caches, with the separate attention kernels
+  // (faster there). Kernel-reported input errors surface at synchronize().
   int32_t decode_step(int32_t token, int32_t position, StepOutput output);
   // CUDA: prepares the device sampler for a request (penalty state seeded with the prompt, draw
   // counter at 0); a change of parameters re-captures the sampled decode graph.
@@ -111,9 +113,10 @@ class Engine {
   Arena arena_;
   std::unique_ptr<model::Transformer> transformer_;
   double load_seconds_ = 0.0;
-  // CUDA decode-step graphs, one per StepOutput, their pinned step I/O (token, position, slot,
-  // result) and the device sampler.
-  std::shared_ptr<void> decode_graphs_[3];
+  // CUDA decode-step graphs, per StepOutput and cache-length class (short: fused attention;
+  // long: separate kernels), their pinned step I/O (token, position, slot, result) and the device
+  // sampler.
+  std::shared_ptr<void> decode_graphs_[3][2];
   std::shared_ptr<sampling::GpuSampler> gpu_sampler_;
   void* sampler_memory_ = nullptr;  // the GPU sampler's state, in the arena
   std::shared_ptr<int32_t> step_io_;

@@ -2,6 +2,8 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <cctype>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -50,6 +52,17 @@ int parse_fused_attention_heads(const char* value) {
   return text[0] - '0';
 }
 
+int64_t parse_fused_attention_max_rows(const char* value) {
+  if (value == nullptr || value[0] == '\0') return kDefaultFusedAttentionMaxRows;
+  const std::string text = value;
+  char* end = nullptr;
+  errno = 0;
+  const long long rows = std::strtoll(text.c_str(), &end, 10);
+  SPECULA_CHECK(end != text.c_str() && *end == '\0' && errno == 0 && rows >= 0 && std::isdigit(static_cast<unsigned char>(text[0])),
+                "SPECULA_FUSED_ATTENTION_MAX_ROWS must be a non-negative integer (cache rows), got '", text, "'");
+  return static_cast<int64_t>(rows);
+}
+
 std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_bytes) {
   std::string why;
   SPECULA_CHECK(cuda_device_available(&why), "no usable CUDA device: ", why);
@@ -74,6 +87,7 @@ std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_b
   ctx->programmatic_launch_ = ctx->programmatic_launch_supported_ && !disabled_by_environment("SPECULA_NO_PDL");
   ctx->bulk_gemv_ = !disabled_by_environment("SPECULA_NO_BULK_GEMV");
   ctx->fused_decode_attention_ = !disabled_by_environment("SPECULA_NO_FUSED_ATTENTION");
+  ctx->fused_attention_max_rows_ = parse_fused_attention_max_rows(std::getenv("SPECULA_FUSED_ATTENTION_MAX_ROWS"));
   ctx->fused_attention_heads_ = parse_fused_attention_heads(std::getenv("SPECULA_FUSED_ATTENTION_HEADS"));
 
   cudaStream_t stream = nullptr;

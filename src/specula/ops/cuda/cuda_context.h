@@ -35,6 +35,11 @@ struct DeviceInfo {
 // scratch and the attention split partials (decode of 32 heads with 33 splits needs 0.55 MB per
 // token; see ops/cuda/attention.cu).
 constexpr size_t kDefaultWorkspaceBytes = size_t{64} << 20;
+// Cache length (rows a decode step attends to) up to which the engine's decode graph runs the
+// fused one-token attention kernel (ops/cuda/qkv_attention.cu); longer caches run the separate
+// kernels, whose split count grows with the length. Measured crossover on the H100 (Llama-3-8B
+// shape, bench/results/dense_history.md).
+constexpr int64_t kDefaultFusedAttentionMaxRows = 4096;
 
 class CudaContext {
  public:
@@ -83,6 +88,12 @@ class CudaContext {
   // Query heads per block of the fused decode kernel, 0 for its own choice; a tuning override
   // (SPECULA_FUSED_ATTENTION_HEADS=1|2|4) for A/B measurements of the split between blocks.
   int fused_attention_heads() const { return fused_attention_heads_; }
+  // Longest cache (in rows) for which a decode step should run the fused attention kernel; the
+  // engine captures a second decode graph without it for longer caches (the kernel's split count
+  // is fixed, so past this length the separate kernels are faster). A tuning override for A/B runs
+  // (SPECULA_FUSED_ATTENTION_MAX_ROWS=N); read when a graph is captured.
+  int64_t fused_attention_max_rows() const { return fused_attention_max_rows_; }
+  void set_fused_attention_max_rows(int64_t rows) { fused_attention_max_rows_ = rows; }
   // Per-shape state that ops compute once per context and reuse (their launch decisions are host
   // queries too slow for every call of a decode step), type-erased so this header stays free of
   // CUDA types. Created by the op on first use; owned here so it lives exactly as long as the
@@ -114,12 +125,16 @@ class CudaContext {
   bool bulk_gemv_ = true;
   bool fused_decode_attention_ = true;
   int fused_attention_heads_ = 0;
+  int64_t fused_attention_max_rows_ = kDefaultFusedAttentionMaxRows;
   std::shared_ptr<void> op_caches_[static_cast<size_t>(OpCache::kCount)];
 };
 
 // The value of SPECULA_FUSED_ATTENTION_HEADS (null or empty: 0, automatic); throws specula::Error
 // naming the variable for anything but 0, 1, 2 or 4.
 int parse_fused_attention_heads(const char* value);
+// The value of SPECULA_FUSED_ATTENTION_MAX_ROWS (null or empty: the default); throws
+// specula::Error naming the variable for anything but a non-negative integer.
+int64_t parse_fused_attention_max_rows(const char* value);
 
 // True if a CUDA device is present and usable (for tests that must say when they skip).
 bool cuda_device_available(std::string* why_not = nullptr);
