@@ -37,9 +37,10 @@ struct DeviceInfo {
 constexpr size_t kDefaultWorkspaceBytes = size_t{64} << 20;
 // Cache length (rows a decode step attends to) up to which the engine's decode graph runs the
 // fused one-token attention kernel (ops/cuda/qkv_attention.cu); longer caches run the separate
-// kernels, whose split count grows with the length. Measured crossover on the H100 (Llama-3-8B
-// shape, bench/results/dense_history.md).
-constexpr int64_t kDefaultFusedAttentionMaxRows = 4096;
+// kernels, whose split count grows with the length. The crossover of the whole decode step on the
+// H100 (Llama-3-8B shape, cedca75): fused ahead by 1.3 points at 4096 rows, behind by 0.2 at 6144,
+// even near 5900 (bench/results/dense_history.md).
+constexpr int64_t kDefaultFusedAttentionMaxRows = 5632;
 
 class CudaContext {
  public:
