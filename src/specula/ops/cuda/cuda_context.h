@@ -83,7 +83,9 @@ class CudaContext {
   // split-KV attention and the merge of the splits inside a thread-block cluster;
   // ops/cuda/qkv_attention.cu, sm_90; the default); false keeps the separate qkv_rope_store,
   // attention and combine kernels, for A/B benchmarks and tests (SPECULA_NO_FUSED_ATTENTION=1 or
-  // set_fused_decode_attention(false)). Only between steps: a captured graph keeps its kernels.
+  // set_fused_decode_attention(false)). Only between steps: a captured graph keeps its kernels
+  // (the engine sets it while capturing its long-cache decode graph, see
+  // fused_attention_max_rows()).
   bool fused_decode_attention() const { return fused_decode_attention_; }
   void set_fused_decode_attention(bool enable) { fused_decode_attention_ = enable; }
   // Query heads per block of the fused decode kernel, 0 for its own choice; a tuning override

@@ -34,8 +34,11 @@
 //
 // Measured on the H100 (bench/results/dense_history.md): 5.8 us per call at context 512 against
 // 9.8 us for the three kernels, which lifts a Llama-3-8B decode step from 86.4% to 90.0-90.3% of
-// the bandwidth limit; at context 8192 it is slower (26.9 against 22.4 us: two 16 KB tiles in
-// flight per block where the tensor-core kernel streams with cp.async), 85.4% against 86.8%.
+// the bandwidth limit. Its split count is fixed, so past about 4000 rows it is the slower one
+// (27 against 23 us at 8192, 91 against 61 us at 32768: one 8-warp block per SM, each tile a chain
+// of dependent shuffles); in the whole step the crossover is near 5900 rows. The engine therefore
+// captures a second decode graph with this kernel off for caches longer than
+// CudaContext::fused_attention_max_rows() (engine.cpp, Engine::decode_step).
 // SPECULA_NO_FUSED_ATTENTION=1 turns it off for A/B runs.
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
