@@ -78,6 +78,20 @@ inline double tolerance_for(DType out) { return out == DType::F32 ? kTolF32 : kT
 
 inline std::string name_of(DType d) { return std::string(dtype_name(d)); }
 
+// Expects parse(value) to throw specula::Error naming `variable` for every one of `values` (the
+// parsers of the CUDA backend's tuning variables).
+template <typename Parse>
+void expect_rejected_by_name(Parse parse, std::initializer_list<const char*> values, const char* variable) {
+  for (const char* value : values) {
+    try {
+      parse(value);
+      ADD_FAILURE() << variable << "='" << value << "' was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(variable), std::string::npos) << e.what();
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Host dtype conversion
 
