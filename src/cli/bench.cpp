@@ -97,8 +97,7 @@ void profile_decode(engine::Engine& e, int64_t ctx, int32_t token) {
   profiler.report();
   oc.profiler = &profiler;
   // The attention path the decode graph takes at this length (see Engine::decode_step).
-  const bool fused_setting = oc.cuda->fused_decode_attention();
-  oc.cuda->set_fused_decode_attention(fused_setting && ctx + kSteps <= oc.cuda->fused_attention_max_rows());
+  const cuda::ScopedFusedDecodeAttention attention_path(*oc.cuda, oc.cuda->fused_attention_for_rows(ctx + kSteps));
   for (int i = 0; i < kSteps; ++i) {
     const int32_t pos = static_cast<int32_t>(ctx + i);
     e.write_inputs(std::span(&token, 1), std::span(&pos, 1), std::span(&pos, 1));
@@ -107,7 +106,6 @@ void profile_decode(engine::Engine& e, int64_t ctx, int32_t token) {
     ops::argmax(oc, e.transformer().logits(1), next);
   }
   oc.profiler = nullptr;
-  oc.cuda->set_fused_decode_attention(fused_setting);
   const auto totals = profiler.report();
   double sum = 0;
   for (const auto& [op, ct] : totals) sum += ct.second;

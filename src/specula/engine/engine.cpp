@@ -186,18 +186,12 @@ int32_t Engine::decode_step(int32_t token, int32_t position, StepOutput output) 
   void* stream = cuda_->stream();
   // The graph for this cache length: the fused attention kernel where it is the faster one (and
   // not switched off), the separate kernels beyond.
-  const bool fused_allowed = cuda_->fused_decode_attention();
-  const bool short_cache = fused_allowed && int64_t{position} + 1 <= cuda_->fused_attention_max_rows();
+  const bool short_cache = cuda_->fused_attention_for_rows(int64_t{position} + 1);
   auto& slot = decode_graphs_[static_cast<int>(output)][short_cache ? 0 : 1];
   if (!slot) {
     auto graph = std::make_shared<CudaGraph>();
     // The setting is read while the ops are captured; the context's own setting comes back after.
-    cuda_->set_fused_decode_attention(short_cache);
-    struct RestoreSetting {
-      cuda::CudaContext& ctx;
-      bool value;
-      ~RestoreSetting() { ctx.set_fused_decode_attention(value); }
-    } restore{*cuda_, fused_allowed};
+    const cuda::ScopedFusedDecodeAttention attention_path(*cuda_, short_cache);
     graph->begin_capture(stream);
     try {
       cuda_copy_async_on(stream, transformer_->token_ids().data, io + 0, sizeof(int32_t));

@@ -58,7 +58,8 @@ int64_t parse_fused_attention_max_rows(const char* value) {
   char* end = nullptr;
   errno = 0;
   const long long rows = std::strtoll(text.c_str(), &end, 10);
-  SPECULA_CHECK(end != text.c_str() && *end == '\0' && errno == 0 && rows >= 0 && std::isdigit(static_cast<unsigned char>(text[0])),
+  const bool digits_only = std::isdigit(static_cast<unsigned char>(text[0])) && *end == '\0';
+  SPECULA_CHECK(digits_only && errno == 0 && rows >= 0,
                 "SPECULA_FUSED_ATTENTION_MAX_ROWS must be a non-negative integer (cache rows), got '", text, "'");
   return static_cast<int64_t>(rows);
 }

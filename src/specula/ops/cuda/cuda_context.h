@@ -97,6 +97,12 @@ class CudaContext {
   // (SPECULA_FUSED_ATTENTION_MAX_ROWS=N); read when a graph is captured.
   int64_t fused_attention_max_rows() const { return fused_attention_max_rows_; }
   void set_fused_attention_max_rows(int64_t rows) { fused_attention_max_rows_ = rows; }
+  // Whether one-token steps over caches of up to `rows` rows should run the fused attention: on
+  // (fused_decode_attention()) and within fused_attention_max_rows(). The engine's graph choice
+  // and the benchmark's eager profile both follow it.
+  bool fused_attention_for_rows(int64_t rows) const {
+    return fused_decode_attention_ && rows <= fused_attention_max_rows_;
+  }
   // Per-shape state that ops compute once per context and reuse (their launch decisions are host
   // queries too slow for every call of a decode step), type-erased so this header stays free of
   // CUDA types. Created by the op on first use; owned here so it lives exactly as long as the
@@ -104,6 +110,7 @@ class CudaContext {
   enum class OpCache {
     GemmPlans,         // ops/cuda/gemm_cublaslt.cu: cuBLASLt descriptors and heuristic results
     DecodeAttention,   // ops/cuda/qkv_attention.cu: the fused kernel's plan per shape
+    BulkGemvKernels,   // ops/cuda/gemv_bulk.cu: instantiations whose shared-memory limit is raised
     kCount
   };
   std::shared_ptr<void>& op_cache(OpCache which) { return op_caches_[static_cast<size_t>(which)]; }
@@ -130,6 +137,22 @@ class CudaContext {
   int fused_attention_heads_ = 0;
   int64_t fused_attention_max_rows_ = kDefaultFusedAttentionMaxRows;
   std::shared_ptr<void> op_caches_[static_cast<size_t>(OpCache::kCount)];
+};
+
+// Sets the context's fused_decode_attention() for a scope (while a graph is captured or a profile
+// runs eagerly) and puts the previous setting back at its end, exceptions included.
+class ScopedFusedDecodeAttention {
+ public:
+  ScopedFusedDecodeAttention(CudaContext& ctx, bool enable) : ctx_(ctx), previous_(ctx.fused_decode_attention()) {
+    ctx_.set_fused_decode_attention(enable);
+  }
+  ~ScopedFusedDecodeAttention() { ctx_.set_fused_decode_attention(previous_); }
+  ScopedFusedDecodeAttention(const ScopedFusedDecodeAttention&) = delete;
+  ScopedFusedDecodeAttention& operator=(const ScopedFusedDecodeAttention&) = delete;
+
+ private:
+  CudaContext& ctx_;
+  bool previous_;
 };
 
 // The value of SPECULA_FUSED_ATTENTION_HEADS (null or empty: 0, automatic); throws specula::Error

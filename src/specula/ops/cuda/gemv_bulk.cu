@@ -32,6 +32,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <memory>
+#include <mutex>
+#include <set>
 
 #include "specula/ops/cuda/bulk_copy.cuh"
 #include "specula/ops/cuda/cuda_check.cuh"
@@ -211,16 +214,40 @@ int bulk_tile_rows(int64_t k, size_t weight_size) {
   return rows;
 }
 
+// The instantiations whose dynamic shared-memory limit a context has raised (the attribute is set
+// per device, so per context), so eager one-token calls skip the host call after the first.
+class RaisedKernels {
+ public:
+  // Runs raise() the first time `kernel` is seen.
+  template <typename Raise>
+  void once(const void* kernel, Raise&& raise) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (kernels_.count(kernel) != 0) return;
+    raise();
+    kernels_.insert(kernel);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::set<const void*> kernels_;
+};
+
 template <typename TW, typename TX, bool kNorm>
 void launch_bulk(CudaContext& ctx, const BulkArgs& args, size_t smem) {
   auto kernel = gemv_bulk_kernel<TW, TX, kNorm>;
-  // Above 48 KB the dynamic shared memory needs the per-kernel opt-in (a host call, so a captured
-  // decode step pays it once). Always the largest this instantiation can ask for (4 tiles and a
-  // 16384-wide fp32 row), never the call's own size: a lower limit set by a later, smaller call
-  // would invalidate launches already captured into graphs.
-  const size_t most = std::min<size_t>(bulk_shared_bytes(kTileBytes / static_cast<int64_t>(sizeof(TW)), 1, sizeof(TW)),
-                                       ctx.info().max_shared_memory_per_block_optin);
-  SPECULA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)));
+  // Above 48 KB the dynamic shared memory needs the per-kernel opt-in, once per context. Always the
+  // largest this instantiation can ask for (4 tiles and a 16384-wide fp32 row), never the call's
+  // own size: a lower limit set by a later, smaller call would invalidate launches already
+  // captured into graphs.
+  std::shared_ptr<void>& slot = ctx.op_cache(CudaContext::OpCache::BulkGemvKernels);
+  if (!slot) slot = std::make_shared<RaisedKernels>();
+  static_cast<RaisedKernels*>(slot.get())->once(reinterpret_cast<const void*>(kernel), [&] {
+    const size_t most = std::min<size_t>(
+        bulk_shared_bytes(kTileBytes / static_cast<int64_t>(sizeof(TW)), 1, sizeof(TW)),
+        ctx.info().max_shared_memory_per_block_optin);
+    SPECULA_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)));
+  });
   const int64_t tiles = ceil_div<int64_t>(args.n, args.tile_rows);
   const auto blocks = static_cast<unsigned>(std::min<int64_t>(tiles, ctx.info().multiprocessors));
   launch_kernel(ctx, kNorm ? "rms_norm_linear (bulk gemv)" : "linear (bulk gemv)", kernel, dim3(blocks),

@@ -379,7 +379,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) decode_attention_ke
     store_f32_dyn(a.out, a.out_dtype, static_cast<int64_t>(head0 + h) * kHeadDim + d, o);
   }
 #else
-  __trap();  // never launched below sm_90 (fused_applies)
+  __trap();  // never launched below sm_90 (plan_fused checks the binary version)
 #endif
 }
 
