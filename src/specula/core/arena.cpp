@@ -4,6 +4,7 @@
 #include <cstring>
 #include <utility>
 
+#include "specula/core/checked_size.h"
 #include "specula/core/error.h"
 #ifdef SPECULA_WITH_CUDA
 #include "specula/core/cuda_memory.h"
@@ -11,13 +12,16 @@
 
 namespace specula {
 
-void ArenaPlan::add(DType dtype, std::initializer_list<int64_t> shape) {
-  size_t n = dtype_size(dtype);
-  for (int64_t d : shape) n *= static_cast<size_t>(d);
-  add(n);
+void ArenaPlan::add(size_t bytes) {
+  total_ = add_size(total_, align_size(bytes, kArenaAlignment, "memory plan"), "memory plan");
 }
 
-Arena::Arena(Device device, size_t capacity) : device_(device), capacity_(align_up(capacity, kArenaAlignment)) {
+void ArenaPlan::add(DType dtype, std::initializer_list<int64_t> shape) {
+  add(checked_nbytes(checked_numel(shape, "memory plan"), dtype, "memory plan"));
+}
+
+Arena::Arena(Device device, size_t capacity)
+    : device_(device), capacity_(align_size(capacity, kArenaAlignment, "arena capacity")) {
   if (capacity_ == 0) return;
   if (device == Device::CPU) {
     base_ = std::aligned_alloc(kArenaAlignment, capacity_);
@@ -61,8 +65,8 @@ void Arena::release() {
 }
 
 void* Arena::alloc_bytes(size_t bytes) {
-  const size_t rounded = align_up(bytes, kArenaAlignment);
-  SPECULA_CHECK(used_ + rounded <= capacity_, "arena exhausted: asked ", bytes, " bytes with ",
+  const size_t rounded = align_size(bytes, kArenaAlignment, "arena allocation");
+  SPECULA_CHECK(rounded <= capacity_ - used_, "arena exhausted: asked ", bytes, " bytes with ",
                 capacity_ - used_, " of ", capacity_, " left (memory plan is wrong)");
   void* p = static_cast<char*>(base_) + used_;
   used_ += rounded;

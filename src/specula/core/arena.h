@@ -19,7 +19,8 @@ inline size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 // Counts bytes for the same sequence of allocations an Arena will later serve.
 class ArenaPlan {
  public:
-  void add(size_t bytes) { total_ += align_up(bytes, kArenaAlignment); }
+  // Overflow-checked (core/checked_size.h): a plan whose total does not fit int64 throws.
+  void add(size_t bytes);
   void add(DType dtype, std::initializer_list<int64_t> shape);
   size_t total() const { return total_; }
 

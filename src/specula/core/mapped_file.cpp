@@ -7,37 +7,80 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
+#include <algorithm>
 
 #include "specula/core/error.h"
 
 namespace specula {
 
+namespace {
+
+const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+
+// An open descriptor of a regular file, closed on scope exit.
+class RegularFile {
+ public:
+  explicit RegularFile(const std::string& path) {
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever. It has no
+    // effect on regular files, the only kind accepted below.
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd_ < 0) fail(path, ": cannot open: ", std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) {
+      const int err = errno;
+      ::close(fd_);
+      fail(path, ": cannot stat: ", std::strerror(err));
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd_);
+      fail(path, ": is ", file_kind(st.st_mode), ", expected a regular file");
+    }
+    size_ = static_cast<size_t>(st.st_size);
+  }
+  ~RegularFile() { ::close(fd_); }
+  RegularFile(const RegularFile&) = delete;
+  RegularFile& operator=(const RegularFile&) = delete;
+  int fd() const { return fd_; }
+  size_t size() const { return size_; }
+
+ private:
+  int fd_ = -1;
+  size_t size_ = 0;
+};
+
+// Reads up to `length` bytes from the start of an open file.
+std::string read_prefix(const RegularFile& file, size_t length, const std::string& path) {
+  std::string out(length, '\0');
+  size_t done = 0;
+  while (done < length) {
+    const ssize_t n = ::pread(file.fd(), out.data() + done, length - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail(path, ": cannot read: ", std::strerror(errno));
+    if (n == 0) break;  // the file shrank while being read
+    done += static_cast<size_t>(n);
+  }
+  out.resize(done);
+  return out;
+}
+
+}  // namespace
+
 MappedFile::MappedFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(path, ": cannot open: ", std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    fail(path, ": cannot stat: ", std::strerror(err));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail(path, ": not a regular file");
-  }
-  size_ = static_cast<size_t>(st.st_size);
+  const RegularFile file(path);
+  const int fd = file.fd();
+  size_ = file.size();
   if (size_ > 0) {
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      const int err = errno;
-      ::close(fd);
-      fail(path, ": cannot map: ", std::strerror(err));
-    }
+    if (p == MAP_FAILED) fail(path, ": cannot map: ", std::strerror(errno));
     data_ = static_cast<const uint8_t*>(p);
   }
-  ::close(fd);
 }
 
 MappedFile::~MappedFile() {
@@ -50,12 +93,16 @@ std::string_view MappedFile::bytes(size_t offset, size_t length) const {
   return {reinterpret_cast<const char*>(data_) + offset, length};
 }
 
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, ": cannot open: ", std::strerror(errno));
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
+std::string read_text_file(const std::string& path, size_t max_bytes) {
+  const RegularFile file(path);
+  SPECULA_CHECK(file.size() <= max_bytes, path, ": ", file.size(), " bytes, more than the ", max_bytes,
+                " bytes allowed for a text input");
+  return read_prefix(file, file.size(), path);
+}
+
+std::string read_file_prefix(const std::string& path, size_t length) {
+  const RegularFile file(path);
+  return read_prefix(file, std::min(length, file.size()), path);
 }
 
 }  // namespace specula

@@ -27,7 +27,17 @@ class MappedFile {
   size_t size_ = 0;
 };
 
-// Reads a whole (small) text file such as config.json; throws naming the path.
-std::string read_text_file(const std::string& path);
+// Only regular files are opened: a directory, FIFO, device or socket is refused with an error
+// naming the path, before any read (and without blocking on a FIFO that has no writer).
+
+// The largest text input read whole (config.json, tokenizer.json, index files, prompts): real
+// ones are at most tens of MiB, so anything larger is a mistake or hostile.
+constexpr size_t kMaxTextFileBytes = size_t{256} << 20;
+
+// Reads a whole text file such as config.json; throws naming the path when it is not a regular
+// file or is larger than `max_bytes`.
+std::string read_text_file(const std::string& path, size_t max_bytes = kMaxTextFileBytes);
+// The first `length` bytes of a regular file (fewer if it is shorter), for sniffing a format.
+std::string read_file_prefix(const std::string& path, size_t length);
 
 }  // namespace specula

@@ -1,5 +1,6 @@
 #include "specula/core/tensor.h"
 
+#include "specula/core/checked_size.h"
 #include "specula/core/error.h"
 
 namespace specula {
@@ -11,13 +12,15 @@ Tensor::Tensor(void* data_, DType dtype_, std::initializer_list<int64_t> shape, 
   SPECULA_CHECK(shape.size() <= kMaxRank, "tensor rank ", shape.size(), " exceeds ", kMaxRank);
   size_t i = 0;
   for (int64_t d : shape) dims[i++] = d;
+  // Checked once here, so numel() and nbytes() below cannot wrap for any tensor built this way.
+  checked_nbytes(checked_numel(shape, "tensor shape"), dtype_, "tensor shape");
 }
 
 int64_t Tensor::numel() const {
-  int64_t n = 1;
-  for (int i = 0; i < rank; ++i) n *= dims[static_cast<size_t>(i)];
-  return n;
+  return checked_numel(std::span<const int64_t>(dims.data(), static_cast<size_t>(rank)), "tensor shape");
 }
+
+size_t Tensor::nbytes() const { return checked_nbytes(numel(), dtype, "tensor " + shape_string()); }
 
 Tensor Tensor::slice_outer(int64_t begin, int64_t count) const {
   SPECULA_CHECK(rank >= 1 && begin >= 0 && count >= 0 && begin + count <= dims[0],

@@ -30,8 +30,10 @@ struct Tensor {
   Tensor(void* data, DType dtype, std::initializer_list<int64_t> shape, Device device = Device::CPU);
 
   bool empty() const { return data == nullptr; }
+  // Element and byte counts, overflow-checked (core/checked_size.h): a shape whose size does not
+  // fit int64 is an error, never a wrapped small number.
   int64_t numel() const;
-  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }
+  size_t nbytes() const;
   // Size of dimension `i`; negative `i` counts from the end.
   int64_t dim(int i) const { return dims[static_cast<size_t>(i < 0 ? rank + i : i)]; }
   // Elements in one row of the last dimension.

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <utility>
 
+#include "specula/core/checked_size.h"
 #include "specula/core/error.h"
 
 namespace specula::io {
@@ -19,13 +20,8 @@ inline bool range_fits(uint64_t offset, uint64_t length, uint64_t size) {
   return offset <= size && length <= size - offset;
 }
 
-// Multiplies non-negative sizes, failing (instead of wrapping) when the product leaves
-// [0, limit]; used for element and byte counts taken from untrusted headers.
-inline bool checked_mul(uint64_t a, uint64_t b, uint64_t limit, uint64_t& out) {
-  if (a != 0 && b > limit / a) return false;
-  out = a * b;
-  return true;
-}
+// Sizes taken from untrusted headers are built with core/checked_size.h (checked_mul,
+// checked_numel, checked_nbytes), never with bare multiplication.
 
 // A view of untrusted bytes; `what` prefixes every error (e.g. "model.bin: zip central directory").
 class ByteReader {

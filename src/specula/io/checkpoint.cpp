@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <set>
 
 #include "specula/core/error.h"
@@ -31,10 +30,7 @@ bool ends_with(const std::string& text, std::string_view suffix) {
 }
 
 bool starts_like_torch(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  char head[4] = {};
-  in.read(head, sizeof head);
-  const std::string_view got(head, static_cast<size_t>(in.gcount()));
+  const std::string got = read_file_prefix(path, 4);
   return got == std::string_view("PK\x03\x04", 4) || (got.size() >= 2 && got[0] == '\x80' && got[1] == '\x02');
 }
 
