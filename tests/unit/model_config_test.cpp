@@ -1,14 +1,19 @@
 // Config parsing and weight-layout validation: both config layouts, every rope type, the
-// family switches, and a clear error for each thing the engine refuses to guess about.
+// family switches, and a clear error for each thing the engine refuses to guess about; hostile
+// files (deep nesting, huge values, wrong types, duplicate keys, FIFOs and devices) fail with a
+// short message naming the file and the key, never a crash or a bare library exception.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "specula/core/arena.h"
 #include "specula/core/error.h"
+#include "io_test_util.h"
 #include "specula/io/checkpoint.h"
 #include "specula/io/safetensors_writer.h"
 #include "specula/model/config.h"
@@ -154,6 +159,235 @@ TEST(ModelConfig, BadValuesNameTheKey) {
   expect_error(j, "'vocab_size' is missing");
   EXPECT_THROW(ModelConfig::from_json("{not json", "config.json"), specula::Error);
   EXPECT_THROW(ModelConfig::from_json("[1, 2]", "config.json"), specula::Error);
+}
+
+// --- hostile files ------------------------------------------------------------------------------
+
+// Far deeper than any stack survives recursing through.
+constexpr size_t kHostileDepth = 100000;
+// Error messages quote excerpts; this is generous for the fixed text plus a short excerpt.
+constexpr size_t kMaxMessageChars = 300;
+
+// The config `j` as text, with `key` set to `value_text` spliced in verbatim (for values a json
+// object cannot hold or that would be slow to build as one).
+std::string with_raw_value(json j, const std::string& key, const std::string& value_text) {
+  j.erase(key);
+  std::string text = j.dump();
+  text.pop_back();  // the closing brace
+  return text + ",\"" + key + "\":" + value_text + "}";
+}
+
+// The message of the specula::Error that `body` throws; any other outcome fails the test.
+std::string error_of(const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const specula::Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "threw a non-specula exception: " << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "did not throw";
+  return "";
+}
+
+std::string config_error(const std::string& text, const std::string& generation = "") {
+  return error_of([&] { ModelConfig::from_json(text, "model/config.json", generation); });
+}
+
+bool contains(const std::string& message, const std::string& part) { return message.find(part) != std::string::npos; }
+
+TEST(ModelConfigHostile, DeepNestingIsRefusedWithTheLimit) {
+  const std::string deep_array = std::string(kHostileDepth, '[') + std::string(kHostileDepth, ']');
+  std::string deep_object;
+  for (size_t i = 0; i < kHostileDepth; ++i) deep_object += "{\"x\":";
+  deep_object += "0" + std::string(kHostileDepth, '}');
+  for (const std::string& value : {deep_array, deep_object}) {
+    for (const char* key : {"rope_scaling", "hidden_size", "unused_extra"}) {
+      const std::string message = config_error(with_raw_value(base_llama(), key, value));
+      EXPECT_TRUE(contains(message, "model/config.json")) << message;
+      EXPECT_TRUE(contains(message, "nesting depth limit of 128")) << message;
+      EXPECT_LT(message.size(), kMaxMessageChars) << message;
+    }
+  }
+  const std::string message = config_error(base_llama().dump(), "{\"eos_token_id\": " + deep_array + "}");
+  EXPECT_TRUE(contains(message, "model/generation_config.json")) << message;
+  EXPECT_TRUE(contains(message, "nesting depth limit")) << message;
+}
+
+TEST(ModelConfigHostile, HugeBadValuesGiveShortMessages) {
+  std::string huge_array = "[0";
+  for (int i = 0; i < 1000000; ++i) huge_array += ",0";
+  huge_array += "]";
+  const std::string huge_string = "\"" + std::string(1 << 20, 'x') + "\"";
+  const std::string huge_rope = "{\"rope_type\": " + huge_string + ", \"factor\": 2.0}";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"hidden_size", huge_array},   {"hidden_size", huge_string},  {"rms_norm_eps", huge_array},
+      {"hidden_act", huge_string},   {"tie_word_embeddings", huge_array}, {"eos_token_id", "[1, " + huge_string + "]"},
+      {"architectures", "[" + huge_string + "]"}, {"rope_scaling", huge_rope}, {"torch_dtype", huge_string}};
+  for (const auto& [key, value] : cases) {
+    const std::string message = config_error(with_raw_value(base_llama(), key, value));
+    EXPECT_TRUE(contains(message, "model/config.json")) << message.substr(0, kMaxMessageChars);
+    EXPECT_LT(message.size(), kMaxMessageChars) << key << ": " << message.substr(0, 2 * kMaxMessageChars);
+  }
+  // A malformed document quoting a huge token (nlohmann's "last read: ..."), too.
+  const std::string message = config_error("{\"hidden_size\": \"" + std::string(1 << 20, 'y'));
+  EXPECT_LT(message.size(), kMaxMessageChars) << message.substr(0, 2 * kMaxMessageChars);
+}
+
+TEST(ModelConfigHostile, TypeErrorsNameTheFileAndTheKey) {
+  json j = base_llama();
+  j["rope_scaling"] = {{"rope_type", 5}, {"factor", 2.0}};
+  std::string message = config_error(j.dump());
+  EXPECT_TRUE(contains(message, "model/config.json: 'rope_scaling.rope_type' must be a string, got 5")) << message;
+
+  j = base_llama();
+  j["rope_scaling"] = {{"type", json::array({"linear"})}, {"factor", 2.0}};
+  message = config_error(j.dump());
+  EXPECT_TRUE(contains(message, "'rope_scaling.type' must be a string")) << message;
+
+  j = base_llama();
+  j.erase("rope_theta");
+  j["rope_parameters"] = {{"rope_theta", 1e4}, {"rope_type", nullptr}};
+  message = config_error(j.dump());
+  EXPECT_TRUE(contains(message, "'rope_parameters.rope_type' must be a string")) << message;
+
+  // Previously cast from a double: 1e300 was undefined behaviour, 8192.5 silently truncated.
+  for (const json& bad : {json(1e300), json(8192.5), json("8192")}) {
+    j = base_llama();
+    j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                         {"original_max_position_embeddings", bad}};
+    message = config_error(j.dump());
+    EXPECT_TRUE(contains(message, "'rope_scaling.original_max_position_embeddings' must be a positive integer"))
+        << message;
+  }
+
+  // Bounded so that products such as num_heads * head_dim cannot overflow.
+  j = base_llama();
+  j["num_attention_heads"] = int64_t{1} << 40;
+  j["head_dim"] = int64_t{1} << 40;
+  message = config_error(j.dump());
+  EXPECT_TRUE(contains(message, "'num_attention_heads' must be a positive integer of at most 2147483647")) << message;
+
+  j = base_llama();
+  j["architectures"] = {"MiniCPMForCausalLM"};
+  j["scale_emb"] = 12;
+  j["scale_depth"] = 1.4;
+  j["dim_model_base"] = 16;
+  for (const char* key : {"init_blocks", "dense_len"}) {
+    j["sparse_config"] = {{key, "one"}};
+    message = config_error(j.dump());
+    EXPECT_TRUE(contains(message, "model/config.json sparse_config: '" + std::string(key) + "' must be a non-negative integer"))
+        << message;
+    j["sparse_config"] = {{key, -1}};
+    EXPECT_TRUE(contains(config_error(j.dump()), "non-negative integer"));
+  }
+}
+
+// Every value of several valid configs, replaced by each kind of wrong value, gives either a valid
+// config or a specula::Error: nlohmann's type_error / out_of_range must never escape.
+TEST(ModelConfigHostile, NoWrongValueEscapesAsALibraryException) {
+  json llama31 = base_llama();
+  llama31["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                             {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  llama31["eos_token_id"] = {1, 2};
+  llama31["torch_dtype"] = "bfloat16";
+  json minicpm = base_llama();
+  minicpm["architectures"] = {"MiniCPMForCausalLM"};
+  minicpm["scale_emb"] = 12;
+  minicpm["scale_depth"] = 1.4;
+  minicpm["dim_model_base"] = 16;
+  minicpm["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", std::vector<double>(8, 1.0)},
+                             {"long_factor", std::vector<double>(8, 2.0)}, {"original_max_position_embeddings", 32}};
+  minicpm["sparse_config"] = {{"kernel_size", 32}, {"init_blocks", 1}, {"dense_len", 8192}, {"use_nope", false}};
+  json transformers5 = base_llama();
+  transformers5.erase("rope_theta");
+  transformers5["rope_parameters"] = {{"rope_theta", 1e4}, {"rope_type", "linear"}, {"factor", 2.0}};
+  transformers5["rope_scaling"] = transformers5["rope_parameters"];
+  transformers5["dtype"] = "float16";
+
+  const std::vector<json> wrong = {nullptr, true, "text", -1, 0, 1.5, 1e300, json(UINT64_MAX), json::array(),
+                                   json::array({1}), json::object(), json{{"a", 1}}};
+  size_t tried = 0;
+  auto try_config = [&](const json& config) {
+    ++tried;
+    try {
+      ModelConfig::from_json(config.dump(), "config.json", config.dump());
+    } catch (const specula::Error&) {
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "library exception escaped: " << e.what() << "\nfor " << config.dump();
+    }
+  };
+  for (const json& good : {llama31, minicpm, transformers5}) {
+    for (const auto& [key, value] : good.items()) {
+      for (const json& bad : wrong) {
+        json config = good;
+        config[key] = bad;
+        try_config(config);
+        // One level down: fields of rope_scaling, sparse_config, ... and list entries.
+        if (value.is_structured()) {
+          for (const auto& [inner, unused] : value.items()) {
+            json nested = good;
+            if (value.is_object()) nested[key][inner] = bad;
+            else nested[key][std::stoul(inner)] = bad;
+            try_config(nested);
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(tried, 500u);
+}
+
+TEST(ModelConfigHostile, DuplicateKeysAreRefused) {
+  std::string text = base_llama().dump();
+  text.insert(1, "\"hidden_size\": 128, ");
+  std::string message = config_error(text);
+  EXPECT_TRUE(contains(message, "model/config.json: key 'hidden_size' appears twice")) << message;
+
+  json j = base_llama();
+  j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}};
+  text = j.dump();
+  text.replace(text.find("\"factor\""), 0, "\"factor\": 4.0, ");
+  message = config_error(text);
+  EXPECT_TRUE(contains(message, "key 'factor' appears twice")) << message;
+
+  message = config_error(base_llama().dump(), R"({"eos_token_id": 1, "eos_token_id": 2})");
+  EXPECT_TRUE(contains(message, "model/generation_config.json: key 'eos_token_id' appears twice")) << message;
+}
+
+TEST(ModelConfigHostile, SpecialFilesAreRefusedWithoutBlocking) {
+  namespace fs = std::filesystem;
+  const specula::io::testing::TempDir dir;
+  const std::string config = dir.file("config.json");
+  // A FIFO with no writer: a blocking open would hang here forever.
+  ASSERT_EQ(::mkfifo(config.c_str(), 0600), 0);
+  std::string message = error_of([&] { ModelConfig::from_dir(dir.path().string()); });
+  EXPECT_TRUE(contains(message, config) && contains(message, "FIFO")) << message;
+
+  fs::remove(config);
+  fs::create_directory(config);
+  message = error_of([&] { ModelConfig::from_dir(dir.path().string()); });
+  EXPECT_TRUE(contains(message, config) && contains(message, "directory")) << message;
+
+  fs::remove(config);
+  fs::create_symlink("/dev/zero", config);
+  message = error_of([&] { ModelConfig::from_dir(dir.path().string()); });
+  EXPECT_TRUE(contains(message, config) && contains(message, "character device")) << message;
+
+  // A symlink loop: std::filesystem::exists throws its own exception for one.
+  fs::remove(config);
+  fs::create_symlink("config.json", config);
+  message = error_of([&] { ModelConfig::from_dir(dir.path().string()); });
+  EXPECT_TRUE(contains(message, config) && contains(message, "cannot open")) << message;
+
+  // A valid config.json next to a hostile generation_config.json.
+  fs::remove(config);
+  dir.write("config.json", base_llama().dump());
+  const std::string generation = dir.file("generation_config.json");
+  ASSERT_EQ(::mkfifo(generation.c_str(), 0600), 0);
+  message = error_of([&] { ModelConfig::from_dir(dir.path().string()); });
+  EXPECT_TRUE(contains(message, generation) && contains(message, "FIFO")) << message;
 }
 
 // --- weight layout validation, on copies of a real fixture with one thing changed ----------------

@@ -2,6 +2,7 @@
 // template text / files / family names, and tokenization of rendered prompts with the real files.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
@@ -169,6 +170,44 @@ TEST(ChatDetect, FromModelDirectory) {
   const ScratchDir unknown;
   unknown.write("tokenizer_config.json", R"({"chat_template": "[INST] {{ m }} [/INST]"})");
   EXPECT_THROW(detect_chat_style(unknown.str(), "llama"), specula::Error);
+}
+
+TEST(ChatDetect, HostileConfigFilesAreRefusedWithTheirName) {
+  // Duplicate keys: which template would be meant?
+  const ScratchDir duplicate;
+  duplicate.write("tokenizer_config.json", R"({"chat_template": "<|im_start|>", "chat_template": "<|start_header_id|>"})");
+  try {
+    detect_chat_style(duplicate.str(), "qwen2");
+    ADD_FAILURE() << "duplicate chat_template accepted";
+  } catch (const specula::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tokenizer_config.json: key 'chat_template' appears twice"), std::string::npos)
+        << e.what();
+  }
+  // A template list whose "name" is not a string is skipped, not a bare nlohmann type_error.
+  const ScratchDir odd_name;
+  odd_name.write("tokenizer_config.json",
+                 R"({"chat_template": [{"name": 7, "template": "x"}, {"name": "default", "template": "<|im_start|>"}]})");
+  EXPECT_EQ(detect_chat_style(odd_name.str(), "minicpm4"), ChatStyle::MiniCPM4);
+  // Deep nesting in config.json, read to tell Llama-3.1 from Llama-3.
+  const ScratchDir deep;
+  deep.write("config.json", "{\"x\": " + std::string(100000, '[') + std::string(100000, ']') + "}");
+  try {
+    detect_chat_style(deep.str(), "llama");
+    ADD_FAILURE() << "deep config.json accepted";
+  } catch (const specula::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("config.json: invalid JSON"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("nesting depth limit"), std::string::npos) << e.what();
+  }
+  // A FIFO named tokenizer_config.json is refused at once instead of blocking.
+  const ScratchDir fifo;
+  const std::string path = fifo.str() + "/tokenizer_config.json";
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  try {
+    detect_chat_style(fifo.str(), "llama");
+    ADD_FAILURE() << "FIFO accepted";
+  } catch (const specula::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("FIFO"), std::string::npos) << e.what();
+  }
 }
 
 // --- rendered prompts through the real tokenizers ----------------------------------------------

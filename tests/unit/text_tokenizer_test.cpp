@@ -1,10 +1,14 @@
 // Tokenizer behaviour beyond the HF goldens: hand-written tokenizer.json fixtures for the
 // SentencePiece-BPE layouts (legacy per-segment Prepend/Replace vs Metaspace prepend_scheme
 // "first"), both merge serializations and ignore_merges, added-token options, parse_special,
-// malformed files (each must fail with an error naming the component and the file), lookups on the
-// real Llama-3/Qwen3 files, thread safety, and load/encode speed.
+// malformed files (each must fail with an error naming the component and the file), hostile files
+// (deep nesting, huge ids, duplicate keys, huge strings, FIFOs and devices), lookups on the real
+// Llama-3/Qwen3 files, thread safety, and load/encode speed.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -429,6 +433,198 @@ TEST(TokenizerErrors, InvalidUtf8InputIsRejected) {
   } catch (const specula::Error& e) {
     EXPECT_NE(std::string(e.what()).find("not valid UTF-8 at byte 2"), std::string::npos) << e.what();
   }
+}
+
+// --- hostile files -----------------------------------------------------------------------------
+
+namespace {
+
+// Far deeper than any stack survives recursing through.
+constexpr size_t kHostileDepth = 100000;
+// Error messages quote excerpts; this is generous for the fixed text plus a short excerpt.
+constexpr size_t kMaxMessageChars = 300;
+
+// `text` with its only occurrence of `from` replaced by `to`.
+std::string splice(std::string text, const std::string& from, const std::string& to) {
+  const size_t at = text.find(from);
+  EXPECT_NE(at, std::string::npos) << "fixture lacks " << from;
+  EXPECT_EQ(text.find(from, at + 1), std::string::npos) << "fixture has " << from << " twice";
+  return at == std::string::npos ? text : text.replace(at, from.size(), to);
+}
+
+// The message of the specula::Error that loading `text` throws; any other outcome fails the test.
+std::string load_error(const std::string& text) {
+  try {
+    Tokenizer::from_json_string(text, "broken/tokenizer.json");
+    ADD_FAILURE() << "loading succeeded";
+  } catch (const specula::Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "threw a non-specula exception: " << e.what();
+  }
+  return "";
+}
+
+bool contains(const std::string& message, const std::string& part) { return message.find(part) != std::string::npos; }
+
+// `levels` Sequence components around `leaf`, as text: building it as a json value would need
+// the recursive dump() this file is guarding against.
+std::string nested_sequence(const std::string& list_key, const std::string& leaf, size_t levels) {
+  std::string text;
+  for (size_t i = 0; i < levels; ++i) text += "{\"type\":\"Sequence\",\"" + list_key + "\":[";
+  text += leaf;
+  for (size_t i = 0; i < levels; ++i) text += "]}";
+  return text;
+}
+
+struct Component {
+  const char* field;     // top-level key
+  const char* list_key;  // a Sequence's list
+  const char* leaf;      // one simple component of that kind
+};
+const Component kComponents[] = {
+    {"normalizer", "normalizers", R"({"type":"NFC"})"},
+    {"pre_tokenizer", "pretokenizers", R"({"type":"ByteLevel","add_prefix_space":false})"},
+    {"post_processor", "processors", R"({"type":"ByteLevel"})"},
+    {"decoder", "decoders", R"({"type":"Fuse"})"},
+};
+
+long peak_rss_kib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss;
+}
+
+}  // namespace
+
+TEST(TokenizerHostile, DeepNestingIsRefusedBeforeParsing) {
+  const std::string base = sentencepiece_fixture().dump();
+  for (const Component& c : kComponents) {
+    const std::string field = std::string("\"") + c.field + "\":";
+    const std::string current = field + sentencepiece_fixture()[c.field].dump();
+    const std::string message = load_error(splice(base, current, field + nested_sequence(c.list_key, c.leaf, kHostileDepth)));
+    EXPECT_TRUE(contains(message, "broken/tokenizer.json") && contains(message, "nesting depth limit of 128")) << message;
+    EXPECT_LT(message.size(), kMaxMessageChars) << message;
+  }
+  // Plain deep arrays, in a field the tokenizer ignores and inside the streamed vocabulary.
+  const std::string deep = std::string(kHostileDepth, '[') + std::string(kHostileDepth, ']');
+  for (const std::string& text : {splice(base, "\"padding\":null", "\"padding\":" + deep),
+                                  splice(base, "\"vocab\":{", "\"vocab\":{\"deep\":" + deep + ",")}) {
+    const std::string message = load_error(text);
+    EXPECT_TRUE(contains(message, "broken/tokenizer.json") && contains(message, "nesting depth limit of 128")) << message;
+  }
+}
+
+TEST(TokenizerHostile, SequenceNestingIsBounded) {
+  const std::string base = sentencepiece_fixture().dump();
+  for (const Component& c : kComponents) {
+    const std::string current = std::string("\"") + c.field + "\":" + sentencepiece_fixture()[c.field].dump();
+    const std::string field = std::string("\"") + c.field + "\":";
+    // Eight Sequences around a component load; a ninth level is refused by the builders (the
+    // JSON itself, 2 levels per Sequence, is well within the depth limit).
+    EXPECT_NO_THROW(Tokenizer::from_json_string(splice(base, current, field + nested_sequence(c.list_key, c.leaf, 8)),
+                                                "nested/tokenizer.json"))
+        << c.field;
+    const std::string message = load_error(splice(base, current, field + nested_sequence(c.list_key, c.leaf, 9)));
+    EXPECT_TRUE(contains(message, "broken/tokenizer.json") && contains(message, c.field) &&
+                contains(message, "nest more than 8 levels"))
+        << message;
+  }
+}
+
+TEST(TokenizerHostile, HugeIdsAreRefusedWithoutAllocating) {
+  const long rss_before = peak_rss_kib();
+  const auto start = std::chrono::steady_clock::now();
+  json j = sentencepiece_fixture();
+  j["model"]["vocab"]["zz"] = 300000000;
+  std::string message = load_error(j.dump());
+  EXPECT_TRUE(contains(message, "vocab['zz']: token id 300000000 is out of range")) << message;
+
+  j = sentencepiece_fixture();
+  j["added_tokens"][4]["id"] = 300000000;
+  message = load_error(j.dump());
+  EXPECT_TRUE(contains(message, "added_tokens[4]: token id 300000000 is out of range")) << message;
+
+  // The largest id an int32 allows was accepted before and sized the tables by it.
+  j = sentencepiece_fixture();
+  j["model"]["vocab"]["zz"] = INT32_MAX - 1;
+  EXPECT_TRUE(contains(load_error(j.dump()), "out of range"));
+  const double elapsed_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  // Tables sized by these ids would take gigabytes and seconds; refusing them takes neither.
+  EXPECT_LT(elapsed_ms, 1000.0);
+  EXPECT_LT(peak_rss_kib() - rss_before, 256L * 1024) << "KiB of new peak memory";
+
+  // Gaps of real-world size still load: an added token a thousand ids past the vocabulary.
+  j = sentencepiece_fixture();
+  j["added_tokens"][4]["id"] = 1275;
+  const Tokenizer gapped = from(j);
+  EXPECT_EQ(gapped.vocab_size(), 1276);
+  EXPECT_EQ(gapped.id_to_token(1275), "<|im_end|>");
+}
+
+TEST(TokenizerHostile, DuplicateKeysAreRefused) {
+  const std::string base = sentencepiece_fixture().dump();
+  std::string message = load_error(splice(base, "\"normalizer\":null", "\"normalizer\":null,\"normalizer\":null"));
+  EXPECT_TRUE(contains(message, "broken/tokenizer.json") && contains(message, "key 'normalizer' appears twice")) << message;
+
+  message = load_error(splice(base, "\"type\":\"BPE\"", "\"type\":\"BPE\",\"type\":\"BPE\""));
+  EXPECT_TRUE(contains(message, "key 'type' appears twice")) << message;
+
+  message = load_error(splice(base, "\"lstrip\":false,\"normalized\":false,\"rstrip\":false,\"single_word\":false,\"special\":true}]",
+                              "\"lstrip\":false,\"lstrip\":true,\"normalized\":false,\"rstrip\":false,\"single_word\":false,\"special\":true}]"));
+  EXPECT_TRUE(contains(message, "key 'lstrip' appears twice")) << message;
+
+  // In the streamed vocabulary a repeated token is refused too (which id would it have?).
+  message = load_error(splice(base, "\"vocab\":{", "\"vocab\":{\"hi\":0,"));
+  EXPECT_TRUE(contains(message, "vocab lists token 'hi' twice")) << message;
+}
+
+TEST(TokenizerHostile, HugeStringsGiveShortMessages) {
+  const std::string huge(1 << 20, 'q');
+  const std::string base = sentencepiece_fixture().dump();
+  const std::vector<std::string> texts = {
+      splice(base, "\"padding\":null", "\"padding\":null,\"" + huge + "\":1"),
+      splice(base, "\"normalizer\":null", "\"normalizer\":{\"type\":\"" + huge + "\"}"),
+      splice(base, "\"vocab\":{", "\"vocab\":{\"" + huge + "\":\"x\","),
+      splice(base, "\"vocab\":{", "\"vocab\":{\"" + huge + "\":300000000,"),
+      splice(base, "\"merges\":[", "\"merges\":[\"" + huge + " q\","),
+      splice(base, "\"pre_tokenizer\":null",
+             "\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(" + huge +
+                 "\"},\"behavior\":\"Isolated\",\"invert\":false}"),
+      "{\"model\": \"" + huge,  // unterminated: nlohmann quotes the token it was reading
+  };
+  for (const std::string& text : texts) {
+    const std::string message = load_error(text);
+    EXPECT_TRUE(contains(message, "broken/tokenizer.json")) << message.substr(0, kMaxMessageChars);
+    EXPECT_LT(message.size(), kMaxMessageChars) << message.substr(0, 2 * kMaxMessageChars);
+  }
+}
+
+TEST(TokenizerHostile, SpecialFilesAreRefusedWithoutBlocking) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("specula_tokenizer_special_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string path = (dir / "tokenizer.json").string();
+  auto expect_refused = [&](const std::string& kind) {
+    try {
+      Tokenizer::from_file(path);
+      ADD_FAILURE() << kind << " accepted";
+    } catch (const specula::Error& e) {
+      EXPECT_TRUE(contains(e.what(), path) && contains(e.what(), kind)) << e.what();
+    }
+  };
+  // A FIFO with no writer: a blocking open would hang here forever.
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  expect_refused("FIFO");
+  fs::remove(path);
+  fs::create_directory(path);
+  expect_refused("directory");
+  fs::remove(path);
+  fs::create_symlink("/dev/zero", path);
+  expect_refused("character device");
+  fs::remove_all(dir);
 }
 
 // --- speed ------------------------------------------------------------------------------------

@@ -100,6 +100,12 @@ std::string read_text_file(const std::string& path, size_t max_bytes) {
   return read_prefix(file, file.size(), path);
 }
 
+bool input_present(const std::string& path) {
+  struct stat st {};
+  // lstat, not stat: a dangling symlink is present (and refused when read), not silently absent.
+  return ::lstat(path.c_str(), &st) == 0 || errno != ENOENT;
+}
+
 std::string read_file_prefix(const std::string& path, size_t length) {
   const RegularFile file(path);
   return read_prefix(file, std::min(length, file.size()), path);

@@ -37,6 +37,12 @@ constexpr size_t kMaxTextFileBytes = size_t{256} << 20;
 // Reads a whole text file such as config.json; throws naming the path when it is not a regular
 // file or is larger than `max_bytes`.
 std::string read_text_file(const std::string& path, size_t max_bytes = kMaxTextFileBytes);
+// Whether an optional input such as generation_config.json is there to be read. Also true when
+// `path` cannot be examined (a symlink loop, a directory without search permission): reading it
+// then reports the problem as an Error naming the path, where std::filesystem::exists would throw
+// its own exception or a silent false would skip a file the user provided.
+bool input_present(const std::string& path);
+
 // The first `length` bytes of a regular file (fewer if it is shorter), for sniffing a format.
 std::string read_file_prefix(const std::string& path, size_t length);
 

@@ -1,18 +1,25 @@
-// Strict parsing of Hugging Face model configs (see config.h).
+// Strict parsing of Hugging Face model configs (see config.h). The files are untrusted: they are
+// parsed by io::parse_strict_json (depth limit, duplicate keys refused), every value is
+// type-checked before nlohmann converts it (its own type_error would name neither the file nor
+// the key), and errors quote values only through short excerpts.
 #include "specula/model/config.h"
 
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <numbers>
 #include <sstream>
 
 #include "specula/core/error.h"
 #include "specula/core/mapped_file.h"
+#include "specula/io/strict_json.h"
 
 namespace specula::model {
 
 using nlohmann::json;
+using io::json_excerpt;
+using io::text_excerpt;
 
 std::string_view family_name(ModelFamily family) {
   switch (family) {
@@ -41,6 +48,11 @@ std::string supported_architectures() {
 
 namespace {
 
+// The largest integer a config value may have. Sizes and counts in real configs are far below it
+// (the largest, max_position_embeddings, is about 10 million), and with both factors bounded by it
+// products such as num_heads * head_dim cannot overflow int64.
+constexpr int64_t kMaxConfigInteger = std::numeric_limits<int32_t>::max();
+
 // Typed accessors that name the key and the file in every error.
 class Reader {
  public:
@@ -48,17 +60,25 @@ class Reader {
 
   bool has(const char* key) const { return j_.contains(key) && !j_.at(key).is_null(); }
 
-  int64_t positive_int(const char* key) const {
-    SPECULA_CHECK(has(key), source_, ": required key '", key, "' is missing");
-    const json& v = j_.at(key);
-    SPECULA_CHECK(v.is_number_integer() && v.get<int64_t>() > 0, source_, ": '", key,
-                  "' must be a positive integer, got ", v.dump());
+  // An integer in [min, kMaxConfigInteger], `min` 0 or 1. An unsigned value beyond int64 wraps
+  // negative in get<int64_t>, so it fails the same check.
+  int64_t integer(const json& v, const std::string& what, int64_t min) const {
+    SPECULA_CHECK(v.is_number_integer() && v.get<int64_t>() >= min && v.get<int64_t>() <= kMaxConfigInteger, source_,
+                  ": '", what, "' must be a ", min > 0 ? "positive" : "non-negative", " integer of at most ",
+                  kMaxConfigInteger, ", got ", json_excerpt(v));
     return v.get<int64_t>();
   }
+  int64_t positive_int(const char* key) const {
+    SPECULA_CHECK(has(key), source_, ": required key '", key, "' is missing");
+    return integer(j_.at(key), key, 1);
+  }
   int64_t positive_int_or(const char* key, int64_t fallback) const { return has(key) ? positive_int(key) : fallback; }
+  int64_t non_negative_int_or(const char* key, int64_t fallback) const {
+    return has(key) ? integer(j_.at(key), key, 0) : fallback;
+  }
 
   double number(const json& v, const std::string& what) const {
-    SPECULA_CHECK(v.is_number(), source_, ": '", what, "' must be a number, got ", v.dump());
+    SPECULA_CHECK(v.is_number(), source_, ": '", what, "' must be a number, got ", json_excerpt(v));
     const double d = v.get<double>();
     SPECULA_CHECK(std::isfinite(d), source_, ": '", what, "' must be finite");
     return d;
@@ -73,14 +93,18 @@ class Reader {
 
   bool boolean_or(const char* key, bool fallback) const {
     if (!has(key)) return fallback;
-    SPECULA_CHECK(j_.at(key).is_boolean(), source_, ": '", key, "' must be true or false, got ", j_.at(key).dump());
+    SPECULA_CHECK(j_.at(key).is_boolean(), source_, ": '", key, "' must be true or false, got ",
+                  json_excerpt(j_.at(key)));
     return j_.at(key).get<bool>();
   }
 
   std::string string_or(const char* key, const std::string& fallback) const {
     if (!has(key)) return fallback;
-    SPECULA_CHECK(j_.at(key).is_string(), source_, ": '", key, "' must be a string, got ", j_.at(key).dump());
-    return j_.at(key).get<std::string>();
+    return string(j_.at(key), key);
+  }
+  std::string string(const json& v, const std::string& what) const {
+    SPECULA_CHECK(v.is_string(), source_, ": '", what, "' must be a string, got ", json_excerpt(v));
+    return v.get<std::string>();
   }
 
   // An int or a list of ints (eos_token_id).
@@ -90,7 +114,7 @@ class Reader {
     const json& v = j_.at(key);
     auto one = [&](const json& e) {
       SPECULA_CHECK(e.is_number_integer() && e.get<int64_t>() >= 0 && e.get<int64_t>() < (int64_t{1} << 31), source_,
-                    ": '", key, "' must hold non-negative token ids, got ", e.dump());
+                    ": '", key, "' must hold non-negative token ids, got ", json_excerpt(e));
       ids.push_back(static_cast<int32_t>(e.get<int64_t>()));
     };
     if (v.is_array())
@@ -108,17 +132,6 @@ class Reader {
   std::string source_;
 };
 
-json parse_object(const std::string& text, const std::string& source) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    fail(source, ": not valid JSON: ", e.what());
-  }
-  SPECULA_CHECK(j.is_object(), source, ": expected a JSON object at the top level");
-  return j;
-}
-
 std::vector<double> factor_list(const Reader& r, const json& scaling, const char* key, int64_t expected) {
   SPECULA_CHECK(scaling.contains(key) && scaling.at(key).is_array(), r.source(), ": rope_scaling.", key,
                 " must be a list of numbers");
@@ -135,7 +148,9 @@ std::vector<double> factor_list(const Reader& r, const json& scaling, const char
 RopeConfig parse_rope(const Reader& r, const ModelConfig& cfg) {
   RopeConfig rope;
   const json* scaling = nullptr;
-  if (r.has("rope_parameters")) {
+  const bool transformers5 = r.has("rope_parameters");
+  const std::string section = transformers5 ? "rope_parameters" : "rope_scaling";  // for messages
+  if (transformers5) {
     const json& params = r.raw().at("rope_parameters");
     SPECULA_CHECK(params.is_object(), r.source(), ": 'rope_parameters' must be an object");
     SPECULA_CHECK(params.contains("rope_theta"), r.source(), ": 'rope_parameters' has no 'rope_theta'");
@@ -157,14 +172,18 @@ RopeConfig parse_rope(const Reader& r, const ModelConfig& cfg) {
   if (!scaling) return rope;
 
   std::string type;
-  if (scaling->contains("rope_type")) type = scaling->at("rope_type").get<std::string>();
-  else if (scaling->contains("type")) type = scaling->at("type").get<std::string>();
-  else if (scaling == &r.raw().at("rope_parameters")) type = "default";
+  if (scaling->contains("rope_type")) type = r.string(scaling->at("rope_type"), section + ".rope_type");
+  else if (scaling->contains("type")) type = r.string(scaling->at("type"), section + ".type");
+  else if (transformers5) type = "default";
   else fail(r.source(), ": 'rope_scaling' has neither 'rope_type' nor 'type'");
 
   auto field = [&](const char* key) -> double {
     SPECULA_CHECK(scaling->contains(key), r.source(), ": rope scaling '", type, "' needs '", key, "'");
-    return r.number(scaling->at(key), key);
+    return r.number(scaling->at(key), section + "." + key);
+  };
+  auto int_field = [&](const char* key) -> int64_t {
+    SPECULA_CHECK(scaling->contains(key), r.source(), ": rope scaling '", type, "' needs '", key, "'");
+    return r.integer(scaling->at(key), section + "." + key, 1);
   };
   if (type == "default") {
     rope.type = RopeType::Default;
@@ -177,7 +196,7 @@ RopeConfig parse_rope(const Reader& r, const ModelConfig& cfg) {
     rope.factor = field("factor");
     rope.low_freq_factor = field("low_freq_factor");
     rope.high_freq_factor = field("high_freq_factor");
-    rope.original_max_position = static_cast<int64_t>(field("original_max_position_embeddings"));
+    rope.original_max_position = int_field("original_max_position_embeddings");
     SPECULA_CHECK(rope.factor > 0 && rope.original_max_position > 0 && rope.high_freq_factor > rope.low_freq_factor,
                   r.source(), ": llama3 rope scaling needs factor > 0, original_max_position_embeddings > 0 and "
                   "high_freq_factor > low_freq_factor");
@@ -186,13 +205,13 @@ RopeConfig parse_rope(const Reader& r, const ModelConfig& cfg) {
                   ": longrope scaling is implemented for MiniCPM only (its attention factor differs from other "
                   "families')");
     rope.type = RopeType::LongRope;
-    rope.original_max_position = static_cast<int64_t>(field("original_max_position_embeddings"));
+    rope.original_max_position = int_field("original_max_position_embeddings");
     SPECULA_CHECK(rope.original_max_position > 1, r.source(), ": original_max_position_embeddings must be > 1");
     rope.short_factor = factor_list(r, *scaling, "short_factor", cfg.head_dim / 2);
     rope.long_factor = factor_list(r, *scaling, "long_factor", cfg.head_dim / 2);
   } else {
-    fail(r.source(), ": rope scaling type '", type, "' is not supported (supported: default, linear, llama3, "
-         "longrope for MiniCPM)");
+    fail(r.source(), ": rope scaling type '", text_excerpt(type),
+         "' is not supported (supported: default, linear, llama3, longrope for MiniCPM)");
   }
   return rope;
 }
@@ -203,7 +222,7 @@ std::optional<DType> parse_dtype(const Reader& r) {
   if (name == "bfloat16") return DType::BF16;
   if (name == "float16") return DType::F16;
   if (name == "float32") return DType::F32;
-  fail(r.source(), ": dtype '", name, "' is not supported (bfloat16, float16, float32)");
+  fail(r.source(), ": dtype '", text_excerpt(name), "' is not supported (bfloat16, float16, float32)");
 }
 
 }  // namespace
@@ -211,16 +230,17 @@ std::optional<DType> parse_dtype(const Reader& r) {
 ModelConfig ModelConfig::from_dir(const std::string& dir) {
   namespace fs = std::filesystem;
   const fs::path config_path = fs::path(dir) / "config.json";
-  SPECULA_CHECK(fs::is_directory(dir), dir, ": not a directory (expected a Hugging Face model folder)");
-  SPECULA_CHECK(fs::exists(config_path), dir, ": no config.json (expected a Hugging Face model folder)");
+  std::error_code not_examinable;  // is_directory's throwing overload would escape as filesystem_error
+  SPECULA_CHECK(fs::is_directory(dir, not_examinable), dir, ": not a directory (expected a Hugging Face model folder)");
+  SPECULA_CHECK(input_present(config_path.string()), dir, ": no config.json (expected a Hugging Face model folder)");
   const fs::path gen_path = fs::path(dir) / "generation_config.json";
   return from_json(read_text_file(config_path.string()), config_path.string(),
-                   fs::exists(gen_path) ? read_text_file(gen_path.string()) : std::string());
+                   input_present(gen_path.string()) ? read_text_file(gen_path.string()) : std::string());
 }
 
 ModelConfig ModelConfig::from_json(const std::string& config_json, const std::string& source,
                                    const std::string& generation_config_json) {
-  const json j = parse_object(config_json, source);
+  const json j = io::parse_strict_json_object(config_json, source);
   const Reader r(j, source);
   ModelConfig cfg;
   cfg.source = source;
@@ -244,7 +264,7 @@ ModelConfig ModelConfig::from_json(const std::string& config_json, const std::st
                   "MiniCPM generations are not supported)");
     cfg.family = ModelFamily::MiniCPM4;
   } else {
-    fail(source, ": unsupported architecture '", arch.empty() ? model_type : arch, "'; supported: ",
+    fail(source, ": unsupported architecture '", text_excerpt(arch.empty() ? model_type : arch), "'; supported: ",
          supported_architectures());
   }
   cfg.architecture = arch.empty() ? model_type : arch;
@@ -271,7 +291,7 @@ ModelConfig ModelConfig::from_json(const std::string& config_json, const std::st
   cfg.tie_word_embeddings = r.boolean_or("tie_word_embeddings", false);
 
   const std::string act = r.string_or("hidden_act", "silu");
-  SPECULA_CHECK(act == "silu", source, ": hidden_act '", act, "' is not supported (only silu)");
+  SPECULA_CHECK(act == "silu", source, ": hidden_act '", text_excerpt(act), "' is not supported (only silu)");
   SPECULA_CHECK(!r.boolean_or("mlp_bias", false), source, ": mlp_bias true is not supported");
   const bool attention_bias = r.boolean_or("attention_bias", false);
   switch (cfg.family) {
@@ -306,11 +326,11 @@ ModelConfig ModelConfig::from_json(const std::string& config_json, const std::st
       sc.kernel_size = sr.positive_int_or("kernel_size", sc.kernel_size);
       sc.kernel_stride = sr.positive_int_or("kernel_stride", sc.kernel_stride);
       sc.block_size = sr.positive_int_or("block_size", sc.block_size);
-      sc.init_blocks = sr.has("init_blocks") ? s.at("init_blocks").get<int64_t>() : sc.init_blocks;
+      sc.init_blocks = sr.non_negative_int_or("init_blocks", sc.init_blocks);
       sc.window_size = sr.positive_int_or("window_size", sc.window_size);
       sc.topk = sr.positive_int_or("topk", sc.topk);
       sc.use_nope = sr.boolean_or("use_nope", false);
-      sc.dense_len = sr.has("dense_len") ? s.at("dense_len").get<int64_t>() : sc.dense_len;
+      sc.dense_len = sr.non_negative_int_or("dense_len", sc.dense_len);
       cfg.sparse = sc;
     }
   }
@@ -322,7 +342,7 @@ ModelConfig ModelConfig::from_json(const std::string& config_json, const std::st
   cfg.eos_token_ids = r.token_ids("eos_token_id");
   if (!generation_config_json.empty()) {
     const std::string gen_source = source.substr(0, source.rfind('/') + 1) + "generation_config.json";
-    const json g = parse_object(generation_config_json, gen_source);
+    const json g = io::parse_strict_json_object(generation_config_json, gen_source);
     for (int32_t id : Reader(g, gen_source).token_ids("eos_token_id"))
       if (std::find(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end(), id) == cfg.eos_token_ids.end())
         cfg.eos_token_ids.push_back(id);

@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "specula/core/error.h"
+#include "specula/io/strict_json.h"
 #include "specula/text/json_fields.h"
 #include "specula/text/unicode.h"
 
@@ -19,6 +20,10 @@ namespace specula::text {
 namespace {
 
 using json_fields::Json;
+
+// token_id_limit: ids may run to twice the number of tokens defined, plus this much so that small
+// hand-made tokenizers (tests, demos) can leave gaps; a 4096-entry gap costs under 100 KB.
+constexpr int64_t kTokenIdHeadroom = 4096;
 
 // Frequent pre-tokens (" the", "\n") recur thousands of times in a long prompt.
 constexpr size_t kCacheCapacity = 1 << 16;
@@ -59,23 +64,21 @@ void TokenTable::reserve(size_t count) {
 
 void TokenTable::grow() { reserve(std::max<size_t>(16, count_ * 2 + 2)); }
 
-void TokenTable::insert(std::string_view token, int32_t id) {
+bool TokenTable::insert(std::string_view token, int32_t id) {
   if ((count_ + 1) * 2 > slots_.size()) grow();
   const uint64_t hash = hash_bytes(token);
   const size_t mask = slots_.size() - 1;
   size_t i = hash & mask;
   for (; slots_[i].id >= 0; i = (i + 1) & mask) {
     const Slot& s = slots_[i];
-    if (s.hash == hash && std::string_view(arena_.data() + s.offset, s.length) == token) {
-      slots_[i].id = id;
-      return;
-    }
+    if (s.hash == hash && std::string_view(arena_.data() + s.offset, s.length) == token) return false;
   }
   SPECULA_CHECK(arena_.size() + token.size() < std::numeric_limits<uint32_t>::max(), "vocabulary too large");
   const auto offset = static_cast<uint32_t>(arena_.size());
   arena_.insert(arena_.end(), token.begin(), token.end());
   slots_[i] = Slot{hash, offset, static_cast<uint32_t>(token.size()), id};
   ++count_;
+  return true;
 }
 
 int32_t TokenTable::find(std::string_view token) const {
@@ -147,7 +150,8 @@ BpeTables bpe_tables_from_dom(const Json& model, const std::string& where) {
     tables.vocab_present = true;
     tables.vocab.reserve(vocab->size());
     for (const auto& [token, id] : vocab->items()) {
-      SPECULA_CHECK(id.is_number_integer(), where, ": vocab['", token, "']: token id must be an integer, found ",
+      SPECULA_CHECK(id.is_number_integer(), where, ": vocab['", io::text_excerpt(token),
+                    "']: token id must be an integer, found ",
                     json_fields::type_name(id));
       tables.vocab.emplace_back(token, id.get<int64_t>());
     }
@@ -180,7 +184,19 @@ struct BpeModel::Cache {
   std::unordered_map<std::string, std::vector<int32_t>, TransparentStringHash, std::equal_to<>> entries;
 };
 
-BpeModel BpeModel::from_json(const Json& model, BpeTables tables, const std::string& where) {
+int64_t token_id_limit(size_t defined_tokens) {
+  const int64_t max_limit = std::numeric_limits<int32_t>::max();  // ids are int32
+  const auto defined = static_cast<int64_t>(std::min<size_t>(defined_tokens, max_limit));
+  return std::min(2 * defined + kTokenIdHeadroom, max_limit);
+}
+
+void check_token_id_bound(int64_t id, size_t defined_tokens, const std::string& where) {
+  const int64_t limit = token_id_limit(defined_tokens);
+  SPECULA_CHECK(id >= 0 && id < limit, where, ": token id ", id, " is out of range: ids must be below ", limit,
+                " for a tokenizer defining ", defined_tokens, " tokens");
+}
+
+BpeModel BpeModel::from_json(const Json& model, BpeTables tables, const std::string& where, size_t defined_tokens) {
   json_fields::require_object(model, where);
   json_fields::check_known_keys(model,
                                 {"type", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix",
@@ -204,9 +220,9 @@ BpeModel BpeModel::from_json(const Json& model, BpeTables tables, const std::str
   SPECULA_CHECK(tables.merges_present, where, ": missing field 'merges'");
   bpe.vocab_.reserve(tables.vocab.size());
   for (const auto& [token, id] : tables.vocab) {
-    SPECULA_CHECK(id >= 0 && id < std::numeric_limits<int32_t>::max(), where, ": vocab['", token, "']: token id ", id,
-                  " is out of range");
-    bpe.vocab_.insert(token, static_cast<int32_t>(id));
+    check_token_id_bound(id, defined_tokens, where + ": vocab['" + io::text_excerpt(token) + "']");
+    SPECULA_CHECK(bpe.vocab_.insert(token, static_cast<int32_t>(id)), where, ": vocab lists token '",
+                  io::text_excerpt(token), "' twice");
   }
   tables.vocab = {};
   int32_t max_id = -1;
@@ -214,8 +230,8 @@ BpeModel BpeModel::from_json(const Json& model, BpeTables tables, const std::str
   bpe.id_to_token_.assign(static_cast<size_t>(max_id + 1), std::string_view());
   bpe.id_present_.assign(static_cast<size_t>(max_id + 1), 0);
   bpe.vocab_.for_each([&](std::string_view token, int32_t id) {
-    SPECULA_CHECK(!bpe.id_present_[id], where, ": vocab maps two tokens to id ", id, " ('", bpe.id_to_token_[id], "' and '",
-                  token, "')");
+    SPECULA_CHECK(!bpe.id_present_[id], where, ": vocab maps two tokens to id ", id, " ('",
+                  io::text_excerpt(bpe.id_to_token_[id]), "' and '", io::text_excerpt(token), "')");
     bpe.id_present_[id] = 1;
     bpe.id_to_token_[id] = token;
   });
@@ -241,20 +257,23 @@ BpeModel BpeModel::from_json(const Json& model, BpeTables tables, const std::str
       if (line.rfind("#version", 0) == 0) continue;
       const size_t space = line.find(' ');
       SPECULA_CHECK(space != std::string::npos && line.find(' ', space + 1) == std::string::npos, where, ": merges[", index,
-                    "] \"", line, "\" is not two tokens separated by one space");
+                    "] \"", io::text_excerpt(line), "\" is not two tokens separated by one space");
       left = std::string_view(line).substr(0, space);
       right = std::string_view(line).substr(space + 1);
     }
     const int32_t left_id = bpe.vocab_.find(left);
-    SPECULA_CHECK(left_id >= 0, where, ": merges[", index, "] refers to token '", left, "' which is not in the vocab");
+    SPECULA_CHECK(left_id >= 0, where, ": merges[", index, "] refers to token '", io::text_excerpt(left),
+                  "' which is not in the vocab");
     const int32_t right_id = bpe.vocab_.find(right);
-    SPECULA_CHECK(right_id >= 0, where, ": merges[", index, "] refers to token '", right, "' which is not in the vocab");
-    SPECULA_CHECK(right.size() >= prefix_length, where, ": merges[", index, "]: token '", right,
+    SPECULA_CHECK(right_id >= 0, where, ": merges[", index, "] refers to token '", io::text_excerpt(right),
+                  "' which is not in the vocab");
+    SPECULA_CHECK(right.size() >= prefix_length, where, ": merges[", index, "]: token '", io::text_excerpt(right),
                   "' is shorter than continuing_subword_prefix");
     merged.assign(left);
     merged.append(right.substr(prefix_length));
     const int32_t merged_id = bpe.vocab_.find(merged);
-    SPECULA_CHECK(merged_id >= 0, where, ": merges[", index, "]: merged token '", merged, "' is not in the vocab");
+    SPECULA_CHECK(merged_id >= 0, where, ": merges[", index, "]: merged token '", io::text_excerpt(merged),
+                  "' is not in the vocab");
     // A repeated pair keeps its last rank, as HF's map construction does.
     bpe.merges_.insert_or_assign(left_id, right_id, MergeTarget{rank, merged_id});
     ++rank;
@@ -320,7 +339,7 @@ void BpeModel::initial_symbols(std::string_view piece, std::vector<Symbol>& symb
     }
     if (unk_token_) {
       const int32_t unk_id = vocab_.find(*unk_token_);
-      SPECULA_CHECK(unk_id >= 0, where_, ": unk_token '", *unk_token_, "' is not in the vocab");
+      SPECULA_CHECK(unk_id >= 0, where_, ": unk_token '", io::text_excerpt(*unk_token_), "' is not in the vocab");
       if (pending_unk.active && fuse_unk_) {
         pending_unk.byte_length += static_cast<uint32_t>(length);
       } else {

@@ -25,8 +25,8 @@ namespace specula::text {
 class TokenTable {
  public:
   void reserve(size_t count);
-  // Inserts or overwrites (a later duplicate key wins, as with serde's map deserialization).
-  void insert(std::string_view token, int32_t id);
+  // Inserts `token`; false (and no change) when it is already there.
+  bool insert(std::string_view token, int32_t id);
   // -1 when absent.
   int32_t find(std::string_view token) const;
   size_t size() const { return count_; }
@@ -65,11 +65,23 @@ struct BpeTables {
 };
 BpeTables bpe_tables_from_dom(const nlohmann::json& model, const std::string& where);
 
+// Tables indexed by token id are as long as the largest id, not as the number of tokens, so a
+// file defining three tokens, one with id 300,000,000, would make them allocate gigabytes. Real
+// vocabularies are dense (ids 0..n-1, added tokens right after, at most a few gaps), so every id
+// must be below this bound on the number of tokens the file defines (vocab entries plus added
+// tokens): the id tables then stay within a small multiple of the file's own size.
+int64_t token_id_limit(size_t defined_tokens);
+// Throws, prefixing `where`, unless 0 <= id < token_id_limit(defined_tokens).
+void check_token_id_bound(int64_t id, size_t defined_tokens, const std::string& where);
+
 class BpeModel {
  public:
   // `model` is the JSON object under "model" (its "vocab"/"merges" may already be moved into
-  // `tables`); `where` prefixes error messages.
-  static BpeModel from_json(const nlohmann::json& model, BpeTables tables, const std::string& where);
+  // `tables`); `where` prefixes error messages. Ids must be below token_id_limit(defined_tokens),
+  // where `defined_tokens` counts all tokens of the file (vocab and added tokens). A token listed
+  // twice in the vocab is an error (which id would it have?).
+  static BpeModel from_json(const nlohmann::json& model, BpeTables tables, const std::string& where,
+                            size_t defined_tokens);
 
   BpeModel(BpeModel&&) noexcept;
   BpeModel& operator=(BpeModel&&) noexcept;

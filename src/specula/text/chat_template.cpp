@@ -1,6 +1,8 @@
 // Hard-coded chat renderers and chat-style detection (see chat_template.h). Each renderer follows
 // its family's Jinja template line by line, including the Python string operations it uses
 // (str.strip() for Llama's `| trim`, split/lstrip/rstrip for Qwen3's reasoning removal).
+// tokenizer_config.json, chat_template.json and config.json are read like every other JSON input
+// (read_text_file, then io::parse_strict_json: size and depth limits, duplicate keys refused).
 #include "specula/text/chat_template.h"
 
 #include <nlohmann/json.hpp>
@@ -11,6 +13,7 @@
 
 #include "specula/core/error.h"
 #include "specula/core/mapped_file.h"
+#include "specula/io/strict_json.h"
 #include "specula/text/unicode.h"
 
 namespace specula::text {
@@ -185,9 +188,9 @@ ChatStyle style_from_family(std::string_view model_type, const std::string& mode
   if (family.starts_with("llama")) {
     // Llama-3.1+ configs carry rope_scaling {"rope_type": "llama3"}; Llama-3 has none.
     const std::filesystem::path config = std::filesystem::path(model_dir) / "config.json";
-    if (!model_dir.empty() && std::filesystem::exists(config)) {
-      const auto json = nlohmann::json::parse(read_text_file(config.string()), nullptr, false);
-      if (json.is_object() && json.contains("rope_scaling") && json["rope_scaling"].is_object()) {
+    if (!model_dir.empty() && input_present(config.string())) {
+      const auto json = io::parse_strict_json_object(read_text_file(config.string()), config.string());
+      if (json.contains("rope_scaling") && json["rope_scaling"].is_object()) {
         const auto& scaling = json["rope_scaling"];
         for (const char* key : {"rope_type", "type"}) {
           if (scaling.contains(key) && scaling[key] == "llama3") return ChatStyle::Llama31;
@@ -196,19 +199,23 @@ ChatStyle style_from_family(std::string_view model_type, const std::string& mode
     }
     return ChatStyle::Llama3;
   }
-  fail("cannot pick a chat template: no chat template found and model family '", model_type, "' is not one of llama, qwen2, qwen3, minicpm");
+  fail("cannot pick a chat template: no chat template found and model family '", io::text_excerpt(model_type),
+       "' is not one of llama, qwen2, qwen3, minicpm");
 }
 
 // tokenizer_config.json "chat_template" may be a string or a list of {name, template}.
 std::string template_from_tokenizer_config(const std::filesystem::path& path) {
-  const auto json = nlohmann::json::parse(read_text_file(path.string()), nullptr, false);
-  SPECULA_CHECK(!json.is_discarded() && json.is_object(), path.string(), ": not a JSON object");
+  const auto json = io::parse_strict_json_object(read_text_file(path.string()), path.string());
   if (!json.contains("chat_template") || json["chat_template"].is_null()) return {};
   const auto& field = json["chat_template"];
   if (field.is_string()) return field.get<std::string>();
   SPECULA_CHECK(field.is_array(), path.string(), ": chat_template must be a string or a list of named templates");
   for (const auto& entry : field) {
-    if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") && entry["template"].is_string()) {
+    // Checked by hand, not with entry.value("name", ""), which throws a bare type_error when
+    // "name" is not a string.
+    const auto name = entry.find("name");  // end() for a non-object
+    const bool is_default = name != entry.end() && name->is_string() && *name == "default";
+    if (is_default && entry.contains("template") && entry["template"].is_string()) {
       return entry["template"].get<std::string>();
     }
   }
@@ -228,7 +235,8 @@ ChatStyle chat_style_from_template(std::string_view chat_template, std::string_v
     if (contains(chat_template, kQwen25DefaultSystem)) return ChatStyle::ChatMLQwen25;
     if (contains(chat_template, kQwen2DefaultSystem)) return ChatStyle::ChatMLQwen2;
     if (lowercase(model_type).starts_with("qwen3")) return ChatStyle::Qwen3;
-    fail("chat template is ChatML but matches none of Qwen2, Qwen2.5, Qwen3 and the model family '", model_type,
+    fail("chat template is ChatML but matches none of Qwen2, Qwen2.5, Qwen3 and the model family '",
+         io::text_excerpt(model_type),
          "' is not minicpm or qwen3");
   }
   fail("chat template matches none of the supported styles (Llama-3, Llama-3.1, Qwen2, Qwen2.5, Qwen3, MiniCPM4)");
@@ -238,14 +246,16 @@ ChatStyle detect_chat_style(const std::string& model_dir, const std::string& mod
   namespace fs = std::filesystem;
   const fs::path dir(model_dir);
   std::string chat_template;
-  if (const fs::path config = dir / "tokenizer_config.json"; fs::exists(config)) {
+  if (const fs::path config = dir / "tokenizer_config.json"; input_present(config.string())) {
     chat_template = template_from_tokenizer_config(config);
   }
   if (chat_template.empty()) {
-    if (const fs::path jinja = dir / "chat_template.jinja"; fs::exists(jinja)) chat_template = read_text_file(jinja.string());
+    if (const fs::path jinja = dir / "chat_template.jinja"; input_present(jinja.string()))
+      chat_template = read_text_file(jinja.string());
   }
   if (chat_template.empty()) {
-    if (const fs::path json_file = dir / "chat_template.json"; fs::exists(json_file)) chat_template = template_from_tokenizer_config(json_file);
+    if (const fs::path json_file = dir / "chat_template.json"; input_present(json_file.string()))
+      chat_template = template_from_tokenizer_config(json_file);
   }
   if (chat_template.empty()) return style_from_family(model_type, model_dir);
   return with_context(model_dir + ": chat template", [&] { return chat_style_from_template(chat_template, model_type); });

@@ -435,10 +435,11 @@ size_t count_field(const Json& spec, std::string_view key, const std::string& wh
 
 }  // namespace
 
-std::unique_ptr<Decoder> make_decoder(const Json& spec, const std::string& where_prefix) {
+std::unique_ptr<Decoder> make_decoder(const Json& spec, const std::string& where_prefix, int nesting) {
+  json_fields::check_nesting(nesting, where_prefix);
   json_fields::require_object(spec, where_prefix);
   const std::string type = json_fields::get_string(spec, "type", where_prefix);
-  const std::string where = where_prefix + " (" + type + ")";
+  const std::string where = json_fields::component_where(where_prefix, type);
   if (type == "ByteLevel") {
     // add_prefix_space / trim_offsets / use_regex do not affect decoding.
     json_fields::check_known_keys(spec, {"type", "add_prefix_space", "trim_offsets", "use_regex"}, where);
@@ -471,7 +472,7 @@ std::unique_ptr<Decoder> make_decoder(const Json& spec, const std::string& where
     json_fields::get_bool(spec, "split", true, where);
     const std::optional<std::string> scheme = json_fields::get_optional_string(spec, "prepend_scheme", where);
     SPECULA_CHECK(!scheme || *scheme == "always" || *scheme == "first" || *scheme == "never", where,
-                  ": unknown prepend_scheme '", scheme.value_or(""), "'");
+                  ": unknown prepend_scheme '", io::text_excerpt(scheme.value_or("")), "'");
     const bool add_prefix_space = json_fields::get_bool(spec, "add_prefix_space", true, where);
     const bool never = (scheme && *scheme == "never") || !add_prefix_space;
     return std::make_unique<MetaspaceDecoder>(std::move(replacement), !never);
@@ -482,11 +483,11 @@ std::unique_ptr<Decoder> make_decoder(const Json& spec, const std::string& where
     SPECULA_CHECK(list.is_array(), where, ": field 'decoders' must be an array");
     std::vector<std::unique_ptr<Decoder>> parts;
     for (size_t i = 0; i < list.size(); ++i) {
-      parts.push_back(make_decoder(list[i], where_prefix + ".decoders[" + std::to_string(i) + "]"));
+      parts.push_back(make_decoder(list[i], where_prefix + ".decoders[" + std::to_string(i) + "]", nesting + 1));
     }
     return std::make_unique<SequenceDecoder>(std::move(parts));
   }
-  fail(where_prefix, ": decoder type '", type, "' is not supported");
+  fail(where_prefix, ": decoder type '", io::text_excerpt(type), "' is not supported");
 }
 
 std::unique_ptr<StreamStage> make_space_joiner_stage() { return std::make_unique<SpaceJoinerStage>(); }

@@ -43,7 +43,8 @@ class Decoder {
   // Appends this decoder's streaming stages (a Sequence appends several) to `stages`.
   virtual void make_stream_stages(std::vector<std::unique_ptr<StreamStage>>& stages) const = 0;
 };
-std::unique_ptr<Decoder> make_decoder(const nlohmann::json& spec, const std::string& where);
+// `nesting`: how many Sequences enclose `spec` (at most json_fields::kMaxComponentNesting).
+std::unique_ptr<Decoder> make_decoder(const nlohmann::json& spec, const std::string& where, int nesting = 0);
 
 // Stand-in when the file has no decoder: HF joins the tokens with single spaces.
 std::unique_ptr<StreamStage> make_space_joiner_stage();

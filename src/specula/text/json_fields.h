@@ -2,7 +2,8 @@
 // A field we do not know may change behaviour in a way we would silently get wrong, so every
 // component checks its keys against the list it understands; a field of the wrong type is an error
 // that names the component path (e.g. "pre_tokenizer.pretokenizers[1] (ByteLevel): field
-// 'add_prefix_space' must be a boolean").
+// 'add_prefix_space' must be a boolean"). Strings taken from the file (keys, type names, tokens)
+// appear in messages only as short excerpts (io::text_excerpt).
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -14,12 +15,29 @@
 #include <string_view>
 
 #include "specula/core/error.h"
+#include "specula/io/strict_json.h"
 
 namespace specula::text::json_fields {
 
 using Json = nlohmann::json;
 
 inline const char* type_name(const Json& j) { return j.type_name(); }
+
+// How deeply Sequence components (normalizers, pre-tokenizers, post-processors, decoders) may
+// nest. Real files nest at most two levels. The builders, and the components they build, recurse
+// once per level and each level lengthens the component path quoted in errors, so the depth must
+// not be the file's choice: the JSON depth limit alone would still allow about 60 levels.
+constexpr int kMaxComponentNesting = 8;
+
+inline void check_nesting(int nesting, const std::string& where) {
+  SPECULA_CHECK(nesting <= kMaxComponentNesting, where, ": Sequence components nest more than ", kMaxComponentNesting,
+                " levels deep (the limit)");
+}
+
+// `where` + " (" + type + ")", the component path used in messages.
+inline std::string component_where(const std::string& where, const std::string& type) {
+  return where + " (" + io::text_excerpt(type) + ")";
+}
 
 inline void require_object(const Json& j, const std::string& where) {
   SPECULA_CHECK(j.is_object(), where, ": expected a JSON object, found ", type_name(j));
@@ -30,7 +48,7 @@ inline void check_known_keys(const Json& object, std::initializer_list<std::stri
   for (const auto& [key, value] : object.items()) {
     bool found = false;
     for (std::string_view k : known) found = found || (k == key);
-    SPECULA_CHECK(found, where, ": unknown field '", key, "' (not supported)");
+    SPECULA_CHECK(found, where, ": unknown field '", io::text_excerpt(key), "' (not supported)");
   }
 }
 

@@ -15,9 +15,9 @@
 namespace specula::text {
 namespace {
 
+using json_fields::component_where;
 using json_fields::Json;
-
-std::string component_where(const std::string& where, const std::string& type) { return where + " (" + type + ")"; }
+using io::text_excerpt;
 
 std::string component_type(const Json& spec, const std::string& where) {
   json_fields::require_object(spec, where);
@@ -79,7 +79,7 @@ SplitBehavior parse_split_behavior(const std::string& name, const std::string& w
   if (name == "MergedWithPrevious") return SplitBehavior::MergedWithPrevious;
   if (name == "MergedWithNext") return SplitBehavior::MergedWithNext;
   if (name == "Contiguous") return SplitBehavior::Contiguous;
-  fail(where, ": unknown split behavior '", name, "'");
+  fail(where, ": unknown split behavior '", text_excerpt(name), "'");
 }
 
 // Turns matched/unmatched ranges into the pieces to keep (HF `NormalizedString::split`) and
@@ -291,7 +291,7 @@ std::unique_ptr<PostProcessor> make_template_processing(const Json& spec, const 
   SPECULA_CHECK(special_tokens.is_object(), where, ": field 'special_tokens' must be an object");
   std::unordered_map<std::string, std::vector<int32_t>> special_ids;
   for (const auto& [name, entry] : special_tokens.items()) {
-    const std::string entry_where = where + ": special_tokens['" + name + "']";
+    const std::string entry_where = where + ": special_tokens['" + text_excerpt(name) + "']";
     json_fields::require_object(entry, entry_where);
     json_fields::check_known_keys(entry, {"id", "ids", "tokens"}, entry_where);
     const Json& ids = json_fields::require_field(entry, "ids", entry_where);
@@ -313,16 +313,18 @@ std::unique_ptr<PostProcessor> make_template_processing(const Json& spec, const 
       json_fields::check_known_keys(*special, {"id", "type_id"}, item_where);
       const std::string name = json_fields::get_string(*special, "id", item_where);
       auto it = special_ids.find(name);
-      SPECULA_CHECK(it != special_ids.end(), item_where, ": special token '", name, "' is not in special_tokens");
+      SPECULA_CHECK(it != special_ids.end(), item_where, ": special token '", text_excerpt(name),
+                    "' is not in special_tokens");
       items.push_back({false, it->second});
     } else if (const Json* sequence = json_fields::find_field(item, "Sequence")) {
       json_fields::require_object(*sequence, item_where);
       json_fields::check_known_keys(*sequence, {"id", "type_id"}, item_where);
       const std::string id = json_fields::get_string(*sequence, "id", item_where);
-      SPECULA_CHECK(id == "A", item_where, ": a single-sequence template can only refer to sequence A, not ", id);
+      SPECULA_CHECK(id == "A", item_where, ": a single-sequence template can only refer to sequence A, not ",
+                    text_excerpt(id));
       items.push_back({true, {}});
     } else {
-      fail(item_where, ": unknown template piece '", item.begin().key(), "'");
+      fail(item_where, ": unknown template piece '", text_excerpt(item.begin().key()), "'");
     }
   }
   return std::make_unique<TemplatePostProcessor>(std::move(items));
@@ -343,7 +345,7 @@ TextPattern TextPattern::from_json(const Json& spec, const std::string& where) {
     SPECULA_CHECK(regex->is_string(), where, ": pattern 'Regex' must be a string");
     pattern.regex_ = Regex::compile_oniguruma(regex->get<std::string>(), where);
   } else {
-    fail(where, ": unknown pattern kind '", spec.begin().key(), "' (expected 'String' or 'Regex')");
+    fail(where, ": unknown pattern kind '", text_excerpt(spec.begin().key()), "' (expected 'String' or 'Regex')");
   }
   return pattern;
 }
@@ -367,7 +369,8 @@ std::string replace_all(std::string_view text, const TextPattern& pattern, std::
   return out;
 }
 
-std::unique_ptr<Normalizer> make_normalizer(const Json& spec, const std::string& where_prefix) {
+std::unique_ptr<Normalizer> make_normalizer(const Json& spec, const std::string& where_prefix, int nesting) {
+  json_fields::check_nesting(nesting, where_prefix);
   const std::string type = component_type(spec, where_prefix);
   const std::string where = component_where(where_prefix, type);
   if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
@@ -394,14 +397,15 @@ std::unique_ptr<Normalizer> make_normalizer(const Json& spec, const std::string&
     SPECULA_CHECK(list.is_array(), where, ": field 'normalizers' must be an array");
     std::vector<std::unique_ptr<Normalizer>> parts;
     for (size_t i = 0; i < list.size(); ++i) {
-      parts.push_back(make_normalizer(list[i], where_prefix + ".normalizers[" + std::to_string(i) + "]"));
+      parts.push_back(make_normalizer(list[i], where_prefix + ".normalizers[" + std::to_string(i) + "]", nesting + 1));
     }
     return std::make_unique<SequenceNormalizer>(std::move(parts));
   }
-  fail(where_prefix, ": normalizer type '", type, "' is not supported");
+  fail(where_prefix, ": normalizer type '", text_excerpt(type), "' is not supported");
 }
 
-std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& spec, const std::string& where_prefix) {
+std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& spec, const std::string& where_prefix, int nesting) {
+  json_fields::check_nesting(nesting, where_prefix);
   const std::string type = component_type(spec, where_prefix);
   const std::string where = component_where(where_prefix, type);
   if (type == "Split") {
@@ -434,12 +438,12 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& spec, const std::st
       if (*scheme_name == "always") scheme = PrependScheme::Always;
       else if (*scheme_name == "first") scheme = PrependScheme::First;
       else if (*scheme_name == "never") scheme = PrependScheme::Never;
-      else fail(where, ": unknown prepend_scheme '", *scheme_name, "'");
+      else fail(where, ": unknown prepend_scheme '", text_excerpt(*scheme_name), "'");
     }
     // Legacy files say add_prefix_space instead; false means never (HF's deserializer).
     if (!json_fields::get_bool(spec, "add_prefix_space", true, where)) {
       SPECULA_CHECK(!scheme_name || scheme == PrependScheme::Never, where,
-                    ": add_prefix_space false contradicts prepend_scheme '", *scheme_name, "'");
+                    ": add_prefix_space false contradicts prepend_scheme '", text_excerpt(*scheme_name), "'");
       scheme = PrependScheme::Never;
     }
     return std::make_unique<MetaspacePreTokenizer>(replacement, scheme, json_fields::get_bool(spec, "split", true, where));
@@ -450,14 +454,16 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& spec, const std::st
     SPECULA_CHECK(list.is_array(), where, ": field 'pretokenizers' must be an array");
     std::vector<std::unique_ptr<PreTokenizer>> parts;
     for (size_t i = 0; i < list.size(); ++i) {
-      parts.push_back(make_pre_tokenizer(list[i], where_prefix + ".pretokenizers[" + std::to_string(i) + "]"));
+      parts.push_back(
+          make_pre_tokenizer(list[i], where_prefix + ".pretokenizers[" + std::to_string(i) + "]", nesting + 1));
     }
     return std::make_unique<SequencePreTokenizer>(std::move(parts));
   }
-  fail(where_prefix, ": pre_tokenizer type '", type, "' is not supported");
+  fail(where_prefix, ": pre_tokenizer type '", text_excerpt(type), "' is not supported");
 }
 
-std::unique_ptr<PostProcessor> make_post_processor(const Json& spec, const std::string& where_prefix) {
+std::unique_ptr<PostProcessor> make_post_processor(const Json& spec, const std::string& where_prefix, int nesting) {
+  json_fields::check_nesting(nesting, where_prefix);
   const std::string type = component_type(spec, where_prefix);
   const std::string where = component_where(where_prefix, type);
   if (type == "ByteLevel") {
@@ -473,11 +479,12 @@ std::unique_ptr<PostProcessor> make_post_processor(const Json& spec, const std::
     SPECULA_CHECK(list.is_array(), where, ": field 'processors' must be an array");
     std::vector<std::unique_ptr<PostProcessor>> parts;
     for (size_t i = 0; i < list.size(); ++i) {
-      parts.push_back(make_post_processor(list[i], where_prefix + ".processors[" + std::to_string(i) + "]"));
+      parts.push_back(
+          make_post_processor(list[i], where_prefix + ".processors[" + std::to_string(i) + "]", nesting + 1));
     }
     return std::make_unique<SequencePostProcessor>(std::move(parts));
   }
-  fail(where_prefix, ": post_processor type '", type, "' is not supported");
+  fail(where_prefix, ": post_processor type '", text_excerpt(type), "' is not supported");
 }
 
 }  // namespace specula::text

@@ -34,13 +34,16 @@ class TextPattern {
 // Replaces every match of `pattern` in `text` by `content`.
 std::string replace_all(std::string_view text, const TextPattern& pattern, std::string_view content);
 
+// The make_* builders below take `nesting`, how many Sequences enclose `spec`, and refuse more
+// than json_fields::kMaxComponentNesting.
+
 class Normalizer {
  public:
   virtual ~Normalizer() = default;
   // `text` is valid UTF-8 and stays so.
   virtual void normalize(std::string& text) const = 0;
 };
-std::unique_ptr<Normalizer> make_normalizer(const nlohmann::json& spec, const std::string& where);
+std::unique_ptr<Normalizer> make_normalizer(const nlohmann::json& spec, const std::string& where, int nesting = 0);
 
 // A piece of text flowing through pre-tokenization. `at_original_start` says whether it begins at
 // byte 0 of the text passed to encode (HF `offsets_original().0 == 0`), which Metaspace's
@@ -56,13 +59,14 @@ class PreTokenizer {
   // Replaces `pieces` by their splits; empty pieces are dropped, as in HF.
   virtual void pre_tokenize(std::vector<PreToken>& pieces) const = 0;
 };
-std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& spec, const std::string& where);
+std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& spec, const std::string& where, int nesting = 0);
 
 class PostProcessor {
  public:
   virtual ~PostProcessor() = default;
   virtual void process(std::vector<int32_t>& ids, bool add_special_tokens) const = 0;
 };
-std::unique_ptr<PostProcessor> make_post_processor(const nlohmann::json& spec, const std::string& where);
+std::unique_ptr<PostProcessor> make_post_processor(const nlohmann::json& spec, const std::string& where,
+                                                   int nesting = 0);
 
 }  // namespace specula::text

@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "specula/core/error.h"
+#include "specula/io/strict_json.h"
 #include "specula/text/unicode.h"
 
 namespace specula::text {
@@ -61,7 +62,7 @@ struct Regex::Compiled {
 
 std::string Regex::translate_oniguruma(std::string_view p, const std::string& where) {
   auto unsupported = [&](std::string_view what) {
-    fail(where, ": regex \"", p, "\": ", what, " is not supported");
+    fail(where, ": regex \"", io::text_excerpt(p), "\": ", what, " is not supported");
   };
   std::string out;
   out.reserve(p.size() * 2);
@@ -71,7 +72,7 @@ std::string Regex::translate_oniguruma(std::string_view p, const std::string& wh
   while (i < p.size()) {
     const char c = p[i];
     if (c == '\\') {
-      if (i + 1 >= p.size()) fail(where, ": regex \"", p, "\" ends with a backslash");
+      if (i + 1 >= p.size()) fail(where, ": regex \"", io::text_excerpt(p), "\" ends with a backslash");
       const char n = p[i + 1];
       switch (n) {
         case 's': out += "\\p{White_Space}"; i += 2; continue;
@@ -106,7 +107,7 @@ std::string Regex::translate_oniguruma(std::string_view p, const std::string& wh
         case 'P': {
           if (i + 2 >= p.size() || p[i + 2] != '{') unsupported("\\p without braces");
           const size_t close = p.find('}', i + 3);
-          if (close == std::string_view::npos) fail(where, ": regex \"", p, "\": unterminated \\p{");
+          if (close == std::string_view::npos) fail(where, ": regex \"", io::text_excerpt(p), "\": unterminated \\p{");
           std::string_view name = p.substr(i + 3, close - (i + 3));
           out += '\\', out += n, out += '{';
           if (!name.empty() && name[0] == '^') out += '^', name.remove_prefix(1);
@@ -165,7 +166,8 @@ std::string Regex::translate_oniguruma(std::string_view p, const std::string& wh
         else if (o == 'i' || o == 'x' || o == '-') options += o;
         else unsupported(std::string("inline option '") + o + "'");
       }
-      if (j >= p.size() || (p[j] != ':' && p[j] != ')')) fail(where, ": regex \"", p, "\": malformed inline option group");
+      if (j >= p.size() || (p[j] != ':' && p[j] != ')'))
+        fail(where, ": regex \"", io::text_excerpt(p), "\": malformed inline option group");
       out += "(?", out += options, out += p[j];
       i = j + 1;
       continue;
@@ -173,7 +175,7 @@ std::string Regex::translate_oniguruma(std::string_view p, const std::string& wh
     out += c;
     ++i;
   }
-  if (in_class) fail(where, ": regex \"", p, "\": unterminated character class");
+  if (in_class) fail(where, ": regex \"", io::text_excerpt(p), "\": unterminated character class");
   return out;
 }
 
@@ -188,7 +190,9 @@ Regex Regex::compile_oniguruma(std::string_view pattern, const std::string& wher
                                    PCRE2_UTF | PCRE2_UCP, &error_code, &error_offset, context);
   pcre2_compile_context_free(context);
   if (code == nullptr) {
-    fail(where, ": regex \"", pattern, "\" (as PCRE2 \"", translated, "\") does not compile: ",
+    // The translation is quoted only where it differs, to keep the message short.
+    const std::string as_pcre2 = translated == pattern ? "" : " (as PCRE2 \"" + io::text_excerpt(translated) + "\")";
+    fail(where, ": regex \"", io::text_excerpt(pattern), "\"", as_pcre2, " does not compile: ",
          pcre2_error_text(error_code), " at offset ", error_offset);
   }
   auto compiled = std::make_shared<Compiled>();
@@ -218,7 +222,7 @@ std::vector<Match> Regex::find_all(std::string_view text) const {
       continue;
     }
     if (rc == PCRE2_ERROR_NOMATCH) break;
-    if (rc < 0) fail("regex \"", source_, "\": matching failed: ", pcre2_error_text(rc));
+    if (rc < 0) fail("regex \"", io::text_excerpt(source_), "\": matching failed: ", pcre2_error_text(rc));
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data.get());
     const size_t start = ovector[0], end = ovector[1];
     if (start == end && previous_end == end) {

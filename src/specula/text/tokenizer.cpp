@@ -8,6 +8,7 @@
 
 #include "specula/core/error.h"
 #include "specula/core/mapped_file.h"
+#include "specula/io/strict_json.h"
 #include "specula/text/added_tokens.h"
 #include "specula/text/bpe_model.h"
 #include "specula/text/decoders.h"
@@ -104,7 +105,8 @@ std::shared_ptr<const Tokenizer::Impl> load(const std::string& text, const std::
   // Old files may omit the type; HF then infers it from the fields, which for merges means BPE.
   const bool is_bpe = model_type ? *model_type == "BPE"
                                  : parsed.tables.merges_present || json_fields::find_field(model, "merges") != nullptr;
-  SPECULA_CHECK(is_bpe, "model: model type '", model_type.value_or("(none)"), "' is not supported (only BPE)");
+  SPECULA_CHECK(is_bpe, "model: model type '", io::text_excerpt(model_type.value_or("(none)")),
+                "' is not supported (only BPE)");
   BpeTables tables = bpe_tables_from_dom(model, "model (BPE)");
   if (parsed.tables.vocab_present) {
     tables.vocab_present = true;
@@ -114,29 +116,36 @@ std::shared_ptr<const Tokenizer::Impl> load(const std::string& text, const std::
     tables.merges_present = true;
     tables.merges = std::move(parsed.tables.merges);
   }
-  impl->model.emplace(BpeModel::from_json(model, std::move(tables), "model (BPE)"));
-
   auto optional_component = [&root](const char* key) -> const Json* {
     const Json* field = json_fields::find_field(root, key);
     return field == nullptr || field->is_null() ? nullptr : field;
   };
+  const Json* added_list = optional_component("added_tokens");
+  SPECULA_CHECK(added_list == nullptr || added_list->is_array(), "added_tokens must be an array");
+  // Every token the file defines; ids are bounded by it (check_token_id_bound) before any table
+  // indexed by id is sized.
+  const size_t defined_tokens = tables.vocab.size() + (added_list ? added_list->size() : 0);
+  impl->model.emplace(BpeModel::from_json(model, std::move(tables), "model (BPE)", defined_tokens));
+
   if (const Json* spec = optional_component("normalizer")) impl->normalizer = make_normalizer(*spec, "normalizer");
   if (const Json* spec = optional_component("pre_tokenizer")) impl->pre_tokenizer = make_pre_tokenizer(*spec, "pre_tokenizer");
   if (const Json* spec = optional_component("post_processor")) impl->post_processor = make_post_processor(*spec, "post_processor");
   if (const Json* spec = optional_component("decoder")) impl->decoder = make_decoder(*spec, "decoder");
 
-  if (const Json* list = optional_component("added_tokens")) {
-    SPECULA_CHECK(list->is_array(), "added_tokens must be an array");
-    impl->added_tokens.reserve(list->size());
-    for (size_t i = 0; i < list->size(); ++i) {
-      impl->added_tokens.push_back(parse_added_token((*list)[i], "added_tokens[" + std::to_string(i) + "]"));
+  if (added_list != nullptr) {
+    impl->added_tokens.reserve(added_list->size());
+    for (size_t i = 0; i < added_list->size(); ++i) {
+      const std::string where = "added_tokens[" + std::to_string(i) + "]";
+      AddedToken token = parse_added_token((*added_list)[i], where);
+      check_token_id_bound(token.id, defined_tokens, where);
+      impl->added_tokens.push_back(std::move(token));
     }
   }
   // The vector is complete, so pointers into it stay valid from here on.
   for (const AddedToken& token : impl->added_tokens) {
     auto [it, inserted] = impl->added_by_content.emplace(token.content, token.id);
-    SPECULA_CHECK(inserted || it->second == token.id, "added_tokens: '", token.content, "' is listed with ids ", it->second,
-                  " and ", token.id);
+    SPECULA_CHECK(inserted || it->second == token.id, "added_tokens: '", io::text_excerpt(token.content),
+                  "' is listed with ids ", it->second, " and ", token.id);
     if (token.normalized) {
       std::string pattern = token.content;
       if (impl->normalizer) impl->normalizer->normalize(pattern);

@@ -1,8 +1,12 @@
 // SAX reader for tokenizer.json (see tokenizer_json.h): a small DOM builder that diverts the
 // contents of root.model.vocab (when an object) and root.model.merges (when an array) to BpeTables.
+// The shared checks of io/strict_json.h apply as for every JSON input: the depth limit on the raw
+// text before parsing, duplicate keys refused in the DOM part (duplicate vocab tokens are refused
+// by BpeModel, which sees them all), short excerpts of untrusted strings in messages.
 #include "specula/text/tokenizer_json.h"
 
 #include "specula/core/error.h"
+#include "specula/io/strict_json.h"
 
 namespace specula::text {
 namespace {
@@ -49,12 +53,17 @@ class Reader {
     }
     if (mode_ == Mode::Vocab) return bad_vocab_value("object");
     if (mode_ == Mode::Merges || mode_ == Mode::MergePair) return bad_merge();
+    keys_.open_object();
     push_container(Json::object());
     return true;
   }
   bool key(string_t& value) {
-    if (mode_ == Mode::Vocab) vocab_token_ = std::move(value);
-    else key_ = std::move(value);
+    if (mode_ == Mode::Vocab) {
+      vocab_token_ = std::move(value);
+      return true;
+    }
+    if (!keys_.add(value)) return reject("key '" + io::text_excerpt(value) + "' appears twice in one object");
+    key_ = std::move(value);
     return true;
   }
   bool end_object() {
@@ -62,6 +71,7 @@ class Reader {
       mode_ = Mode::Dom;
       return true;
     }
+    keys_.close_object();
     stack_.pop_back();
     stack_keys_.pop_back();
     return true;
@@ -97,7 +107,9 @@ class Reader {
     stack_keys_.pop_back();
     return true;
   }
-  bool parse_error(std::size_t, const std::string&, const Json::exception& e) { return reject(std::string("invalid JSON: ") + e.what()); }
+  bool parse_error(std::size_t, const std::string&, const Json::exception& e) {
+    return reject("invalid JSON: " + io::json_error_excerpt(e));
+  }
 
  private:
   enum class Mode { Dom, Vocab, Merges, MergePair };
@@ -144,13 +156,15 @@ class Reader {
     return false;
   }
   bool bad_vocab_value(const char* found) {
-    return reject("model: vocab['" + vocab_token_ + "']: token id must be an integer, found " + found);
+    return reject("model: vocab['" + io::text_excerpt(vocab_token_) + "']: token id must be an integer, found " +
+                  found);
   }
   bool bad_merge() {
     return reject("model: merges[" + std::to_string(result.tables.merges.size()) +
                   "] must be a string \"a b\" or a pair [\"a\", \"b\"]");
   }
 
+  io::DuplicateKeys keys_;  // of the objects open in the DOM part
   std::vector<Json*> stack_;
   std::vector<std::string> stack_keys_;  // key of each open container in its parent object
   std::string key_;
@@ -163,6 +177,7 @@ class Reader {
 }  // namespace
 
 TokenizerJson read_tokenizer_json(const std::string& text) {
+  io::check_json_text(text, "invalid JSON");
   Reader reader;
   const bool ok = Json::sax_parse(text, &reader);
   if (!ok) fail(reader.error.empty() ? std::string("invalid JSON") : reader.error);

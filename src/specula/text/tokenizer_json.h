@@ -18,7 +18,8 @@ struct TokenizerJson {
   BpeTables tables;     // what was streamed out
 };
 
-// Throws Error("invalid JSON: ...") on malformed JSON and on vocab/merges entries of the wrong shape.
+// Throws Error("invalid JSON: ...") on malformed JSON, nesting beyond io::kMaxJsonDepth and
+// duplicate keys, and an Error naming the entry for vocab/merges entries of the wrong shape.
 TokenizerJson read_tokenizer_json(const std::string& text);
 
 }  // namespace specula::text
