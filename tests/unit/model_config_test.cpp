@@ -262,6 +262,13 @@ TEST(ModelConfigHostile, TypeErrorsNameTheFileAndTheKey) {
         << message;
   }
 
+  // A zero low_freq_factor would divide by zero in the llama3 wavelengths.
+  j = base_llama();
+  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 0.0}, {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 8192}};
+  message = config_error(j.dump());
+  EXPECT_TRUE(contains(message, "high_freq_factor > low_freq_factor > 0")) << message;
+
   // Bounded so that products such as num_heads * head_dim cannot overflow.
   j = base_llama();
   j["num_attention_heads"] = int64_t{1} << 40;
@@ -337,6 +344,21 @@ TEST(ModelConfigHostile, NoWrongValueEscapesAsALibraryException) {
     }
   }
   EXPECT_GT(tried, 500u);
+}
+
+TEST(ModelConfigHostile, ListsAndFilesAreBounded) {
+  json j = base_llama();
+  j["eos_token_id"] = std::vector<int>(2000, 7);
+  std::string message = config_error(j.dump());
+  EXPECT_TRUE(contains(message, "'eos_token_id' lists 2000 token ids, more than the 1024 allowed")) << message;
+  message = config_error(base_llama().dump(), json{{"eos_token_id", std::vector<int>(2000, 7)}}.dump());
+  EXPECT_TRUE(contains(message, "model/generation_config.json: 'eos_token_id' lists 2000")) << message;
+
+  // A config.json padded past the size bound for config files is not read at all.
+  const specula::io::testing::TempDir dir;
+  dir.write("config.json", base_llama().dump() + std::string(size_t{17} << 20, ' '));
+  message = error_of([&] { ModelConfig::from_dir(dir.path().string()); });
+  EXPECT_TRUE(contains(message, dir.file("config.json")) && contains(message, "more than the 16777216 bytes")) << message;
 }
 
 TEST(ModelConfigHostile, DuplicateKeysAreRefused) {

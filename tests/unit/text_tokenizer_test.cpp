@@ -563,6 +563,24 @@ TEST(TokenizerHostile, HugeIdsAreRefusedWithoutAllocating) {
   EXPECT_EQ(gapped.id_to_token(1275), "<|im_end|>");
 }
 
+TEST(TokenizerHostile, AddedTokenTextIsBounded) {
+  // The matcher's trie costs tens of bytes per byte of token text.
+  json j = sentencepiece_fixture();
+  for (int i = 0; i < 5; ++i) {
+    j["added_tokens"].push_back({{"id", 300 + i}, {"content", std::string(1 << 20, static_cast<char>('a' + i))},
+                                 {"special", true}, {"normalized", false}});
+  }
+  std::string message = load_error(j.dump());
+  EXPECT_TRUE(contains(message, "added_tokens: more than 4194304 bytes of token text")) << message;
+
+  // Normalization may multiply a token's text: a Replace of each "a" by a kilobyte.
+  j = sentencepiece_fixture();
+  j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"String", "a"}}}, {"content", std::string(1024, 'b')}};
+  j["added_tokens"].push_back({{"id", 300}, {"content", std::string(8192, 'a')}, {"normalized", true}});
+  message = load_error(j.dump());
+  EXPECT_TRUE(contains(message, "after normalization")) << message;
+}
+
 TEST(TokenizerHostile, DuplicateKeysAreRefused) {
   const std::string base = sentencepiece_fixture().dump();
   std::string message = load_error(splice(base, "\"normalizer\":null", "\"normalizer\":null,\"normalizer\":null"));

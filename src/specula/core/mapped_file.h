@@ -34,6 +34,11 @@ class MappedFile {
 // ones are at most tens of MiB, so anything larger is a mistake or hostile.
 constexpr size_t kMaxTextFileBytes = size_t{256} << 20;
 
+// The largest config-like file (config.json, generation_config.json, tokenizer_config.json, a
+// chat template): real ones are kilobytes, a few MB with large label maps. Parsed into a JSON
+// document such a file takes about ten times its size in memory, so the tighter bound matters.
+constexpr size_t kMaxConfigFileBytes = size_t{16} << 20;
+
 // Reads a whole text file such as config.json; throws naming the path when it is not a regular
 // file or is larger than `max_bytes`.
 std::string read_text_file(const std::string& path, size_t max_bytes = kMaxTextFileBytes);

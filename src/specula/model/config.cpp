@@ -53,6 +53,10 @@ namespace {
 // products such as num_heads * head_dim cannot overflow int64.
 constexpr int64_t kMaxConfigInteger = std::numeric_limits<int32_t>::max();
 
+// The most ids a token-id list (eos_token_id) may hold. Real configs list one to a handful; the
+// engine compares every generated token with the list.
+constexpr size_t kMaxListedTokenIds = 1024;
+
 // Typed accessors that name the key and the file in every error.
 class Reader {
  public:
@@ -107,11 +111,13 @@ class Reader {
     return v.get<std::string>();
   }
 
-  // An int or a list of ints (eos_token_id).
+  // An int or a list of ints (eos_token_id), at most kMaxListedTokenIds of them.
   std::vector<int32_t> token_ids(const char* key) const {
     std::vector<int32_t> ids;
     if (!has(key)) return ids;
     const json& v = j_.at(key);
+    SPECULA_CHECK(!v.is_array() || v.size() <= kMaxListedTokenIds, source_, ": '", key, "' lists ", v.size(),
+                  " token ids, more than the ", kMaxListedTokenIds, " allowed");
     auto one = [&](const json& e) {
       SPECULA_CHECK(e.is_number_integer() && e.get<int64_t>() >= 0 && e.get<int64_t>() < (int64_t{1} << 31), source_,
                     ": '", key, "' must hold non-negative token ids, got ", json_excerpt(e));
@@ -197,9 +203,9 @@ RopeConfig parse_rope(const Reader& r, const ModelConfig& cfg) {
     rope.low_freq_factor = field("low_freq_factor");
     rope.high_freq_factor = field("high_freq_factor");
     rope.original_max_position = int_field("original_max_position_embeddings");
-    SPECULA_CHECK(rope.factor > 0 && rope.original_max_position > 0 && rope.high_freq_factor > rope.low_freq_factor,
-                  r.source(), ": llama3 rope scaling needs factor > 0, original_max_position_embeddings > 0 and "
-                  "high_freq_factor > low_freq_factor");
+    // low_freq_factor divides original_max_position_embeddings: zero would make wavelengths infinite.
+    SPECULA_CHECK(rope.factor > 0 && rope.low_freq_factor > 0 && rope.high_freq_factor > rope.low_freq_factor,
+                  r.source(), ": llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0");
   } else if (type == "longrope") {
     SPECULA_CHECK(cfg.family == ModelFamily::MiniCPM4, r.source(),
                   ": longrope scaling is implemented for MiniCPM only (its attention factor differs from other "
@@ -234,8 +240,9 @@ ModelConfig ModelConfig::from_dir(const std::string& dir) {
   SPECULA_CHECK(fs::is_directory(dir, not_examinable), dir, ": not a directory (expected a Hugging Face model folder)");
   SPECULA_CHECK(input_present(config_path.string()), dir, ": no config.json (expected a Hugging Face model folder)");
   const fs::path gen_path = fs::path(dir) / "generation_config.json";
-  return from_json(read_text_file(config_path.string()), config_path.string(),
-                   input_present(gen_path.string()) ? read_text_file(gen_path.string()) : std::string());
+  return from_json(read_text_file(config_path.string(), kMaxConfigFileBytes), config_path.string(),
+                   input_present(gen_path.string()) ? read_text_file(gen_path.string(), kMaxConfigFileBytes)
+                                                    : std::string());
 }
 
 ModelConfig ModelConfig::from_json(const std::string& config_json, const std::string& source,
@@ -345,7 +352,7 @@ ModelConfig ModelConfig::from_json(const std::string& config_json, const std::st
     const json g = io::parse_strict_json_object(generation_config_json, gen_source);
     for (int32_t id : Reader(g, gen_source).token_ids("eos_token_id"))
       if (std::find(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end(), id) == cfg.eos_token_ids.end())
-        cfg.eos_token_ids.push_back(id);
+        cfg.eos_token_ids.push_back(id);  // quadratic, but both lists are at most kMaxListedTokenIds
   }
   return cfg;
 }

@@ -189,7 +189,8 @@ ChatStyle style_from_family(std::string_view model_type, const std::string& mode
     // Llama-3.1+ configs carry rope_scaling {"rope_type": "llama3"}; Llama-3 has none.
     const std::filesystem::path config = std::filesystem::path(model_dir) / "config.json";
     if (!model_dir.empty() && input_present(config.string())) {
-      const auto json = io::parse_strict_json_object(read_text_file(config.string()), config.string());
+      const auto json =
+          io::parse_strict_json_object(read_text_file(config.string(), kMaxConfigFileBytes), config.string());
       if (json.contains("rope_scaling") && json["rope_scaling"].is_object()) {
         const auto& scaling = json["rope_scaling"];
         for (const char* key : {"rope_type", "type"}) {
@@ -205,7 +206,7 @@ ChatStyle style_from_family(std::string_view model_type, const std::string& mode
 
 // tokenizer_config.json "chat_template" may be a string or a list of {name, template}.
 std::string template_from_tokenizer_config(const std::filesystem::path& path) {
-  const auto json = io::parse_strict_json_object(read_text_file(path.string()), path.string());
+  const auto json = io::parse_strict_json_object(read_text_file(path.string(), kMaxConfigFileBytes), path.string());
   if (!json.contains("chat_template") || json["chat_template"].is_null()) return {};
   const auto& field = json["chat_template"];
   if (field.is_string()) return field.get<std::string>();
@@ -251,7 +252,7 @@ ChatStyle detect_chat_style(const std::string& model_dir, const std::string& mod
   }
   if (chat_template.empty()) {
     if (const fs::path jinja = dir / "chat_template.jinja"; input_present(jinja.string()))
-      chat_template = read_text_file(jinja.string());
+      chat_template = read_text_file(jinja.string(), kMaxConfigFileBytes);
   }
   if (chat_template.empty()) {
     if (const fs::path json_file = dir / "chat_template.json"; input_present(json_file.string()))

@@ -3,6 +3,7 @@
 // and decode pipeline (ids -> token strings -> decoder chain). See tokenizer.h.
 #include "specula/text/tokenizer.h"
 
+#include <algorithm>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -22,6 +23,11 @@ namespace specula::text {
 using json_fields::Json;
 
 namespace {
+
+// Added-token text the matchers may hold in all. Each byte costs a trie node (about 64 bytes),
+// and real files have a few hundred to a few thousand short tokens: kilobytes, 100 KB at most.
+constexpr size_t kMaxAddedTokenTextBytes = size_t{4} << 20;
+
 struct TransparentStringHash {
   using is_transparent = void;
   size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
@@ -142,13 +148,21 @@ std::shared_ptr<const Tokenizer::Impl> load(const std::string& text, const std::
     }
   }
   // The vector is complete, so pointers into it stay valid from here on.
+  size_t matcher_bytes = 0;
+  auto charge = [&matcher_bytes](size_t bytes) {
+    matcher_bytes += bytes;
+    SPECULA_CHECK(matcher_bytes <= kMaxAddedTokenTextBytes, "added_tokens: more than ", kMaxAddedTokenTextBytes,
+                  " bytes of token text (after normalization)");
+  };
   for (const AddedToken& token : impl->added_tokens) {
     auto [it, inserted] = impl->added_by_content.emplace(token.content, token.id);
     SPECULA_CHECK(inserted || it->second == token.id, "added_tokens: '", io::text_excerpt(token.content),
                   "' is listed with ids ", it->second, " and ", token.id);
+    charge(token.content.size());  // before normalizing, which may multiply it
     if (token.normalized) {
       std::string pattern = token.content;
       if (impl->normalizer) impl->normalizer->normalize(pattern);
+      charge(pattern.size() - std::min(pattern.size(), token.content.size()));
       impl->normalized_matcher.add(pattern, &token);
     } else {
       impl->raw_matcher.add(token.content, &token);
