@@ -6,7 +6,6 @@
 // members ({"a":{},"b":{},...} of a few hundred MB would take hours).
 #include "specula/io/strict_json.h"
 
-#include <algorithm>
 #include <cstdio>
 
 #include "specula/core/error.h"
