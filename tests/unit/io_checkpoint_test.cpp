@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <type_traits>
 
 #include <nlohmann/json.hpp>
@@ -200,4 +201,37 @@ TEST(ioCheckpoint, ReportsErrorsOfTheReaderMatchingTheFile) {
   dir.write("pytorch_model-1.bin", "garbage");
   dir.write("pytorch_model.bin.index.json", index_json({{"a", "pytorch_model-1.bin"}}));
   expect_error([&] { (void)Checkpoint::open(dir.path().string()); }, {"pytorch_model-1.bin", "not a torch.save zip"});
+}
+
+TEST(ioCheckpoint, TensorElementCountsAreChecked) {
+  CheckpointTensor t;
+  t.name = "w";
+  t.file = "m.safetensors";
+  t.shape = {3, 4};
+  EXPECT_EQ(t.numel(), 12);
+  t.shape = {int64_t{1} << 62, 4};
+  expect_error([&] { (void)t.numel(); }, {"m.safetensors", "tensor 'w'", "overflows"});
+  t.shape = {2, -1};
+  expect_error([&] { (void)t.numel(); }, {"m.safetensors", "tensor 'w'", "negative"});
+}
+
+// A million-entry index is read in seconds (nlohmann's callback parser, which strict_json used,
+// was quadratic in the members of an object), and the first tensor its shard lacks is named.
+TEST(ioCheckpoint, AMillionEntryIndexIsReadInLinearTime) {
+  constexpr size_t kEntries = 1'000'000;
+  constexpr double kMaxSeconds = 20;  // generous: a few seconds under the sanitizers
+  TempDir dir;
+  dir.write("s.safetensors", one_tensor_safetensors("t0", 1));
+  std::string index = "{\"metadata\":{\"total_size\":4},\"weight_map\":{";
+  for (size_t i = 0; i < kEntries; ++i) {
+    index += i ? ",\"t" : "\"t";
+    index += std::to_string(i);
+    index += "\":\"s.safetensors\"";
+  }
+  dir.write("model.safetensors.index.json", index + "}}");
+  index = std::string();
+  const auto start = std::chrono::steady_clock::now();
+  expect_error([&] { (void)Checkpoint::open(dir.path().string()); },
+               {"model.safetensors.index.json", "tensor 't1' is mapped to s.safetensors but that shard does not contain it"});
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), kMaxSeconds);
 }

@@ -4,6 +4,8 @@
 // what is wrong. Pickles are built opcode by opcode with PickleBuilder (io_test_util.h).
 #include <gtest/gtest.h>
 
+#include <optional>
+
 #include "io_test_util.h"
 #include "specula/io/pickle.h"
 
@@ -294,6 +296,47 @@ TEST(ioPickle, RejectsViewsThatLeaveTheirStorage) {
   expect_pickle_error(tensor_pickle(12, 0, {2, 2}, {INT64_MAX, INT64_MAX}), {"overflow"});
   expect_pickle_error(tensor_pickle(12, -1, {2}, {1}), {"storage_offset"});
   expect_pickle_error(tensor_pickle(12, 0, {-2}, {1}), {"size"});
+}
+
+// Every size and offset product is checked: offset + reach, (size - 1) * stride, the element
+// count and a storage's byte count each refuse a value past int64 instead of wrapping.
+TEST(ioPickle, RejectsViewArithmeticThatLeavesInt64) {
+  expect_pickle_error(tensor_pickle(12, INT64_MAX, {2}, {1}), {"REDUCE", "overflow"});
+  expect_pickle_error(tensor_pickle(12, int64_t{1} << 62, {3}, {int64_t{1} << 61}), {"overflow"});
+  expect_pickle_error(tensor_pickle(12, 0, {3, 2}, {int64_t{1} << 62, 1}), {"overflow"});
+  expect_pickle_error(tensor_pickle(12, 0, {int64_t{1} << 32, int64_t{1} << 31}, {0, 0}), {"overflow"});
+  expect_pickle_error(tensor_pickle(12, 0, {2}, {INT64_MAX}), {"overflow"});  // its last element is INT64_MAX
+  // Just inside the limit the arithmetic is exact, and the view is refused for what it is.
+  expect_pickle_error(tensor_pickle(12, 0, {2}, {INT64_MAX - 1}),
+                      {"storage too small", "reaches element 9223372036854775806"});
+  PickleBuilder doubles;  // 2^60 doubles are 2^63 bytes
+  storage(doubles.proto(), "DoubleStorage", "0", int64_t{1} << 60).stop();
+  expect_pickle_error(doubles.bytes(), {"BINPERSID", "overflows"});
+  // Empty views read nothing, whatever their strides (torch checks no bounds for them either).
+  EXPECT_NO_THROW(parse(tensor_pickle(12, INT64_MAX, {0, 5}, {INT64_MAX, INT64_MAX})));
+  // A stride-0 view inside its storage passes the pickle with its exact (huge) element count; the
+  // checkpoint reader decides whether it may be expanded.
+  const TorchPickle expanded = parse(tensor_pickle(1, 0, {(int64_t{1} << 62) + 1}, {0}));
+  EXPECT_EQ(expanded.tensor->storage_extent(), std::optional<uint64_t>(1));
+  EXPECT_EQ(expanded.tensor->numel(), (int64_t{1} << 62) + 1);
+}
+
+TEST(ioPickle, TensorRefArithmeticIsChecked) {
+  TorchTensorRef ref;
+  ref.storage.key = "7";
+  ref.size = {int64_t{1} << 62, 4};
+  ref.stride = {0, 0};
+  expect_error([&] { (void)ref.numel(); }, {"storage '7'", "overflows"});
+  EXPECT_EQ(ref.storage_extent(), std::nullopt);
+  EXPECT_FALSE(ref.is_contiguous());
+  ref.size = {3, 4};
+  ref.stride = {4, 1};
+  ref.storage_offset = 2;
+  EXPECT_EQ(ref.storage_extent(), std::optional<uint64_t>(14));
+  EXPECT_TRUE(ref.is_contiguous());
+  ref.stride = {INT64_MAX, INT64_MAX};
+  EXPECT_EQ(ref.storage_extent(), std::nullopt);
+  EXPECT_FALSE(ref.is_contiguous());
 }
 
 TEST(ioPickle, RejectsMalformedTensorArguments) {

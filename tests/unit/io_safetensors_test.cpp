@@ -3,6 +3,7 @@
 // exactly what is wrong. Every rejection must name the file, and the tensor when there is one.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 
 #include "io_test_util.h"
@@ -17,6 +18,27 @@ using namespace specula::io::testing;
 namespace {
 
 std::string open_error_file(const TempDir& dir, const std::string& bytes) { return dir.write("bad.safetensors", bytes); }
+
+// A header of `count` empty tensors, the cheapest entry there is (no data bytes), as in the
+// report of a 50,000-entry header that took 67 s: nlohmann's callback parser, used for every
+// header then, rescanned the header's members each time an entry closed.
+std::string empty_tensors_header(size_t count) {
+  std::string header = "{";
+  for (size_t i = 0; i < count; ++i) {
+    header += i ? ",\"t" : "\"t";
+    header += std::to_string(i);
+    header += "\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}";
+  }
+  return header + "}";
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Generous: a release build reads a million entries in a few seconds and the sanitizer build is
+// several times slower; anything quadratic takes hours.
+constexpr double kMaxSecondsForAMillionEntries = 20;
 
 // A one-tensor header with the given fields spliced in verbatim.
 std::string one_tensor_header(const std::string& dtype, const std::string& shape, const std::string& offsets) {
@@ -287,4 +309,56 @@ TEST(ioSafetensors, EveryTruncationOfAGoodFileIsRejectedCleanly) {
     EXPECT_THROW(SafetensorsFile f(path), specula::Error) << "truncated to " << n << " bytes";
   }
   EXPECT_NO_THROW(SafetensorsFile f(dir.write("t.safetensors", good)));
+}
+
+TEST(ioSafetensors, AMillionEntryHeaderParsesInLinearTime) {
+  constexpr size_t kEntries = 1'000'000;
+  TempDir dir;
+  // The 60 MB of text are freed before the timed parse, to keep the test's memory down.
+  const std::string path = dir.write("many.safetensors", safetensors_raw(empty_tensors_header(kEntries), ""));
+  const auto start = std::chrono::steady_clock::now();
+  const SafetensorsFile file(path);
+  const double seconds = seconds_since(start);
+  EXPECT_EQ(file.tensors().size(), kEntries);
+  EXPECT_LT(seconds, kMaxSecondsForAMillionEntries);
+}
+
+TEST(ioSafetensors, AMillionEntryShardIndexParsesInLinearTime) {
+  constexpr size_t kEntries = 1'000'000;
+  std::string index = "{\"metadata\":{\"total_size\":0},\"weight_map\":{";
+  for (size_t i = 0; i < kEntries; ++i) {
+    index += i ? ",\"t" : "\"t";
+    index += std::to_string(i);
+    index += "\":\"model-";
+    index += std::to_string(i % 7);
+    index += ".safetensors\"";
+  }
+  index += "}}";
+  const auto start = std::chrono::steady_clock::now();
+  const auto weight_map = parse_shard_index(index, "model.safetensors.index.json");
+  const double seconds = seconds_since(start);
+  EXPECT_EQ(weight_map.size(), kEntries);
+  EXPECT_EQ(weight_map.at("t999998"), "model-6.safetensors");
+  EXPECT_LT(seconds, kMaxSecondsForAMillionEntries);
+}
+
+// Beyond kMaxCheckpointEntries a header or index is refused as soon as the limit is passed, before
+// the rest is read. Metadata items and index entries are the cheapest entries to write.
+TEST(ioSafetensors, HeadersAndIndexesOverTheEntryLimitAreRefused) {
+  std::string metadata = "{\"__metadata__\":{";
+  std::string index = "{\"weight_map\":{";
+  for (size_t i = 0; i <= kMaxCheckpointEntries; ++i) {
+    for (std::string* text : {&metadata, &index}) {
+      *text += i ? ",\"" : "\"";
+      *text += std::to_string(i);
+      *text += "\":\"x\"";
+    }
+  }
+  metadata += "}}";
+  index += "}}";
+  TempDir dir;
+  expect_error([&] { SafetensorsFile f(dir.write("meta.safetensors", safetensors_raw(metadata, ""))); },
+               {"meta.safetensors", "more than " + std::to_string(kMaxCheckpointEntries) + " entries"});
+  expect_error([&] { (void)parse_shard_index(index, "big.index.json"); },
+               {"big.index.json", "more than " + std::to_string(kMaxCheckpointEntries) + " entries"});
 }

@@ -6,6 +6,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <optional>
+#include <random>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -59,6 +61,85 @@ std::map<std::string, const CheckpointTensor*> by_name(const TorchCheckpointFile
 }
 
 std::string shared_model(const std::string& relative) { return "/work/shared/models/tinygo-llama3/" + relative; }
+
+// A state_dict holding the views `tensors`, all of storage "0" whose bytes are `record`.
+std::string views_archive(const std::vector<PickledTensor>& tensors, const std::string& record) {
+  return torch_zip("archive", state_dict_pickle(tensors), {{"0", record}});
+}
+
+// A file holding one tensor at the top level, as FR-Spec's freq_N.pt may (torch.save(tensor)).
+std::string top_level_tensor_archive(const PickledTensor& view, const std::string& record) {
+  TorchPickleWriter w;
+  w.builder().proto();
+  w.tensor(view);
+  return torch_zip("archive", w.builder().stop().bytes(), {{"0", record}});
+}
+
+std::string describe(const PickledTensor& v) {
+  std::string out = v.storage_class + " of " + std::to_string(v.storage_numel) + ", offset " + std::to_string(v.offset);
+  const auto list = [](const std::vector<int64_t>& values) {
+    std::string text = "[";
+    for (size_t i = 0; i < values.size(); ++i) text += (i ? ", " : "") + std::to_string(values[i]);
+    return text + "]";
+  };
+  return out + ", size " + list(v.size) + ", stride " + list(v.stride);
+}
+
+// What a view means, worked out independently of the reader with the compiler's overflow
+// builtins: Outside when any product or sum passes int64 or an element lies outside the storage;
+// Expanding when it fits but has more elements than its storage (only overlapping views can);
+// Fits otherwise. `bytes` is the row-major gather, filled for views of at most kMaxGather elements.
+struct ReferenceView {
+  enum Verdict { Outside, Expanding, Fits } verdict = Outside;
+  uint64_t numel = 0;
+  std::optional<std::string> bytes;
+};
+
+ReferenceView reference_view(const PickledTensor& v, const std::string& record, size_t itemsize) {
+  constexpr uint64_t kMaxGather = 1 << 16;
+  ReferenceView ref;
+  uint64_t numel = 1;
+  for (const int64_t d : v.size)
+    if (d < 0 || __builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel) || numel > INT64_MAX) return ref;
+  ref.numel = numel;
+  uint64_t last = static_cast<uint64_t>(v.offset);
+  if (numel > 0) {
+    for (size_t d = 0; d < v.size.size(); ++d) {
+      uint64_t reach = 0;
+      if (__builtin_mul_overflow(static_cast<uint64_t>(v.size[d] - 1), static_cast<uint64_t>(v.stride[d]), &reach) ||
+          __builtin_add_overflow(last, reach, &last) || last > INT64_MAX)
+        return ref;
+    }
+    if (last >= static_cast<uint64_t>(v.storage_numel)) return ref;
+  }
+  ref.verdict = numel <= static_cast<uint64_t>(v.storage_numel) ? ReferenceView::Fits : ReferenceView::Expanding;
+  if (numel > kMaxGather) return ref;
+  std::string bytes;
+  std::vector<int64_t> index(v.size.size(), 0);
+  for (uint64_t i = 0; i < numel; ++i) {
+    uint64_t element = static_cast<uint64_t>(v.offset);
+    for (size_t d = 0; d < index.size(); ++d) element += static_cast<uint64_t>(index[d] * v.stride[d]);
+    bytes += record.substr(element * itemsize, itemsize);
+    for (size_t d = index.size(); d-- > 0;) {
+      if (++index[d] < v.size[d]) break;
+      index[d] = 0;
+    }
+  }
+  ref.bytes = std::move(bytes);
+  return ref;
+}
+
+// Little-endian integers of `itemsize` bytes, sign-extended unless `is_unsigned`.
+std::vector<int64_t> decode_ints(const std::string& bytes, size_t itemsize, bool is_unsigned) {
+  std::vector<int64_t> out;
+  for (size_t at = 0; at < bytes.size(); at += itemsize) {
+    uint64_t raw = 0;
+    for (size_t b = 0; b < itemsize; ++b) raw |= uint64_t{static_cast<uint8_t>(bytes[at + b])} << (8 * b);
+    const int shift = static_cast<int>(64 - 8 * itemsize);
+    out.push_back(is_unsigned ? static_cast<int64_t>(raw) : static_cast<int64_t>(raw << shift) >> shift);
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -338,4 +419,175 @@ TEST(ioTorchCheckpoint, ReadsTheTinygoEagleHead) {
     EXPECT_EQ(tensor.dtype, DType::F16) << tensor.name;
     for (const float v : floats_of(tensor)) ASSERT_TRUE(std::isfinite(v)) << tensor.name;
   }
+}
+
+// The reported file: a one-element storage viewed with stride 0 and size 2^62 + 1, whose byte
+// count (2^64 + 4) wrapped to 4 before the gather wrote 2^62 + 1 elements into that buffer. Such
+// expanded views, and every other view with far more elements than its storage, are refused
+// before anything is allocated; small expansions still load.
+TEST(ioTorchCheckpoint, RefusesViewsThatExpandTheirStorage) {
+  TempDir dir;
+  const std::string one_float = bytes_of(std::vector<float>{1.5f});
+  const int64_t wraps = (int64_t{1} << 62) + 1;
+  const std::string reported = views_archive({{"w", "FloatStorage", "0", 1, 0, {wraps}, {0}}}, one_float);
+  EXPECT_LT(reported.size(), 1024u) << "a few hundred bytes, like the reported file";
+  expect_error([&] { TorchCheckpointFile f(dir.write("stride0.bin", reported)); },
+               {"stride0.bin", "tensor 'w'", "4611686018427387905 elements", "expanded"});
+
+  const std::vector<PickledTensor> expanding{
+      {"tb", "FloatStorage", "0", 1, 0, {int64_t{1} << 40}, {0}},               // 4 TiB of one float
+      {"square", "FloatStorage", "0", 1, 0, {1 << 20, 1 << 20}, {0, 0}},        // both dimensions broadcast
+      {"rows", "FloatStorage", "0", 4, 0, {int64_t{1} << 31, 4}, {0, 1}},       // a row repeated 2^31 times
+      {"overlap", "FloatStorage", "0", 15, 0, {8, 8}, {1, 1}},                  // overlapping, no zero stride
+      {"max", "FloatStorage", "0", 1, 0, {INT64_MAX}, {0}},                     // the largest count there is
+  };
+  const std::string sixteen_floats = bytes_of(std::vector<float>(16, 2.0f));
+  for (const PickledTensor& view : expanding) {
+    SCOPED_TRACE(view.name);
+    expect_error([&] { TorchCheckpointFile f(dir.write("e.bin", views_archive({view}, sixteen_floats))); },
+                 {"e.bin", "tensor '" + view.name + "'", "expanded"});
+  }
+  // The same refusal for an id list saved as a tensor (FR-Spec freq_N.pt).
+  const std::string one_long = bytes_of(std::vector<int64_t>{7});
+  expect_error([&] {
+    (void)load_torch_int_list(dir.write("f.pt", top_level_tensor_archive({"", "LongStorage", "0", 1, 0, {wraps}, {0}}, one_long)));
+  }, {"f.pt", "expanded"});
+  expect_error([&] {
+    (void)load_torch_int_list(
+        dir.write("g.pt", top_level_tensor_archive({"", "LongStorage", "0", 1, 0, {int64_t{1} << 40}, {0}}, one_long)));
+  }, {"g.pt", "expanded"});
+
+  // Twice its storage is within the factor: broadcasting one float to two loads.
+  const TorchCheckpointFile twice(dir.write("two.bin", views_archive({{"w", "FloatStorage", "0", 1, 0, {2}, {0}}}, one_float)));
+  EXPECT_EQ(floats_of(twice.tensors()[0]), (std::vector<float>{1.5f, 1.5f}));
+  EXPECT_EQ(load_torch_int_list(dir.write("two.pt", top_level_tensor_archive({"", "LongStorage", "0", 1, 0, {2}, {0}}, one_long))),
+            (std::vector<int64_t>{7, 7}));
+}
+
+// Views that fit their storage one by one can still add up: every one of these transposes of the
+// same 32x32 storage is copied, and together they would be many times the file.
+TEST(ioTorchCheckpoint, BoundsTheBytesCopiedForStridedViewsOfOneFile) {
+  TempDir dir;
+  const std::string storage = bytes_of(std::vector<float>(32 * 32, 1.0f));
+  const auto transposes = [](size_t n) {
+    std::vector<PickledTensor> views;
+    for (size_t i = 0; i < n; ++i) views.push_back({"t" + std::to_string(i), "FloatStorage", "0", 32 * 32, 0, {32, 32}, {1, 32}});
+    return views;
+  };
+  const TorchCheckpointFile one(dir.write("one.bin", views_archive(transposes(1), storage)));
+  EXPECT_EQ(one.materialized_count(), 1u);
+  expect_error([&] { TorchCheckpointFile f(dir.write("many.bin", views_archive(transposes(16), storage))); },
+               {"many.bin", "tensor 't", "copies past", "its size"});
+}
+
+// Size and offset arithmetic that leaves int64 is refused by name, never wrapped: offset + reach,
+// (size - 1) * stride, the element count, and a storage's element count times its item size.
+TEST(ioTorchCheckpoint, RefusesSizeAndOffsetArithmeticThatOverflows) {
+  TempDir dir;
+  const std::string floats = bytes_of(std::vector<float>(12, 0.0f));
+  const std::vector<PickledTensor> overflowing{
+      {"offset", "FloatStorage", "0", 12, INT64_MAX, {2}, {1}},
+      {"reach", "FloatStorage", "0", 12, int64_t{1} << 62, {3}, {int64_t{1} << 61}},
+      {"stride", "FloatStorage", "0", 12, 0, {3, 2}, {int64_t{1} << 62, 1}},
+      {"count", "FloatStorage", "0", 12, 0, {int64_t{1} << 32, int64_t{1} << 31}, {0, 0}},
+      {"last", "FloatStorage", "0", 12, 0, {2}, {INT64_MAX}},
+  };
+  for (const PickledTensor& view : overflowing) {
+    SCOPED_TRACE(view.name);
+    expect_error([&] { TorchCheckpointFile f(dir.write("o.bin", views_archive({view}, floats))); }, {"o.bin", "overflow"});
+  }
+  // 2^60 doubles are 2^63 bytes, one past int64.
+  expect_error([&] {
+    TorchCheckpointFile f(dir.write("s.bin", views_archive({{"d", "DoubleStorage", "0", int64_t{1} << 60, 0, {1}, {1}}}, floats)));
+  }, {"s.bin", "overflows"});
+  // Declared storage larger than its record, by an amount whose byte count still fits.
+  expect_error([&] {
+    TorchCheckpointFile f(dir.write("r.bin", views_archive({{"d", "DoubleStorage", "0", (int64_t{1} << 60) - 1, 0, {1}, {1}}}, floats)));
+  }, {"r.bin", "tensor 'd'", "holds 48 bytes"});
+  // Empty views read nothing, so their strides and offset do not matter (as in torch).
+  const TorchCheckpointFile empty(dir.write("z.bin", views_archive({{"z", "FloatStorage", "0", 12, INT64_MAX, {0, 5}, {INT64_MAX, INT64_MAX}}}, floats)));
+  EXPECT_EQ(empty.tensors()[0].nbytes, 0u);
+}
+
+// Random views of small storages, from a fixed seed: sizes, strides and offsets drawn from small
+// values, zeros, ones, values near the int64 limit and its square root, and arbitrary 63-bit
+// numbers. Each loads with exactly the bytes of a plain gather, or is refused with specula::Error
+// naming the file; a view that fits its storage without expanding it must load. Under ASan a
+// wrong bound in the reader is also an out-of-bounds read or write.
+TEST(ioTorchCheckpoint, RandomViewsLoadAsAPlainGatherOrAreRefused) {
+  constexpr uint64_t kSeed = 20240613;
+  constexpr int kIterations = 1500;
+  constexpr int64_t kMaxStorage = 24;
+  const int64_t kEdges[] = {INT64_MAX,           INT64_MAX - 1,         INT64_MAX / 2,         INT64_MAX / 2 + 1,
+                            (int64_t{1} << 62) + 1, int64_t{1} << 62,   int64_t{1} << 32,      (int64_t{1} << 32) + 1,
+                            int64_t{1} << 31,    3037000499 /* floor(sqrt(INT64_MAX)) */, 3037000500, int64_t{1} << 20};
+  struct Kind {
+    const char* storage_class;
+    DType dtype;
+    bool integer;
+  };
+  const Kind kinds[] = {{"FloatStorage", DType::F32, false}, {"BFloat16Storage", DType::BF16, false},
+                        {"LongStorage", DType::I64, true},   {"IntStorage", DType::I32, true},
+                        {"ShortStorage", DType::I16, true},  {"CharStorage", DType::I8, true},
+                        {"ByteStorage", DType::U8, true}};
+  std::mt19937_64 rng(kSeed);
+  const auto draw = [&](int64_t small_max) -> int64_t {
+    switch (rng() % 10) {
+      case 0: return 0;
+      case 1: return 1;
+      case 2: return kEdges[rng() % std::size(kEdges)];
+      case 3: return static_cast<int64_t>(rng() >> 1);
+      default: return static_cast<int64_t>(rng() % static_cast<uint64_t>(small_max + 1));
+    }
+  };
+  TempDir dir;
+  int loaded = 0, refused = 0, int_lists = 0;
+  for (int iteration = 0; iteration < kIterations; ++iteration) {
+    const Kind& kind = kinds[rng() % std::size(kinds)];
+    const size_t itemsize = dtype_size(kind.dtype);
+    PickledTensor view{"v", kind.storage_class, "0", static_cast<int64_t>(rng() % (kMaxStorage + 1)), draw(8), {}, {}};
+    const size_t rank = rng() % 4;
+    for (size_t d = 0; d < rank; ++d) {
+      view.size.push_back(draw(4));
+      view.stride.push_back(draw(3));
+    }
+    std::string record(static_cast<size_t>(view.storage_numel) * itemsize, '\0');
+    for (char& c : record) c = static_cast<char>(rng());
+    SCOPED_TRACE("seed " + std::to_string(kSeed) + ", iteration " + std::to_string(iteration) + ": " + describe(view));
+    const ReferenceView expected = reference_view(view, record, itemsize);
+
+    try {
+      const TorchCheckpointFile file(dir.write("r.bin", views_archive({view}, record)));
+      ASSERT_EQ(file.tensors().size(), 1u);
+      const CheckpointTensor& t = file.tensors()[0];
+      ASSERT_NE(expected.verdict, ReferenceView::Outside) << "loaded a view that leaves its storage";
+      ASSERT_TRUE(expected.bytes.has_value()) << "materialised " << expected.numel << " elements from "
+                                              << view.storage_numel;
+      EXPECT_EQ(t.shape, view.size);
+      ASSERT_EQ(t.nbytes, expected.bytes->size());
+      EXPECT_EQ(std::string(reinterpret_cast<const char*>(t.data), t.nbytes), *expected.bytes);
+      ++loaded;
+    } catch (const specula::Error& e) {
+      EXPECT_NE(expected.verdict, ReferenceView::Fits) << "refused a view that fits its storage: " << e.what();
+      EXPECT_NE(std::string(e.what()).find("r.bin"), std::string::npos) << e.what();
+      ++refused;
+    }
+
+    if (rank == 1 && kind.integer) {  // the same view as an FR-Spec id list
+      ++int_lists;
+      try {
+        const std::vector<int64_t> ids = load_torch_int_list(dir.write("r.pt", top_level_tensor_archive(view, record)));
+        ASSERT_NE(expected.verdict, ReferenceView::Outside) << "loaded an id list that leaves its storage";
+        ASSERT_TRUE(expected.bytes.has_value()) << "expanded an id list to " << expected.numel << " entries";
+        EXPECT_EQ(ids, decode_ints(*expected.bytes, itemsize, kind.dtype == DType::U8));
+      } catch (const specula::Error& e) {
+        EXPECT_NE(expected.verdict, ReferenceView::Fits) << "refused an id list that fits its storage: " << e.what();
+      }
+    }
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+  // The draws must exercise both outcomes, and the id-list path, often.
+  EXPECT_GT(loaded, kIterations / 5);
+  EXPECT_GT(refused, kIterations / 5);
+  EXPECT_GT(int_lists, kIterations / 20);
 }

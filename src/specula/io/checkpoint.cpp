@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <set>
 
+#include "specula/core/checked_size.h"
 #include "specula/core/error.h"
 #include "specula/core/mapped_file.h"
 #include "specula/io/safetensors.h"
@@ -53,18 +54,10 @@ bool is_safe_shard_name(const std::string& name) {
 
 // weight_map of an index file: tensor name -> shard file name, validated.
 std::map<std::string, std::string> read_weight_map(const std::string& index_path) {
-  const nlohmann::json root = parse_strict_json(read_text_file(index_path), index_path);
-  SPECULA_CHECK(root.is_object(), index_path, ": not a JSON object");
-  const auto it = root.find("weight_map");
-  SPECULA_CHECK(it != root.end(), index_path, ": no \"weight_map\"");
-  SPECULA_CHECK(it->is_object(), index_path, ": \"weight_map\" is not an object of tensor name -> file name");
-  std::map<std::string, std::string> weight_map;
-  for (const auto& [tensor, file] : it->items()) {
-    SPECULA_CHECK(file.is_string(), index_path, ": weight_map entry for tensor '", tensor, "' is not a string");
-    const std::string& file_name = file.get_ref<const std::string&>();
-    SPECULA_CHECK(is_safe_shard_name(file_name), index_path, ": weight_map entry for tensor '", tensor,
-                  "' names file '", file_name, "', which is not a plain file name in the index's directory");
-    weight_map.emplace(tensor, file_name);
+  std::map<std::string, std::string> weight_map = parse_shard_index(read_text_file(index_path), index_path);
+  for (const auto& [tensor, file_name] : weight_map) {
+    SPECULA_CHECK(is_safe_shard_name(file_name), index_path, ": weight_map entry for tensor '", text_excerpt(tensor),
+                  "' names file '", text_excerpt(file_name), "', which is not a plain file name in the index's directory");
   }
   SPECULA_CHECK(!weight_map.empty(), index_path, ": \"weight_map\" is empty");
   return weight_map;
@@ -86,8 +79,9 @@ Checkpoint::~Checkpoint() = default;
 void Checkpoint::add_file(std::unique_ptr<TensorFile> file) {
   for (const CheckpointTensor& t : file->tensors()) {
     const auto [it, inserted] = tensors_.emplace(t.name, t);
-    SPECULA_CHECK(inserted, path_, ": tensor '", t.name, "' appears in both ", it->second.file, " and ", t.file);
-    total_bytes_ += t.nbytes;
+    SPECULA_CHECK(inserted, path_, ": tensor '", text_excerpt(t.name), "' appears in both ", it->second.file, " and ",
+                  t.file);
+    total_bytes_ = add_size(total_bytes_, t.nbytes, path_ + ": total tensor bytes");
   }
   files_.push_back(std::move(file));
 }
@@ -155,7 +149,7 @@ Checkpoint Checkpoint::open(const std::string& path) {
   for (const auto& [tensor, file_name] : weight_map) {
     const auto it = checkpoint.tensors_.find(tensor);
     SPECULA_CHECK(it != checkpoint.tensors_.end() && it->second.file == shards.at(file_name)->path(), index_path,
-                  ": tensor '", tensor, "' is mapped to ", file_name, " but that shard does not contain it");
+                  ": tensor '", text_excerpt(tensor), "' is mapped to ", file_name, " but that shard does not contain it");
   }
   std::string format_names;
   for (const auto& f : formats) {

@@ -10,6 +10,7 @@
 #include "specula/io/pickle.h"
 
 #include <cstring>
+#include <optional>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -18,20 +19,36 @@
 
 namespace specula::io {
 
-int64_t TorchTensorRef::numel() const {
-  int64_t n = 1;
-  for (const int64_t d : size) n *= d;
-  return n;
+int64_t TorchTensorRef::numel() const { return checked_numel(size, "tensor view on storage '" + storage.key + "'"); }
+
+std::optional<uint64_t> TorchTensorRef::storage_extent() const {
+  uint64_t numel = 1;
+  for (const int64_t d : size)
+    if (d < 0 || !checked_mul(numel, static_cast<uint64_t>(d), kMaxCheckedSize, numel)) return std::nullopt;
+  if (numel == 0) return 0;  // reads nothing, whatever its strides (torch checks no bounds then either)
+  // The furthest element is offset + sum((size_i - 1) * stride_i); every step is checked.
+  if (storage_offset < 0) return std::nullopt;
+  uint64_t last = static_cast<uint64_t>(storage_offset);
+  for (size_t i = 0; i < size.size(); ++i) {
+    uint64_t reach = 0;
+    if (i >= stride.size() || stride[i] < 0 ||
+        !checked_mul(static_cast<uint64_t>(size[i]) - 1, static_cast<uint64_t>(stride[i]), kMaxCheckedSize, reach) ||
+        !checked_add(last, reach, kMaxCheckedSize, last))
+      return std::nullopt;
+  }
+  uint64_t extent = 0;
+  if (!checked_add(last, 1, kMaxCheckedSize, extent)) return std::nullopt;
+  return extent;
 }
 
 bool TorchTensorRef::is_contiguous() const {
   for (const int64_t d : size)
     if (d == 0) return true;  // no elements, nothing to lay out
-  int64_t expected = 1;
+  uint64_t expected = 1;
   for (size_t i = size.size(); i-- > 0;) {
     if (size[i] == 1) continue;
-    if (stride[i] != expected) return false;
-    expected *= size[i];
+    if (i >= stride.size() || stride[i] < 0 || static_cast<uint64_t>(stride[i]) != expected) return false;
+    if (!checked_mul(expected, static_cast<uint64_t>(size[i]), kMaxCheckedSize, expected)) return false;
   }
   return true;
 }
@@ -187,8 +204,9 @@ class Unpickler {
   }
   std::string_view read_line() {
     constexpr size_t kMaxLine = 256;  // dotted Python names; anything longer is not a whitelisted global
-    const size_t end = bytes_.find('\n', pos_);
-    if (end == std::string_view::npos || end - pos_ > kMaxLine) error("GLOBAL name is not a short newline-terminated line");
+    const size_t length = bytes_.substr(pos_, kMaxLine + 1).find('\n');  // looks no further than a name can be
+    if (length == std::string_view::npos) error("GLOBAL name is not a short newline-terminated line");
+    const size_t end = pos_ + length;
     const std::string_view line = bytes_.substr(pos_, end - pos_);
     pos_ = end + 1;
     return line;
@@ -458,7 +476,7 @@ class Unpickler {
     if (location.kind != ObjectKind::String) bad_persistent_id("location is not a str");
     if (numel.kind != ObjectKind::Int || numel.integer < 0) bad_persistent_id("numel is not a non-negative int");
     uint64_t nbytes = 0;
-    if (!checked_mul(static_cast<uint64_t>(numel.integer), dtype_size(cls.dtype), static_cast<uint64_t>(INT64_MAX), nbytes))
+    if (!checked_mul(static_cast<uint64_t>(numel.integer), dtype_size(cls.dtype), kMaxCheckedSize, nbytes))
       error("storage '", key.text, "' of ", numel.integer, " elements overflows");
     storages_.push_back({key.text, cls.dtype, numel.integer});
     Object o;
@@ -527,23 +545,13 @@ class Unpickler {
     if (object(args[4]).kind != ObjectKind::Bool) error("_rebuild_tensor_v2: requires_grad is not a bool");
     if (object(args[5]).kind != ObjectKind::Dict) error("_rebuild_tensor_v2: backward_hooks is not a dict");
 
-    // The furthest element must lie inside the storage: offset + sum((size_i - 1) * stride_i) < numel.
-    constexpr uint64_t kLimit = static_cast<uint64_t>(INT64_MAX);
-    uint64_t numel = 1;
-    uint64_t last = static_cast<uint64_t>(tensor.storage_offset);
-    bool overflow = false;
-    for (size_t i = 0; i < tensor.size.size(); ++i) {
-      const auto size = static_cast<uint64_t>(tensor.size[i]);
-      overflow |= !checked_mul(numel, size, kLimit, numel);
-      uint64_t reach = 0;
-      if (size > 0) overflow |= !checked_mul(size - 1, static_cast<uint64_t>(tensor.stride[i]), kLimit, reach);
-      overflow |= reach > kLimit - last;
-      if (!overflow) last += reach;
-    }
-    if (overflow) error("_rebuild_tensor_v2: size/stride/offset overflow");
-    if (numel > 0 && last >= static_cast<uint64_t>(tensor.storage.numel))
+    // The furthest element must lie inside the storage; the element count and the reach must
+    // fit int64 so that every later size computation is exact.
+    const std::optional<uint64_t> extent = tensor.storage_extent();
+    if (!extent) error("_rebuild_tensor_v2: size/stride/offset overflow");
+    if (*extent > static_cast<uint64_t>(tensor.storage.numel))
       error("storage '", tensor.storage.key, "' holds ", tensor.storage.numel, " elements but a tensor at offset ",
-            tensor.storage_offset, " with its size and stride reaches element ", last,
+            tensor.storage_offset, " with its size and stride reaches element ", *extent - 1,
             " (storage too small for size/stride/offset)");
     tensors_.push_back(std::move(tensor));
     Object o;

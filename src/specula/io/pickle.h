@@ -26,13 +26,16 @@ struct TorchStorageRef {
 };
 
 // _rebuild_tensor_v2(storage, storage_offset, size, stride, ...), already checked to stay
-// within the declared storage numel.
+// within the declared storage numel, with every size and offset product fitting int64.
 struct TorchTensorRef {
   TorchStorageRef storage;
   int64_t storage_offset = 0;  // in elements
   std::vector<int64_t> size;
   std::vector<int64_t> stride;  // in elements
-  int64_t numel() const;
+  int64_t numel() const;  // checked: throws specula::Error when the size overflows int64
+  // One past the furthest storage element the view reads (0 when it has no elements), or
+  // nullopt when the element count or that reach overflows int64.
+  std::optional<uint64_t> storage_extent() const;
   bool is_contiguous() const;  // row-major, ignoring strides of size-1 dimensions (as torch does)
 };
 

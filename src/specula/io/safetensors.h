@@ -2,12 +2,17 @@
 // The header is untrusted input, so it gets every check of the reference reader
 // (huggingface/safetensors `tensor.rs`): bounded header length, UTF-8 JSON object, known dtypes,
 // integer shapes, offsets that tile the byte buffer exactly; plus duplicate-name rejection.
-// Every error names the file and, where one is involved, the tensor.
+// Every error names the file and, where one is involved, the tensor. The header is streamed,
+// one entry at a time, so parsing is linear in the number of tensors; shard indexes
+// (model.safetensors.index.json, and pytorch_model.bin.index.json in the same layout) are read here
+// the same way.
 #pragma once
 
+#include <cstddef>
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "specula/core/mapped_file.h"
@@ -18,6 +23,12 @@ namespace specula::io {
 // The reference reader's bound: larger headers are rejected before parsing.
 constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
 
+// The most entries (tensors plus metadata items) in one header, or tensor names in one shard
+// index. The largest published checkpoints, MoE models with hundreds of experts per layer, list a
+// few hundred thousand tensors over all their shards; each entry costs a few hundred bytes here,
+// so the bound keeps what a hostile header or index can make the reader hold to a few hundred MB.
+constexpr size_t kMaxCheckpointEntries = size_t{1} << 20;
+
 struct SafetensorsContents {
   std::vector<CheckpointTensor> tensors;          // in data-offset order; data points into the mapped file
   std::map<std::string, std::string> metadata;    // the optional "__metadata__" object
@@ -25,6 +36,10 @@ struct SafetensorsContents {
 
 // Validates and indexes `file` without copying tensor bytes; the result borrows from `file`.
 SafetensorsContents parse_safetensors(const MappedFile& file);
+
+// The "weight_map" of a shard index (tensor name -> shard file name), streamed from `text`; every
+// other member is skipped. `what` (the index path) prefixes errors. Shard names are not checked here.
+std::map<std::string, std::string> parse_shard_index(std::string_view text, const std::string& what);
 
 // A safetensors file that owns its map; tensors stay valid (and at fixed addresses) while it lives.
 class SafetensorsFile final : public TensorFile {

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "specula/core/checked_size.h"
 #include "specula/core/error.h"
 
 namespace specula::io {
@@ -13,14 +14,13 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
   header["__metadata__"] = {{"format", "pt"}};
   uint64_t offset = 0;
   for (const TensorToWrite& t : tensors) {
-    uint64_t numel = 1;
-    for (int64_t d : t.shape) numel *= static_cast<uint64_t>(d);
-    SPECULA_CHECK(numel * dtype_size(t.dtype) == t.bytes.size(), path, ": tensor '", t.name, "' has ", t.bytes.size(),
-                  " bytes for ", numel, " elements of ", dtype_name(t.dtype));
-    header[t.name] = {{"dtype", std::string(dtype_name(t.dtype))},
-                      {"shape", t.shape},
-                      {"data_offsets", {offset, offset + t.bytes.size()}}};
-    offset += t.bytes.size();
+    const std::string what = path + ": tensor '" + t.name + "'";
+    const int64_t numel = checked_numel(t.shape, what);
+    SPECULA_CHECK(checked_nbytes(numel, t.dtype, what) == t.bytes.size(), what, " has ", t.bytes.size(), " bytes for ",
+                  numel, " elements of ", dtype_name(t.dtype));
+    const uint64_t end = add_size(offset, t.bytes.size(), what);
+    header[t.name] = {{"dtype", std::string(dtype_name(t.dtype))}, {"shape", t.shape}, {"data_offsets", {offset, end}}};
+    offset = end;
   }
   std::string text = header.dump();
   while ((8 + text.size()) % 8 != 0) text.push_back(' ');

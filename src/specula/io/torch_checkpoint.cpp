@@ -1,14 +1,18 @@
 // Joins the zip index and the unpickled object graph: finds the <p>/ prefix from the single
 // <p>/data.pkl entry, refuses big-endian archives, resolves each tensor's storage record
 // <p>/data/<key>, checks that the record holds the bytes the pickle promises, and either points
-// into the record (contiguous) or gathers the strided elements into an owned buffer.
+// into the record (contiguous) or gathers the strided elements into an owned buffer. A view's
+// bytes are bounded before anything is allocated or copied: it must lie inside its storage, may
+// not expand it (stride 0) by more than a small factor, and the file's copies are bounded too.
 #include "specula/io/torch_checkpoint.h"
 
 #include <cstring>
+#include <optional>
 
 #include "specula/core/error.h"
 #include "specula/io/byte_reader.h"
 #include "specula/io/pickle.h"
+#include "specula/io/strict_json.h"
 #include "specula/io/zip_archive.h"
 
 namespace specula::io {
@@ -72,46 +76,116 @@ TorchArchive open_archive(const MappedFile& file) {
   return archive;
 }
 
+// A view that is not contiguous is copied out of its storage. Overlapping views (stride 0, as
+// expand() leaves them) can have far more elements than their storage, so a few hundred bytes of
+// pickle could ask for exabytes; published checkpoints have none, so any view with more than
+// this many times its storage's elements is refused rather than expanded.
+constexpr uint64_t kMaxViewExpansion = 2;
+// Many views may share one storage, so the copies made for a whole file are bounded as well, as a
+// multiple of the file's size: a transposed copy of every weight in the file is 1x.
+constexpr uint64_t kMaxCopiedBytesPerFileByte = 2;
+
 // The record bytes backing `ref`, checked to hold all elements the pickle declared.
 std::string_view storage_bytes(const TorchArchive& archive, const TorchTensorRef& ref, const std::string& where) {
   const std::string record = archive.prefix + "/data/" + ref.storage.key;
   const ZipEntry* entry = archive.zip.find(record);
   SPECULA_CHECK(entry != nullptr, where, ": storage record '", record, "' is missing from the archive");
-  const uint64_t needed = static_cast<uint64_t>(ref.storage.numel) * dtype_size(ref.storage.dtype);  // checked by the unpickler
+  const uint64_t needed = checked_nbytes(ref.storage.numel, ref.storage.dtype, where + ": storage '" + record + "'");
   SPECULA_CHECK(entry->size >= needed, where, ": storage record '", record, "' holds ", entry->size,
                 " bytes but the pickle declares ", ref.storage.numel, " elements of ", dtype_name(ref.storage.dtype),
                 " (", needed, " bytes)");
   return archive.zip.data(*entry);
 }
 
+std::string dims_text(const std::vector<int64_t>& dims) {
+  std::string out = "[";
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += std::to_string(dims[i]);
+  }
+  return text_excerpt(out + "]");
+}
+
 // Copies the elements of a strided view into `out` in row-major order. The innermost dimension
-// is copied as one run when its stride is 1 (the common transposed-or-sliced case).
-void gather_strided(const uint8_t* base, const TorchTensorRef& ref, size_t itemsize, uint8_t* out) {
+// is copied as one run when its stride is 1 (the common transposed-or-sliced case). The caller
+// has checked that every element lies inside `storage`; the walk only adds and subtracts byte
+// steps that were computed once with checked products.
+void gather_strided(std::string_view storage, const TorchTensorRef& ref, size_t itemsize, uint8_t* out) {
+  const auto* base = reinterpret_cast<const uint8_t*>(storage.data());
   const size_t rank = ref.size.size();
+  const auto bytes = [&](int64_t elements) { return mul_size(static_cast<uint64_t>(elements), itemsize, "view"); };
+  uint64_t at = bytes(ref.storage_offset);
   if (rank == 0) {
-    std::memcpy(out, base + static_cast<size_t>(ref.storage_offset) * itemsize, itemsize);
+    std::memcpy(out, base + at, itemsize);
     return;
   }
-  const size_t inner = static_cast<size_t>(ref.size[rank - 1]);
-  const bool inner_is_run = ref.stride[rank - 1] == 1;
+  std::vector<uint64_t> step(rank), reach(rank);  // per dimension: one index, and all size - 1 of them
+  for (size_t d = 0; d < rank; ++d) {
+    step[d] = ref.size[d] == 1 ? 0 : bytes(ref.stride[d]);  // a size-1 dimension's stride is never taken (and may be huge)
+    reach[d] = mul_size(static_cast<uint64_t>(ref.size[d] - 1), step[d], "view");
+  }
+  const auto inner = static_cast<uint64_t>(ref.size[rank - 1]);
+  const uint64_t row_bytes = bytes(ref.size[rank - 1]);
+  const uint64_t rows = static_cast<uint64_t>(ref.numel()) / inner;
   std::vector<int64_t> index(rank, 0);
-  const int64_t total = ref.numel();
-  for (int64_t done = 0; done < total; done += static_cast<int64_t>(inner)) {
-    int64_t element = ref.storage_offset;
-    for (size_t d = 0; d + 1 < rank; ++d) element += index[d] * ref.stride[d];
-    const uint8_t* row = base + static_cast<size_t>(element) * itemsize;
-    if (inner_is_run) {
-      std::memcpy(out, row, inner * itemsize);
+  for (uint64_t row = 0; row < rows; ++row) {
+    if (step[rank - 1] == itemsize) {
+      std::memcpy(out, base + at, row_bytes);
+      out += row_bytes;
     } else {
-      const size_t step = static_cast<size_t>(ref.stride[rank - 1]) * itemsize;
-      for (size_t i = 0; i < inner; ++i) std::memcpy(out + i * itemsize, row + i * step, itemsize);
+      uint64_t from = at;
+      for (uint64_t i = 0; i < inner; ++i, from += step[rank - 1], out += itemsize) std::memcpy(out, base + from, itemsize);
     }
-    out += inner * itemsize;
     for (size_t d = rank - 1; d-- > 0;) {  // odometer over the outer dimensions
-      if (++index[d] < ref.size[d]) break;
+      if (++index[d] < ref.size[d]) {
+        at += step[d];
+        break;
+      }
       index[d] = 0;
+      at -= reach[d];
     }
   }
+}
+
+// The bytes of one view, row-major: a slice of its storage record when the view is contiguous,
+// else a copy appended to `copies`. Every bound is checked before anything is allocated or read:
+// the view inside its record, its expansion over the storage, and `copy_budget` (bytes the file
+// may still materialise, decreased here).
+std::string_view view_bytes(const TorchArchive& archive, const TorchTensorRef& ref, const std::string& where,
+                            uint64_t& copy_budget, std::vector<std::unique_ptr<uint8_t[]>>& copies) {
+  const std::string_view storage = storage_bytes(archive, ref, where);
+  const DType dtype = ref.storage.dtype;
+  const std::optional<uint64_t> extent = ref.storage_extent();
+  SPECULA_CHECK(extent && *extent <= static_cast<uint64_t>(ref.storage.numel), where, ": view (offset ",
+                ref.storage_offset, ", size ", dims_text(ref.size), ", stride ", dims_text(ref.stride),
+                ") does not fit its storage of ", ref.storage.numel, " elements");
+  const int64_t numel = ref.numel();
+  uint64_t allowed = 0;  // a product past int64 allows every count, which fits int64
+  const bool expansion_ok = !checked_mul(static_cast<uint64_t>(ref.storage.numel), kMaxViewExpansion, kMaxCheckedSize,
+                                         allowed) ||
+                            static_cast<uint64_t>(numel) <= allowed;
+  SPECULA_CHECK(expansion_ok, where,
+                ": view of size ", dims_text(ref.size), " with stride ", dims_text(ref.stride), " has ", numel,
+                " elements but its storage only ", ref.storage.numel, ": expanded (stride-0 or overlapping) views "
+                "larger than ", kMaxViewExpansion, "x their storage are refused");
+  const size_t nbytes = checked_nbytes(numel, dtype, where);
+  const size_t itemsize = dtype_size(dtype);
+  if (numel == 0) return storage.substr(0, 0);
+  if (ref.is_contiguous())
+    return storage.substr(mul_size(static_cast<uint64_t>(ref.storage_offset), itemsize, where), nbytes);
+
+  SPECULA_CHECK(nbytes <= copy_budget, where, ": copying this strided view (", nbytes,
+                " bytes) would take the file's copies past ", kMaxCopiedBytesPerFileByte,
+                "x its size; refusing views that expand the checkpoint");
+  copy_budget -= nbytes;
+  auto copy = std::make_unique_for_overwrite<uint8_t[]>(nbytes);
+  gather_strided(storage, ref, itemsize, copy.get());
+  copies.push_back(std::move(copy));
+  return {reinterpret_cast<const char*>(copies.back().get()), nbytes};
+}
+
+uint64_t copy_budget_for(const MappedFile& file) {
+  return mul_size(file.size(), kMaxCopiedBytesPerFileByte, file.path() + ": copy budget");
 }
 
 }  // namespace
@@ -125,25 +199,17 @@ TorchCheckpointFile::TorchCheckpointFile(const std::string& path) : file_(path) 
                 ": holds a ", archive.pickle.kind == TorchPickle::Kind::IntList ? "list of ints" : "single tensor",
                 ", not a state_dict of named tensors");
   tensors_.reserve(archive.pickle.state_dict.size());
+  uint64_t copy_budget = copy_budget_for(file_);
+  const TensorFilePath file_path(path);
   for (const auto& [name, ref] : archive.pickle.state_dict) {
-    const std::string where = path + ": tensor '" + name + "'";
-    const std::string_view storage = storage_bytes(archive, ref, where);
-    const auto* base = reinterpret_cast<const uint8_t*>(storage.data());
-    const size_t itemsize = dtype_size(ref.storage.dtype);
     CheckpointTensor tensor;
     tensor.name = name;
     tensor.dtype = ref.storage.dtype;
     tensor.shape = ref.size;
-    tensor.file = path;
-    tensor.nbytes = static_cast<size_t>(ref.numel()) * itemsize;
-    if (ref.is_contiguous()) {
-      tensor.data = base + (tensor.nbytes == 0 ? 0 : static_cast<size_t>(ref.storage_offset) * itemsize);
-    } else {
-      auto buffer = std::make_unique<uint8_t[]>(tensor.nbytes);
-      gather_strided(base, ref, itemsize, buffer.get());
-      tensor.data = buffer.get();
-      owned_buffers_.push_back(std::move(buffer));
-    }
+    tensor.file = file_path;
+    const std::string_view bytes = view_bytes(archive, ref, path + ": tensor '" + name + "'", copy_budget, owned_buffers_);
+    tensor.data = reinterpret_cast<const uint8_t*>(bytes.data());
+    tensor.nbytes = bytes.size();
     tensors_.push_back(std::move(tensor));
   }
 }
@@ -162,17 +228,18 @@ std::vector<int64_t> load_torch_int_list(const std::string& path) {
       SPECULA_CHECK(dtype == DType::I64 || dtype == DType::I32 || dtype == DType::I16 || dtype == DType::I8 ||
                         dtype == DType::U8,
                     path, ": holds a ", dtype_name(dtype), " tensor, expected integers");
-      const std::string_view storage = storage_bytes(archive, ref, path);
-      const ByteReader reader(storage, path);
+      // The same checked path as a state_dict's views: bounded by the storage, copied if strided.
+      uint64_t copy_budget = copy_budget_for(file);
+      std::vector<std::unique_ptr<uint8_t[]>> copies;
+      const ByteReader reader(view_bytes(archive, ref, path, copy_budget, copies), path);
       const size_t itemsize = dtype_size(dtype);
-      std::vector<int64_t> values(static_cast<size_t>(ref.size[0]));
-      for (size_t i = 0; i < values.size(); ++i) {
-        const uint64_t at = (static_cast<uint64_t>(ref.storage_offset) + i * static_cast<uint64_t>(ref.stride[0])) * itemsize;
+      std::vector<int64_t> values;
+      values.reserve(reader.size() / itemsize);
+      for (uint64_t at = 0; at < reader.size(); at += itemsize) {
         const uint64_t raw = itemsize == 8 ? reader.u64(at) : itemsize == 4 ? reader.u32(at) : itemsize == 2 ? reader.u16(at) : reader.u8(at);
         // Sign-extend the narrow signed types; U8 stays unsigned.
         const int shift = static_cast<int>(64 - 8 * itemsize);
-        values[i] = dtype == DType::U8 ? static_cast<int64_t>(raw)
-                                       : static_cast<int64_t>(raw << shift) >> shift;
+        values.push_back(dtype == DType::U8 ? static_cast<int64_t>(raw) : static_cast<int64_t>(raw << shift) >> shift);
       }
       return values;
     }

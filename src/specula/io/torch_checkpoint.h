@@ -1,7 +1,8 @@
 // torch.save checkpoints (pytorch_model.bin, *.pt): zip container + restricted unpickler.
 // Contiguous tensors point straight into the memory-mapped archive; tensors saved as strided
 // views are copied once into owned contiguous buffers, so every CheckpointTensor looks the same
-// to callers. Only the zip format (torch >= 1.6) is read: the legacy pickle-stream format and
+// to callers. Views that expand their storage (stride 0) beyond a small factor are refused, and
+// the copies of one file are bounded by a multiple of its size. Only the zip format (torch >= 1.6) is read: the legacy pickle-stream format and
 // big-endian archives are refused with a message saying how to convert.
 #pragma once
 

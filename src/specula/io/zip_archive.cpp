@@ -99,7 +99,7 @@ void apply_zip64_extra(const ByteReader& r, uint64_t extra_offset, uint64_t extr
                             entry.local_header_offset == 0xffffffff};
   bool found = false;
   uint64_t pos = extra_offset;
-  const uint64_t end = extra_offset + extra_size;
+  const uint64_t end = add_size(extra_offset, extra_size, r.what());
   while (end - pos >= 4) {
     const uint16_t id = r.u16(pos);
     const uint16_t size = r.u16(pos + 2);
@@ -153,7 +153,7 @@ ZipArchive::ZipArchive(const MappedFile& file) : file_(&file) {
     entry.name = std::string(dir.slice(pos + kCentralHeaderSize, name_size));
     dir.slice(pos + kCentralHeaderSize + name_size, uint64_t{extra_size} + comment_size);  // bounds check
     apply_zip64_extra(dir, pos + kCentralHeaderSize + name_size, extra_size, entry, disk_start == 0xffff);
-    pos += kCentralHeaderSize + name_size + extra_size + comment_size;
+    pos = add_size(pos, kCentralHeaderSize + name_size + extra_size + comment_size, dir.what());  // 16-bit fields
 
     const std::string where = r.what() + ": zip entry '" + entry.name + "'";
     SPECULA_CHECK(disk_start == 0 || disk_start == 0xffff, where, ": multi-disk zip archives are not supported");
@@ -173,7 +173,7 @@ ZipArchive::ZipArchive(const MappedFile& file) : file_(&file) {
     SPECULA_CHECK(range_fits(local + kLocalHeaderSize, local_name_size, cd.offset) &&
                       r.slice(local + kLocalHeaderSize, local_name_size) == entry.name,
                   where, ": local header names a different entry");
-    const uint64_t data_offset = local + kLocalHeaderSize + local_name_size + local_extra_size;
+    const uint64_t data_offset = add_size(local, kLocalHeaderSize + local_name_size + local_extra_size, where);
     SPECULA_CHECK(range_fits(data_offset, entry.uncompressed_size, cd.offset), where, ": data (offset ", data_offset,
                   ", ", entry.uncompressed_size, " bytes) runs past the start of the central directory");
 
