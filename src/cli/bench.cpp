@@ -21,9 +21,10 @@
 #include <vector>
 
 #include "commands.h"
-#include "device_option.h"
+#include "options.h"
 #include "specula/core/error.h"
 #include "specula/engine/engine.h"
+#include "specula/engine/limits.h"
 #include "specula/sampling/params.h"
 #ifdef SPECULA_WITH_CUDA
 #include "specula/core/cuda_memory.h"
@@ -35,7 +36,7 @@ namespace specula::cli {
 namespace {
 
 struct BenchArgs {
-  std::string preset = "llama3-8b", device = "auto", json_path, commit = "unknown", model_dir;
+  std::string preset, device = "auto", json_path, commit = "unknown", model_dir;
   std::vector<int64_t> contexts{512, 8192};
   int64_t prefill = 4096, decode_steps = 64, prefill_chunk = 0;
   int threads = 0;
@@ -55,6 +56,10 @@ std::string preset_config(const std::string& name) {
       "max_position_embeddings":8192,"rms_norm_eps":1e-5,"rope_theta":500000.0,"tie_word_embeddings":true})";
   fail("unknown --preset '", name, "' (llama3-8b, cpu-100m)");
 }
+
+// Bounds of the measurement-size flags: far beyond a useful benchmark, far below overflow.
+constexpr int64_t kMaxDecodeSteps = 1 << 20;
+constexpr int kMaxRepeats = 1000;
 
 struct Measurement {
   std::string metric;
@@ -120,8 +125,25 @@ void profile_decode(engine::Engine& e, int64_t ctx, int32_t token) {
 #endif
 }
 
-void run_bench(const BenchArgs& a) {
+// The GPU preset on CUDA, the CPU one on the CPU. An 8B model on the CPU takes 32 GB and many
+// minutes per measurement, so asking for it there explicitly is refused with the reason.
+std::string choose_preset(const std::string& asked, Device device) {
+  if (asked.empty()) {
+    if (device == Device::CUDA) return "llama3-8b";
+    std::fprintf(stderr, "bench: no GPU in use, so measuring the cpu-100m preset (--preset picks another)\n");
+    return "cpu-100m";
+  }
+  SPECULA_CHECK(!(asked == "llama3-8b" && device == Device::CPU),
+                "--preset llama3-8b is a GPU benchmark (32 GB of fp32 weights, minutes per step on a CPU); use "
+                "--preset cpu-100m on the CPU");
+  return asked;
+}
+
+void run_bench(BenchArgs a) {
   const bool from_checkpoint = !a.model_dir.empty();
+  const Device device_kind = parse_device(a.device);
+  SPECULA_CHECK(!(from_checkpoint && !a.preset.empty()), "give --preset or --model, not both");
+  if (!from_checkpoint) a.preset = choose_preset(a.preset, device_kind);
   const model::ModelConfig config = from_checkpoint
                                         ? model::ModelConfig::from_dir(a.model_dir)
                                         : model::ModelConfig::from_json(preset_config(a.preset), "preset " + a.preset);
@@ -129,9 +151,12 @@ void run_bench(const BenchArgs& a) {
   SPECULA_CHECK(!a.contexts.empty(), "--contexts needs at least one length");
   const int64_t max_ctx = *std::max_element(a.contexts.begin(), a.contexts.end());
   engine::EngineOptions options;
-  options.device = parse_device(a.device);
+  options.device = device_kind;
   options.threads = a.threads;
   options.max_context = std::max(max_ctx, a.prefill) + a.decode_steps + 2;
+  SPECULA_CHECK(options.max_context <= engine::kMaxContextTokens, "--contexts, --prefill and --decode-steps need a "
+                "cache of ", options.max_context, " tokens, more than the limit of ", engine::kMaxContextTokens);
+  options.allow_context_beyond_model = !from_checkpoint;  // presets measure shapes, not a trained range
   options.prefill_chunk = a.prefill_chunk > 0 ? a.prefill_chunk : std::max<int64_t>(a.prefill, 1);
   std::unique_ptr<engine::Engine> engine;
   if (from_checkpoint) {
@@ -267,20 +292,23 @@ void add_bench_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "bench", "Measure prefill and decode speed of a model shape with random weights built on the device, or of "
       "a checkpoint (--model)");
-  cmd->add_option("--preset", a->preset, "Model shape: llama3-8b or cpu-100m")->capture_default_str();
+  cmd->add_option("--preset", a->preset,
+                  "Model shape: llama3-8b (default with a GPU) or cpu-100m (default without one)");
   cmd->add_option("--model", a->model_dir,
                   "Measure this checkpoint folder instead of a preset (also reports its load time)");
   cmd->add_option("--device", a->device, "auto, cuda or cpu")->capture_default_str();
   cmd->add_option("--contexts", a->contexts, "Context lengths to measure decode at")->capture_default_str()
-      ->delimiter(',');
-  cmd->add_option("--prefill", a->prefill, "Prompt length for the prefill measurement; 0 = skip")->capture_default_str();
+      ->delimiter(',')->check(int_in_range<int64_t>(1, engine::kMaxContextTokens));
+  cmd->add_option("--prefill", a->prefill, "Prompt length for the prefill measurement; 0 = skip")
+      ->capture_default_str()->check(int_in_range<int64_t>(0, engine::kMaxPrefillChunk));
   cmd->add_option("--prefill-chunk", a->prefill_chunk, "Tokens per prefill forward; 0 = the whole prompt")
-      ->capture_default_str();
+      ->capture_default_str()->check(int_in_range<int64_t>(0, engine::kMaxPrefillChunk));
   cmd->add_option("--decode-steps", a->decode_steps, "Decode steps timed per repeat")->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(int_in_range<int64_t>(1, kMaxDecodeSteps));
   cmd->add_option("--repeats", a->repeats, "Timed repeats (the median is reported)")->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--threads", a->threads, "CPU threads; 0 = all cores")->capture_default_str();
+      ->check(int_in_range<int>(1, kMaxRepeats));
+  cmd->add_option("--threads", a->threads, "CPU threads; 0 = all cores")->capture_default_str()
+      ->check(int_in_range<int>(0, engine::kMaxThreads));
   cmd->add_option("--json", a->json_path, "Write the measurements as JSON here");
   cmd->add_option("--commit", a->commit, "Commit id recorded with the results")->capture_default_str();
   cmd->add_flag("--profile", a->profile, "Also print per-op GPU time of a decode step at each context (CUDA)");

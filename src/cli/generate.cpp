@@ -1,19 +1,23 @@
 // `specula generate`: tokenize a prompt (optionally through the model's chat template), run it,
 // stream the text as it is produced, and end with prefill and decode speeds on stderr.
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
+#include <limits>
+#include <random>
 #include <sstream>
 #include <string>
 
 #include "commands.h"
-#include "device_option.h"
+#include "options.h"
+#include "terminal.h"
 #include "specula/core/error.h"
+#include "specula/core/mapped_file.h"
+#include "specula/engine/limits.h"
 #include "specula/engine/engine.h"
 #include "specula/engine/generator.h"
 #include "specula/text/chat_template.h"
@@ -25,55 +29,73 @@ namespace {
 
 struct GenerateArgs {
   std::string model_dir, prompt, prompt_file, system, device = "auto";
-  bool chat = false, ignore_eos = false, no_think = false;
+  bool prompt_given = false;  // -p was on the command line (even as -p "")
+  bool chat = false, ignore_eos = false, no_think = false, allow_long_context = false;
   int64_t max_new_tokens = 256, max_context = 0, prefill_chunk = 512;
   int threads = 0;
+  std::optional<uint64_t> seed;
   sampling::SamplingParams sampling;
 };
 
-void print_progress(int64_t done, int64_t total) {
-  constexpr int kWidth = 30;
-  const int filled = static_cast<int>(kWidth * done / std::max<int64_t>(total, 1));
-  std::fprintf(stderr, "\rprefill [%.*s%*s] %lld/%lld tokens", filled, "==============================",
-               kWidth - filled, "", static_cast<long long>(done), static_cast<long long>(total));
-  if (done == total) std::fputc('\n', stderr);
-}
-
+// The prompt text, checked before anything is loaded: exactly one source, not empty.
 std::string read_prompt(const GenerateArgs& a) {
-  SPECULA_CHECK(a.prompt.empty() != a.prompt_file.empty(), "give exactly one of --prompt and --prompt-file");
-  if (!a.prompt.empty()) return a.prompt;
-  if (a.prompt_file == "-") {
+  SPECULA_CHECK(a.prompt_given != !a.prompt_file.empty(), "give exactly one of --prompt and --prompt-file");
+  std::string text;
+  if (a.prompt_given) {
+    text = a.prompt;
+  } else if (a.prompt_file == "-") {
     std::ostringstream s;
     s << std::cin.rdbuf();
-    return s.str();
+    text = s.str();
+  } else {
+    text = with_context("--prompt-file", [&] { return read_text_file(a.prompt_file); });
   }
-  std::ifstream in(a.prompt_file);
-  SPECULA_CHECK(in.good(), a.prompt_file, ": cannot read the prompt file");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
+  const char* source = a.prompt_given ? "--prompt" : a.prompt_file == "-" ? "the prompt on stdin" : a.prompt_file.c_str();
+  SPECULA_CHECK(!text.empty(), source, ": the prompt is empty");
+  return text;
 }
 
-void run_generate(const GenerateArgs& a) {
-  const std::filesystem::path tok_path = std::filesystem::path(a.model_dir) / "tokenizer.json";
-  SPECULA_CHECK(std::filesystem::exists(tok_path), a.model_dir, ": no tokenizer.json (specula needs the Hugging Face "
-                "tokenizer file beside the weights)");
-  const text::Tokenizer tokenizer = text::Tokenizer::from_file(tok_path.string());
+// The model folder must exist before its files are looked for, so a typo in -m says so.
+void check_model_dir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status status = fs::status(dir, ec);
+  SPECULA_CHECK(fs::exists(status), dir, ": no such directory (-m takes a Hugging Face model folder)");
+  SPECULA_CHECK(fs::is_directory(status), dir, ": not a directory (-m takes a Hugging Face model folder)");
+  SPECULA_CHECK(fs::exists(fs::path(dir) / "tokenizer.json"), dir, ": no tokenizer.json (specula needs the Hugging "
+                "Face tokenizer file beside the weights)");
+}
+
+void run_generate(GenerateArgs a) {
+  check_model_dir(a.model_dir);
   const std::string prompt_text = read_prompt(a);
+  SPECULA_CHECK(a.system.empty() || a.chat, "--system needs --chat");
+  SPECULA_CHECK(!a.no_think || a.chat, "--no-think needs --chat");
+  const Device device = parse_device(a.device);
+  if (!a.sampling.is_greedy()) {
+    // Sampling without --seed draws a fresh seed and says which, so the run can be repeated.
+    a.sampling.seed = a.seed ? *a.seed : (static_cast<uint64_t>(std::random_device{}()) << 32) | std::random_device{}();
+    if (!a.seed) std::fprintf(stderr, "seed %llu (pass --seed %llu to repeat this run)\n",
+                              static_cast<unsigned long long>(a.sampling.seed),
+                              static_cast<unsigned long long>(a.sampling.seed));
+  }
+  const text::Tokenizer tokenizer =
+      text::Tokenizer::from_file((std::filesystem::path(a.model_dir) / "tokenizer.json").string());
 
   engine::EngineOptions options;
   options.model_dir = a.model_dir;
-  options.device = parse_device(a.device);
+  options.device = device;
   options.threads = a.threads;
   options.max_context = a.max_context;
+  options.allow_context_beyond_model = a.allow_long_context;
   options.prefill_chunk = a.prefill_chunk;
-  const bool tty = isatty(fileno(stderr));
-  options.progress = [tty](std::string_view stage, size_t done, size_t total) {
-    if (tty) std::fprintf(stderr, "\rloading %.*s %3d%%", static_cast<int>(stage.size()), stage.data(),
-                          static_cast<int>(100.0 * done / std::max<size_t>(total, 1)));
+  options.progress = [](std::string_view stage, size_t done, size_t total) {
+    draw_status_line("loading " + std::string(stage) + " " +
+                     std::to_string(static_cast<int>(100.0 * static_cast<double>(done) /
+                                                     static_cast<double>(std::max<size_t>(total, 1)))) + "%");
   };
   auto engine = engine::Engine::load(options);
-  if (tty) std::fprintf(stderr, "\r");
+  end_status_line();
   std::fprintf(stderr, "loaded %s (%s) on %s in %.2f s, context %lld tokens\n", a.model_dir.c_str(),
                engine->config().architecture.c_str(), engine->device_description().c_str(), engine->load_seconds(),
                static_cast<long long>(engine->max_context()));
@@ -84,6 +106,8 @@ void run_generate(const GenerateArgs& a) {
   if (!a.ignore_eos) request.stop_ids = engine->config().eos_token_ids;
   if (a.chat) {
     const text::ChatStyle style = text::detect_chat_style(a.model_dir, std::string(model::family_name(engine->config().family)));
+    SPECULA_CHECK(!a.no_think || style == text::ChatStyle::Qwen3, "--no-think: the ", text::chat_style_name(style),
+                  " chat template of this model has no thinking switch (only Qwen3's has)");
     std::vector<text::ChatMessage> messages;
     if (!a.system.empty()) messages.push_back({"system", a.system});
     messages.push_back({"user", prompt_text});
@@ -99,26 +123,41 @@ void run_generate(const GenerateArgs& a) {
           if (std::find(request.stop_ids.begin(), request.stop_ids.end(), *id) == request.stop_ids.end())
             request.stop_ids.push_back(*id);
   } else {
-    SPECULA_CHECK(a.system.empty(), "--system needs --chat");
     request.prompt = tokenizer.encode(prompt_text, /*add_special_tokens=*/true, /*parse_special=*/true);
   }
 
   text::StreamDecoder stream(tokenizer, /*skip_special_tokens=*/true);
   engine::GenerationCallbacks callbacks;
+  bool wrote_text = false;
   callbacks.on_token = [&](int32_t id) {
     const std::string piece = stream.push(id);
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
+    wrote_text = wrote_text || !piece.empty();
     return true;
   };
   if (static_cast<int64_t>(request.prompt.size()) > 2 * engine->prefill_chunk())
-    callbacks.on_prefill_progress = print_progress;
+    callbacks.on_prefill_progress = [](int64_t done, int64_t total) {
+      draw_progress_bar("prefill", done, total);
+      if (done == total) end_status_line();
+    };
   engine::Generator generator(*engine);
-  const engine::GenerationResult result = generator.generate(request, callbacks);
+  engine::GenerationResult result;
+  try {
+    result = generator.generate(request, callbacks);
+  } catch (...) {
+    if (wrote_text) std::fputc('\n', stdout);  // the error goes on a line of its own
+    throw;
+  }
   const std::string tail = stream.flush();
   std::fwrite(tail.data(), 1, tail.size(), stdout);
   std::fputc('\n', stdout);
   std::fflush(stdout);
+  if (!result.prefill_ran) {
+    std::fprintf(stderr, "nothing generated (-n 0): the prompt has %lld tokens; no forward pass was run\n",
+                 static_cast<long long>(result.prompt_tokens));
+    return;
+  }
   std::fprintf(stderr,
                "prefill: %lld tokens in %.3f s (%.1f tok/s) | decode: %zu tokens in %.3f s (%.1f tok/s) | finish: %s\n",
                static_cast<long long>(result.prompt_tokens), result.prefill_seconds, result.prefill_tokens_per_second(),
@@ -131,18 +170,29 @@ void run_generate(const GenerateArgs& a) {
 void add_generate_command(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt, streaming it to stdout");
+  // A flag given twice takes its last value, so wrappers (scripts/quickstart.sh) can put their
+  // defaults first and let the user's arguments override them.
+  cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd->add_option("-m,--model", a->model_dir, "Hugging Face model folder (config.json, weights, tokenizer.json)")
       ->required();
-  cmd->add_option("-p,--prompt", a->prompt, "Prompt text");
+  cmd->add_option_function<std::string>(
+      "-p,--prompt",
+      [a](const std::string& text) {
+        a->prompt = text;
+        a->prompt_given = true;
+      },
+      "Prompt text, taken literally (no escapes are interpreted: for a newline use the shell's $'...' "
+      "quoting, e.g. -p $'Line one\\nLine two', or --prompt-file)");
   cmd->add_option("-f,--prompt-file", a->prompt_file, "Read the prompt from a file ('-' for stdin)");
   cmd->add_flag("--chat", a->chat, "Wrap the prompt as a user message in the model's chat template");
-  cmd->add_option("--system", a->system, "System message (with --chat)");
-  cmd->add_flag("--no-think", a->no_think, "Qwen3 chat: disable thinking (empty <think> block)");
-  cmd->add_option("-n,--max-new-tokens", a->max_new_tokens, "Tokens to generate at most")->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--system", a->system, "System message (needs --chat)");
+  cmd->add_flag("--no-think", a->no_think, "Qwen3 chat template only: disable thinking (empty <think> block)");
+  cmd->add_option("-n,--max-new-tokens", a->max_new_tokens, "Tokens to generate at most (0: tokenize only)")
+      ->capture_default_str()->check(int_in_range<int64_t>(0, engine::kMaxNewTokens));
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at end-of-sequence tokens");
   cmd->add_option("--temperature", a->sampling.temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
-  cmd->add_option("--top-k", a->sampling.top_k, "Keep the k most likely tokens; 0 = off")->capture_default_str();
+  cmd->add_option("--top-k", a->sampling.top_k, "Keep the k most likely tokens; 0 = off")->capture_default_str()
+      ->check(int_in_range<int>(0, std::numeric_limits<int>::max()));
   cmd->add_option("--top-p", a->sampling.top_p, "Nucleus sampling mass; 1 = off")->capture_default_str();
   cmd->add_option("--min-p", a->sampling.min_p, "Drop tokens below min-p x the top probability; 0 = off")
       ->capture_default_str();
@@ -152,15 +202,22 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--frequency-penalty", a->sampling.frequency_penalty, "OpenAI frequency penalty; 0 = off")
       ->capture_default_str();
-  cmd->add_option("--seed", a->sampling.seed, "Random seed (same seed, same output)")->capture_default_str();
+  cmd->add_option("--seed", a->seed,
+                  "Random seed for sampling, 0 to 2^64-1 (same seed, same output); without it a fresh seed is "
+                  "drawn and printed")
+      ->check(int_in_range<uint64_t>(0, std::numeric_limits<uint64_t>::max()));
   cmd->add_option("--device", a->device, "auto (CUDA when a GPU is present), cuda or cpu")->capture_default_str();
-  cmd->add_option("--threads", a->threads, "CPU threads; 0 = all cores")->capture_default_str();
+  cmd->add_option("--threads", a->threads, "CPU threads; 0 = all cores")->capture_default_str()
+      ->check(int_in_range<int>(0, engine::kMaxThreads));
   cmd->add_option("--max-context", a->max_context,
                   "KV-cache length in tokens; 0 = the model's limit, capped at 4096 on the CPU and by free "
                   "memory on the GPU")
-      ->capture_default_str();
+      ->capture_default_str()->check(int_in_range<int64_t>(0, engine::kMaxContextTokens));
+  cmd->add_flag("--allow-long-context", a->allow_long_context,
+                "Allow --max-context above the model's max_position_embeddings (output past the trained length "
+                "is not to be trusted)");
   cmd->add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per forward pass")->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(int_in_range<int64_t>(1, engine::kMaxPrefillChunk));
   cmd->callback([a] {
     a->sampling.validate();
     run_generate(*a);

@@ -49,11 +49,13 @@ void run_inspect(const std::string& dir, bool all_tensors) {
   for (const auto& [dtype, ce] : by_dtype)
     std::printf("dtype          %-5s %lld tensors, %s elements\n", dtype.c_str(), static_cast<long long>(ce.first),
                 human(static_cast<double>(ce.second)).c_str());
+  std::string mismatch;
   try {
     ArenaPlan plan;
     model::plan_weights(config, checkpoint, model::WeightFormat{}, plan);
     std::printf("layout         OK: every tensor matches config.json\n");
   } catch (const std::exception& e) {
+    mismatch = e.what();
     std::printf("layout         MISMATCH: %s\n", e.what());
   }
   const auto names = checkpoint.names();
@@ -73,6 +75,10 @@ void run_inspect(const std::string& dir, bool all_tensors) {
   } else {
     std::printf("tokenizer      none (no tokenizer.json)\n");
   }
+  // The report above is printed in full either way; a mismatch still fails the command, so
+  // scripts that check a download with `specula inspect` see it.
+  std::fflush(stdout);
+  SPECULA_CHECK(mismatch.empty(), dir, ": the checkpoint does not match config.json: ", mismatch);
 }
 }  // namespace
 

@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "commands.h"
+#include "terminal.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"specula: LLM inference engine for Llama-3, Qwen2/2.5/3 and MiniCPM4 checkpoints"};
@@ -19,7 +20,8 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const std::exception& e) {
     std::fflush(stdout);
-    std::fprintf(stderr, "\nspecula: error: %s\n", e.what());
+    specula::cli::end_status_line();
+    std::fprintf(stderr, "specula: error: %s\n", e.what());
     return 1;
   }
   return 0;

@@ -6,7 +6,9 @@
 #include <filesystem>
 #include <fstream>
 
+#include "specula/core/checked_size.h"
 #include "specula/core/error.h"
+#include "specula/engine/limits.h"
 #include "specula/io/checkpoint.h"
 #include "specula/sampling/gpu_sampler.h"
 #include "specula/sampling/params.h"
@@ -32,6 +34,24 @@ void plan_device_scratch(const model::ModelConfig& config, ArenaPlan& plan) {
   (void)plan;
 #endif
 }
+
+// The sizes a caller asked for, against engine/limits.h and the model's own context limit: checked
+// before anything is planned, so a huge value is an error naming the option, not a wrapped size.
+void validate_options(const model::ModelConfig& config, const EngineOptions& options) {
+  SPECULA_CHECK(options.threads >= 0 && options.threads <= kMaxThreads, "--threads must be from 0 (all cores) to ",
+                kMaxThreads, ", got ", options.threads);
+  SPECULA_CHECK(options.max_context >= 0 && options.max_context <= kMaxContextTokens,
+                "--max-context must be from 0 (the default) to ", kMaxContextTokens, " tokens, got ",
+                options.max_context);
+  SPECULA_CHECK(options.prefill_chunk >= 1 && options.prefill_chunk <= kMaxPrefillChunk,
+                "--prefill-chunk must be from 1 to ", kMaxPrefillChunk, " tokens, got ", options.prefill_chunk);
+  SPECULA_CHECK(options.max_logit_rows >= 1 && options.max_logit_rows <= kMaxPrefillChunk,
+                "max_logit_rows must be from 1 to ", kMaxPrefillChunk, ", got ", options.max_logit_rows);
+  SPECULA_CHECK(options.max_context <= config.max_position_embeddings || options.allow_context_beyond_model,
+                "--max-context ", options.max_context, " exceeds the model's own limit of ",
+                config.max_position_embeddings, " tokens (max_position_embeddings in ", config.source,
+                "); pass --allow-long-context to run past it anyway");
+}
 }  // namespace
 
 int64_t default_context(const model::ModelConfig& config, Device device) {
@@ -46,6 +66,7 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
                                       DType weight_dtype, const std::function<void(ArenaPlan&)>& plan_weights,
                                       const std::function<model::ModelWeights(Engine&)>& make_weights) {
   const auto start = std::chrono::steady_clock::now();
+  validate_options(config, options);
   std::unique_ptr<Engine> engine(new Engine());
   engine->options_ = options;
   engine->pool_ = std::make_unique<ThreadPool>(options.threads);
@@ -78,8 +99,9 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
     model::Transformer::plan(config, no_cache, dtypes, fixed);
     plan_device_scratch(config, fixed);
     const size_t free_bytes = cuda_free_memory();
-    const size_t row_bytes = 2 * static_cast<size_t>(config.num_layers * config.num_kv_heads * config.head_dim) *
-                             dtype_size(dtypes.kv_cache);
+    const size_t row_bytes = checked_nbytes(
+        checked_numel({2, config.num_layers, config.num_kv_heads, config.head_dim}, "KV-cache row"), dtypes.kv_cache,
+        "KV-cache row");
     const size_t available = free_bytes > fixed.total() + kReserveBytes ? free_bytes - fixed.total() - kReserveBytes : 0;
     context = std::min<int64_t>(config.max_position_embeddings, static_cast<int64_t>(available / row_bytes));
     SPECULA_CHECK(context >= shape.max_tokens, config.source, ": the weights and buffers need ", fixed.total() >> 20,

@@ -36,6 +36,8 @@ struct EngineOptions {
   int threads = 0;                // CPU worker threads; 0 = all cores
   int64_t max_context = 0;        // KV-cache rows; 0 = default: CPU min(model limit, 4096), CUDA as
                                   // much of the model's limit as free GPU memory holds
+  // A max_context above the model's max_position_embeddings is refused unless this is set.
+  bool allow_context_beyond_model = false;
   int64_t prefill_chunk = 512;    // tokens per prefill forward
   int64_t max_logit_rows = 1;     // logits rows one forward can return (tests use the prompt length)
   std::optional<DType> weight_dtype;  // nullopt: checkpoint dtype on CPU, bf16/f16 on CUDA

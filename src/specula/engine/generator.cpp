@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "specula/core/error.h"
+#include "specula/engine/limits.h"
 #include "specula/engine/engine.h"
 #include "specula/sampling/sampler.h"
 
@@ -36,7 +37,8 @@ GenerationResult Generator::generate(const GenerationRequest& request, const Gen
                 " (raise --max-context or shorten the prompt)");
   for (int32_t id : request.prompt)
     SPECULA_CHECK(id >= 0 && id < vocab, "prompt token id ", id, " is outside the model's vocabulary [0, ", vocab, ")");
-  SPECULA_CHECK(request.max_new_tokens >= 0, "max_new_tokens must not be negative");
+  SPECULA_CHECK(request.max_new_tokens >= 0 && request.max_new_tokens <= kMaxNewTokens,
+                "max_new_tokens must be from 0 to ", kMaxNewTokens, ", got ", request.max_new_tokens);
   sampling::Sampler sampler(request.sampling);
 
   GenerationResult result;
@@ -45,6 +47,7 @@ GenerationResult Generator::generate(const GenerationRequest& request, const Gen
 
   std::vector<int32_t> positions, ids;
   std::vector<float> logits;
+  result.prefill_ran = true;
   const auto prefill_start = clock::now();
   const int64_t chunk = engine_.prefill_chunk();
   for (int64_t begin = 0; begin < prompt_len; begin += chunk) {

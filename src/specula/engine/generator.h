@@ -31,6 +31,7 @@ struct GenerationResult {
   std::vector<int32_t> tokens;  // generated ids, without the stop token
   FinishReason finish_reason = FinishReason::Length;
   int64_t prompt_tokens = 0;
+  bool prefill_ran = false;      // false when max_new_tokens is 0: the prompt was checked, not run
   double prefill_seconds = 0.0;  // prompt forward passes until the first token is chosen
   double decode_seconds = 0.0;   // the remaining tokens
   double prefill_tokens_per_second() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0.0; }

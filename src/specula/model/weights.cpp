@@ -1,6 +1,7 @@
 // Checkpoint -> device weights (see weights.h).
 #include "specula/model/weights.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -8,6 +9,7 @@
 #include <set>
 #include <string>
 
+#include "specula/core/checked_size.h"
 #include "specula/core/error.h"
 #include "specula/io/checkpoint.h"
 #include "specula/ops/ops.h"
@@ -38,6 +40,38 @@ struct Layout {
   std::vector<WeightSpec> specs;
   std::set<std::string> ignored;  // names present in real checkpoints that carry nothing we need
 };
+
+// The number of decoder layers a checkpoint holds: one past the largest N of "model.layers.N.*".
+// Returns -1 when a layer index is not a plain decimal number (the layout check names it later).
+int64_t layers_in_checkpoint(const io::Checkpoint& checkpoint) {
+  constexpr std::string_view kPrefix = "model.layers.";
+  constexpr size_t kMaxIndexDigits = 9;  // keeps the parsed index far from int64 overflow
+  int64_t count = 0;
+  for (const std::string& name : checkpoint.names()) {
+    if (name.compare(0, kPrefix.size(), kPrefix) != 0) continue;
+    const size_t end = name.find('.', kPrefix.size());
+    const std::string_view digits = std::string_view(name).substr(kPrefix.size(), end - kPrefix.size());
+    if (end == std::string::npos || digits.empty() || digits.size() > kMaxIndexDigits ||
+        digits.find_first_not_of("0123456789") != std::string_view::npos)
+      return -1;
+    count = std::max<int64_t>(count, std::stoll(std::string(digits)) + 1);
+  }
+  return count;
+}
+
+// Cheap checks of config.json against the checkpoint before the per-layer layout is built: the
+// layout holds a dozen names per layer, so an absurd num_hidden_layers would otherwise take
+// gigabytes and minutes before the first missing tensor is reported.
+void check_plausible(const ModelConfig& c, const io::Checkpoint& checkpoint) {
+  const int64_t layers = layers_in_checkpoint(checkpoint);
+  SPECULA_CHECK(layers < 0 || layers == c.num_layers, c.source, ": num_hidden_layers is ", c.num_layers, " but ",
+                checkpoint.path(), " holds ", layers, " layers (model.layers.0 to model.layers.", layers - 1, ")");
+  const io::CheckpointTensor* embed = checkpoint.find("model.embed_tokens.weight");
+  SPECULA_CHECK(embed != nullptr, checkpoint.path(), ": tensor 'model.embed_tokens.weight' is missing");
+  const std::vector<int64_t> expected{c.vocab_size, c.hidden_size};
+  SPECULA_CHECK(embed->shape == expected, c.source, ": vocab_size ", c.vocab_size, " and hidden_size ", c.hidden_size,
+                " do not match 'model.embed_tokens.weight' of shape ", shape_str(embed->shape), " in ", embed->file);
+}
 
 Layout layout_for(const ModelConfig& c) {
   Layout layout;
@@ -109,6 +143,11 @@ std::vector<int64_t> device_shape(const WeightSpec& spec) {
   return shape;
 }
 
+// Device bytes of one assembled weight, overflow-checked.
+size_t spec_bytes(const WeightSpec& spec, DType dtype) {
+  return checked_nbytes(checked_numel(device_shape(spec), spec.target), dtype, spec.target);
+}
+
 Tensor make_tensor(void* data, DType dtype, const std::vector<int64_t>& shape, Device device) {
   Tensor t = shape.size() == 1 ? Tensor(data, dtype, {shape[0]}, device) : Tensor(data, dtype, {shape[0], shape[1]}, device);
   return t;
@@ -177,33 +216,25 @@ void assemble(const ModelConfig& config, const std::map<std::string, Tensor>& pl
 
 size_t plan_weights(const ModelConfig& config, const io::Checkpoint& checkpoint, const WeightFormat& format,
                     ArenaPlan& plan) {
+  check_plausible(config, checkpoint);
   const Layout layout = layout_for(config);
   const std::vector<DType> dtypes = validate(config, layout, checkpoint, format);
-  size_t total = 0;
-  for (size_t i = 0; i < layout.specs.size(); ++i) {
-    size_t n = dtype_size(dtypes[i]);
-    for (int64_t d : device_shape(layout.specs[i])) n *= static_cast<size_t>(d);
-    plan.add(n);
-    total += align_up(n, kArenaAlignment);
-  }
-  return total;
+  const size_t before = plan.total();
+  for (size_t i = 0; i < layout.specs.size(); ++i) plan.add(spec_bytes(layout.specs[i], dtypes[i]));
+  return plan.total() - before;
 }
 
 size_t plan_random_weights(const ModelConfig& config, DType dtype, ArenaPlan& plan) {
-  size_t total = 0;
-  for (const WeightSpec& spec : layout_for(config).specs) {
-    size_t n = dtype_size(dtype);
-    for (int64_t d : device_shape(spec)) n *= static_cast<size_t>(d);
-    plan.add(n);
-    total += align_up(n, kArenaAlignment);
-  }
-  return total;
+  const size_t before = plan.total();
+  for (const WeightSpec& spec : layout_for(config).specs) plan.add(spec_bytes(spec, dtype));
+  return plan.total() - before;
 }
 
 ModelWeights load_weights(const ModelConfig& config, const io::Checkpoint& checkpoint, const WeightFormat& format,
                           Arena& arena, const std::function<void(size_t, size_t)>& progress) {
   SPECULA_CHECK(arena.device() == format.device, "load_weights: arena is on ", device_name(arena.device()),
                 " but weights were asked for on ", device_name(format.device));
+  check_plausible(config, checkpoint);
   const Layout layout = layout_for(config);
   const std::vector<DType> dtypes = validate(config, layout, checkpoint, format);
   size_t total_bytes = 0;
@@ -217,8 +248,7 @@ ModelWeights load_weights(const ModelConfig& config, const io::Checkpoint& check
   for (size_t i = 0; i < layout.specs.size(); ++i) {
     const WeightSpec& spec = layout.specs[i];
     const std::vector<int64_t> shape = device_shape(spec);
-    size_t bytes = dtype_size(dtypes[i]);
-    for (int64_t d : shape) bytes *= static_cast<size_t>(d);
+    const size_t bytes = spec_bytes(spec, dtypes[i]);
     auto* base = static_cast<uint8_t*>(arena.alloc_bytes(bytes));
     size_t offset = 0;
     for (const std::string& name : spec.sources) {
@@ -245,8 +275,7 @@ ModelWeights random_weights(const ModelConfig& config, DType dtype, Arena& arena
   for (size_t i = 0; i < layout.specs.size(); ++i) {
     const WeightSpec& spec = layout.specs[i];
     const std::vector<int64_t> shape = device_shape(spec);
-    size_t bytes = dtype_size(dtype);
-    for (int64_t d : shape) bytes *= static_cast<size_t>(d);
+    const size_t bytes = spec_bytes(spec, dtype);
     Tensor t = make_tensor(arena.alloc_bytes(bytes), dtype, shape, arena.device());
     // Norm weights near 1 would need an offset; any bounded values serve a benchmark. Matrices get
     // the usual 1/sqrt(fan_in) range so activations stay finite through many layers.
