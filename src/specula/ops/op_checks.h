@@ -5,6 +5,7 @@
 #pragma once
 
 #include <initializer_list>
+#include <span>
 #include <string_view>
 
 #include "specula/core/error.h"
@@ -32,7 +33,7 @@ inline void check_dim(std::string_view op, std::string_view what, const Tensor& 
 }
 
 // All non-empty tensors share one device; returns it.
-inline Device common_device(std::string_view op, std::initializer_list<const Tensor*> tensors) {
+inline Device common_device(std::string_view op, std::span<const Tensor* const> tensors) {
   const Tensor* first = nullptr;
   for (const Tensor* t : tensors) {
     if (t->empty()) continue;
@@ -42,6 +43,9 @@ inline Device common_device(std::string_view op, std::initializer_list<const Ten
   }
   SPECULA_CHECK(first != nullptr, op, ": no tensors");
   return first->device;
+}
+inline Device common_device(std::string_view op, std::initializer_list<const Tensor*> tensors) {
+  return common_device(op, std::span<const Tensor* const>(tensors.begin(), tensors.size()));
 }
 
 }  // namespace specula::ops

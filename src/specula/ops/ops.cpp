@@ -3,6 +3,8 @@
 // are safe during CUDA graph capture.
 #include "specula/ops/ops.h"
 
+#include <vector>
+
 #include "specula/core/thread_pool.h"
 #include "specula/ops/cpu/cpu_ops.h"
 #include "specula/ops/op_checks.h"
@@ -101,7 +103,7 @@ Device check_qkv_rope_store(std::string_view op, const Tensor& qkv, const Tensor
 
 // Argument checks of attention (also qkv_attention's, with q_out as q); returns the device.
 Device check_attention(std::string_view op, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                       const Tensor& slots, const Tensor& out) {
+                       const Tensor& slots, const Tensor& out, const AttentionMask& mask) {
   check_float(op, "q", q);
   check_rank(op, "q", q, 3);
   check_kv_caches(op, k_cache, v_cache);
@@ -114,7 +116,17 @@ Device check_attention(std::string_view op, const Tensor& q, const Tensor& k_cac
   check_float(op, "out", out);
   SPECULA_CHECK(out.numel() == q.numel() && out.rows() == tokens, op, ": out ", out.shape_string(), " must be [",
                 tokens, ", ", n_heads * hd, "]");
-  const Device device = common_device(op, {&q, &k_cache, &v_cache, &slots, &out});
+  if (mask.is_tree()) {
+    check_dtype(op, "mask.tree_bits", mask.tree_bits, DType::I32);
+    check_rank(op, "mask.tree_bits", mask.tree_bits, 2);
+    SPECULA_CHECK(mask.width >= 1 && mask.width <= k_cache.dim(1), op, ": tree mask width ", mask.width,
+                  " must be from 1 to the cache capacity ", k_cache.dim(1));
+    check_dim(op, "mask.tree_bits", mask.tree_bits, 0, tokens);
+    check_dim(op, "mask.tree_bits", mask.tree_bits, 1, AttentionMask::tree_words(mask.width));
+  } else {
+    SPECULA_CHECK(mask.width == 0, op, ": a causal mask has no width");
+  }
+  const Device device = common_device(op, {&q, &k_cache, &v_cache, &slots, &out, &mask.tree_bits});
   check_cpu_f32(op, device, {&q, &k_cache, &v_cache, &out});
   return device;
 }
@@ -227,26 +239,48 @@ void qkv_rope_store(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, con
 }
 
 void attention(OpContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& slots,
-               float scale, Tensor& out) {
+               float scale, Tensor& out, const AttentionMask& mask) {
   constexpr std::string_view op = "attention";
-  const Device device = check_attention(op, q, k_cache, v_cache, slots, out);
-  dispatch(op, ctx, device, [&](ThreadPool& p) { cpu::attention(p, q, k_cache, v_cache, slots, scale, out); },
-           SPECULA_ON_CUDA(attention(c, q, k_cache, v_cache, slots, scale, out)));
+  const Device device = check_attention(op, q, k_cache, v_cache, slots, out, mask);
+  dispatch(op, ctx, device, [&](ThreadPool& p) { cpu::attention(p, q, k_cache, v_cache, slots, scale, out, mask); },
+           SPECULA_ON_CUDA(attention(c, q, k_cache, v_cache, slots, scale, out, mask)));
 }
 
 void qkv_attention(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale, Tensor& q_out,
-                   Tensor& k_cache, Tensor& v_cache, Tensor& out) {
+                   Tensor& k_cache, Tensor& v_cache, Tensor& out, const AttentionMask& mask) {
   constexpr std::string_view op = "qkv_attention";
   const Device device = check_qkv_rope_store(op, qkv, q_norm, k_norm, rope, positions, slots, q_out, k_cache, v_cache);
-  check_attention(op, q_out, k_cache, v_cache, slots, out);  // its device check includes out
+  check_attention(op, q_out, k_cache, v_cache, slots, out, mask);  // its device check includes out and the mask
   dispatch(op, ctx, device,
            [&](ThreadPool& p) {
              cpu::qkv_rope_store(p, qkv, q_norm, k_norm, norm_eps, rope, positions, slots, q_out, k_cache, v_cache);
-             cpu::attention(p, q_out, k_cache, v_cache, slots, scale, out);
+             cpu::attention(p, q_out, k_cache, v_cache, slots, scale, out, mask);
            },
            SPECULA_ON_CUDA(qkv_attention(c, qkv, q_norm, k_norm, norm_eps, rope, positions, slots, scale, q_out,
-                                         k_cache, v_cache, out)));
+                                         k_cache, v_cache, out, mask)));
+}
+
+void kv_gather(OpContext& ctx, std::span<Tensor> caches, const Tensor& src_rows, const Tensor& dst_rows,
+               const Tensor& count) {
+  constexpr std::string_view op = "kv_gather";
+  check_dtype(op, "src_rows", src_rows, DType::I32);
+  check_dtype(op, "dst_rows", dst_rows, DType::I32);
+  check_dtype(op, "count", count, DType::I32);
+  SPECULA_CHECK(src_rows.numel() == dst_rows.numel(), op, ": src_rows ", src_rows.shape_string(), " and dst_rows ",
+                dst_rows.shape_string(), " differ in length");
+  SPECULA_CHECK(count.numel() == 1, op, ": count must hold one entry, got ", count.shape_string());
+  std::vector<const Tensor*> operands = {&src_rows, &dst_rows, &count};
+  for (const Tensor& cache : caches) {
+    check_float(op, "cache", cache);
+    check_rank(op, "cache", cache, 3);
+    check_same_shape(op, "cache", cache, "the first cache", caches[0]);
+    SPECULA_CHECK(cache.dtype == caches[0].dtype, op, ": the caches differ in dtype");
+    operands.push_back(&cache);
+  }
+  const Device device = common_device(op, std::span<const Tensor* const>(operands));
+  dispatch(op, ctx, device, [&](ThreadPool& p) { cpu::kv_gather(p, caches, src_rows, dst_rows, count); },
+           SPECULA_ON_CUDA(kv_gather(c, caches, src_rows, dst_rows, count)));
 }
 
 void silu_mul(OpContext& ctx, const Tensor& gate_up, Tensor& out) {

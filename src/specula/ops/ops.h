@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "specula/core/tensor.h"
@@ -95,12 +96,45 @@ void qkv_rope_store(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, con
                     float norm_eps, const RopeParams& rope, const Tensor& positions, const Tensor& slots,
                     Tensor& q_out, Tensor& k_cache, Tensor& v_cache);
 
-// Scaled dot-product attention of T queries over the KV cache, causal by cache row: query t sees
-// rows [0, slots[t]]. GQA: query head j uses KV head j / (n_heads / n_kv).
-// q [T, n_heads, hd]; k_cache, v_cache [n_kv, capacity, hd]; slots [T] I32;
-// out [T, n_heads * hd]. Softmax in fp32.
+// Which KV-cache rows each query of an attention call sees: the one definition of visibility for
+// every attention path (the CPU reference's attention_row_visible() below is its meaning; CUDA
+// kernels implement the same rule). Two kinds today, block-sparse rows come with InfLLM-V2:
+//   prefix-causal (tree_bits empty): query t sees rows [0, slots[t]];
+//   tree: the mask covers the `width` rows ending at the last query's own row,
+//     base = slots[T-1] - width + 1; query t sees every row below base, and row base + j
+//     (0 <= j < width) when bit j of its mask row is set; nothing above slots[T-1].
+// The tree kind serves both sides of speculative decoding: verification (the T tree nodes sit in
+// rows [base, base + T), each node's bits are its ancestors and itself) and a draft level (the
+// nodes of all draft levels so far sit in the last `width` rows). `base` comes from the slots on
+// the device, so a graph captured for one tree shape replays at any cache length.
+struct AttentionMask {
+  Tensor tree_bits;   // [T, tree_words(width)] I32 on the op's device (bit j of word j / 32, LSB first)
+  int64_t width = 0;  // mask columns (cache rows the tree covers)
+
+  static AttentionMask causal() { return {}; }
+  static AttentionMask tree(Tensor bits, int64_t width) { return {bits, width}; }
+  bool is_tree() const { return !tree_bits.empty(); }
+  static int64_t tree_words(int64_t width) { return (width + 31) / 32; }
+};
+
+// The meaning of AttentionMask for query t of `tokens` (host-side data): whether cache row `row`
+// is visible. `bits` points at the mask's [tokens, tree_words(width)] words (null for causal).
+inline bool attention_row_visible(const int32_t* slots, int64_t tokens, const uint32_t* bits, int64_t width, int64_t t,
+                                  int64_t row) {
+  if (bits == nullptr) return row <= slots[t];
+  const int64_t last = slots[tokens - 1], base = last - width + 1;
+  if (row < base) return true;
+  if (row > last) return false;
+  const int64_t j = row - base;
+  return (bits[t * AttentionMask::tree_words(width) + j / 32] >> (j % 32)) & 1u;
+}
+
+// Scaled dot-product attention of T queries over the KV cache, with visibility given by `mask`
+// (prefix-causal by default: query t sees rows [0, slots[t]]). GQA: query head j uses KV head
+// j / (n_heads / n_kv). q [T, n_heads, hd]; k_cache, v_cache [n_kv, capacity, hd]; slots [T] I32;
+// out [T, n_heads * hd]. Softmax in fp32. A query that sees no row gets zeros.
 void attention(OpContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-               const Tensor& slots, float scale, Tensor& out);
+               const Tensor& slots, float scale, Tensor& out, const AttentionMask& mask = AttentionMask::causal());
 
 // A decoder layer's attention from the fused QKV projection on: qkv_rope_store then attention
 // (same arguments and results; q_out holds the rotated queries afterwards). One op because the
@@ -111,7 +145,18 @@ void attention(OpContext& ctx, const Tensor& q, const Tensor& k_cache, const Ten
 // (they come from earlier forwards, which is how the engine fills the cache).
 void qkv_attention(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale,
-                   Tensor& q_out, Tensor& k_cache, Tensor& v_cache, Tensor& out);
+                   Tensor& q_out, Tensor& k_cache, Tensor& v_cache, Tensor& out,
+                   const AttentionMask& mask = AttentionMask::causal());
+
+// Moves KV-cache rows, the compaction after speculative verification: for i < count[0],
+// row dst_rows[i] of every cache in `caches` becomes what row src_rows[i] held before the call
+// (all sources are read before any destination is written, so the ranges may overlap).
+// caches: tensors of one shape [n_kv, capacity, hd] and dtype (K and V of every layer);
+// src_rows, dst_rows [n] I32; count [1] I32 (<= n), on the caches' device, so a captured graph
+// serves any accepted length. A row outside the cache is an error (CPU) or reported through the
+// CUDA context's error flag and skipped.
+void kv_gather(OpContext& ctx, std::span<Tensor> caches, const Tensor& src_rows, const Tensor& dst_rows,
+               const Tensor& count);
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, I + i].   gate_up [T, 2I]; out [T, I].
 void silu_mul(OpContext& ctx, const Tensor& gate_up, Tensor& out);

@@ -1,5 +1,7 @@
-// CPU attention over the KV cache, causal by cache row (reference for the CUDA prefill and
-// decode kernels). Two passes per (token, head): scores, then softmax-weighted sum of values.
+// CPU attention over the KV cache with the visibility of an ops::AttentionMask (the reference for
+// the CUDA prefill, decode and tree kernels). Two passes per (token, head): scores over the
+// visible rows, then the softmax-weighted sum of their values. Invisible rows are skipped, not
+// given -inf, so the sums run over exactly the rows the mask names.
 #include <algorithm>
 #include <cmath>
 
@@ -11,32 +13,41 @@
 namespace specula::ops::cpu {
 
 void attention(ThreadPool& pool, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& slots,
-               float scale, Tensor& out) {
+               float scale, Tensor& out, const AttentionMask& mask) {
   const int64_t tokens = q.dim(0), n_heads = q.dim(1), hd = q.dim(2), n_kv = k_cache.dim(0),
                 capacity = k_cache.dim(1), group = n_heads / n_kv;
   const int32_t* slot = slots.as<const int32_t>();
   for (int64_t t = 0; t < tokens; ++t)
     SPECULA_CHECK(slot[t] >= 0 && slot[t] < capacity, "attention: cache slot ", slot[t],
                   " is outside the KV cache of ", capacity, " rows");
+  const uint32_t* bits = mask.is_tree() ? mask.tree_bits.as<const uint32_t>() : nullptr;
+  if (bits != nullptr)
+    SPECULA_CHECK(slot[tokens - 1] - mask.width + 1 >= 0, "attention: the tree mask covers ", mask.width,
+                  " rows ending at row ", slot[tokens - 1], ", which starts before row 0");
   pool.parallel_for(tokens * n_heads, [&](int64_t begin, int64_t end) {
     float* scores = scratch_f32(Scratch::Scores, static_cast<size_t>(capacity));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / n_heads, h = item % n_heads, kv = h / group;
-      const int64_t length = static_cast<int64_t>(slot[t]) + 1;
+      // Rows past the last query's slot are never visible; below that the mask decides.
+      const int64_t length = static_cast<int64_t>(bits ? slot[tokens - 1] : slot[t]) + 1;
+      auto visible = [&](int64_t j) { return bits == nullptr || attention_row_visible(slot, tokens, bits, mask.width, t, j); };
       const float* qv = q.as<const float>() + (t * n_heads + h) * hd;
       const float* keys = k_cache.as<const float>() + kv * capacity * hd;
       const float* values = v_cache.as<const float>() + kv * capacity * hd;
       float max_score = -INFINITY;
       for (int64_t j = 0; j < length; ++j) {
+        if (!visible(j)) continue;
         scores[j] = scale * dot_f32(qv, keys + j * hd, static_cast<size_t>(hd));
         max_score = std::max(max_score, scores[j]);
       }
       float sum = 0.0f;
-      for (int64_t j = 0; j < length; ++j) sum += (scores[j] = std::exp(scores[j] - max_score));
+      for (int64_t j = 0; j < length; ++j)
+        if (visible(j)) sum += (scores[j] = std::exp(scores[j] - max_score));
       float* o = out.as<float>() + (t * n_heads + h) * hd;
       std::fill(o, o + hd, 0.0f);
+      if (sum == 0.0f) continue;  // no visible row: zeros, as the CUDA kernels write
       for (int64_t j = 0; j < length; ++j)
-        axpy_f32(scores[j] / sum, values + j * hd, o, static_cast<size_t>(hd));
+        if (visible(j)) axpy_f32(scores[j] / sum, values + j * hd, o, static_cast<size_t>(hd));
     }
   });
 }

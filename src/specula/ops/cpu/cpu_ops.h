@@ -25,7 +25,9 @@ void qkv_rope_store(ThreadPool& pool, const Tensor& qkv, const Tensor& q_norm, c
                     const RopeParams& rope, const Tensor& positions, const Tensor& slots, Tensor& q_out,
                     Tensor& k_cache, Tensor& v_cache);
 void attention(ThreadPool& pool, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& slots,
-               float scale, Tensor& out);
+               float scale, Tensor& out, const AttentionMask& mask);
+void kv_gather(ThreadPool& pool, std::span<Tensor> caches, const Tensor& src_rows, const Tensor& dst_rows,
+               const Tensor& count);
 void silu_mul(ThreadPool& pool, const Tensor& gate_up, Tensor& out);
 void argmax(ThreadPool& pool, const Tensor& logits, Tensor& out);
 void convert(ThreadPool& pool, const Tensor& src, Tensor& dst);

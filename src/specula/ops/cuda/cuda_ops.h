@@ -26,10 +26,12 @@ void qkv_rope_store(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, c
                     const RopeParams& rope, const Tensor& positions, const Tensor& slots, Tensor& q_out,
                     Tensor& k_cache, Tensor& v_cache);
 void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& slots,
-               float scale, Tensor& out);
+               float scale, Tensor& out, const AttentionMask& mask);
 void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale, Tensor& q_out,
-                   Tensor& k_cache, Tensor& v_cache, Tensor& out);
+                   Tensor& k_cache, Tensor& v_cache, Tensor& out, const AttentionMask& mask);
+void kv_gather(CudaContext& ctx, std::span<Tensor> caches, const Tensor& src_rows, const Tensor& dst_rows,
+               const Tensor& count);
 // Whether qkv_attention with these operands runs the fused decode kernel (for tests).
 bool qkv_attention_is_fused(CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,
                             const Tensor& v_cache);
