@@ -35,11 +35,6 @@ void Transformer::visit_buffers(const ModelConfig& c, const ForwardShape& s, con
   auto at = [self](Tensor Transformer::*member) { return self ? &(self->*member) : nullptr; };
   const int64_t T = s.max_tokens;
   visit(self ? &self->rope_.inv_freq : nullptr, DType::F32, {c.head_dim / 2});
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const size_t i = static_cast<size_t>(l);
-    visit(self ? &self->k_cache_[i] : nullptr, d.kv_cache, {c.num_kv_heads, s.kv_capacity, c.head_dim});
-    visit(self ? &self->v_cache_[i] : nullptr, d.kv_cache, {c.num_kv_heads, s.kv_capacity, c.head_dim});
-  }
   visit(at(&Transformer::token_ids_), DType::I32, {T});
   visit(at(&Transformer::positions_), DType::I32, {T});
   visit(at(&Transformer::slots_), DType::I32, {T});
@@ -54,7 +49,12 @@ void Transformer::visit_buffers(const ModelConfig& c, const ForwardShape& s, con
   visit(at(&Transformer::next_tokens_), DType::I32, {s.max_logit_rows});
 }
 
+KvCacheShape Transformer::kv_shape(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d) {
+  return {c.num_layers, c.num_kv_heads, s.kv_capacity, c.head_dim, d.kv_cache};
+}
+
 void Transformer::plan(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d, ArenaPlan& plan) {
+  if (s.kv_capacity > 0) KvCache::plan(kv_shape(c, s, d), plan);
   visit_buffers(c, s, d, nullptr,
                 [&](Tensor*, DType dtype, std::initializer_list<int64_t> shape) { plan.add(dtype, shape); });
 }
@@ -66,8 +66,7 @@ Transformer::Transformer(const ModelConfig& c, ModelWeights weights, const Forwa
                 "forward shape: need 1 <= max_logit_rows <= max_tokens");
   SPECULA_CHECK(s.kv_capacity >= 1, "forward shape: KV capacity must be at least 1");
   SPECULA_CHECK(arena.device() == device(), "transformer buffers and weights must share a device");
-  k_cache_.resize(static_cast<size_t>(c.num_layers));
-  v_cache_.resize(static_cast<size_t>(c.num_layers));
+  kv_ = KvCache(kv_shape(c, s, d), arena);
   visit_buffers(c, s, d, this, [&](Tensor* target, DType dtype, std::initializer_list<int64_t> shape) {
     *target = arena.alloc(dtype, shape);
   });
@@ -83,7 +82,7 @@ Transformer::Transformer(const ModelConfig& c, ModelWeights weights, const Forwa
   }
 }
 
-void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_rows) {
+void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_rows, const ops::AttentionMask& mask) {
   SPECULA_CHECK(tokens >= 1 && tokens <= shape_.max_tokens, "forward: ", tokens, " tokens, but buffers hold ",
                 shape_.max_tokens);
   SPECULA_CHECK(logit_rows >= 0 && logit_rows <= std::min(tokens, shape_.max_logit_rows), "forward: ", logit_rows,
@@ -102,10 +101,10 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
   ops::embedding(ctx, weights_.embed, ids, static_cast<float>(c.scale_emb), x);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
-    Tensor& k_cache = k_cache_[static_cast<size_t>(l)];
-    Tensor& v_cache = v_cache_[static_cast<size_t>(l)];
+    Tensor& k_cache = kv_.k(l);
+    Tensor& v_cache = kv_.v(l);
     ops::rms_norm_linear(ctx, x, w.input_norm, eps, w.qkv, w.qkv_bias, h, qkv);
-    ops::qkv_attention(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, attn_scale, q, k_cache, v_cache, a);
+    ops::qkv_attention(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, attn_scale, q, k_cache, v_cache, a, mask);
     ops::linear(ctx, a, w.o_proj, Tensor(), x, residual_scale, ops::OutputMode::Accumulate);
     ops::rms_norm_linear(ctx, x, w.post_attention_norm, eps, w.gate_up, Tensor(), h, gu);
     ops::linear_swiglu(ctx, gu, w.down, x, residual_scale, ops::OutputMode::Accumulate);

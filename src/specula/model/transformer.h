@@ -14,6 +14,7 @@
 #include "specula/core/arena.h"
 #include "specula/core/tensor.h"
 #include "specula/model/config.h"
+#include "specula/model/kv_cache.h"
 #include "specula/model/weights.h"
 #include "specula/ops/ops.h"
 
@@ -50,9 +51,11 @@ class Transformer {
   Tensor positions() const { return positions_; }
   Tensor slots() const { return slots_; }
 
-  // Runs `tokens` inputs through the model. Query t attends cache rows [0, slots[t]]; its K/V are
-  // stored at row slots[t]. Logits of the last `logit_rows` inputs land in logits(logit_rows).
-  void forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_rows);
+  // Runs `tokens` inputs through the model. Input t's K/V are stored at cache row slots[t]; which
+  // rows it attends is `mask`'s rule (prefix-causal: rows [0, slots[t]]; a tree mask for
+  // verifying draft trees). Logits of the last `logit_rows` inputs land in logits(logit_rows).
+  void forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_rows,
+               const ops::AttentionMask& mask = ops::AttentionMask::causal());
 
   Tensor logits(int64_t rows) const { return logits_.slice_outer(0, rows); }  // [rows, V] F32
   // [max_logit_rows] I32 on the device: where greedy/sampled next tokens are written.
@@ -60,12 +63,15 @@ class Transformer {
   // Final-norm output of the last forward, before the muP logit scale: [tokens, H].
   Tensor final_hidden(int64_t tokens) const { return final_hidden_.slice_outer(0, tokens); }
 
+  KvCache& kv_cache() { return kv_; }
+  const ops::RopeParams& rope() const { return rope_; }
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
   const ForwardShape& shape() const { return shape_; }
   Device device() const { return weights_.embed.device; }
 
  private:
+  static KvCacheShape kv_shape(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d);
   template <typename Visit>
   static void visit_buffers(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d,
                             Transformer* self, Visit&& visit);
@@ -74,7 +80,7 @@ class Transformer {
   ModelWeights weights_;
   ForwardShape shape_;
   ops::RopeParams rope_;
-  std::vector<Tensor> k_cache_, v_cache_;  // per layer [n_kv, capacity, hd]
+  KvCache kv_;
   Tensor token_ids_, positions_, slots_;
   Tensor residual_, normed_, qkv_, q_, attn_out_, gate_up_, final_hidden_, logits_, next_tokens_;
 };

@@ -21,25 +21,15 @@ namespace specula::model {
 
 namespace {
 
-// One device tensor assembled from one or more checkpoint tensors stacked along dim 0.
-struct WeightSpec {
-  std::string target;                    // e.g. "layers.3.qkv", for messages
-  std::vector<std::string> sources;      // checkpoint names, concatenated in this order
-  std::vector<std::vector<int64_t>> source_shapes;
-  bool optional = false;
-};
+bool present(const WeightSpec& spec, const io::Checkpoint& checkpoint) {
+  return checkpoint.find(spec.sources.front()) != nullptr;
+}
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
   return out + "]";
 }
-
-// The exact tensors a config implies, in load order.
-struct Layout {
-  std::vector<WeightSpec> specs;
-  std::set<std::string> ignored;  // names present in real checkpoints that carry nothing we need
-};
 
 // The number of decoder layers a checkpoint holds: one past the largest N of "model.layers.N.*".
 // Returns -1 when a layer index is not a plain decimal number (the layout check names it later).
@@ -73,8 +63,8 @@ void check_plausible(const ModelConfig& c, const io::Checkpoint& checkpoint) {
                 " do not match 'model.embed_tokens.weight' of shape ", shape_str(embed->shape), " in ", embed->file);
 }
 
-Layout layout_for(const ModelConfig& c) {
-  Layout layout;
+WeightLayout layout_for(const ModelConfig& c) {
+  WeightLayout layout;
   const int64_t H = c.hidden_size, I = c.intermediate_size, q = c.q_size(), kv = c.kv_size(), hd = c.head_dim;
   layout.specs.push_back({"embed", {"model.embed_tokens.weight"}, {{c.vocab_size, H}}});
   for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -109,13 +99,15 @@ Layout layout_for(const ModelConfig& c) {
 }
 
 // Checks names, shapes and dtypes; returns the device dtype of each spec.
-std::vector<DType> validate(const ModelConfig& config, const Layout& layout, const io::Checkpoint& checkpoint,
-                            const WeightFormat& format) {
-  SPECULA_CHECK(config.tie_word_embeddings || checkpoint.find("lm_head.weight") != nullptr, checkpoint.path(),
-                ": no 'lm_head.weight' although config.json says tie_word_embeddings is false");
+// (An optional spec whose first source is absent gets the dtype F32 and is skipped everywhere.)
+std::vector<DType> validate(const WeightLayout& layout, const io::Checkpoint& checkpoint, const WeightFormat& format) {
   std::vector<DType> dtypes;
   std::set<std::string> used;
   for (const WeightSpec& spec : layout.specs) {
+    if (spec.optional && !present(spec, checkpoint)) {
+      dtypes.push_back(DType::F32);
+      continue;
+    }
     std::optional<DType> first;
     for (size_t i = 0; i < spec.sources.size(); ++i) {
       const std::string& name = spec.sources[i];
@@ -140,6 +132,7 @@ std::vector<DType> validate(const ModelConfig& config, const Layout& layout, con
 std::vector<int64_t> device_shape(const WeightSpec& spec) {
   std::vector<int64_t> shape = spec.source_shapes[0];
   for (size_t i = 1; i < spec.sources.size(); ++i) shape[0] += spec.source_shapes[i][0];
+  if (spec.column_count > 0) shape[1] = spec.column_count;
   return shape;
 }
 
@@ -180,7 +173,29 @@ class WeightWriter {
     SPECULA_CHECK(device == Device::CPU, "this build has no CUDA backend");
 #endif
   }
-  void write(uint8_t* dst, DType to, const io::CheckpointTensor& src) {
+  // Columns [column_begin, column_begin + column_count) of a 2-D source (row by row), or all of it
+  // when column_count is 0.
+  void write(uint8_t* dst, DType to, const io::CheckpointTensor& src, int64_t column_begin, int64_t column_count) {
+    if (column_count > 0) {
+      const size_t rows = static_cast<size_t>(src.shape[0]), cols = static_cast<size_t>(src.shape[1]);
+      const size_t n = static_cast<size_t>(column_count), first = static_cast<size_t>(column_begin);
+      const size_t out_size = dtype_size(to);
+      auto fill = [&](uint8_t* out, size_t offset, size_t length) {
+        for (size_t e = offset / out_size, end = (offset + length) / out_size; e < end;) {
+          const size_t row = e / n, col = e % n, run = std::min(n - col, end - e);
+          convert_into(out + (e * out_size - offset), to, src.data, src.dtype, row * cols + first + col, run);
+          e += run;
+        }
+      };
+      if (device_ == Device::CPU) {
+        fill(dst, 0, rows * n * out_size);
+        return;
+      }
+#ifdef SPECULA_WITH_CUDA
+      stager_->copy_generated(dst, rows * n * out_size, fill);
+#endif
+      return;
+    }
     const size_t count = static_cast<size_t>(src.numel());
     if (device_ == Device::CPU) {
       convert_into(dst, to, src.data, src.dtype, 0, count);
@@ -210,68 +225,64 @@ class WeightWriter {
 #endif
 };
 
-void assemble(const ModelConfig& config, const std::map<std::string, Tensor>& placed, ModelWeights& weights);
+void assemble(const ModelConfig& config, const PlacedWeights& weights_in, ModelWeights& weights);
 
 }  // namespace
 
-size_t plan_weights(const ModelConfig& config, const io::Checkpoint& checkpoint, const WeightFormat& format,
-                    ArenaPlan& plan) {
-  check_plausible(config, checkpoint);
-  const Layout layout = layout_for(config);
-  const std::vector<DType> dtypes = validate(config, layout, checkpoint, format);
+size_t plan_layout(const WeightLayout& layout, const io::Checkpoint& checkpoint, const WeightFormat& format,
+                   ArenaPlan& plan) {
+  const std::vector<DType> dtypes = validate(layout, checkpoint, format);
   const size_t before = plan.total();
-  for (size_t i = 0; i < layout.specs.size(); ++i) plan.add(spec_bytes(layout.specs[i], dtypes[i]));
+  for (size_t i = 0; i < layout.specs.size(); ++i)
+    if (!layout.specs[i].optional || present(layout.specs[i], checkpoint))
+      plan.add(spec_bytes(layout.specs[i], dtypes[i]));
   return plan.total() - before;
 }
 
-size_t plan_random_weights(const ModelConfig& config, DType dtype, ArenaPlan& plan) {
-  const size_t before = plan.total();
-  for (const WeightSpec& spec : layout_for(config).specs) plan.add(spec_bytes(spec, dtype));
-  return plan.total() - before;
-}
-
-ModelWeights load_weights(const ModelConfig& config, const io::Checkpoint& checkpoint, const WeightFormat& format,
+PlacedWeights load_layout(const WeightLayout& layout, const io::Checkpoint& checkpoint, const WeightFormat& format,
                           Arena& arena, const std::function<void(size_t, size_t)>& progress) {
   SPECULA_CHECK(arena.device() == format.device, "load_weights: arena is on ", device_name(arena.device()),
                 " but weights were asked for on ", device_name(format.device));
-  check_plausible(config, checkpoint);
-  const Layout layout = layout_for(config);
-  const std::vector<DType> dtypes = validate(config, layout, checkpoint, format);
+  const std::vector<DType> dtypes = validate(layout, checkpoint, format);
   size_t total_bytes = 0;
-  for (size_t i = 0; i < layout.specs.size(); ++i)
-    for (const std::string& s : layout.specs[i].sources) total_bytes += checkpoint.get(s).nbytes;
+  for (const WeightSpec& spec : layout.specs)
+    if (!spec.optional || present(spec, checkpoint))
+      for (const std::string& s : spec.sources) total_bytes += checkpoint.get(s).nbytes;
 
-  std::map<std::string, Tensor> placed;
+  PlacedWeights placed;
   WeightWriter writer(format.device);
-  ModelWeights weights;
   size_t done = 0;
   for (size_t i = 0; i < layout.specs.size(); ++i) {
     const WeightSpec& spec = layout.specs[i];
+    if (spec.optional && !present(spec, checkpoint)) continue;
     const std::vector<int64_t> shape = device_shape(spec);
     const size_t bytes = spec_bytes(spec, dtypes[i]);
     auto* base = static_cast<uint8_t*>(arena.alloc_bytes(bytes));
     size_t offset = 0;
     for (const std::string& name : spec.sources) {
       const io::CheckpointTensor& src = checkpoint.get(name);
-      writer.write(base + offset, dtypes[i], src);
-      offset += static_cast<size_t>(src.numel()) * dtype_size(dtypes[i]);
+      writer.write(base + offset, dtypes[i], src, spec.column_begin, spec.column_count);
+      const int64_t elements = spec.column_count > 0 ? src.shape[0] * spec.column_count : src.numel();
+      offset += static_cast<size_t>(elements) * dtype_size(dtypes[i]);
       done += src.nbytes;
-      weights.parameter_count += src.numel();
+      placed.parameter_count += elements;
       if (progress) progress(done, total_bytes);
     }
-    weights.bytes += bytes;
-    placed[spec.target] = make_tensor(base, dtypes[i], shape, format.device);
+    placed.bytes += bytes;
+    placed.tensors[spec.target] = make_tensor(base, dtypes[i], shape, format.device);
   }
   writer.finish();
-
-  assemble(config, placed, weights);
-  return weights;
+  return placed;
 }
 
-ModelWeights random_weights(const ModelConfig& config, DType dtype, Arena& arena, ops::OpContext& ctx, uint64_t seed) {
-  const Layout layout = layout_for(config);
-  std::map<std::string, Tensor> placed;
-  ModelWeights weights;
+size_t plan_random_layout(const WeightLayout& layout, DType dtype, ArenaPlan& plan) {
+  const size_t before = plan.total();
+  for (const WeightSpec& spec : layout.specs) plan.add(spec_bytes(spec, dtype));
+  return plan.total() - before;
+}
+
+PlacedWeights random_layout(const WeightLayout& layout, DType dtype, Arena& arena, ops::OpContext& ctx, uint64_t seed) {
+  PlacedWeights placed;
   for (size_t i = 0; i < layout.specs.size(); ++i) {
     const WeightSpec& spec = layout.specs[i];
     const std::vector<int64_t> shape = device_shape(spec);
@@ -281,16 +292,46 @@ ModelWeights random_weights(const ModelConfig& config, DType dtype, Arena& arena
     // the usual 1/sqrt(fan_in) range so activations stay finite through many layers.
     const float scale = shape.size() == 2 ? 1.0f / std::sqrt(static_cast<float>(shape[1])) : 1.0f;
     ops::fill_random(ctx, t, seed + i, scale);
-    weights.bytes += bytes;
-    weights.parameter_count += t.numel();
-    placed[spec.target] = t;
+    placed.bytes += bytes;
+    placed.parameter_count += t.numel();
+    placed.tensors[spec.target] = t;
   }
-  assemble(config, placed, weights);
+  return placed;
+}
+
+size_t plan_weights(const ModelConfig& config, const io::Checkpoint& checkpoint, const WeightFormat& format,
+                    ArenaPlan& plan) {
+  check_plausible(config, checkpoint);
+  SPECULA_CHECK(config.tie_word_embeddings || checkpoint.find("lm_head.weight") != nullptr, checkpoint.path(),
+                ": no 'lm_head.weight' although config.json says tie_word_embeddings is false");
+  return plan_layout(layout_for(config), checkpoint, format, plan);
+}
+
+size_t plan_random_weights(const ModelConfig& config, DType dtype, ArenaPlan& plan) {
+  return plan_random_layout(layout_for(config), dtype, plan);
+}
+
+ModelWeights load_weights(const ModelConfig& config, const io::Checkpoint& checkpoint, const WeightFormat& format,
+                          Arena& arena, const std::function<void(size_t, size_t)>& progress) {
+  check_plausible(config, checkpoint);
+  SPECULA_CHECK(config.tie_word_embeddings || checkpoint.find("lm_head.weight") != nullptr, checkpoint.path(),
+                ": no 'lm_head.weight' although config.json says tie_word_embeddings is false");
+  ModelWeights weights;
+  assemble(config, load_layout(layout_for(config), checkpoint, format, arena, progress), weights);
+  return weights;
+}
+
+ModelWeights random_weights(const ModelConfig& config, DType dtype, Arena& arena, ops::OpContext& ctx, uint64_t seed) {
+  ModelWeights weights;
+  assemble(config, random_layout(layout_for(config), dtype, arena, ctx, seed), weights);
   return weights;
 }
 
 namespace {
-void assemble(const ModelConfig& config, const std::map<std::string, Tensor>& placed, ModelWeights& weights) {
+void assemble(const ModelConfig& config, const PlacedWeights& weights_in, ModelWeights& weights) {
+  const std::map<std::string, Tensor>& placed = weights_in.tensors;
+  weights.bytes = weights_in.bytes;
+  weights.parameter_count = weights_in.parameter_count;
   weights.embed = placed.at("embed");
   weights.final_norm = placed.at("final_norm");
   weights.lm_head = config.tie_word_embeddings ? weights.embed : placed.at("lm_head");

@@ -10,7 +10,10 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <optional>
+#include <set>
+#include <string>
 #include <vector>
 
 #include "specula/core/arena.h"
@@ -51,6 +54,39 @@ struct WeightFormat {
   // Dtype of every parameter on the device; nullopt keeps each tensor's checkpoint dtype.
   std::optional<DType> dtype;
 };
+
+// A checkpoint-to-device layout, the exact tensors a model part needs in load order. Each device
+// tensor `target` is one or more checkpoint tensors stacked along dim 0, or a column range of one
+// 2-D tensor (EAGLE's fc splits into its embedding and feature halves this way). Loading fails on
+// a missing tensor unless the spec is optional, and on a checkpoint tensor that no spec uses and
+// `ignored` does not name.
+struct WeightSpec {
+  std::string target;                // e.g. "layers.3.qkv", for messages and lookup
+  std::vector<std::string> sources;  // checkpoint names, concatenated in this order
+  std::vector<std::vector<int64_t>> source_shapes;
+  bool optional = false;             // absent (its first source missing) is allowed: no tensor placed
+  int64_t column_begin = 0, column_count = 0;  // column_count > 0: only these columns of a 2-D source
+};
+struct WeightLayout {
+  std::vector<WeightSpec> specs;
+  std::set<std::string> ignored;  // names present in real checkpoints that carry nothing we need
+};
+// The placed tensors of a layout, by target name.
+struct PlacedWeights {
+  std::map<std::string, Tensor> tensors;
+  size_t bytes = 0;
+  int64_t parameter_count = 0;
+  Tensor get(const std::string& target) const {
+    auto it = tensors.find(target);
+    return it == tensors.end() ? Tensor() : it->second;
+  }
+};
+size_t plan_layout(const WeightLayout& layout, const io::Checkpoint& checkpoint, const WeightFormat& format,
+                   ArenaPlan& plan);
+PlacedWeights load_layout(const WeightLayout& layout, const io::Checkpoint& checkpoint, const WeightFormat& format,
+                          Arena& arena, const std::function<void(size_t, size_t)>& progress = {});
+size_t plan_random_layout(const WeightLayout& layout, DType dtype, ArenaPlan& plan);
+PlacedWeights random_layout(const WeightLayout& layout, DType dtype, Arena& arena, ops::OpContext& ctx, uint64_t seed);
 
 // Bytes the weights of `config` take in `dtype` (planning for random_weights).
 size_t plan_random_weights(const ModelConfig& config, DType dtype, ArenaPlan& plan);
