@@ -20,6 +20,8 @@
 #include "specula/engine/limits.h"
 #include "specula/engine/engine.h"
 #include "specula/engine/generator.h"
+#include "specula/spec/draft_tree.h"
+#include "specula/spec/eagle_head.h"
 #include "specula/text/chat_template.h"
 #include "specula/text/tokenizer.h"
 
@@ -35,6 +37,8 @@ struct GenerateArgs {
   int threads = 0;
   std::optional<uint64_t> seed;
   sampling::SamplingParams sampling;
+  std::string draft_dir, frspec_path;
+  spec::DraftTreeParams tree;
 };
 
 // The prompt text, checked before anything is loaded: exactly one source, not empty.
@@ -89,6 +93,10 @@ void run_generate(GenerateArgs a) {
   options.max_context = a.max_context;
   options.allow_context_beyond_model = a.allow_long_context;
   options.prefill_chunk = a.prefill_chunk;
+  options.draft_dir = a.draft_dir;
+  options.frspec_path = a.frspec_path;
+  options.tree = a.tree;
+  if (!a.draft_dir.empty()) a.tree.validate();  // flag errors before the model loads
   options.progress = [](std::string_view stage, size_t done, size_t total) {
     draw_status_line("loading " + std::string(stage) + " " +
                      std::to_string(static_cast<int>(100.0 * static_cast<double>(done) /
@@ -99,6 +107,11 @@ void run_generate(GenerateArgs a) {
   std::fprintf(stderr, "loaded %s (%s) on %s in %.2f s, context %lld tokens\n", a.model_dir.c_str(),
                engine->config().architecture.c_str(), engine->device_description().c_str(), engine->load_seconds(),
                static_cast<long long>(engine->max_context()));
+  if (spec::EagleHead* draft = engine->draft())
+    std::fprintf(stderr, "draft: %s (%s); draft vocabulary %lld%s; tree top-k %d, depth %d, %d nodes\n",
+                 a.draft_dir.c_str(), draft->config().summary().c_str(), static_cast<long long>(draft->draft_vocab()),
+                 a.frspec_path.empty() ? " (full)" : (" (FR-Spec " + a.frspec_path + ")").c_str(), a.tree.top_k,
+                 a.tree.depth, a.tree.size);
 
   engine::GenerationRequest request;
   request.max_new_tokens = a.max_new_tokens;
@@ -141,10 +154,10 @@ void run_generate(GenerateArgs a) {
       draw_progress_bar("prefill", done, total);
       if (done == total) end_status_line();
     };
-  engine::Generator generator(*engine);
+  const std::unique_ptr<engine::Decoder> decoder = engine::make_decoder(*engine);
   engine::GenerationResult result;
   try {
-    result = generator.generate(request, callbacks);
+    result = decoder->generate(request, callbacks);
   } catch (...) {
     if (wrote_text) std::fputc('\n', stdout);  // the error goes on a line of its own
     throw;
@@ -163,6 +176,15 @@ void run_generate(GenerateArgs a) {
                static_cast<long long>(result.prompt_tokens), result.prefill_seconds, result.prefill_tokens_per_second(),
                result.tokens.size(), result.decode_seconds, result.decode_tokens_per_second(),
                std::string(engine::finish_reason_name(result.finish_reason)).c_str());
+  if (result.verifications > 0)
+    std::fprintf(stderr,
+                 "speculation: %lld verification passes, %.2f tokens per pass (accepted + 1) | drafted %lld, accepted "
+                 "%lld (%.1f%%)\n",
+                 static_cast<long long>(result.verifications), result.tokens_per_verification(),
+                 static_cast<long long>(result.drafted_tokens), static_cast<long long>(result.accepted_tokens),
+                 result.drafted_tokens > 0 ? 100.0 * static_cast<double>(result.accepted_tokens) /
+                                                 static_cast<double>(result.drafted_tokens)
+                                           : 0.0);
 }
 
 }  // namespace
@@ -218,6 +240,23 @@ void add_generate_command(CLI::App& app) {
                 "is not to be trusted)");
   cmd->add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per forward pass")->capture_default_str()
       ->check(int_in_range<int64_t>(1, engine::kMaxPrefillChunk));
+  cmd->add_option("--draft", a->draft_dir,
+                  "EAGLE-1/2 draft head folder (config.json + pytorch_model.bin or model.safetensors, or the MiniCPM4 "
+                  "head layout): turns on speculative decoding. Output is the same as without it (greedy: the same "
+                  "tokens; sampling: the same distribution, and with --seed the same tokens)");
+  cmd->add_option("--frspec", a->frspec_path,
+                  "FR-Spec list (freq_N.pt: token ids by frequency) restricting the draft's LM head to those N tokens; "
+                  "verification still uses the full vocabulary. Needs --draft");
+  cmd->add_option("--tree-topk", a->tree.top_k, "Draft tree: candidates per expanded node and nodes kept per level")
+      ->capture_default_str()
+      ->check(int_in_range<int>(1, 64));
+  cmd->add_option("--tree-depth", a->tree.depth,
+                  "Draft tree: levels below the root (at most depth + 1 tokens per verification pass)")
+      ->capture_default_str()
+      ->check(int_in_range<int>(1, 32));
+  cmd->add_option("--tree-size", a->tree.size, "Draft tree: nodes verified per pass, the root included")
+      ->capture_default_str()
+      ->check(int_in_range<int>(2, spec::kMaxTreeSize));
   cmd->callback([a] {
     a->sampling.validate();
     run_generate(*a);

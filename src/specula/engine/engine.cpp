@@ -2,6 +2,8 @@
 #include "specula/engine/engine.h"
 
 #include <chrono>
+#include <cmath>
+#include <optional>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +14,8 @@
 #include "specula/io/checkpoint.h"
 #include "specula/sampling/gpu_sampler.h"
 #include "specula/sampling/params.h"
+#include "specula/spec/eagle_head.h"
+#include "specula/spec/frspec.h"
 #ifdef SPECULA_WITH_CUDA
 #include "specula/core/cuda_graph.h"
 #include "specula/core/cuda_memory.h"
@@ -62,9 +66,12 @@ int64_t default_context(const model::ModelConfig& config, Device device) {
 
 Engine::~Engine() = default;
 
+void Engine::set_draft(std::unique_ptr<spec::EagleHead> draft) { draft_ = std::move(draft); }
+
 std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const EngineOptions& options,
                                       DType weight_dtype, const std::function<void(ArenaPlan&)>& plan_weights,
-                                      const std::function<model::ModelWeights(Engine&)>& make_weights) {
+                                      const std::function<model::ModelWeights(Engine&)>& make_weights,
+                                      const DraftBuilder* draft) {
   const auto start = std::chrono::steady_clock::now();
   validate_options(config, options);
   std::unique_ptr<Engine> engine(new Engine());
@@ -80,9 +87,13 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
     fail("--device cuda: this build of specula has no CUDA backend (rebuild with nvcc available)");
 #endif
   }
+  if (draft) options.tree.validate();
+  // With a draft head the target verifies whole trees: one forward of tree.size tokens, logits
+  // for each, and room for the tree's rows past the committed context.
+  const int64_t tree_rows = draft ? options.tree.size : 0;
   model::ForwardShape shape;
-  shape.max_tokens = std::max<int64_t>(1, std::max(options.prefill_chunk, options.max_logit_rows));
-  shape.max_logit_rows = std::max<int64_t>(1, options.max_logit_rows);
+  shape.max_tokens = std::max<int64_t>({1, options.prefill_chunk, options.max_logit_rows, tree_rows});
+  shape.max_logit_rows = std::max<int64_t>({1, options.max_logit_rows, tree_rows});
   const model::ActivationDTypes dtypes =
       model::ActivationDTypes::for_device(options.device, weight_dtype, options.full_precision);
   int64_t context = options.max_context > 0 ? options.max_context : default_context(config, options.device);
@@ -98,10 +109,11 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
     no_cache.kv_capacity = 0;
     model::Transformer::plan(config, no_cache, dtypes, fixed);
     plan_device_scratch(config, fixed);
+    if (draft) draft->plan(fixed, 0);
     const size_t free_bytes = cuda_free_memory();
     const size_t row_bytes = checked_nbytes(
         checked_numel({2, config.num_layers, config.num_kv_heads, config.head_dim}, "KV-cache row"), dtypes.kv_cache,
-        "KV-cache row");
+        "KV-cache row") + (draft ? draft->kv_row_bytes : 0);
     const size_t available = free_bytes > fixed.total() + kReserveBytes ? free_bytes - fixed.total() - kReserveBytes : 0;
     context = std::min<int64_t>(config.max_position_embeddings, static_cast<int64_t>(available / row_bytes));
     SPECULA_CHECK(context >= shape.max_tokens, config.source, ": the weights and buffers need ", fixed.total() >> 20,
@@ -111,11 +123,13 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
   SPECULA_CHECK(context <= config.max_position_embeddings || config.rope.type != model::RopeType::LongRope,
                 "--max-context ", context, " exceeds max_position_embeddings ", config.max_position_embeddings,
                 " of a LongRoPE model (its rotary table is defined only up to that length)");
-  shape.kv_capacity = context;
+  if (draft) context = std::min<int64_t>(context, kMaxContextTokens);
+  shape.kv_capacity = context + tree_rows;
   ArenaPlan plan;
   plan_weights(plan);
   model::Transformer::plan(config, shape, dtypes, plan);
   if (options.device == Device::CUDA) plan_device_scratch(config, plan);
+  if (draft) draft->plan(plan, context);
 #ifdef SPECULA_WITH_CUDA
   if (options.device == Device::CUDA) {
     const size_t free_bytes = cuda_free_memory();
@@ -135,10 +149,60 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
     engine->sampler_memory_ = engine->arena_.alloc_bytes(sampling::GpuSampler::device_bytes(config.vocab_size));
   }
 #endif
+  engine->context_ = context;
+  engine->prefill_chunk_ = std::max<int64_t>(1, options.prefill_chunk);
+  if (draft) draft->make(*engine, context);
   engine->synchronize();
   engine->load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return engine;
 }
+
+namespace {
+// The draft head's part of the arena plan and its construction, shared by load() and the random
+// variant: `plan_weights`/`make_weights` differ (checkpoint or random), the rest is the same.
+Engine::DraftBuilder draft_builder(const model::ModelConfig& target, const spec::EagleHeadConfig& head,
+                                   const EngineOptions& options, DType weight_dtype,
+                                   std::shared_ptr<const std::vector<int32_t>> frspec,
+                                   std::function<void(ArenaPlan&)> plan_weights,
+                                   std::function<spec::EagleHeadWeights(Arena&, ops::OpContext&)> make_weights) {
+  const model::ActivationDTypes dtypes =
+      model::ActivationDTypes::for_device(options.device, weight_dtype, options.full_precision);
+  auto shape_for = [&target, &options, frspec, head](int64_t context) {
+    const spec::DraftTreeParams& t = options.tree;
+    spec::EagleHeadShape shape;
+    shape.max_rows = std::max<int64_t>({options.prefill_chunk, t.top_k, t.depth + 1});
+    shape.max_logit_rows = std::max<int64_t>(1, t.top_k);
+    shape.kv_capacity = context + static_cast<int64_t>(t.depth) * t.top_k + 1;
+    shape.draft_vocab = frspec->empty() ? target.vocab_size : static_cast<int64_t>(frspec->size());
+    shape.max_mask_width = static_cast<int64_t>(t.depth) * t.top_k;
+    shape.tree_size = t.size;
+    shape.max_accepted = t.depth + 1;
+    return shape;
+  };
+  Engine::DraftBuilder builder;
+  builder.kv_row_bytes = static_cast<size_t>(2 * head.layer.num_kv_heads * head.layer.head_dim) * dtype_size(dtypes.kv_cache);
+  builder.plan = [=](ArenaPlan& plan, int64_t context) {
+    plan_weights(plan);
+    spec::EagleHead::plan(head, shape_for(context), dtypes, weight_dtype, !frspec->empty(), plan);
+  };
+  builder.make = [=](Engine& engine, int64_t context) {
+    spec::EagleHeadWeights weights = make_weights(engine.arena_for_draft(), engine.op_context());
+    const model::ModelWeights& tw = engine.transformer().weights();
+    engine.set_draft(std::make_unique<spec::EagleHead>(head, std::move(weights), target, tw.embed, tw.lm_head, *frspec,
+                                                       shape_for(context), dtypes, engine.arena_for_draft(),
+                                                       engine.op_context()));
+  };
+  return builder;
+}
+
+// The FR-Spec list of options.frspec_path (empty without one).
+std::shared_ptr<const std::vector<int32_t>> read_frspec(const EngineOptions& options, const model::ModelConfig& config) {
+  SPECULA_CHECK(options.frspec_path.empty() || !options.draft_dir.empty(),
+                "--frspec restricts a draft head's vocabulary: it needs --draft");
+  return std::make_shared<const std::vector<int32_t>>(
+      options.frspec_path.empty() ? std::vector<int32_t>{} : spec::load_frspec_list(options.frspec_path, config.vocab_size));
+}
+}  // namespace
 
 std::unique_ptr<Engine> Engine::load(const EngineOptions& options) {
   const model::ModelConfig config = model::ModelConfig::from_dir(options.model_dir);
@@ -149,21 +213,64 @@ std::unique_ptr<Engine> Engine::load(const EngineOptions& options) {
     format.dtype = file_dtype == DType::F16 ? DType::F16 : DType::BF16;
   }
   const DType weight_dtype = format.dtype.value_or(config.dtype.value_or(DType::F32));
+  const auto frspec = read_frspec(options, config);
+  std::optional<DraftBuilder> draft;
+  std::shared_ptr<io::Checkpoint> head_checkpoint;
+  if (!options.draft_dir.empty()) {
+    spec::EagleHeadConfig head = spec::EagleHeadConfig::read(options.draft_dir, config);
+    head_checkpoint = std::make_shared<io::Checkpoint>(io::Checkpoint::open(options.draft_dir));
+    head.prefix = spec::detect_head_prefix(*head_checkpoint, head);
+    // The head is stored in the target's device dtype: a float16 head serves a bfloat16 target
+    // (the published pairs mix them), converted on load.
+    const model::WeightFormat head_format{options.device, weight_dtype};
+    const model::WeightLayout layout = spec::eagle_head_layout(head);
+    draft = draft_builder(
+        config, head, options, weight_dtype, frspec,
+        [=](ArenaPlan& plan) { model::plan_layout(layout, *head_checkpoint, head_format, plan); },
+        [=](Arena& arena, ops::OpContext&) {
+          return spec::EagleHeadWeights::from(model::load_layout(layout, *head_checkpoint, head_format, arena));
+        });
+  }
   return build(
       config, options, weight_dtype, [&](ArenaPlan& plan) { model::plan_weights(config, checkpoint, format, plan); },
       [&](Engine& engine) {
         return model::load_weights(config, checkpoint, format, engine.arena_, [&](size_t done, size_t total) {
           if (options.progress) options.progress("weights", done, total);
         });
-      });
+      },
+      draft ? &*draft : nullptr);
 }
 
 std::unique_ptr<Engine> Engine::create_random(const model::ModelConfig& config, const EngineOptions& options,
                                               uint64_t seed) {
+  SPECULA_CHECK(options.draft_dir.empty(), "create_random: a draft folder needs load(); use create_random_with_draft");
   const DType dtype = options.weight_dtype.value_or(DType::BF16);
   return build(
       config, options, dtype, [&](ArenaPlan& plan) { model::plan_random_weights(config, dtype, plan); },
       [&](Engine& engine) { return model::random_weights(config, dtype, engine.arena_, engine.op_context_, seed); });
+}
+
+std::unique_ptr<Engine> Engine::create_random_with_draft(const model::ModelConfig& config,
+                                                         const model::ModelConfig& head_config,
+                                                         const EngineOptions& options, uint64_t seed) {
+  const DType dtype = options.weight_dtype.value_or(DType::BF16);
+  spec::EagleHeadConfig head;
+  head.dir = "(random draft head)";
+  head.layer = head_config;
+  head.layout = config.family == model::ModelFamily::MiniCPM4 ? spec::HeadLayout::MiniCPM4 : spec::HeadLayout::Eagle;
+  if (head.layout == spec::HeadLayout::MiniCPM4)
+    head.residual_scale = config.scale_depth / std::sqrt(static_cast<double>(config.num_layers + 1));
+  const model::WeightLayout layout = spec::eagle_head_layout(head);
+  const DraftBuilder draft = draft_builder(
+      config, head, options, dtype, read_frspec(options, config),
+      [=](ArenaPlan& plan) { model::plan_random_layout(layout, dtype, plan); },
+      [=](Arena& arena, ops::OpContext& ctx) {
+        return spec::EagleHeadWeights::from(model::random_layout(layout, dtype, arena, ctx, seed + 1000003));
+      });
+  return build(
+      config, options, dtype, [&](ArenaPlan& plan) { model::plan_random_weights(config, dtype, plan); },
+      [&](Engine& engine) { return model::random_weights(config, dtype, engine.arena_, engine.op_context_, seed); },
+      &draft);
 }
 
 void Engine::write_inputs(std::span<const int32_t> ids, std::span<const int32_t> positions,
@@ -273,6 +380,29 @@ int32_t Engine::sample_on_device() {
 #else
   fail("sample_on_device: this build has no CUDA backend");
 #endif
+}
+
+void Engine::upload(const Tensor& dst, const void* src, size_t bytes) {
+  SPECULA_CHECK(bytes <= dst.nbytes(), "upload: ", bytes, " bytes into a tensor of ", dst.nbytes());
+  if (dst.device == Device::CPU) {
+    std::memcpy(dst.data, src, bytes);
+  } else {
+#ifdef SPECULA_WITH_CUDA
+    cuda_copy_to_device_on(cuda_->stream(), dst.data, src, bytes);
+#endif
+  }
+}
+
+void Engine::download(void* dst, const Tensor& src, size_t bytes) {
+  SPECULA_CHECK(bytes <= src.nbytes(), "download: ", bytes, " bytes from a tensor of ", src.nbytes());
+  if (src.device == Device::CPU) {
+    std::memcpy(dst, src.data, bytes);
+  } else {
+#ifdef SPECULA_WITH_CUDA
+    cuda_copy_to_host_on(cuda_->stream(), dst, src.data, bytes);
+    cuda_->check_device_errors();
+#endif
+  }
 }
 
 void Engine::read_logits(int64_t rows, std::vector<float>& out) {

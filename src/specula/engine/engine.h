@@ -19,9 +19,13 @@
 #include "specula/model/config.h"
 #include "specula/model/transformer.h"
 #include "specula/ops/ops.h"
+#include "specula/spec/draft_tree.h"
 
 namespace specula::cuda {
 class CudaContext;
+}
+namespace specula::spec {
+class EagleHead;
 }
 namespace specula::sampling {
 struct SamplingParams;
@@ -44,6 +48,11 @@ struct EngineOptions {
   // CUDA only: F32 activations and KV cache instead of bf16/f16 (reference precision; see
   // model::ActivationDTypes). The CPU backend always computes in F32.
   bool full_precision = false;
+  // Speculative decoding: an EAGLE draft head folder (empty: none), an FR-Spec list for its LM
+  // head (empty: the full vocabulary) and the draft tree's shape.
+  std::string draft_dir;
+  std::string frspec_path;
+  spec::DraftTreeParams tree;
   // Called during loading: stage ("weights"), bytes done, bytes total.
   std::function<void(std::string_view, size_t, size_t)> progress;
 };
@@ -59,6 +68,11 @@ class Engine {
   // tests); options.model_dir is ignored.
   static std::unique_ptr<Engine> create_random(const model::ModelConfig& config, const EngineOptions& options,
                                                uint64_t seed);
+  // The same with a random draft head of `head`'s shape (speculative benchmarks and tests);
+  // options.frspec_path may name a list as usual.
+  static std::unique_ptr<Engine> create_random_with_draft(const model::ModelConfig& config,
+                                                          const model::ModelConfig& head, const EngineOptions& options,
+                                                          uint64_t seed);
   ~Engine();
 
   const model::ModelConfig& config() const { return transformer_->config(); }
@@ -66,8 +80,20 @@ class Engine {
   ops::OpContext& op_context() { return op_context_; }
   Device device() const { return options_.device; }
   const EngineOptions& options() const { return options_; }
-  int64_t max_context() const { return transformer_->shape().kv_capacity; }
-  int64_t prefill_chunk() const { return transformer_->shape().max_tokens; }
+  // Committed tokens the context holds (the KV cache has room for a draft tree beyond it).
+  int64_t max_context() const { return context_; }
+  int64_t prefill_chunk() const { return prefill_chunk_; }
+  // The draft head, or null when speculative decoding is off.
+  spec::EagleHead* draft() { return draft_.get(); }
+  // For the draft head's construction (engine.cpp's draft builder).
+  Arena& arena_for_draft() { return arena_; }
+  void set_draft(std::unique_ptr<spec::EagleHead> draft);
+  // `draft` (optional) plans and builds the draft head in the same arena.
+  struct DraftBuilder {
+    std::function<void(ArenaPlan&, int64_t context)> plan;
+    std::function<void(Engine&, int64_t context)> make;
+    size_t kv_row_bytes = 0;  // draft KV bytes per context token (for sizing the default context)
+  };
   size_t arena_bytes() const { return arena_.capacity(); }
   double load_seconds() const { return load_seconds_; }
   // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)" or the CPU model name and thread count.
@@ -96,6 +122,9 @@ class Engine {
   void begin_sampling(const sampling::SamplingParams& params, std::span<const int32_t> prompt);
   // CUDA: draws the next token from logits row 0 of the last forward with the device sampler.
   int32_t sample_on_device();
+  // Host <-> device copies of small step data on the engine's stream (memcpy on the CPU).
+  void upload(const Tensor& dst, const void* src, size_t bytes);
+  void download(void* dst, const Tensor& src, size_t bytes);
   // Copies `rows` rows of logits to the host.
   void read_logits(int64_t rows, std::vector<float>& out);
   // Waits for the device (no-op on CPU) and reports errors flagged by kernels.
@@ -107,13 +136,16 @@ class Engine {
   // `plan_weights` adds the weights to the plan; `make_weights` fills them into the arena.
   static std::unique_ptr<Engine> build(const model::ModelConfig& config, const EngineOptions& options,
                                        DType weight_dtype, const std::function<void(ArenaPlan&)>& plan_weights,
-                                       const std::function<model::ModelWeights(Engine&)>& make_weights);
+                                       const std::function<model::ModelWeights(Engine&)>& make_weights,
+                                       const DraftBuilder* draft = nullptr);
   EngineOptions options_;
   std::unique_ptr<ThreadPool> pool_;
   std::shared_ptr<cuda::CudaContext> cuda_;  // shared_ptr: its deleter is bound where the type is complete
   ops::OpContext op_context_;
   Arena arena_;
   std::unique_ptr<model::Transformer> transformer_;
+  std::unique_ptr<spec::EagleHead> draft_;
+  int64_t context_ = 0, prefill_chunk_ = 0;
   double load_seconds_ = 0.0;
   // CUDA decode-step graphs, per StepOutput and cache-length class (short: fused attention;
   // long: separate kernels), their pinned step I/O (token, position, slot, result) and the device

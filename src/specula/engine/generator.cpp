@@ -8,6 +8,7 @@
 #include "specula/core/error.h"
 #include "specula/engine/limits.h"
 #include "specula/engine/engine.h"
+#include "specula/engine/speculative.h"
 #include "specula/sampling/sampler.h"
 
 namespace specula::engine {
@@ -27,11 +28,10 @@ double GenerationResult::decode_tokens_per_second() const {
   return decode_seconds > 0 && n > 0 ? n / decode_seconds : 0.0;
 }
 
-GenerationResult Generator::generate(const GenerationRequest& request, const GenerationCallbacks& callbacks) {
-  using clock = std::chrono::steady_clock;
+void check_request(Engine& engine, const GenerationRequest& request) {
   const int64_t prompt_len = static_cast<int64_t>(request.prompt.size());
-  const int64_t context = engine_.max_context();
-  const int64_t vocab = engine_.config().vocab_size;
+  const int64_t context = engine.max_context();
+  const int64_t vocab = engine.config().vocab_size;
   SPECULA_CHECK(prompt_len > 0, "the prompt is empty (nothing to condition on)");
   SPECULA_CHECK(prompt_len < context, "the prompt has ", prompt_len, " tokens but the context holds ", context,
                 " (raise --max-context or shorten the prompt)");
@@ -39,6 +39,18 @@ GenerationResult Generator::generate(const GenerationRequest& request, const Gen
     SPECULA_CHECK(id >= 0 && id < vocab, "prompt token id ", id, " is outside the model's vocabulary [0, ", vocab, ")");
   SPECULA_CHECK(request.max_new_tokens >= 0 && request.max_new_tokens <= kMaxNewTokens,
                 "max_new_tokens must be from 0 to ", kMaxNewTokens, ", got ", request.max_new_tokens);
+}
+
+std::unique_ptr<Decoder> make_decoder(Engine& engine) {
+  if (engine.draft() != nullptr) return std::make_unique<SpeculativeGenerator>(engine);
+  return std::make_unique<Generator>(engine);
+}
+
+GenerationResult Generator::generate(const GenerationRequest& request, const GenerationCallbacks& callbacks) {
+  using clock = std::chrono::steady_clock;
+  check_request(engine_, request);
+  const int64_t prompt_len = static_cast<int64_t>(request.prompt.size());
+  const int64_t context = engine_.max_context();
   sampling::Sampler sampler(request.sampling);
 
   GenerationResult result;

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,13 @@ struct GenerationResult {
   bool prefill_ran = false;      // false when max_new_tokens is 0: the prompt was checked, not run
   double prefill_seconds = 0.0;  // prompt forward passes until the first token is chosen
   double decode_seconds = 0.0;   // the remaining tokens
+  // Speculative decoding (zero without a draft head): target verification passes, draft tokens
+  // proposed (tree nodes below the root) and accepted.
+  int64_t verifications = 0, drafted_tokens = 0, accepted_tokens = 0;
+  // Tokens per verification pass, the bonus token included (the figure papers report).
+  double tokens_per_verification() const {
+    return verifications > 0 ? static_cast<double>(accepted_tokens + verifications) / static_cast<double>(verifications) : 0.0;
+  }
   double prefill_tokens_per_second() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0.0; }
   // Decode rate over the tokens after the first (the first comes from the prefill pass).
   double decode_tokens_per_second() const;
@@ -46,13 +54,27 @@ struct GenerationCallbacks {
   std::function<void(int64_t, int64_t)> on_prefill_progress;
 };
 
-class Generator {
+// A way of producing a request's tokens on an engine: the autoregressive Generator, or the
+// SpeculativeGenerator (EAGLE draft trees verified by the target). Front ends hold a Decoder.
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  virtual GenerationResult generate(const GenerationRequest& request, const GenerationCallbacks& callbacks = {}) = 0;
+};
+
+class Generator : public Decoder {
  public:
   explicit Generator(Engine& engine) : engine_(engine) {}
-  GenerationResult generate(const GenerationRequest& request, const GenerationCallbacks& callbacks = {});
+  GenerationResult generate(const GenerationRequest& request, const GenerationCallbacks& callbacks = {}) override;
 
  private:
   Engine& engine_;
 };
+
+// The decoder an engine calls for: speculative when it has a draft head, else autoregressive.
+std::unique_ptr<Decoder> make_decoder(Engine& engine);
+// Checks a request against the engine (prompt ids, lengths, max_new_tokens) with errors naming
+// the problem; shared by both decoders.
+void check_request(Engine& engine, const GenerationRequest& request);
 
 }  // namespace specula::engine

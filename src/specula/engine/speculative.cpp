@@ -1,0 +1,273 @@
+// The speculative decoding loop (see speculative.h). Host-orchestrated: the tree logic runs on
+// the host over top-k rows and the forwards run on the engine's device.
+#include "specula/engine/speculative.h"
+
+#include <algorithm>
+#include <chrono>
+#include <numeric>
+
+#include "specula/core/error.h"
+#include "specula/engine/engine.h"
+#include "specula/sampling/sampler.h"
+#include "specula/spec/draft_tree.h"
+#include "specula/spec/eagle_head.h"
+
+namespace specula::engine {
+
+namespace {
+using clock = std::chrono::steady_clock;
+
+std::vector<int32_t> iota_from(int64_t first, int64_t n) {
+  std::vector<int32_t> out(static_cast<size_t>(n));
+  std::iota(out.begin(), out.end(), static_cast<int32_t>(first));
+  return out;
+}
+
+// out[i] = table[rows[i]] on the device (an embedding lookup is a row gather).
+void gather_rows(Engine& engine, spec::EagleHead& draft, const Tensor& table, std::span<const int32_t> rows, Tensor& out) {
+  Tensor ids = draft.gather_ids(static_cast<int64_t>(rows.size()));
+  engine.upload(ids, rows.data(), rows.size() * sizeof(int32_t));
+  ops::embedding(engine.op_context(), table, ids, 1.0f, out);
+}
+
+// Moves the accepted nodes' target KV rows (tree rows committed + node) down to committed + 1,
+// committed + 2, ... (the root already sits at row committed).
+void compact_kv(Engine& engine, spec::EagleHead& draft, model::KvCache& cache, int64_t committed,
+                std::span<const int32_t> nodes) {
+  if (nodes.empty()) return;
+  std::vector<int32_t> src, dst;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    src.push_back(static_cast<int32_t>(committed + nodes[i]));
+    dst.push_back(static_cast<int32_t>(committed + 1 + static_cast<int64_t>(i)));
+  }
+  const int32_t count = static_cast<int32_t>(nodes.size());
+  engine.upload(draft.kv_src(), src.data(), src.size() * sizeof(int32_t));
+  engine.upload(draft.kv_dst(), dst.data(), dst.size() * sizeof(int32_t));
+  engine.upload(draft.kv_count(), &count, sizeof count);
+  cache.gather(engine.op_context(), draft.kv_src(), draft.kv_dst(), draft.kv_count());
+}
+
+// Host copies of device rows, reused across cycles.
+struct HostRows {
+  std::vector<float> values;
+  std::span<const float> row(int64_t i, int64_t width) const {
+    return std::span<const float>(values).subspan(static_cast<size_t>(i * width), static_cast<size_t>(width));
+  }
+};
+}  // namespace
+
+SpeculativeGenerator::SpeculativeGenerator(Engine& engine) : engine_(engine) {
+  SPECULA_CHECK(engine.draft() != nullptr, "speculative decoding needs an engine loaded with a draft head (--draft)");
+}
+
+GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request, const GenerationCallbacks& callbacks) {
+  check_request(engine_, request);
+  spec::EagleHead& draft = *engine_.draft();
+  model::Transformer& target = engine_.transformer();
+  ops::OpContext& ctx = engine_.op_context();
+  const spec::DraftTreeParams& tp = engine_.options().tree;
+  const int k = tp.top_k;
+  const int64_t prompt_len = static_cast<int64_t>(request.prompt.size());
+  const int64_t context = engine_.max_context();
+  const int64_t vocab = engine_.config().vocab_size, draft_vocab = draft.draft_vocab();
+  const bool full_draft_vocab = draft_vocab == vocab;
+  const std::vector<int32_t>& vocab_map = draft.vocab_map_host();
+  sampling::Sampler sampler(request.sampling);
+  const sampling::SamplingParams& sp = request.sampling;
+  const bool plain_greedy = sp.is_greedy() && sp.repetition_penalty == 1.0f && sp.presence_penalty == 0.0f &&
+                            sp.frequency_penalty == 0.0f;
+
+  GenerationResult result;
+  result.prompt_tokens = prompt_len;
+  if (request.max_new_tokens == 0) return result;
+  result.prefill_ran = true;
+  const auto prefill_start = clock::now();
+
+  HostRows logits_host;
+  std::vector<int32_t> generated;  // the tokens emitted so far (penalty history)
+  // The target's token at a node from its logits row, under the request's sampling rule, with
+  // `path` the tokens between the last emitted one and this node.
+  auto choose = [&](std::span<const float> row, std::span<const int32_t> path) -> int32_t {
+    std::vector<float> scratch(row.begin(), row.end());
+    std::vector<int32_t> history = generated;
+    history.insert(history.end(), path.begin(), path.end());
+    return sampler.sample(scratch, request.prompt, history);
+  };
+  auto read_rows = [&](const Tensor& t, int64_t rows, int64_t width) {
+    logits_host.values.resize(static_cast<size_t>(rows * width));
+    engine_.download(logits_host.values.data(), t, logits_host.values.size() * sizeof(float));
+  };
+  // Top-k rows of the draft's logits for `rows` nodes, mapped to full ids.
+  std::vector<spec::ScoredToken> top(static_cast<size_t>(k) * k);
+  auto draft_top_k = [&](int64_t rows) {
+    read_rows(draft.logits(rows), rows, draft_vocab);
+    for (int64_t r = 0; r < rows; ++r)
+      spec::top_k_log_softmax(logits_host.row(r, draft_vocab), k,
+                              full_draft_vocab ? std::span<const int32_t>() : std::span<const int32_t>(vocab_map),
+                              std::span<spec::ScoredToken>(top).subspan(static_cast<size_t>(r * k), static_cast<size_t>(k)));
+  };
+
+  // Prefill: target chunk, then the draft over the same rows paired with the next tokens.
+  const int64_t chunk = engine_.prefill_chunk();
+  int32_t root = -1;
+  int64_t draft_rows_last = 0;
+  for (int64_t begin = 0; begin < prompt_len; begin += chunk) {
+    const int64_t n = std::min(chunk, prompt_len - begin);
+    const bool last = begin + n == prompt_len;
+    const std::vector<int32_t> pos = iota_from(begin, n);
+    engine_.write_inputs(std::span(request.prompt).subspan(static_cast<size_t>(begin), static_cast<size_t>(n)), pos, pos);
+    target.forward(ctx, n, last ? 1 : 0);
+    if (last) {
+      read_rows(target.logits(1), 1, vocab);
+      root = choose(logits_host.row(0, vocab), {});
+    }
+    std::vector<int32_t> next(request.prompt.begin() + begin + 1, request.prompt.begin() + begin + n);
+    next.push_back(last ? root : request.prompt[static_cast<size_t>(begin + n)]);
+    engine_.upload(draft.token_ids(), next.data(), next.size() * sizeof(int32_t));
+    engine_.upload(draft.positions(), pos.data(), pos.size() * sizeof(int32_t));
+    engine_.upload(draft.slots(), pos.data(), pos.size() * sizeof(int32_t));
+    draft.forward(ctx, n, target.final_hidden(n), last ? 1 : 0);
+    draft_rows_last = n;
+    if (callbacks.on_prefill_progress) {
+      engine_.synchronize();
+      callbacks.on_prefill_progress(begin + n, prompt_len);
+    }
+  }
+  const auto decode_start = clock::now();
+  result.prefill_seconds = std::chrono::duration<double>(decode_start - prefill_start).count();
+
+  // Emits one token; false when generation ends with it (or before it).
+  auto emit = [&](int32_t token) -> bool {
+    if (std::find(request.stop_ids.begin(), request.stop_ids.end(), token) != request.stop_ids.end()) {
+      result.finish_reason = FinishReason::Stop;
+      return false;
+    }
+    result.tokens.push_back(token);
+    generated.push_back(token);
+    if (callbacks.on_token && !callbacks.on_token(token)) {
+      result.finish_reason = FinishReason::Cancelled;
+      return false;
+    }
+    if (static_cast<int64_t>(result.tokens.size()) >= request.max_new_tokens) {
+      result.finish_reason = FinishReason::Length;
+      return false;
+    }
+    return true;
+  };
+
+  spec::TreeBuilder builder(tp);
+  std::vector<int32_t> parent_rows(static_cast<size_t>(k)), greedy_tokens;
+  int64_t committed = prompt_len;  // rows both caches hold; the root sits at this position
+  bool running = emit(root);
+  while (running) {
+    if (committed >= context) {
+      result.finish_reason = FinishReason::ContextFull;
+      break;
+    }
+    // Draft: level 1 from the last draft row's logits, then depth - 1 expansions.
+    draft_top_k(1);
+    builder.begin(root, std::span<const spec::ScoredToken>(top).subspan(0, static_cast<size_t>(k)));
+    std::fill(parent_rows.begin(), parent_rows.end(), static_cast<int32_t>(draft_rows_last - 1));
+    Tensor parent_hidden = draft.hidden(draft_rows_last);
+    for (int level = 1; level < tp.depth; ++level) {
+      const auto tokens = builder.frontier_tokens();
+      const std::vector<int32_t> pos(static_cast<size_t>(k), static_cast<int32_t>(committed + level - 1));
+      const std::vector<int32_t> slots = iota_from(committed + static_cast<int64_t>(level - 1) * k, k);
+      const std::vector<int32_t> bits = builder.frontier_mask_bits();
+      const int64_t width = static_cast<int64_t>(level) * k, words = ops::AttentionMask::tree_words(width);
+      engine_.upload(draft.token_ids(), tokens.data(), tokens.size() * sizeof(int32_t));
+      engine_.upload(draft.positions(), pos.data(), pos.size() * sizeof(int32_t));
+      engine_.upload(draft.slots(), slots.data(), slots.size() * sizeof(int32_t));
+      Tensor mask = draft.draft_mask(k, width);
+      SPECULA_CHECK(mask.dim(1) == words, "draft mask layout (internal error)");
+      engine_.upload(mask, bits.data(), bits.size() * sizeof(int32_t));
+      // Each node is paired with its parent's draft output.
+      if (level > 1) {
+        const auto slots_of_parents = builder.frontier_parent_slots();
+        std::copy(slots_of_parents.begin(), slots_of_parents.end(), parent_rows.begin());
+      }
+      Tensor features = draft.feature_buffer(k);
+      gather_rows(engine_, draft, parent_hidden, parent_rows, features);
+      draft.forward(ctx, k, features, k, ops::AttentionMask::tree(mask, width));
+      draft_top_k(k);
+      builder.expand(top);
+      parent_hidden = draft.hidden(k);
+    }
+    const spec::DraftTree tree = builder.finish();
+    const int64_t n = tree.size();
+
+    // Verify: every node in one target forward.
+    const std::vector<int32_t> positions = tree.positions(static_cast<int32_t>(committed));
+    const std::vector<int32_t> rows = iota_from(committed, n);
+    const std::vector<int32_t> bits = tree.mask_bits();
+    engine_.write_inputs(tree.tokens, positions, rows);
+    Tensor mask = draft.verify_mask(n);
+    engine_.upload(mask, bits.data(), bits.size() * sizeof(int32_t));
+    target.forward(ctx, n, n, ops::AttentionMask::tree(mask, n));
+
+    // Accept: walk from the root while the target's token is a child.
+    std::vector<int32_t> path_nodes, path_tokens;
+    int32_t final_token = -1;
+    if (plain_greedy) {
+      Tensor next = target.next_tokens(n);
+      ops::argmax(ctx, target.logits(n), next);
+      greedy_tokens.resize(static_cast<size_t>(n));
+      engine_.download(greedy_tokens.data(), next, greedy_tokens.size() * sizeof(int32_t));
+    } else {
+      read_rows(target.logits(n), n, vocab);
+    }
+    for (int32_t u = 0;;) {
+      int32_t x;
+      if (plain_greedy) {
+        x = greedy_tokens[static_cast<size_t>(u)];  // the temperature-0 draw, taken on the device
+      } else {
+        x = choose(logits_host.row(u, vocab), path_tokens);
+      }
+      int32_t next_node = -1;
+      for (int32_t c : tree.children(u))
+        if (tree.tokens[static_cast<size_t>(c)] == x) {
+          next_node = c;
+          break;
+        }
+      if (next_node < 0) {
+        final_token = x;
+        break;
+      }
+      path_nodes.push_back(next_node);
+      path_tokens.push_back(x);
+      u = next_node;
+    }
+    ++result.verifications;
+    result.drafted_tokens += n - 1;
+    result.accepted_tokens += static_cast<int64_t>(path_nodes.size());
+
+    // Commit: the root and the accepted nodes' rows move to committed, committed + 1, ...
+    const int64_t m = static_cast<int64_t>(path_nodes.size());
+    compact_kv(engine_, draft, target.kv_cache(), committed, path_nodes);
+    // Draft catch-up: rows committed .. committed + m pair the target features of the root and
+    // the accepted nodes with the next tokens (the last one is the new root).
+    std::vector<int32_t> feature_rows = {0};
+    feature_rows.insert(feature_rows.end(), path_nodes.begin(), path_nodes.end());
+    std::vector<int32_t> next_tokens = path_tokens;
+    next_tokens.push_back(final_token);
+    const std::vector<int32_t> catch_rows = iota_from(committed, m + 1);
+    engine_.upload(draft.token_ids(), next_tokens.data(), next_tokens.size() * sizeof(int32_t));
+    engine_.upload(draft.positions(), catch_rows.data(), catch_rows.size() * sizeof(int32_t));
+    engine_.upload(draft.slots(), catch_rows.data(), catch_rows.size() * sizeof(int32_t));
+    Tensor features = draft.feature_buffer(m + 1);
+    gather_rows(engine_, draft, target.final_hidden(n), feature_rows, features);
+    draft.forward(ctx, m + 1, features, 1);
+    draft_rows_last = m + 1;
+    committed += m + 1;
+    root = final_token;
+
+    for (int32_t t : path_tokens)
+      if (!(running = emit(t))) break;
+    if (running) running = emit(final_token);
+  }
+  engine_.synchronize();
+  result.decode_seconds = std::chrono::duration<double>(clock::now() - decode_start).count();
+  return result;
+}
+
+}  // namespace specula::engine
