@@ -10,5 +10,6 @@ void add_generate_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_demo_model_command(CLI::App& app);
+void add_freq_command(CLI::App& app);
 
 }  // namespace specula::cli

@@ -8,6 +8,7 @@
 
 #include <cstring>
 #include <optional>
+#include <utility>
 
 #include "specula/core/error.h"
 #include "specula/io/byte_reader.h"
@@ -247,6 +248,15 @@ std::vector<int64_t> load_torch_int_list(const std::string& path) {
       break;
   }
   fail(path, ": holds a state_dict, expected a list of ints or a 1-D integer tensor");
+}
+
+std::vector<int64_t> load_torch_plain_int_list(const std::string& path) {
+  const MappedFile file(path);
+  TorchArchive archive = open_archive(file);
+  SPECULA_CHECK(archive.pickle.kind == TorchPickle::Kind::IntList, path, ": holds a ",
+                archive.pickle.kind == TorchPickle::Kind::Tensor ? "tensor" : "dict (state_dict)",
+                ", expected a plain list of ints (torch.save(list_of_ints))");
+  return std::move(archive.pickle.ints);
 }
 
 }  // namespace specula::io

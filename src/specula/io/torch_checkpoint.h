@@ -38,6 +38,10 @@ class TorchCheckpointFile final : public TensorFile {
 // (torch.save(torch.tensor(ids))), returning the values in order.
 std::vector<int64_t> load_torch_int_list(const std::string& path);
 
+// Strict form for FR-Spec lists: only a torch.save'd plain list of Python ints is accepted; a
+// tensor, a state_dict or any other object is refused with an error saying what the file holds.
+std::vector<int64_t> load_torch_plain_int_list(const std::string& path);
+
 // True when the file starts like a torch.save archive (zip) or a legacy torch pickle stream;
 // Checkpoint uses it to pick a reader without trusting file extensions.
 bool looks_like_torch_file(const MappedFile& file);
