@@ -220,9 +220,11 @@ std::unique_ptr<Engine> Engine::load(const EngineOptions& options) {
     spec::EagleHeadConfig head = spec::EagleHeadConfig::read(options.draft_dir, config);
     head_checkpoint = std::make_shared<io::Checkpoint>(io::Checkpoint::open(options.draft_dir));
     head.prefix = spec::detect_head_prefix(*head_checkpoint, head);
-    // The head is stored in the target's device dtype: a float16 head serves a bfloat16 target
-    // (the published pairs mix them), converted on load.
-    const model::WeightFormat head_format{options.device, weight_dtype};
+    // On CUDA the head is stored in the target's device dtype (the kernels pair one 16-bit type
+    // with its activations; published pairs mix float16 heads with bfloat16 targets), converted
+    // on load. The CPU computes in fp32 from any stored dtype, so it keeps the file's.
+    const model::WeightFormat head_format{options.device,
+                                          options.device == Device::CPU ? options.weight_dtype : weight_dtype};
     const model::WeightLayout layout = spec::eagle_head_layout(head);
     draft = draft_builder(
         config, head, options, weight_dtype, frspec,

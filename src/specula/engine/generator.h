@@ -9,10 +9,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "specula/sampling/params.h"
+#include "specula/spec/draft_tree.h"
 
 namespace specula::engine {
 
@@ -52,6 +54,9 @@ struct GenerationCallbacks {
   std::function<bool(int32_t)> on_token;
   // Prefill progress: prompt tokens processed so far, total.
   std::function<void(int64_t, int64_t)> on_prefill_progress;
+  // Speculative decoding: each verified draft tree, the accepted nodes below the root (in path
+  // order) and the target's token after them (the next root). For tests and traces.
+  std::function<void(const spec::DraftTree&, std::span<const int32_t>, int32_t)> on_verification;
 };
 
 // A way of producing a request's tokens on an engine: the autoregressive Generator, or the

@@ -237,6 +237,7 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
       path_tokens.push_back(x);
       u = next_node;
     }
+    if (callbacks.on_verification) callbacks.on_verification(tree, path_nodes, final_token);
     ++result.verifications;
     result.drafted_tokens += n - 1;
     result.accepted_tokens += static_cast<int64_t>(path_nodes.size());
