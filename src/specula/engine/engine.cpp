@@ -177,6 +177,7 @@ Engine::DraftBuilder draft_builder(const model::ModelConfig& target, const spec:
     shape.max_mask_width = static_cast<int64_t>(t.depth) * t.top_k;
     shape.tree_size = t.size;
     shape.max_accepted = t.depth + 1;
+    shape.top_k = t.top_k;
     return shape;
   };
   Engine::DraftBuilder builder;

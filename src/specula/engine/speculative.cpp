@@ -97,14 +97,18 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     logits_host.values.resize(static_cast<size_t>(rows * width));
     engine_.download(logits_host.values.data(), t, logits_host.values.size() * sizeof(float));
   };
-  // Top-k rows of the draft's logits for `rows` nodes, mapped to full ids.
+  // Top-k rows of the draft's logits for `rows` nodes (on the device), mapped to full ids.
   std::vector<spec::ScoredToken> top(static_cast<size_t>(k) * k);
+  std::vector<float> top_values(static_cast<size_t>(k) * k);
+  std::vector<int32_t> top_ids(static_cast<size_t>(k) * k);
   auto draft_top_k = [&](int64_t rows) {
-    read_rows(draft.logits(rows), rows, draft_vocab);
-    for (int64_t r = 0; r < rows; ++r)
-      spec::top_k_log_softmax(logits_host.row(r, draft_vocab), k,
-                              full_draft_vocab ? std::span<const int32_t>() : std::span<const int32_t>(vocab_map),
-                              std::span<spec::ScoredToken>(top).subspan(static_cast<size_t>(r * k), static_cast<size_t>(k)));
+    Tensor values = draft.top_values(rows), indices = draft.top_indices(rows);
+    ops::top_k_log_softmax(ctx, draft.logits(rows), values, indices);
+    const size_t n = static_cast<size_t>(rows * k);
+    engine_.download(top_values.data(), values, n * sizeof(float));
+    engine_.download(top_ids.data(), indices, n * sizeof(int32_t));
+    for (size_t i = 0; i < n; ++i)
+      top[i] = {top_values[i], full_draft_vocab ? top_ids[i] : vocab_map[static_cast<size_t>(top_ids[i])]};
   };
 
   // Prefill: target chunk, then the draft over the same rows paired with the next tokens.

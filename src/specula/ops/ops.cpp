@@ -10,6 +10,7 @@
 #include "specula/ops/op_checks.h"
 #ifdef SPECULA_WITH_CUDA
 #include "specula/ops/cuda/cuda_ops.h"
+#include "specula/ops/cuda/top_k.h"
 // Wraps a call of the CUDA implementation; `c` names the CudaContext inside `call`.
 #define SPECULA_ON_CUDA(call) [&](cuda::CudaContext& c) { cuda_impl::call; }
 #else
@@ -322,6 +323,23 @@ void argmax(OpContext& ctx, const Tensor& logits, Tensor& out) {
   check_cpu_f32(op, device, {&logits});
   dispatch(op, ctx, device, [&](ThreadPool& p) { cpu::argmax(p, logits, out); },
            SPECULA_ON_CUDA(argmax(c, logits, out)));
+}
+
+void top_k_log_softmax(OpContext& ctx, const Tensor& logits, Tensor& values, Tensor& indices) {
+  constexpr std::string_view op = "top_k_log_softmax";
+  check_dtype(op, "logits", logits, DType::F32);
+  check_rank(op, "logits", logits, 2);
+  check_dtype(op, "values", values, DType::F32);
+  check_dtype(op, "indices", indices, DType::I32);
+  check_rank(op, "values", values, 2);
+  check_same_shape(op, "values", values, "indices", indices);
+  const int64_t k = values.dim(1);
+  check_dim(op, "values", values, 0, logits.dim(0));
+  SPECULA_CHECK(k >= 1 && k <= std::min(logits.dim(1), kMaxTopK), op, ": k = ", k, " must be from 1 to min(V = ",
+                logits.dim(1), ", ", kMaxTopK, ")");
+  const Device device = common_device(op, {&logits, &values, &indices});
+  dispatch(op, ctx, device, [&](ThreadPool& p) { cpu::top_k_log_softmax(p, logits, values, indices); },
+           SPECULA_ON_CUDA(top_k_log_softmax(c, logits, values, indices)));
 }
 
 void convert(OpContext& ctx, const Tensor& src, Tensor& dst) {

@@ -171,6 +171,13 @@ void linear_swiglu(OpContext& ctx, const Tensor& gate_up, const Tensor& weight, 
 // out[t] = argmax_v logits[t, v] (ties: lowest id).   logits [T, V]; out [T] I32.
 void argmax(OpContext& ctx, const Tensor& logits, Tensor& out);
 
+// The k best entries of each row's log-softmax (draft trees grow from these):
+//   values[r, j] = logits[r, i_j] - logsumexp(logits[r, :]),  indices[r, j] = i_j,
+// ranked by value, the lower index first on ties; NaN entries are never chosen.
+// logits [R, V] F32; values [R, k] F32; indices [R, k] I32; 1 <= k <= min(V, kMaxTopK).
+inline constexpr int64_t kMaxTopK = 64;
+void top_k_log_softmax(OpContext& ctx, const Tensor& logits, Tensor& values, Tensor& indices);
+
 // Element-wise copy with dtype conversion between two tensors of equal element count on the
 // same device.
 void convert(OpContext& ctx, const Tensor& src, Tensor& dst);

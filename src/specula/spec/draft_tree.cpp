@@ -161,19 +161,4 @@ DraftTree TreeBuilder::finish() const {
   return tree;
 }
 
-void top_k_log_softmax(std::span<const float> logits, int k, std::span<const int32_t> ids, std::span<ScoredToken> out) {
-  SPECULA_CHECK(k >= 1 && static_cast<size_t>(k) <= logits.size() && out.size() == static_cast<size_t>(k),
-                "top_k_log_softmax: k ", k, " for ", logits.size(), " logits");
-  float max_logit = -INFINITY;
-  for (float x : logits) max_logit = std::max(max_logit, x);
-  double sum = 0.0;
-  for (float x : logits) sum += std::exp(static_cast<double>(x - max_logit));
-  const float log_sum = max_logit + static_cast<float>(std::log(sum));
-  const std::vector<int32_t> best = best_indices(logits, static_cast<size_t>(k));
-  for (int j = 0; j < k; ++j) {
-    const int32_t i = best[static_cast<size_t>(j)];
-    out[static_cast<size_t>(j)] = {logits[static_cast<size_t>(i)] - log_sum, ids.empty() ? i : ids[static_cast<size_t>(i)]};
-  }
-}
-
 }  // namespace specula::spec

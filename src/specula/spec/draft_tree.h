@@ -92,9 +92,4 @@ class TreeBuilder {
   std::vector<std::vector<int32_t>> frontier_history_;  // frontier candidate indices per level
 };
 
-// The top-k (log-probability, token) pairs of one row of logits: log-softmax in fp32, ranked by
-// value then lower index; `ids` maps row positions to token ids (empty: identity, else an
-// FR-Spec list).
-void top_k_log_softmax(std::span<const float> logits, int k, std::span<const int32_t> ids, std::span<ScoredToken> out);
-
 }  // namespace specula::spec

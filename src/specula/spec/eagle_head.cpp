@@ -190,6 +190,8 @@ void EagleHead::visit_buffers(const EagleHeadConfig& cfg, const EagleHeadShape& 
   visit(at(&EagleHead::kv_src_), DType::I32, {s.max_accepted});
   visit(at(&EagleHead::kv_dst_), DType::I32, {s.max_accepted});
   visit(at(&EagleHead::kv_count_), DType::I32, {1});
+  visit(at(&EagleHead::top_values_), DType::F32, {s.max_logit_rows, s.top_k});
+  visit(at(&EagleHead::top_indices_), DType::I32, {s.max_logit_rows, s.top_k});
 }
 
 void EagleHead::plan(const EagleHeadConfig& config, const EagleHeadShape& shape, const model::ActivationDTypes& dtypes,

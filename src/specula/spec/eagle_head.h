@@ -82,6 +82,7 @@ struct EagleHeadShape {
   int64_t max_mask_width = 1;  // widest draft-level mask (depth * top_k)
   int64_t tree_size = 1;       // target verification rows (tree nodes with the root)
   int64_t max_accepted = 1;    // rows one cycle commits (depth + 1)
+  int64_t top_k = 1;           // candidates per expanded node
 };
 
 class EagleHead {
@@ -124,6 +125,9 @@ class EagleHead {
   Tensor draft_mask(int64_t rows, int64_t width) const;
   Tensor verify_mask(int64_t nodes) const;
   Tensor gather_ids(int64_t n) const { return gather_ids_.slice_outer(0, n); }
+  // Top-k of the last forward's logit rows (ops::top_k_log_softmax): [rows, top_k] each.
+  Tensor top_values(int64_t rows) const { return top_values_.slice_outer(0, rows); }
+  Tensor top_indices(int64_t rows) const { return top_indices_.slice_outer(0, rows); }
   Tensor kv_src() const { return kv_src_; }
   Tensor kv_dst() const { return kv_dst_; }
   Tensor kv_count() const { return kv_count_; }
@@ -140,7 +144,8 @@ class EagleHead {
   ops::RopeParams rope_;
   model::KvCache kv_;
   Tensor token_ids_, positions_, slots_, features_, embedded_, normed_, residual_, qkv_, q_, attn_out_, gate_up_,
-      hidden_, logits_, vocab_map_, mask_bits_, verify_mask_, gather_ids_, kv_src_, kv_dst_, kv_count_;
+      hidden_, logits_, vocab_map_, mask_bits_, verify_mask_, gather_ids_, kv_src_, kv_dst_, kv_count_,
+      top_values_, top_indices_;
   std::vector<int32_t> vocab_map_host_;
 };
 

@@ -30,6 +30,7 @@ void kv_gather(ThreadPool& pool, std::span<Tensor> caches, const Tensor& src_row
                const Tensor& count);
 void silu_mul(ThreadPool& pool, const Tensor& gate_up, Tensor& out);
 void argmax(ThreadPool& pool, const Tensor& logits, Tensor& out);
+void top_k_log_softmax(ThreadPool& pool, const Tensor& logits, Tensor& values, Tensor& indices);
 void convert(ThreadPool& pool, const Tensor& src, Tensor& dst);
 void fill_random(ThreadPool& pool, Tensor& t, uint64_t seed, float scale);
 
