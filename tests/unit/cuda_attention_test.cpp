@@ -7,6 +7,12 @@
 // ("spikes") at tile and split boundaries and just past a token's slot: with softmax weights of
 // order 1/length an off-by-one row otherwise hides below the rounding noise of a long context.
 //
+// Tree masks (ops::AttentionMask::tree) are checked the same way: random trees of 1 to 130 nodes
+// (parents before children, ancestor-and-self bit rows) after committed prefixes at tile and split
+// edges, draft-level windows wider than the query count (up to 320 rows), hand-made rows (only its
+// own bit, no bit, the whole window), random padding bits past the width, one captured graph
+// replayed at several prefix lengths, and a window reaching before row 0 (reported, zeros).
+//
 // Tolerances, per element: |gpu - ref| <= rtol * |ref| + atol * rms(ref), plus a relative L2 bound.
 // Scaling the absolute term by rms(ref) keeps it meaningful at long contexts, where outputs are
 // averages of thousands of values and shrink like 1/sqrt(length).
@@ -51,6 +57,9 @@ struct Case {
   std::vector<int> spike_rows;       // V rows multiplied by kSpike (rows past the capacity ignored)
   size_t q_offset_bytes = 0;         // misaligns q on the device (forces the generic kernel)
   uint32_t seed = 1;
+  // Tree mask (ops::AttentionMask::tree) when tree_width > 0: bit rows [T, words(tree_width)].
+  std::vector<uint32_t> tree_bits;
+  int tree_width = 0;
 
   int tokens() const { return static_cast<int>(slots.size()); }
   int max_slot() const { return *std::max_element(slots.begin(), slots.end()); }
@@ -64,6 +73,7 @@ struct Case {
     for (size_t i = 0; i < slots.size() && i < 8; ++i) s << (i ? "," : "") << slots[i];
     if (slots.size() > 8) s << ",...";
     s << "}";
+    if (tree_width > 0) s << " tree width=" << tree_width << " base=" << slots.back() - tree_width + 1;
     return s.str();
   }
 };
@@ -113,13 +123,23 @@ std::vector<float> cpu_reference(const Case& c, const Inputs& in) {
   Tensor tv(v.data(), DType::F32, {c.n_kv, cap, hd});
   Tensor ts(slots.data(), DType::I32, {tokens});
   Tensor to(out.data(), DType::F32, {tokens, c.n_heads * hd});
-  ops::attention(cpu.ops, tq, tk, tv, ts, c.softmax_scale(), to);
+  std::vector<uint32_t> bits = c.tree_bits;
+  const ops::AttentionMask mask =
+      c.tree_width > 0 ? ops::AttentionMask::tree(Tensor(bits.data(), DType::I32,
+                                                         {tokens, ops::AttentionMask::tree_words(c.tree_width)}),
+                                                  c.tree_width)
+                       : ops::AttentionMask::causal();
+  ops::attention(cpu.ops, tq, tk, tv, ts, c.softmax_scale(), to, mask);
   return out;
 }
 
 // Device copies of one case's operands.
 struct DeviceCase {
-  DeviceTensor q, k, v, slots, out;
+  DeviceTensor q, k, v, slots, out, tree_bits;
+  int tree_width = 0;
+  ops::AttentionMask mask() const {
+    return tree_width > 0 ? ops::AttentionMask::tree(tree_bits.tensor, tree_width) : ops::AttentionMask::causal();
+  }
 };
 
 std::unique_ptr<DeviceCase> upload(const Case& c, const Inputs& in) {
@@ -130,6 +150,11 @@ std::unique_ptr<DeviceCase> upload(const Case& c, const Inputs& in) {
   d->v = test::upload_tensor(in.v, c.cache_dtype, {c.n_kv, cap, hd});
   d->slots = test::upload_ints(c.slots, {tokens});
   d->out = test::device_tensor(c.out_dtype, {tokens, c.n_heads * hd});
+  if (c.tree_width > 0) {
+    const int64_t words = ops::AttentionMask::tree_words(c.tree_width);
+    d->tree_bits = test::upload_ints(std::vector<int32_t>(c.tree_bits.begin(), c.tree_bits.end()), {tokens, words});
+    d->tree_width = c.tree_width;
+  }
   return d;
 }
 
@@ -202,7 +227,7 @@ class CudaAttention : public ::testing::Test {
   static void run(cuda::CudaContext& cx, DeviceCase& d, float scale) {
     ops::OpContext op;
     op.cuda = &cx;
-    ops::attention(op, d.q.tensor, d.k.tensor, d.v.tensor, d.slots.tensor, scale, d.out.tensor);
+    ops::attention(op, d.q.tensor, d.k.tensor, d.v.tensor, d.slots.tensor, scale, d.out.tensor, d.mask());
   }
 
   // Runs one case on `context` (default: the suite's) and compares with the CPU reference.
@@ -486,6 +511,231 @@ TEST_F(CudaAttention, GraphReplayFollowsDeviceSlots) {
     }
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
+  }
+}
+
+// ---- tree masks (ops::AttentionMask::tree) ---------------------------------------------------
+
+namespace {
+
+int tree_words(int width) { return static_cast<int>(ops::AttentionMask::tree_words(width)); }
+
+void set_bit(std::vector<uint32_t>& bits, int width, int t, int j) {
+  bits[static_cast<size_t>(t) * tree_words(width) + j / 32] |= 1u << (j % 32);
+}
+
+// Sets random bits past `width` in the last word of every row: rows past the last query's slot
+// must stay hidden whatever the padding holds.
+void add_padding_garbage(std::vector<uint32_t>& bits, int width, std::mt19937& rng) {
+  if (width % 32 == 0) return;
+  const int words = tree_words(width);
+  const uint32_t pad = ~((1u << (width % 32)) - 1u);
+  for (size_t t = 0; t < bits.size() / words; ++t) bits[t * words + words - 1] |= pad & static_cast<uint32_t>(rng());
+}
+
+// Verification layout: T nodes of a random tree (parents before children) in the rows right
+// after a committed prefix of `prefix` rows; node t sees its ancestors and itself.
+void random_tree(Case& c, int tokens, int prefix, std::mt19937& rng) {
+  std::vector<int> parent(static_cast<size_t>(tokens), -1);
+  for (int t = 1; t < tokens; ++t) parent[static_cast<size_t>(t)] = std::uniform_int_distribution<int>(0, t - 1)(rng);
+  c.tree_width = tokens;
+  c.tree_bits.assign(static_cast<size_t>(tokens) * tree_words(tokens), 0u);
+  c.slots.resize(static_cast<size_t>(tokens));
+  for (int t = 0; t < tokens; ++t) {
+    c.slots[static_cast<size_t>(t)] = prefix + t;
+    for (int a = t; a >= 0; a = parent[static_cast<size_t>(a)]) set_bit(c.tree_bits, tokens, t, a);
+  }
+  add_padding_garbage(c.tree_bits, c.tree_width, rng);
+}
+
+// Draft-level layout: `levels` levels of `k` nodes each fill the last width = k * levels rows
+// (level l, node i in window column l * k + i; each node's parent is a random node of the level
+// before); the queries are the k nodes of the newest level, each seeing its chain of ancestors
+// and itself.
+void draft_level(Case& c, int k, int levels, int prefix, std::mt19937& rng) {
+  const int width = k * levels;
+  std::vector<int> parent(static_cast<size_t>(width), -1);
+  for (int l = 1; l < levels; ++l)
+    for (int i = 0; i < k; ++i)
+      parent[static_cast<size_t>(l * k + i)] = (l - 1) * k + std::uniform_int_distribution<int>(0, k - 1)(rng);
+  c.tree_width = width;
+  c.tree_bits.assign(static_cast<size_t>(k) * tree_words(width), 0u);
+  c.slots.resize(static_cast<size_t>(k));
+  for (int t = 0; t < k; ++t) {
+    const int col = (levels - 1) * k + t;
+    c.slots[static_cast<size_t>(t)] = prefix + col;
+    for (int a = col; a >= 0; a = parent[static_cast<size_t>(a)]) set_bit(c.tree_bits, width, t, a);
+  }
+  add_padding_garbage(c.tree_bits, c.tree_width, rng);
+}
+
+// Spikes at the tile edges, around the window's first row, and around every query's row.
+std::vector<int> tree_spikes(const Case& c) {
+  std::vector<int> rows = boundary_spikes(c.slots);
+  const int base = c.slots.back() - c.tree_width + 1;
+  for (int d = -2; d <= 1; ++d) rows.push_back(base + d);
+  return rows;
+}
+
+void set_shape(Case& c, int group, int head_dim, DType dtype) {
+  c.n_kv = 2;
+  c.n_heads = 2 * group;
+  c.head_dim = head_dim;
+  c.q_dtype = c.cache_dtype = c.out_dtype = dtype;
+}
+
+}  // namespace
+
+TEST_F(CudaAttention, TreeMaskRandomTrees) {
+  // Random trees of 1 to 130 nodes after committed prefixes at tile (64) and split edges, GQA
+  // groups 1, 3, 4, head_dim 64 and 128, bf16 and f16 caches (tensor cores) and f32 (generic).
+  struct Shape {
+    int tokens, prefix;
+  };
+  const Shape shapes[] = {{1, 0}, {2, 1}, {7, 63}, {33, 64}, {64, 65}, {130, 1000}, {100, 5000}, {17, 4999}};
+  const int groups[] = {1, 3, 4};
+  std::mt19937 rng(2024);
+  uint32_t seed = 3000;
+  int n = 0;
+  for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
+    for (int hd : {128, 64}) {
+      for (const Shape& sh : shapes) {
+        Case c;
+        set_shape(c, groups[n++ % 3], hd, dt);
+        random_tree(c, sh.tokens, sh.prefix, rng);
+        c.spike_rows = tree_spikes(c);
+        c.seed = seed++;
+        check(c, "random tree");
+      }
+    }
+  }
+  // A 16-bit cache with q in f32 takes the generic kernel too.
+  for (const Shape& sh : {Shape{40, 700}, Shape{3, 64}}) {
+    Case c;
+    set_shape(c, 3, 128, DType::BF16);
+    c.q_dtype = DType::F32;
+    random_tree(c, sh.tokens, sh.prefix, rng);
+    c.spike_rows = tree_spikes(c);
+    c.seed = seed++;
+    check(c, "random tree, generic kernel on a bf16 cache");
+  }
+}
+
+TEST_F(CudaAttention, TreeMaskDraftLevels) {
+  // The window holds every draft level so far (width = k * levels > T = k), up to 320 rows, so
+  // trees of more than 128 nodes and windows spanning several tiles and splits are covered.
+  struct Shape {
+    int k, levels, prefix;
+  };
+  const Shape shapes[] = {{4, 3, 0},   {8, 5, 1},    {16, 8, 63},  {32, 8, 64},
+                          {64, 5, 65}, {4, 64, 1000}, {6, 20, 5000}, {2, 2, 0}};
+  const int groups[] = {1, 3, 4};
+  std::mt19937 rng(77);
+  uint32_t seed = 3500;
+  int n = 0;
+  for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
+    for (const Shape& sh : shapes) {
+      Case c;
+      set_shape(c, groups[n % 3], n % 2 == 0 ? 128 : 64, dt);
+      ++n;
+      draft_level(c, sh.k, sh.levels, sh.prefix, rng);
+      c.spike_rows = tree_spikes(c);
+      c.seed = seed++;
+      check(c, "draft level");
+    }
+  }
+}
+
+TEST_F(CudaAttention, TreeMaskEdgeRows) {
+  // Hand-made rows: only its own bit; no bit at all (sees only the prefix, or nothing: zeros);
+  // the whole window; other rows but not its own; its own bit and a few. Windows of 5 and 300
+  // rows (the latter spans several splits, most of which see nothing for the first two rows),
+  // with and without a committed prefix, on the tensor-core and the generic kernel.
+  std::mt19937 rng(5);
+  uint32_t seed = 4000;
+  for (DType dt : {DType::BF16, DType::F32}) {
+    for (int width : {5, 300}) {
+      for (int prefix : {0, 1000}) {
+        for (int group : {1, 4}) {
+          Case c;
+          set_shape(c, group, 128, dt);
+          const int tokens = 5;
+          c.tree_width = width;
+          c.tree_bits.assign(static_cast<size_t>(tokens) * tree_words(width), 0u);
+          for (int t = 0; t < tokens; ++t) c.slots.push_back(prefix + width - tokens + t);
+          auto own = [&](int t) { return width - tokens + t; };
+          set_bit(c.tree_bits, width, 0, own(0));  // row 0: only its own bit
+          // row 1: nothing
+          for (int j = 0; j < width; ++j) set_bit(c.tree_bits, width, 2, j);  // row 2: the whole window
+          for (int j = 0; j < width; j += 3)
+            if (j != own(3)) set_bit(c.tree_bits, width, 3, j);  // row 3: others, not its own
+          set_bit(c.tree_bits, width, 4, own(4));  // row 4: its own bit and a few
+          for (int i = 0; i < 4; ++i) set_bit(c.tree_bits, width, 4, std::uniform_int_distribution<int>(0, width - 1)(rng));
+          add_padding_garbage(c.tree_bits, width, rng);
+          c.spike_rows = tree_spikes(c);
+          c.seed = seed++;
+          check(c, "edge rows");
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaAttention, TreeMaskGraphReplayAtSeveralPrefixes) {
+  // One captured graph per kernel family, replayed with the same tree shape at committed prefix
+  // lengths from 0 to 5000: the window's base comes from the slots on the device.
+  for (DType dt : {DType::BF16, DType::F32}) {
+    std::mt19937 rng(dt == DType::BF16 ? 11 : 12);
+    Case c;
+    set_shape(c, 4, 128, dt);
+    c.capacity = 5200;
+    random_tree(c, 20, 100, rng);
+    c.seed = 4100;
+    Case longest = c;
+    random_tree(longest, 20, 5100, rng);  // only for the inputs: every row up to 5119 finite
+    longest.tree_bits = c.tree_bits;
+    const Inputs in = make_inputs(longest);
+    const auto d = upload(c, in);
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    SPECULA_TEST_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeGlobal));
+    run(ctx(), *d, c.softmax_scale());
+    SPECULA_TEST_CUDA_CHECK(cudaStreamEndCapture(stream(), &graph));
+    SPECULA_TEST_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int prefix : {100, 0, 1, 63, 64, 65, 1000, 5000, 4095}) {
+      Case now = longest;
+      now.slots = c.slots;
+      for (int t = 0; t < now.tokens(); ++t) now.slots[static_cast<size_t>(t)] = prefix + t;
+      d->slots.buffer.upload(now.slots, d->slots.offset);
+      test::poison(d->out);
+      SPECULA_TEST_CUDA_CHECK(cudaGraphLaunch(exec, stream()));
+      ctx().synchronize();
+      ctx().check_device_errors();
+      expect_matches(now, test::download_f32(d->out), cpu_reference(now, in),
+                     "tree graph replay at prefix " + std::to_string(prefix));
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+}
+
+TEST_F(CudaAttention, TreeMaskWindowBeforeRowZeroIsReported) {
+  // A window of 10 rows ending at row 5 starts before the cache: reported, outputs zero.
+  for (DType dt : {DType::BF16, DType::F32}) {
+    Case c;
+    set_shape(c, 4, 128, dt);
+    c.capacity = 64;
+    c.slots = {3, 4, 5};
+    c.tree_width = 10;
+    c.tree_bits.assign(3, 0x3ffu);
+    c.seed = 4200;
+    const Inputs in = make_inputs(c);
+    const auto d = upload(c, in);
+    test::poison(d->out);
+    run(ctx(), *d, c.softmax_scale());
+    ctx().synchronize();
+    EXPECT_THROW(ctx().check_device_errors(), Error) << dtype_name(dt);
+    for (float x : test::download_f32(d->out)) ASSERT_EQ(x, 0.0f) << dtype_name(dt);
   }
 }
 

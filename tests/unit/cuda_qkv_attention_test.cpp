@@ -67,6 +67,9 @@ double attention_tolerance(const FusedCase& c) {
 struct FusedInputs {
   std::vector<float> qkv, q_norm, k_norm, inv_freq, k_cache, v_cache;
   int32_t position = 0;
+  // A tree mask over the last tree_width rows when tree_width > 0 (one bit row: one token).
+  std::vector<int32_t> tree_bits;
+  int64_t tree_width = 0;
 };
 
 FusedInputs make_inputs(const FusedCase& c, int32_t slot, uint64_t seed) {
@@ -128,20 +131,27 @@ Expected reference(const FusedCase& c, FusedInputs in, int32_t slot) {
     for (float& x : *v) x = round_to(c.cache, x);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   Tensor out = cpu_tensor(e.out, {1, c.n_heads * hd});
-  ops::attention(cpu.ops, q, k, v, cpu_tensor(slots, {1}), scale, out);
+  const ops::AttentionMask mask =
+      in.tree_width > 0 ? ops::AttentionMask::tree(cpu_tensor(in.tree_bits, {1, static_cast<int64_t>(in.tree_bits.size())}),
+                                                   in.tree_width)
+                        : ops::AttentionMask::causal();
+  ops::attention(cpu.ops, q, k, v, cpu_tensor(slots, {1}), scale, out, mask);
   return e;
 }
 
 // Device operands of one case.
 struct DeviceOperands {
-  DeviceTensor qkv, q_norm, k_norm, inv_freq, positions, slots, q, k_cache, v_cache, out;
+  DeviceTensor qkv, q_norm, k_norm, inv_freq, positions, slots, q, k_cache, v_cache, out, tree_bits;
+  int64_t tree_width = 0;
 
   void run(ops::OpContext& ctx, const FusedCase& c) {
     ops::RopeParams rope{inv_freq.tensor, 1.0f};
+    const ops::AttentionMask mask =
+        tree_width > 0 ? ops::AttentionMask::tree(tree_bits.tensor, tree_width) : ops::AttentionMask::causal();
     ops::qkv_attention(ctx, qkv.tensor, c.qk_norm ? q_norm.tensor : Tensor{}, c.qk_norm ? k_norm.tensor : Tensor{},
                        kNormEps, rope, positions.tensor, slots.tensor,
                        1.0f / std::sqrt(static_cast<float>(c.head_dim)), q.tensor, k_cache.tensor, v_cache.tensor,
-                       out.tensor);
+                       out.tensor, mask);
   }
 };
 
@@ -162,6 +172,10 @@ DeviceOperands upload(const FusedCase& c, const FusedInputs& in, int32_t slot) {
   d.v_cache = upload_tensor(in.v_cache, c.cache, {c.n_kv, c.capacity, hd});
   d.out = device_tensor(c.out, {1, c.n_heads * hd});
   poison(d.out);
+  if (in.tree_width > 0) {
+    d.tree_bits = upload_ints(in.tree_bits, {1, static_cast<int64_t>(in.tree_bits.size())});
+    d.tree_width = in.tree_width;
+  }
   return d;
 }
 
@@ -273,6 +287,38 @@ TEST_F(CudaQkvAttention, InvalidSlotIsReportedAndZeroed) {
     expect_no_device_errors();
     expect_matches(c, ok, reference(c, in, 299), "valid call after an invalid slot");
   }
+}
+
+TEST_F(CudaQkvAttention, TreeMaskNeverTakesTheFusedKernel) {
+  // One token with a tree mask (a draft step): the fused kernel knows only the causal mask, so
+  // the op must take the two-op path even where the shape is fusable; a mask that hides rows
+  // makes any other path disagree with the reference.
+  const FusedCase c{32, 8, 128, 700, false, DType::BF16, DType::BF16, DType::BF16};
+  for (int32_t slot : {40, 650}) {
+    for (int64_t width : {int64_t{8}, int64_t{41}}) {
+      FusedInputs in = make_inputs(c, slot, seed());
+      const int64_t words = ops::AttentionMask::tree_words(width);
+      in.tree_width = width;
+      in.tree_bits.assign(static_cast<size_t>(words), 0);
+      const std::vector<int32_t> pick = random_ints(static_cast<size_t>(width), seed(), 0, 2);
+      for (int64_t j = 0; j < width; ++j)  // its own row (the last) and about a third of the rest
+        if (j == width - 1 || pick[static_cast<size_t>(j)] == 0)
+          in.tree_bits[static_cast<size_t>(j / 32)] |= static_cast<int32_t>(1u << (j % 32));
+      const Expected want = reference(c, in, slot);
+      for (bool fused : {true, false}) {
+        const std::string label = "tree width " + std::to_string(width) + " slot " + std::to_string(slot) +
+                                  (fused ? " (fused allowed)" : " (fused off)");
+        SCOPED_TRACE(label);
+        gpu_.cuda->set_fused_decode_attention(fused);
+        DeviceOperands d = upload(c, in, slot);
+        d.run(gpu_.ops, c);
+        gpu_.sync();
+        expect_no_device_errors();
+        expect_matches(c, d, want, label);
+      }
+    }
+  }
+  gpu_.cuda->set_fused_decode_attention(true);
 }
 
 TEST_F(CudaQkvAttention, SeveralTokensTakeTheUnfusedPath) {

@@ -4,6 +4,9 @@
 // caches, q in another dtype than the cache, other head dims up to 256, misaligned pointers)
 // runs the generic kernel here, which is written for clarity and exactness rather than speed.
 //
+// Visibility: prefix-causal, or a tree mask (attention_common.cuh): both kernels are instantiated
+// per mask kind, so the causal instantiations carry no mask code at all.
+//
 // Graph safety: launch shapes depend only on host-known shapes (T, heads, head_dim, capacity)
 // and the device properties, never on slot values, which the kernels read from device memory;
 // partials go to the context's preallocated workspace. Workspace use (only when the KV range is
@@ -34,6 +37,8 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 // Generic kernel: one block per (split, query head, token); each warp walks every kFallbackWarps-th
 // cache row of the split with its own online softmax, lanes own head dimensions lane + 32 i.
+// With a tree mask (kTree) a warp skips the window rows whose bit the query lacks (the test is
+// warp-uniform: a whole warp works on one row).
 constexpr int kFallbackWarps = 4;
 constexpr int kFallbackThreads = 32 * kFallbackWarps;
 constexpr int kFallbackMaxHeadDim = 256;
@@ -42,7 +47,7 @@ constexpr int kFallbackTileRows = 64;  // split-partition granularity, in cache 
 
 constexpr int kCombineThreads = 256;
 
-template <typename CacheT>
+template <typename CacheT, bool kTree>
 __global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(const AttnParams p) {
   __shared__ float s_acc[kFallbackWarps][kFallbackMaxHeadDim];
   __shared__ float s_m[kFallbackWarps], s_l[kFallbackWarps];
@@ -54,7 +59,7 @@ __global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(con
   const int64_t orow = static_cast<int64_t>(t) * p.n_heads + head;
   const bool direct = p.num_splits == 1;
 
-  const int len = attn_visible_length(p, t, split == 0 && head == 0);
+  const int len = attn_query_length<kTree>(p, t, split == 0 && head == 0);
   const TileRange range =
       attn_split_range(ceil_div_int(len, kFallbackTileRows), p.num_splits, p.min_split_tiles, split);
   const int row_begin = range.begin * kFallbackTileRows;
@@ -78,7 +83,19 @@ __global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(con
   float m = -INFINITY, l = 0.0f;
   const CacheT* k_base = static_cast<const CacheT*>(p.k) + static_cast<int64_t>(kvh) * p.capacity * hd;
   const CacheT* v_base = static_cast<const CacheT*>(p.v) + static_cast<int64_t>(kvh) * p.capacity * hd;
+  [[maybe_unused]] int tree_base = 0;
+  [[maybe_unused]] const uint32_t* tree_row = nullptr;
+  if constexpr (kTree) {
+    tree_base = attn_tree_base(p);
+    tree_row = p.tree_bits + static_cast<int64_t>(t) * p.tree_words;
+  }
   for (int j = row_begin + warp; j < row_end; j += kFallbackWarps) {
+    if constexpr (kTree) {
+      if (j >= tree_base) {  // j <= slots[T-1], so the bit index is below the width
+        const int b = j - tree_base;
+        if (((__ldg(tree_row + (b >> 5)) >> (b & 31)) & 1u) == 0u) continue;
+      }
+    }
     const CacheT* k_row = k_base + static_cast<int64_t>(j) * hd;
     const CacheT* v_row = v_base + static_cast<int64_t>(j) * hd;
     float dot = 0.0f;
@@ -111,10 +128,22 @@ __global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(con
     s_l[warp] = l;
   }
   __syncthreads();
-  // Warp 0 saw row_begin, so the merged max is finite; warps that saw no row weigh exp2(-inf) = 0.
+  // Causal: warp 0 saw row_begin, so the merged max is finite; warps that saw no row weigh
+  // exp2(-inf) = 0. A tree mask may hide every row of the split from this query: then the split
+  // is empty (the same value in every thread, so the early return is uniform).
   float mx = -INFINITY;
 #pragma unroll
   for (int w = 0; w < kFallbackWarps; ++w) mx = fmaxf(mx, s_m[w]);
+  if constexpr (kTree) {
+    if (mx == -INFINITY) {
+      if (direct) {
+        for (int d = tid; d < hd; d += kFallbackThreads) store_elem(p.out, p.out_kind, orow * hd + d, 0.0f);
+      } else if (tid == 0) {
+        p.partial_lse[orow * p.num_splits + split] = -INFINITY;
+      }
+      return;
+    }
+  }
   float factor[kFallbackWarps], total = 0.0f;
 #pragma unroll
   for (int w = 0; w < kFallbackWarps; ++w) {
@@ -209,7 +238,8 @@ __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(cons
 template <typename CacheT>
 void launch_generic(AttnParams p, int multiprocessors, void* workspace, size_t workspace_bytes, cudaStream_t stream,
                     bool programmatic) {
-  const auto kernel = attention_generic_kernel<CacheT>;
+  const auto kernel =
+      p.tree_bits != nullptr ? attention_generic_kernel<CacheT, true> : attention_generic_kernel<CacheT, false>;
   int blocks_per_sm = 0;
   SPECULA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kFallbackThreads, 0));
   SPECULA_CHECK(p.tokens <= 65535 && p.n_heads <= 65535, "attention: ", p.tokens, " tokens x ", p.n_heads,
@@ -271,7 +301,7 @@ void launch_combine(const AttnParams& p, cudaStream_t stream, bool programmatic)
 }  // namespace attn
 
 void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& slots,
-               float scale, Tensor& out) {
+               float scale, Tensor& out, const AttentionMask& mask) {
   using namespace attn;
   const int64_t tokens = q.dim(0), n_heads = q.dim(1), hd = q.dim(2), n_kv = k_cache.dim(0),
                 capacity = k_cache.dim(1);
@@ -294,6 +324,11 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const T
   p.scale_log2 = scale * kLog2e;
   p.q_kind = elem_kind(q.dtype);
   p.out_kind = elem_kind(out.dtype);
+  if (mask.is_tree()) {  // shapes checked by the dispatcher: [tokens, tree_words(width)], 1 <= width <= capacity
+    p.tree_bits = static_cast<const uint32_t*>(mask.tree_bits.data);
+    p.tree_words = static_cast<int>(AttentionMask::tree_words(mask.width));
+    p.tree_width = static_cast<int>(mask.width);
+  }
 
   const cuda::DeviceInfo& info = ctx.info();
   const auto stream = static_cast<cudaStream_t>(ctx.stream());

@@ -12,6 +12,14 @@
 // the length write "empty" (lse = -inf) and leave. A graph captured at one length therefore
 // stays correct, and keeps all splits busy, at any other length.
 //
+// Tree masks (ops::AttentionMask::tree): every query sees slots[T-1] + 1 rows (the last query's
+// slot bounds them all); rows below base = slots[T-1] - width + 1 are visible to all, and row
+// base + j only to the queries whose mask bit j is set. So the split ranges are the same as for
+// a one-token causal call at slots[T-1], tiles entirely below base need no per-element test, and
+// a split whose rows are all hidden from a query writes lse = -inf for it like an empty split.
+// The bits are read from global memory (a few words per tile that reaches the window), so the
+// width has no cap beyond the cache capacity and needs no shared memory.
+//
 // Every attention kernel (generic, tensor-core, combine) follows the programmatic-dependent-launch
 // contract of pdl.cuh: it waits for the previous kernel before reading q, the caches or the slots
 // (or writing anything), and its launches set the attribute when `programmatic` is true.
@@ -56,6 +64,10 @@ struct AttnParams {
   float* partial_o = nullptr;      // see above; null when num_splits == 1
   float* partial_lse = nullptr;
   uint32_t* error_word = nullptr;
+  // Tree mask: bit rows [tokens, tree_words] (bit j of word j / 32, LSB first); null for the
+  // prefix-causal mask (then the words and width are 0).
+  const uint32_t* tree_bits = nullptr;
+  int tree_words = 0, tree_width = 0;
   int tokens = 0, n_heads = 0, n_kv = 0, group = 0, head_dim = 0, capacity = 0;
   int num_splits = 1;       // grid.x of the attention kernel
   int min_split_tiles = 1;  // see attn_split_range
@@ -100,13 +112,52 @@ __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
-// Visible cache rows of query token t (slots[t] + 1), or 0 for a slot outside the cache, which is
-// reported through the context's error word (the row's output is then written as zeros).
-__device__ __forceinline__ int attn_visible_length(const AttnParams& p, int t, bool report) {
+// Cache rows query token t may see, [0, length): slots[t] + 1 (causal) or slots[T-1] + 1 (tree
+// mask, whose window must also start at row 0 or later), or 0 for a slot outside the cache or a
+// window reaching before row 0, reported through the context's error word (the row's output is
+// then written as zeros).
+template <bool kTree>
+__device__ __forceinline__ int attn_query_length(const AttnParams& p, int t, bool report) {
   const int slot = p.slots[t];
-  if (slot >= 0 && slot < p.capacity) return slot + 1;
+  bool valid = slot >= 0 && slot < p.capacity;
+  int length = slot + 1;
+  if constexpr (kTree) {
+    const int last = p.slots[p.tokens - 1];
+    valid = valid && last >= 0 && last < p.capacity && last - p.tree_width + 1 >= 0;
+    length = last + 1;
+  }
+  if (valid) return length;
   if (report && p.error_word != nullptr) atomicOr(p.error_word, static_cast<unsigned>(cuda::kErrorSlotOutOfRange));
   return 0;
+}
+
+__device__ __forceinline__ int attn_visible_length(const AttnParams& p, int t, bool report) {
+  return attn_query_length<false>(p, t, report);
+}
+
+// First row of the tree mask's window (only meaningful when tree_bits is set).
+__device__ __forceinline__ int attn_tree_base(const AttnParams& p) {
+  return p.slots[p.tokens - 1] - p.tree_width + 1;
+}
+
+// Word i of a tree-mask bit row, as visibility of the rows it covers: all visible below the
+// window (i < 0), none past the row's words.
+__device__ __forceinline__ uint32_t attn_tree_word(const uint32_t* row_bits, int words, int i) {
+  if (i < 0) return 0xffffffffu;
+  return i < words ? __ldg(row_bits + i) : 0u;
+}
+
+// Visibility of the 64 rows base + offset .. base + offset + 63 to the query whose bit row is
+// `row_bits` (bit k of the result: row base + offset + k); rows below the window read as visible,
+// rows past the mask's words as hidden (the caller bounds rows by the query's length anyway).
+__device__ __forceinline__ uint64_t attn_tree_window64(const uint32_t* row_bits, int words, int offset) {
+  const int q = offset >> 5;   // floor division, also for negative offsets
+  const int r = offset & 31;
+  const uint64_t lo = static_cast<uint64_t>(attn_tree_word(row_bits, words, q)) |
+                      (static_cast<uint64_t>(attn_tree_word(row_bits, words, q + 1)) << 32);
+  if (r == 0) return lo;
+  const uint64_t hi = attn_tree_word(row_bits, words, q + 2);
+  return (lo >> r) | (hi << (64 - r));
 }
 
 // What the host planner needs to know about one kernel configuration.

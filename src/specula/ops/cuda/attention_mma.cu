@@ -23,10 +23,10 @@ using PrefillConfig = MmaConfig<Elem, kHeadDim, 4, 1, kTileRows, 2, 2>;
 template <typename Elem, int kHeadDim>
 using DecodeConfig = MmaConfig<Elem, kHeadDim, 1, 4, kTileRows, 3, 2>;
 
-template <class Cfg>
+template <class Cfg, class Mask>
 void launch(AttnParams p, int multiprocessors, size_t smem_optin, void* workspace, size_t workspace_bytes,
             cudaStream_t stream, bool programmatic) {
-  const auto kernel = attention_mma_kernel<Cfg, CausalBySlotMask>;
+  const auto kernel = attention_mma_kernel<Cfg, Mask>;
   SPECULA_CHECK(Cfg::kSmemBytes <= smem_optin, "attention: the tensor-core kernel needs ", Cfg::kSmemBytes,
                 " bytes of shared memory per block, the device allows ", smem_optin);
   SPECULA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -46,15 +46,28 @@ void launch(AttnParams p, int multiprocessors, size_t smem_optin, void* workspac
   if (p.num_splits > 1) launch_combine(p, stream, programmatic);
 }
 
+template <typename Elem, int kHeadDim, class Mask>
+void launch_for_mask(AttnParams p, int multiprocessors, size_t smem_optin, void* workspace, size_t workspace_bytes,
+                     cudaStream_t stream, bool programmatic) {
+  if (p.tokens * p.group <= kDecodeMaxRows)
+    launch<DecodeConfig<Elem, kHeadDim>, Mask>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream,
+                                               programmatic);
+  else
+    launch<PrefillConfig<Elem, kHeadDim>, Mask>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream,
+                                                programmatic);
+}
+
+// The causal instantiations are the ones every prefill and decode step runs; the tree-mask ones
+// only speculative verification and drafting.
 template <typename Elem, int kHeadDim>
 void launch_for(AttnParams p, int multiprocessors, size_t smem_optin, void* workspace, size_t workspace_bytes,
                 cudaStream_t stream, bool programmatic) {
-  if (p.tokens * p.group <= kDecodeMaxRows)
-    launch<DecodeConfig<Elem, kHeadDim>>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream,
-                                         programmatic);
+  if (p.tree_bits != nullptr)
+    launch_for_mask<Elem, kHeadDim, TreeMask>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream,
+                                              programmatic);
   else
-    launch<PrefillConfig<Elem, kHeadDim>>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream,
-                                          programmatic);
+    launch_for_mask<Elem, kHeadDim, CausalBySlotMask>(p, multiprocessors, smem_optin, workspace, workspace_bytes,
+                                                      stream, programmatic);
 }
 
 }  // namespace

@@ -13,11 +13,12 @@
 // Split-KV (attention_common.cuh) is orthogonal: any configuration can write partials.
 //
 // Masking goes through a policy type (FlashInfer-style) so the tree-mask variant for speculative
-// verification and the block-sparse variant for InfLLM-V2 can reuse the pipeline: the policy says
-// how far the tile's columns reach, whether a whole KV tile is visible to every row (no per-element
-// test), and whether one (row, column) pair is visible. A block-sparse policy would also pick
-// which tiles to visit; the loop below is written over a contiguous tile range, which is where
-// such a policy would plug in its iterator.
+// decoding (TreeMask below) and a block-sparse variant for InfLLM-V2 reuse the pipeline: the policy
+// says how far the tile's columns reach, whether a whole KV tile is visible to every row (no
+// per-element test), what a row needs to test the columns of one warp's tile slice (computed
+// once per tile, only when the tile is not wholly visible), and whether one (row, column) pair is
+// visible. A block-sparse policy would also pick which tiles to visit; the loop below is written
+// over a contiguous tile range, which is where such a policy would plug in its iterator.
 //
 // Data path per KV tile: cp.async 16-byte copies into a kStages-deep ring of padded shared-memory
 // tiles (row stride head_dim + 8 elements, which makes the ldmatrix row addresses of a phase fall
@@ -106,14 +107,55 @@ struct MmaElem<__half> {
 // Causal by cache row: query row r sees cache rows [0, len(r)), len = slots[token] + 1 (0 for an
 // invalid slot). `min_len`/`max_len` are over the block's real rows.
 struct CausalBySlotMask {
-  using RowState = int;  // the row's visible length, held in a register
-  int min_len;
-  int max_len;
+  static constexpr bool kTree = false;
+  using RowState = int;   // the row's visible length, held in a register
+  using TileState = int;  // the same: nothing more is needed per tile
+  int min_len = INT_MAX;
+  int max_len = 0;
+  __device__ __forceinline__ void init(const AttnParams&) {}
+  __device__ __forceinline__ RowState row_state(const AttnParams&, int /*token*/, int len) const { return len; }
   // Columns at or past this are visible to no row of the tile (and are not even loaded).
   __device__ __forceinline__ int column_end() const { return max_len; }
   // True if every row sees every column in [col_begin, col_end): no per-element test needed.
-  __device__ __forceinline__ bool all_visible(int col_begin, int col_end) const { return col_end <= min_len; }
-  __device__ __forceinline__ bool visible(RowState len, int col) const { return col < len; }
+  __device__ __forceinline__ bool all_visible(int /*col_begin*/, int col_end) const { return col_end <= min_len; }
+  __device__ __forceinline__ TileState tile_state(RowState len, int /*col0*/) const { return len; }
+  __device__ __forceinline__ bool visible(TileState len, int col) const { return col < len; }
+};
+
+// Tree mask (ops::AttentionMask::tree): every real row's length is slots[T-1] + 1 (0 for invalid
+// input); columns below `base` are visible to all, columns in [base, length) by the row token's
+// bits. Per tile a row fetches the 64 bits covering its warp's columns (three words, L1/L2 hits)
+// once, then tests a column with a shift.
+struct TreeMask {
+  static constexpr bool kTree = true;
+  struct RowState {
+    int len;
+    const uint32_t* bits;  // the query token's bit row
+  };
+  struct TileState {
+    int len, col0;
+    uint64_t bits;  // bit k: column col0 + k
+  };
+  int min_len = INT_MAX;
+  int max_len = 0;
+  int base = 0, words = 0;
+  __device__ __forceinline__ void init(const AttnParams& p) {
+    base = attn_tree_base(p);
+    words = p.tree_words;
+  }
+  __device__ __forceinline__ RowState row_state(const AttnParams& p, int token, int len) const {
+    return {len, p.tree_bits + static_cast<int64_t>(min(token, p.tokens - 1)) * words};
+  }
+  __device__ __forceinline__ int column_end() const { return max_len; }
+  __device__ __forceinline__ bool all_visible(int /*col_begin*/, int col_end) const {
+    return col_end <= min_len && col_end <= base;
+  }
+  __device__ __forceinline__ TileState tile_state(RowState row, int col0) const {
+    return {row.len, col0, row.len > 0 ? attn_tree_window64(row.bits, words, col0 - base) : 0ull};
+  }
+  __device__ __forceinline__ bool visible(const TileState& s, int col) const {
+    return col < s.len && ((s.bits >> (col - s.col0)) & 1ull) != 0ull;
+  }
 };
 
 // ---- configuration --------------------------------------------------------------------------
@@ -196,11 +238,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
   // Visible length of every query row of the tile (0 for padding rows past the last token).
   if (tid < kBlockM) {
     int len = 0;
-    if (tid < rows_here) len = attn_visible_length(p, (m0 + tid) / group, split == 0 && kvh == 0);
+    if (tid < rows_here) len = attn_query_length<Mask::kTree>(p, (m0 + tid) / group, split == 0 && kvh == 0);
     s_len[tid] = len;
   }
   __syncthreads();
-  Mask mask{INT_MAX, 0};
+  Mask mask;
+  mask.init(p);
   for (int i = 0; i < rows_here; ++i) {
     mask.min_len = min(mask.min_len, s_len[i]);
     mask.max_len = max(mask.max_len, s_len[i]);
@@ -213,7 +256,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
   // each n8 tile the two columns 2 * quad and 2 * quad + 1.
   const int g = lane >> 2, quad = lane & 3;
   const int row_a = wm * 16 + g, row_b = row_a + 8;  // block-local query rows
-  const typename Mask::RowState state_a = s_len[row_a], state_b = s_len[row_b];
+  const typename Mask::RowState state_a = mask.row_state(p, (m0 + row_a) / group, s_len[row_a]);
+  const typename Mask::RowState state_b = mask.row_state(p, (m0 + row_b) / group, s_len[row_b]);
+  static_assert(!Mask::kTree || kWarpCols <= 64, "a tree mask's tile state holds 64 columns");
   // Warps whose 16 rows are all padding skip the arithmetic but still help copy tiles.
   const bool warp_active = wm * 16 < rows_here;
 
@@ -315,6 +360,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
       // Scale into the log2 domain and hide what the mask hides (select, not add, so a garbage
       // score of a hidden column cannot leak through as NaN).
       const bool whole = mask.all_visible(tile_col0 + warp_col0, tile_col0 + warp_col0 + kWarpCols);
+      typename Mask::TileState tile_a{}, tile_b{};
+      if (!whole) {
+        tile_a = mask.tile_state(state_a, tile_col0 + warp_col0);
+        tile_b = mask.tile_state(state_b, tile_col0 + warp_col0);
+      }
       float tile_max_a = -INFINITY, tile_max_b = -INFINITY;
 #pragma unroll
       for (int nt = 0; nt < Cfg::kScoreTiles; ++nt) {
@@ -323,7 +373,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
           float s = s_acc[nt][e] * p.scale_log2;
           if (!whole) {
             const int col = tile_col0 + warp_col0 + nt * 8 + 2 * quad + (e & 1);
-            if (!mask.visible(e < 2 ? state_a : state_b, col)) s = -INFINITY;
+            if (!mask.visible(e < 2 ? tile_a : tile_b, col)) s = -INFINITY;
           }
           s_acc[nt][e] = s;
         }

@@ -135,7 +135,8 @@ void CudaContext::check_device_errors() {
   if (word == 0) return;
   std::string what;
   if (word & kErrorTokenOutOfRange) what += " token id outside the vocabulary;";
-  if (word & kErrorSlotOutOfRange) what += " KV-cache slot outside the cache;";
+  if (word & kErrorSlotOutOfRange)
+    what += " KV-cache slot or row outside the cache (attention slots, tree-mask window, kv_gather rows or count);";
   fail("CUDA kernels reported invalid input:", what);
 }
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "specula/ops/cuda/cxx17_span.h"
 #include "specula/ops/ops.h"
 
 namespace specula::cuda {

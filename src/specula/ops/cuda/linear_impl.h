@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "specula/core/tensor.h"
+#include "specula/ops/cuda/cxx17_span.h"
 #include "specula/ops/ops.h"
 #include "specula/ops/cuda/cuda_context.h"
 

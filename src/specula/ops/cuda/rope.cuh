@@ -22,6 +22,7 @@
 #include "specula/core/dtype.h"
 #include "specula/core/tensor.h"
 #include "specula/ops/cuda/kernel_utils.cuh"
+#include "specula/ops/cuda/cxx17_span.h"
 #include "specula/ops/ops.h"
 
 namespace specula::ops::cuda_impl {
