@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Copies the parts of ../shared/models/tinygo-llama3 that the GPU tests read (the target's
-# config.json and model.safetensors, and dev_windows.json: 54 MB) into .tinygo/, an ignored folder
+# Copies the parts of ../shared/models/tinygo-llama3 that the GPU tests and bench-spec read (the
+# target's config.json and model.safetensors, the EAGLE head, the FR-Spec lists and
+# dev_windows.json: 56 MB) into .tinygo/, an ignored folder
 # to carry to the GPU machine, where scripts/device-check.sh points SPECULA_TINYGO_DIR at it.
 # The model is never committed. Usage: scripts/stage-tinygo.sh [SOURCE_DIR]
 set -euo pipefail
@@ -10,4 +11,7 @@ src=${1:-../shared/models/tinygo-llama3}
 mkdir -p .tinygo/target
 cp "$src/target/config.json" "$src/target/model.safetensors" .tinygo/target/
 cp "$src/dev_windows.json" .tinygo/
+mkdir -p .tinygo/eagle .tinygo/frspec
+cp "$src/eagle/config.json" "$src/eagle/pytorch_model.bin" .tinygo/eagle/
+cp "$src"/frspec/freq_*.pt .tinygo/frspec/
 du -sh .tinygo

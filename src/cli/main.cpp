@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   specula::cli::add_generate_command(app);
   specula::cli::add_inspect_command(app);
   specula::cli::add_bench_command(app);
+  specula::cli::add_bench_spec_command(app);
   specula::cli::add_demo_model_command(app);
   specula::cli::add_freq_command(app);
   try {

@@ -198,8 +198,12 @@ Engine::DraftBuilder draft_builder(const model::ModelConfig& target, const spec:
 
 // The FR-Spec list of options.frspec_path (empty without one).
 std::shared_ptr<const std::vector<int32_t>> read_frspec(const EngineOptions& options, const model::ModelConfig& config) {
-  SPECULA_CHECK(options.frspec_path.empty() || !options.draft_dir.empty(),
-                "--frspec restricts a draft head's vocabulary: it needs --draft");
+  SPECULA_CHECK(options.frspec_path.empty() || options.frspec_ids.empty(), "give an FR-Spec list as a file or in memory, not both");
+  if (!options.frspec_ids.empty()) {
+    const std::vector<int64_t> wide(options.frspec_ids.begin(), options.frspec_ids.end());
+    spec::check_frspec_list(wide, config.vocab_size, "the in-memory FR-Spec list");
+    return std::make_shared<const std::vector<int32_t>>(options.frspec_ids);
+  }
   return std::make_shared<const std::vector<int32_t>>(
       options.frspec_path.empty() ? std::vector<int32_t>{} : spec::load_frspec_list(options.frspec_path, config.vocab_size));
 }
@@ -214,6 +218,8 @@ std::unique_ptr<Engine> Engine::load(const EngineOptions& options) {
     format.dtype = file_dtype == DType::F16 ? DType::F16 : DType::BF16;
   }
   const DType weight_dtype = format.dtype.value_or(config.dtype.value_or(DType::F32));
+  SPECULA_CHECK((options.frspec_path.empty() && options.frspec_ids.empty()) || !options.draft_dir.empty(),
+                "--frspec restricts a draft head's vocabulary: it needs --draft");
   const auto frspec = read_frspec(options, config);
   std::optional<DraftBuilder> draft;
   std::shared_ptr<io::Checkpoint> head_checkpoint;

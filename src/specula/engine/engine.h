@@ -52,6 +52,7 @@ struct EngineOptions {
   // head (empty: the full vocabulary) and the draft tree's shape.
   std::string draft_dir;
   std::string frspec_path;
+  std::vector<int32_t> frspec_ids;  // an FR-Spec list in memory instead of a file (benchmarks)
   spec::DraftTreeParams tree;
   // Called during loading: stage ("weights"), bytes done, bytes total.
   std::function<void(std::string_view, size_t, size_t)> progress;

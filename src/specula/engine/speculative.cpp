@@ -163,6 +163,12 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
   std::vector<int32_t> parent_rows(static_cast<size_t>(k)), greedy_tokens;
   int64_t committed = prompt_len;  // rows both caches hold; the root sits at this position
   bool running = emit(root);
+  auto phase_start = clock::now();
+  auto lap = [&](double& into) {
+    const auto now = clock::now();
+    into += std::chrono::duration<double>(now - phase_start).count();
+    phase_start = now;
+  };
   while (running) {
     if (committed >= context) {
       result.finish_reason = FinishReason::ContextFull;
@@ -199,6 +205,7 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     }
     const spec::DraftTree tree = builder.finish();
     const int64_t n = tree.size();
+    lap(result.draft_seconds);
 
     // Verify: every node in one target forward.
     const std::vector<int32_t> positions = tree.positions(static_cast<int32_t>(committed));
@@ -241,6 +248,7 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
       path_tokens.push_back(x);
       u = next_node;
     }
+    lap(result.verify_seconds);
     if (callbacks.on_verification) callbacks.on_verification(tree, path_nodes, final_token);
     ++result.verifications;
     result.drafted_tokens += n - 1;

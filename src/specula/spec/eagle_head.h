@@ -115,6 +115,7 @@ class EagleHead {
   Tensor vocab_map() const { return vocab_map_; }
   const std::vector<int32_t>& vocab_map_host() const { return vocab_map_host_; }
   int64_t draft_vocab() const { return shape_.draft_vocab; }
+  Tensor lm_head() const { return lm_head_; }  // [draft_vocab, H]: the target's or its FR-Spec rows
   model::KvCache& kv_cache() { return kv_; }
   const EagleHeadConfig& config() const { return config_; }
   const EagleHeadShape& shape() const { return shape_; }
