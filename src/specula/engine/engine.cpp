@@ -322,32 +322,24 @@ int32_t Engine::decode_step(int32_t token, int32_t position, StepOutput output) 
   io[1] = position;
   io[2] = position;
   void* stream = cuda_->stream();
-  // The graph for this cache length: the fused attention kernel where it is the faster one (and
-  // not switched off), the separate kernels beyond.
-  const bool short_cache = cuda_->fused_attention_for_rows(int64_t{position} + 1);
-  auto& slot = decode_graphs_[static_cast<int>(output)][short_cache ? 0 : 1];
-  if (!slot) {
-    auto graph = std::make_shared<CudaGraph>();
+  // The attention path for this cache length travels in the plan: the fused one-kernel attention
+  // where it is the faster one (and not switched off), the separate kernels beyond.
+  StepPlan plan;
+  plan.kind = StepKind::Decode;
+  plan.output = static_cast<int>(output);
+  plan.fused_attention = cuda_->fused_attention_for_rows(int64_t{position} + 1);
+  run_step(plan, [&] {
     // The setting is read while the ops are captured; the context's own setting comes back after.
-    const cuda::ScopedFusedDecodeAttention attention_path(*cuda_, short_cache);
-    graph->begin_capture(stream);
-    try {
-      cuda_copy_async_on(stream, transformer_->token_ids().data, io + 0, sizeof(int32_t));
-      cuda_copy_async_on(stream, transformer_->positions().data, io + 1, sizeof(int32_t));
-      cuda_copy_async_on(stream, transformer_->slots().data, io + 2, sizeof(int32_t));
-      transformer_->forward(op_context_, 1, 1);
-      Tensor next = transformer_->next_tokens(1);
-      if (output == StepOutput::Greedy) ops::argmax(op_context_, transformer_->logits(1), next);
-      if (output == StepOutput::Sampled) gpu_sampler_->sample(transformer_->logits(1), next);
-      if (output != StepOutput::Logits) cuda_copy_async_on(stream, io + 3, next.data, sizeof(int32_t));
-    } catch (...) {
-      graph->abort_capture(stream);
-      throw;
-    }
-    graph->end_capture(stream);
-    slot = graph;
-  }
-  static_cast<CudaGraph*>(slot.get())->launch(stream);
+    const cuda::ScopedFusedDecodeAttention attention_path(*cuda_, plan.fused_attention);
+    cuda_copy_async_on(stream, transformer_->token_ids().data, io + 0, sizeof(int32_t));
+    cuda_copy_async_on(stream, transformer_->positions().data, io + 1, sizeof(int32_t));
+    cuda_copy_async_on(stream, transformer_->slots().data, io + 2, sizeof(int32_t));
+    transformer_->forward(op_context_, 1, 1);
+    Tensor next = transformer_->next_tokens(1);
+    if (output == StepOutput::Greedy) ops::argmax(op_context_, transformer_->logits(1), next);
+    if (output == StepOutput::Sampled) gpu_sampler_->sample(transformer_->logits(1), next);
+    if (output != StepOutput::Logits) cuda_copy_async_on(stream, io + 3, next.data, sizeof(int32_t));
+  });
   if (output == StepOutput::Logits) return -1;
   cuda_->synchronize();
   return io[3];
@@ -369,7 +361,9 @@ void Engine::begin_sampling(const sampling::SamplingParams& params, std::span<co
   gpu_sampler_->begin(params, prompt);
   // The sampler bakes its parameters into its launches: a graph captured with others is stale.
   if (!same)
-    for (auto& graph : decode_graphs_[static_cast<int>(StepOutput::Sampled)]) graph.reset();
+    std::erase_if(graphs_, [](const auto& entry) {
+      return entry.first.kind == StepKind::Decode && entry.first.output == static_cast<int>(StepOutput::Sampled);
+    });
 #else
   (void)params;
   (void)prompt;
@@ -388,6 +382,31 @@ int32_t Engine::sample_on_device() {
   return token;
 #else
   fail("sample_on_device: this build has no CUDA backend");
+#endif
+}
+
+void Engine::run_step(const StepPlan& plan, const std::function<void()>& body) {
+  if (options_.device == Device::CPU) {
+    body();
+    return;
+  }
+#ifdef SPECULA_WITH_CUDA
+  void* stream = cuda_->stream();
+  std::shared_ptr<void>& slot = graphs_[plan];
+  if (!slot) {
+    auto graph = std::make_shared<CudaGraph>();
+    graph->begin_capture(stream);
+    try {
+      body();
+    } catch (...) {
+      graph->abort_capture(stream);
+      graphs_.erase(plan);
+      throw;
+    }
+    graph->end_capture(stream);
+    slot = graph;
+  }
+  static_cast<CudaGraph*>(slot.get())->launch(stream);
 #endif
 }
 

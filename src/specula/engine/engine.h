@@ -14,7 +14,10 @@
 #include <string>
 #include <vector>
 
+#include <map>
+
 #include "specula/core/arena.h"
+#include "specula/engine/step_plan.h"
 #include "specula/core/thread_pool.h"
 #include "specula/model/config.h"
 #include "specula/model/transformer.h"
@@ -118,6 +121,10 @@ class Engine {
   // the fused decode attention, and one for longer caches, with the separate attention kernels
   // (faster there). Kernel-reported input errors surface at synchronize().
   int32_t decode_step(int32_t token, int32_t position, StepOutput output);
+  // Runs `body` (ops on the engine's device) as the step `plan`: eagerly on the CPU; on CUDA as a
+  // graph captured at the plan's first run and replayed after (body must then be the same ops on
+  // the same buffers each time, which the plan's fields guarantee for the engine's steps).
+  void run_step(const StepPlan& plan, const std::function<void()>& body);
   // CUDA: prepares the device sampler for a request (penalty state seeded with the prompt, draw
   // counter at 0); a change of parameters re-captures the sampled decode graph.
   void begin_sampling(const sampling::SamplingParams& params, std::span<const int32_t> prompt);
@@ -148,10 +155,9 @@ class Engine {
   std::unique_ptr<spec::EagleHead> draft_;
   int64_t context_ = 0, prefill_chunk_ = 0;
   double load_seconds_ = 0.0;
-  // CUDA decode-step graphs, per StepOutput and cache-length class (short: fused attention;
-  // long: separate kernels), their pinned step I/O (token, position, slot, result) and the device
-  // sampler.
-  std::shared_ptr<void> decode_graphs_[3][2];
+  // CUDA graphs by step plan; the decode step's pinned I/O (token, position, slot, result) and
+  // the device sampler.
+  std::map<StepPlan, std::shared_ptr<void>> graphs_;
   std::shared_ptr<sampling::GpuSampler> gpu_sampler_;
   void* sampler_memory_ = nullptr;  // the GPU sampler's state, in the arena
   std::shared_ptr<int32_t> step_io_;

@@ -8,6 +8,7 @@
 
 #include "specula/core/error.h"
 #include "specula/engine/engine.h"
+#include "specula/engine/step_plan.h"
 #include "specula/sampling/sampler.h"
 #include "specula/spec/draft_tree.h"
 #include "specula/spec/eagle_head.h"
@@ -23,28 +24,21 @@ std::vector<int32_t> iota_from(int64_t first, int64_t n) {
   return out;
 }
 
-// out[i] = table[rows[i]] on the device (an embedding lookup is a row gather).
-void gather_rows(Engine& engine, spec::EagleHead& draft, const Tensor& table, std::span<const int32_t> rows, Tensor& out) {
-  Tensor ids = draft.gather_ids(static_cast<int64_t>(rows.size()));
-  engine.upload(ids, rows.data(), rows.size() * sizeof(int32_t));
-  ops::embedding(engine.op_context(), table, ids, 1.0f, out);
-}
-
-// Moves the accepted nodes' target KV rows (tree rows committed + node) down to committed + 1,
-// committed + 2, ... (the root already sits at row committed).
-void compact_kv(Engine& engine, spec::EagleHead& draft, model::KvCache& cache, int64_t committed,
-                std::span<const int32_t> nodes) {
-  if (nodes.empty()) return;
+// The target's KV compaction after acceptance, as data for the catch-up step: the accepted
+// nodes' rows (tree rows committed + node) move down to committed + 1, committed + 2, ... (the
+// root already sits at row committed); count 0 when nothing was accepted.
+void upload_compaction(Engine& engine, spec::EagleHead& draft, int64_t committed, std::span<const int32_t> nodes) {
   std::vector<int32_t> src, dst;
   for (size_t i = 0; i < nodes.size(); ++i) {
     src.push_back(static_cast<int32_t>(committed + nodes[i]));
     dst.push_back(static_cast<int32_t>(committed + 1 + static_cast<int64_t>(i)));
   }
   const int32_t count = static_cast<int32_t>(nodes.size());
-  engine.upload(draft.kv_src(), src.data(), src.size() * sizeof(int32_t));
-  engine.upload(draft.kv_dst(), dst.data(), dst.size() * sizeof(int32_t));
+  if (count > 0) {
+    engine.upload(draft.kv_src(), src.data(), src.size() * sizeof(int32_t));
+    engine.upload(draft.kv_dst(), dst.data(), dst.size() * sizeof(int32_t));
+  }
   engine.upload(draft.kv_count(), &count, sizeof count);
-  cache.gather(engine.op_context(), draft.kv_src(), draft.kv_dst(), draft.kv_count());
 }
 
 // Host copies of device rows, reused across cycles.
@@ -101,12 +95,14 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
   std::vector<spec::ScoredToken> top(static_cast<size_t>(k) * k);
   std::vector<float> top_values(static_cast<size_t>(k) * k);
   std::vector<int32_t> top_ids(static_cast<size_t>(k) * k);
-  auto draft_top_k = [&](int64_t rows) {
+  auto compute_top_k = [&](int64_t rows) {
     Tensor values = draft.top_values(rows), indices = draft.top_indices(rows);
     ops::top_k_log_softmax(ctx, draft.logits(rows), values, indices);
+  };
+  auto read_top_k = [&](int64_t rows) {
     const size_t n = static_cast<size_t>(rows * k);
-    engine_.download(top_values.data(), values, n * sizeof(float));
-    engine_.download(top_ids.data(), indices, n * sizeof(int32_t));
+    engine_.download(top_values.data(), draft.top_values(rows), n * sizeof(float));
+    engine_.download(top_ids.data(), draft.top_indices(rows), n * sizeof(int32_t));
     for (size_t i = 0; i < n; ++i)
       top[i] = {top_values[i], full_draft_vocab ? top_ids[i] : vocab_map[static_cast<size_t>(top_ids[i])]};
   };
@@ -131,6 +127,7 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     engine_.upload(draft.positions(), pos.data(), pos.size() * sizeof(int32_t));
     engine_.upload(draft.slots(), pos.data(), pos.size() * sizeof(int32_t));
     draft.forward(ctx, n, target.final_hidden(n), last ? 1 : 0);
+    if (last) compute_top_k(1);
     draft_rows_last = n;
     if (callbacks.on_prefill_progress) {
       engine_.synchronize();
@@ -174,34 +171,40 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
       result.finish_reason = FinishReason::ContextFull;
       break;
     }
-    // Draft: level 1 from the last draft row's logits, then depth - 1 expansions.
-    draft_top_k(1);
+    // Draft: level 1 from the last draft row's top-k (computed with it), then depth - 1
+    // expansions, each one captured step: gather the parents' draft outputs, the head's forward
+    // under the level's mask, the top-k of every node.
+    read_top_k(1);
     builder.begin(root, std::span<const spec::ScoredToken>(top).subspan(0, static_cast<size_t>(k)));
     std::fill(parent_rows.begin(), parent_rows.end(), static_cast<int32_t>(draft_rows_last - 1));
-    Tensor parent_hidden = draft.hidden(draft_rows_last);
+    const Tensor parent_hidden = draft.hidden(draft.shape().max_rows);  // the whole buffer: rows by index
     for (int level = 1; level < tp.depth; ++level) {
       const auto tokens = builder.frontier_tokens();
       const std::vector<int32_t> pos(static_cast<size_t>(k), static_cast<int32_t>(committed + level - 1));
       const std::vector<int32_t> slots = iota_from(committed + static_cast<int64_t>(level - 1) * k, k);
       const std::vector<int32_t> bits = builder.frontier_mask_bits();
-      const int64_t width = static_cast<int64_t>(level) * k, words = ops::AttentionMask::tree_words(width);
+      const int64_t width = static_cast<int64_t>(level) * k;
       engine_.upload(draft.token_ids(), tokens.data(), tokens.size() * sizeof(int32_t));
       engine_.upload(draft.positions(), pos.data(), pos.size() * sizeof(int32_t));
       engine_.upload(draft.slots(), slots.data(), slots.size() * sizeof(int32_t));
-      Tensor mask = draft.draft_mask(k, width);
-      SPECULA_CHECK(mask.dim(1) == words, "draft mask layout (internal error)");
+      const Tensor mask = draft.draft_mask(k, width);
       engine_.upload(mask, bits.data(), bits.size() * sizeof(int32_t));
       // Each node is paired with its parent's draft output.
       if (level > 1) {
         const auto slots_of_parents = builder.frontier_parent_slots();
         std::copy(slots_of_parents.begin(), slots_of_parents.end(), parent_rows.begin());
       }
-      Tensor features = draft.feature_buffer(k);
-      gather_rows(engine_, draft, parent_hidden, parent_rows, features);
-      draft.forward(ctx, k, features, k, ops::AttentionMask::tree(mask, width));
-      draft_top_k(k);
+      const Tensor ids = draft.gather_ids(k);
+      engine_.upload(ids, parent_rows.data(), parent_rows.size() * sizeof(int32_t));
+      StepPlan plan{StepKind::DraftLevel, k, k, width};
+      engine_.run_step(plan, [&] {
+        Tensor features = draft.feature_buffer(k);
+        ops::embedding(ctx, parent_hidden, ids, 1.0f, features);
+        draft.forward(ctx, k, features, k, ops::AttentionMask::tree(mask, width));
+        compute_top_k(k);
+      });
+      read_top_k(k);
       builder.expand(top);
-      parent_hidden = draft.hidden(k);
     }
     const spec::DraftTree tree = builder.finish();
     const int64_t n = tree.size();
@@ -212,18 +215,22 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     const std::vector<int32_t> rows = iota_from(committed, n);
     const std::vector<int32_t> bits = tree.mask_bits();
     engine_.write_inputs(tree.tokens, positions, rows);
-    Tensor mask = draft.verify_mask(n);
+    const Tensor mask = draft.verify_mask(n);
     engine_.upload(mask, bits.data(), bits.size() * sizeof(int32_t));
-    target.forward(ctx, n, n, ops::AttentionMask::tree(mask, n));
+    engine_.run_step(StepPlan{StepKind::Verify, n, n, n, plain_greedy ? 1 : 0}, [&] {
+      target.forward(ctx, n, n, ops::AttentionMask::tree(mask, n));
+      if (plain_greedy) {
+        Tensor next = target.next_tokens(n);
+        ops::argmax(ctx, target.logits(n), next);
+      }
+    });
 
     // Accept: walk from the root while the target's token is a child.
     std::vector<int32_t> path_nodes, path_tokens;
     int32_t final_token = -1;
     if (plain_greedy) {
-      Tensor next = target.next_tokens(n);
-      ops::argmax(ctx, target.logits(n), next);
       greedy_tokens.resize(static_cast<size_t>(n));
-      engine_.download(greedy_tokens.data(), next, greedy_tokens.size() * sizeof(int32_t));
+      engine_.download(greedy_tokens.data(), target.next_tokens(n), greedy_tokens.size() * sizeof(int32_t));
     } else {
       read_rows(target.logits(n), n, vocab);
     }
@@ -256,9 +263,11 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
 
     // Commit: the root and the accepted nodes' rows move to committed, committed + 1, ...
     const int64_t m = static_cast<int64_t>(path_nodes.size());
-    compact_kv(engine_, draft, target.kv_cache(), committed, path_nodes);
     // Draft catch-up: rows committed .. committed + m pair the target features of the root and
-    // the accepted nodes with the next tokens (the last one is the new root).
+    // the accepted nodes with the next tokens (the last one is the new root). One captured step
+    // with the target's KV compaction (the root and the accepted nodes' rows move to committed,
+    // committed + 1, ...) and the next level 1's top-k.
+    upload_compaction(engine_, draft, committed, path_nodes);
     std::vector<int32_t> feature_rows = {0};
     feature_rows.insert(feature_rows.end(), path_nodes.begin(), path_nodes.end());
     std::vector<int32_t> next_tokens = path_tokens;
@@ -267,9 +276,15 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     engine_.upload(draft.token_ids(), next_tokens.data(), next_tokens.size() * sizeof(int32_t));
     engine_.upload(draft.positions(), catch_rows.data(), catch_rows.size() * sizeof(int32_t));
     engine_.upload(draft.slots(), catch_rows.data(), catch_rows.size() * sizeof(int32_t));
-    Tensor features = draft.feature_buffer(m + 1);
-    gather_rows(engine_, draft, target.final_hidden(n), feature_rows, features);
-    draft.forward(ctx, m + 1, features, 1);
+    const Tensor ids = draft.gather_ids(m + 1);
+    engine_.upload(ids, feature_rows.data(), feature_rows.size() * sizeof(int32_t));
+    engine_.run_step(StepPlan{StepKind::DraftCatchUp, m + 1, 1, 0}, [&] {
+      target.kv_cache().gather(ctx, draft.kv_src(), draft.kv_dst(), draft.kv_count());
+      Tensor features = draft.feature_buffer(m + 1);
+      ops::embedding(ctx, target.final_hidden(n), ids, 1.0f, features);
+      draft.forward(ctx, m + 1, features, 1);
+      compute_top_k(1);
+    });
     draft_rows_last = m + 1;
     committed += m + 1;
     root = final_token;
