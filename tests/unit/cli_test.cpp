@@ -242,3 +242,33 @@ TEST_F(Cli, BenchWithoutAGpuMeasuresTheCpuPreset) {
 }
 
 }  // namespace
+
+namespace {
+
+const std::string kEagleData = std::string(SPECULA_TEST_DATA) + "/eagle";
+
+TEST(CliSpec, InspectRecognisesADraftHeadFolder) {
+  const CliRun head = run("inspect " + kEagleData + "/head_llama_bias_safetensors --target " + kEagleData + "/target_llama3");
+  EXPECT_EQ(head.status, 0) << head.output;
+  EXPECT_NE(head.output.find("EAGLE-1/2 head"), std::string::npos) << head.output;
+  EXPECT_NE(head.output.find("theta 10000 (EAGLE default)"), std::string::npos) << head.output;
+  EXPECT_NE(head.output.find("(with fc.bias)"), std::string::npos) << head.output;
+  EXPECT_NE(head.output.find("compatible"), std::string::npos) << head.output;
+  const CliRun minicpm = run("inspect " + kEagleData + "/head_minicpm4");
+  EXPECT_EQ(minicpm.status, 0) << minicpm.output;
+  EXPECT_NE(minicpm.output.find("MiniCPM4 EAGLE head"), std::string::npos) << minicpm.output;
+  const CliRun bad = run("inspect " + kEagleData + "/bad_missing_down_proj");
+  EXPECT_EQ(bad.status, 1) << bad.output;
+  EXPECT_NE(bad.output.find("layers.0.mlp.down_proj.weight"), std::string::npos) << bad.output;
+  const CliRun wrong_pair = run("inspect " + kEagleData + "/head_llama_bin --target " + kEagleData + "/target_minicpm4");
+  EXPECT_EQ(wrong_pair.status, 1) << wrong_pair.output;
+  EXPECT_NE(wrong_pair.output.find("hidden_size"), std::string::npos) << wrong_pair.output;
+}
+
+TEST(CliSpec, TreeFlagsAreBoundedBeforeLoading) {
+  const CliRun r = run("generate -m /nonexistent --draft /nonexistent -p hi --tree-topk 65");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--tree-topk"), std::string::npos) << r.output;
+}
+
+}  // namespace
