@@ -45,6 +45,9 @@ struct Setting {
   double reference;  // tokens per verification pass, README
 };
 
+// ctest names the parameterised tests by this (not by the struct's bytes).
+void PrintTo(const Setting& s, std::ostream* os) { *os << s.name; }
+
 std::unique_ptr<Engine> load_pair(Device device, const std::string& frspec, bool with_draft) {
   const std::string dir = tinygo_dir();
   EngineOptions o;
