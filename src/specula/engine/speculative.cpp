@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <numeric>
 
 #include "specula/core/error.h"
@@ -22,23 +23,6 @@ std::vector<int32_t> iota_from(int64_t first, int64_t n) {
   std::vector<int32_t> out(static_cast<size_t>(n));
   std::iota(out.begin(), out.end(), static_cast<int32_t>(first));
   return out;
-}
-
-// The target's KV compaction after acceptance, as data for the catch-up step: the accepted
-// nodes' rows (tree rows committed + node) move down to committed + 1, committed + 2, ... (the
-// root already sits at row committed); count 0 when nothing was accepted.
-void upload_compaction(Engine& engine, spec::EagleHead& draft, int64_t committed, std::span<const int32_t> nodes) {
-  std::vector<int32_t> src, dst;
-  for (size_t i = 0; i < nodes.size(); ++i) {
-    src.push_back(static_cast<int32_t>(committed + nodes[i]));
-    dst.push_back(static_cast<int32_t>(committed + 1 + static_cast<int64_t>(i)));
-  }
-  const int32_t count = static_cast<int32_t>(nodes.size());
-  if (count > 0) {
-    engine.upload(draft.kv_src(), src.data(), src.size() * sizeof(int32_t));
-    engine.upload(draft.kv_dst(), dst.data(), dst.size() * sizeof(int32_t));
-  }
-  engine.upload(draft.kv_count(), &count, sizeof count);
 }
 
 // Host copies of device rows, reused across cycles.
@@ -99,12 +83,24 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     Tensor values = draft.top_values(rows), indices = draft.top_indices(rows);
     ops::top_k_log_softmax(ctx, draft.logits(rows), values, indices);
   };
+  // One copy back: the values and the indices sit in one block.
+  std::vector<int32_t> top_block(static_cast<size_t>(draft.top_block().numel()));
+  const size_t top_offset = top_block.size() / 2;
   auto read_top_k = [&](int64_t rows) {
     const size_t n = static_cast<size_t>(rows * k);
-    engine_.download(top_values.data(), draft.top_values(rows), n * sizeof(float));
-    engine_.download(top_ids.data(), draft.top_indices(rows), n * sizeof(int32_t));
+    engine_.download(top_block.data(), draft.top_block(), top_block.size() * sizeof(int32_t));
+    std::memcpy(top_values.data(), top_block.data(), n * sizeof(float));
+    std::memcpy(top_ids.data(), top_block.data() + top_offset, n * sizeof(int32_t));
     for (size_t i = 0; i < n; ++i)
       top[i] = {top_values[i], full_draft_vocab ? top_ids[i] : vocab_map[static_cast<size_t>(top_ids[i])]};
+  };
+  // The step inputs go up in one copy: the host mirror's fields, then its first `end` entries.
+  const spec::EagleHead::InputLayout& in = draft.input_layout();
+  auto fill = [&](int64_t offset, std::span<const int32_t> values) {
+    std::copy(values.begin(), values.end(), draft.host_field(offset, static_cast<int64_t>(values.size())).begin());
+  };
+  auto upload_inputs = [&](int64_t end) {
+    engine_.upload(draft.input_block(), draft.host_inputs(), static_cast<size_t>(end) * sizeof(int32_t));
   };
 
   // Prefill: target chunk, then the draft over the same rows paired with the next tokens.
@@ -184,18 +180,19 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
       const std::vector<int32_t> slots = iota_from(committed + static_cast<int64_t>(level - 1) * k, k);
       const std::vector<int32_t> bits = builder.frontier_mask_bits();
       const int64_t width = static_cast<int64_t>(level) * k;
-      engine_.upload(draft.token_ids(), tokens.data(), tokens.size() * sizeof(int32_t));
-      engine_.upload(draft.positions(), pos.data(), pos.size() * sizeof(int32_t));
-      engine_.upload(draft.slots(), slots.data(), slots.size() * sizeof(int32_t));
       const Tensor mask = draft.draft_mask(k, width);
-      engine_.upload(mask, bits.data(), bits.size() * sizeof(int32_t));
       // Each node is paired with its parent's draft output.
       if (level > 1) {
         const auto slots_of_parents = builder.frontier_parent_slots();
         std::copy(slots_of_parents.begin(), slots_of_parents.end(), parent_rows.begin());
       }
+      fill(in.tokens, tokens);
+      fill(in.positions, pos);
+      fill(in.slots, slots);
+      fill(in.gather, parent_rows);
+      fill(in.mask, bits);
+      upload_inputs(in.mask + static_cast<int64_t>(bits.size()));
       const Tensor ids = draft.gather_ids(k);
-      engine_.upload(ids, parent_rows.data(), parent_rows.size() * sizeof(int32_t));
       StepPlan plan{StepKind::DraftLevel, k, k, width};
       engine_.run_step(plan, [&] {
         Tensor features = draft.feature_buffer(k);
@@ -267,17 +264,25 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     // the accepted nodes with the next tokens (the last one is the new root). One captured step
     // with the target's KV compaction (the root and the accepted nodes' rows move to committed,
     // committed + 1, ...) and the next level 1's top-k.
-    upload_compaction(engine_, draft, committed, path_nodes);
-    std::vector<int32_t> feature_rows = {0};
+    std::vector<int32_t> feature_rows = {0}, src, dst;
     feature_rows.insert(feature_rows.end(), path_nodes.begin(), path_nodes.end());
+    for (int64_t i = 0; i < m; ++i) {
+      src.push_back(static_cast<int32_t>(committed + path_nodes[static_cast<size_t>(i)]));
+      dst.push_back(static_cast<int32_t>(committed + 1 + i));
+    }
+    const int32_t count = static_cast<int32_t>(m);
     std::vector<int32_t> next_tokens = path_tokens;
     next_tokens.push_back(final_token);
     const std::vector<int32_t> catch_rows = iota_from(committed, m + 1);
-    engine_.upload(draft.token_ids(), next_tokens.data(), next_tokens.size() * sizeof(int32_t));
-    engine_.upload(draft.positions(), catch_rows.data(), catch_rows.size() * sizeof(int32_t));
-    engine_.upload(draft.slots(), catch_rows.data(), catch_rows.size() * sizeof(int32_t));
+    fill(in.tokens, next_tokens);
+    fill(in.positions, catch_rows);
+    fill(in.slots, catch_rows);
+    fill(in.gather, feature_rows);
+    fill(in.kv_src, src);
+    fill(in.kv_dst, dst);
+    fill(in.kv_count, std::span(&count, 1));
+    upload_inputs(in.kv_count + 1);
     const Tensor ids = draft.gather_ids(m + 1);
-    engine_.upload(ids, feature_rows.data(), feature_rows.size() * sizeof(int32_t));
     engine_.run_step(StepPlan{StepKind::DraftCatchUp, m + 1, 1, 0}, [&] {
       target.kv_cache().gather(ctx, draft.kv_src(), draft.kv_dst(), draft.kv_count());
       Tensor features = draft.feature_buffer(m + 1);

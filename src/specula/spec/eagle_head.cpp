@@ -170,9 +170,6 @@ void EagleHead::visit_buffers(const EagleHeadConfig& cfg, const EagleHeadShape& 
   const model::ModelConfig& c = cfg.layer;
   const int64_t T = s.max_rows, H = c.hidden_size;
   visit(self ? &self->rope_.inv_freq : nullptr, DType::F32, {c.head_dim / 2});
-  visit(at(&EagleHead::token_ids_), DType::I32, {T});
-  visit(at(&EagleHead::positions_), DType::I32, {T});
-  visit(at(&EagleHead::slots_), DType::I32, {T});
   visit(at(&EagleHead::features_), d.activations, {T, H});
   visit(at(&EagleHead::embedded_), d.activations, {T, H});
   visit(at(&EagleHead::normed_), d.activations, {T, H});
@@ -184,14 +181,11 @@ void EagleHead::visit_buffers(const EagleHeadConfig& cfg, const EagleHeadShape& 
   visit(at(&EagleHead::hidden_), d.activations, {T, H});
   visit(at(&EagleHead::logits_), DType::F32, {s.max_logit_rows, s.draft_vocab});
   visit(at(&EagleHead::vocab_map_), DType::I32, {s.draft_vocab});
-  visit(at(&EagleHead::mask_bits_), DType::I32, {T, ops::AttentionMask::tree_words(s.max_mask_width)});
   visit(at(&EagleHead::verify_mask_), DType::I32, {s.tree_size, ops::AttentionMask::tree_words(s.tree_size)});
-  visit(at(&EagleHead::gather_ids_), DType::I32, {std::max(T, s.tree_size)});
-  visit(at(&EagleHead::kv_src_), DType::I32, {s.max_accepted});
-  visit(at(&EagleHead::kv_dst_), DType::I32, {s.max_accepted});
-  visit(at(&EagleHead::kv_count_), DType::I32, {1});
-  visit(at(&EagleHead::top_values_), DType::F32, {s.max_logit_rows, s.top_k});
-  visit(at(&EagleHead::top_indices_), DType::I32, {s.max_logit_rows, s.top_k});
+  // The per-step inputs in one block (InputLayout), so a step's inputs go up in one copy, and the
+  // top-k results in another, so they come back in one.
+  visit(at(&EagleHead::inputs_), DType::I32, {InputLayout(s).total});
+  visit(at(&EagleHead::top_block_), DType::I32, {2 * s.max_logit_rows * s.top_k});
 }
 
 void EagleHead::plan(const EagleHeadConfig& config, const EagleHeadShape& shape, const model::ActivationDTypes& dtypes,
@@ -245,6 +239,43 @@ EagleHead::EagleHead(const EagleHeadConfig& config, EagleHeadWeights weights, co
     }
   }
   copy_to(vocab_map_, vocab_map_host_.data(), vocab_map_host_.size() * sizeof(int32_t));
+
+  const InputLayout in(shape);
+  auto view = [&](int64_t offset, int64_t n) {
+    return Tensor(static_cast<int32_t*>(inputs_.data) + offset, DType::I32, {n}, inputs_.device);
+  };
+  token_ids_ = view(in.tokens, in.rows);
+  positions_ = view(in.positions, in.rows);
+  slots_ = view(in.slots, in.rows);
+  gather_ids_ = view(in.gather, in.rows);
+  kv_src_ = view(in.kv_src, shape.max_accepted);
+  kv_dst_ = view(in.kv_dst, shape.max_accepted);
+  kv_count_ = view(in.kv_count, 1);
+  mask_bits_ = view(in.mask, in.total - in.mask);
+  host_inputs_.assign(static_cast<size_t>(in.total), 0);
+  layout_ = in;
+  const int64_t topn = shape.max_logit_rows * shape.top_k;
+  top_values_ = Tensor(top_block_.data, DType::F32, {shape.max_logit_rows, shape.top_k}, top_block_.device);
+  top_indices_ = Tensor(static_cast<int32_t*>(top_block_.data) + topn, DType::I32, {shape.max_logit_rows, shape.top_k},
+                        top_block_.device);
+}
+
+EagleHead::InputLayout::InputLayout(const EagleHeadShape& s) {
+  rows = std::max(s.max_rows, s.tree_size);
+  tokens = 0;
+  positions = rows;
+  slots = 2 * rows;
+  gather = 3 * rows;
+  kv_src = 4 * rows;
+  kv_dst = kv_src + s.max_accepted;
+  kv_count = kv_dst + s.max_accepted;
+  mask = kv_count + 1;
+  total = mask + s.max_rows * ops::AttentionMask::tree_words(s.max_mask_width);
+}
+
+std::span<int32_t> EagleHead::host_field(int64_t offset, int64_t n) {
+  SPECULA_CHECK(offset >= 0 && n >= 0 && offset + n <= layout_.total, "draft inputs: field outside the block");
+  return std::span<int32_t>(host_inputs_).subspan(static_cast<size_t>(offset), static_cast<size_t>(n));
 }
 
 Tensor EagleHead::draft_mask(int64_t rows, int64_t width) const {

@@ -26,6 +26,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -133,6 +134,21 @@ class EagleHead {
   Tensor kv_dst() const { return kv_dst_; }
   Tensor kv_count() const { return kv_count_; }
 
+  // The step inputs above are views into one I32 block with this layout (offsets in entries);
+  // the caller fills the host mirror's fields and uploads its first `n` entries in one copy.
+  struct InputLayout {
+    int64_t rows = 0, tokens = 0, positions = 0, slots = 0, gather = 0, kv_src = 0, kv_dst = 0, kv_count = 0, mask = 0,
+            total = 0;
+    InputLayout() = default;
+    explicit InputLayout(const EagleHeadShape& shape);
+  };
+  const InputLayout& input_layout() const { return layout_; }
+  std::span<int32_t> host_field(int64_t offset, int64_t n);
+  const int32_t* host_inputs() const { return host_inputs_.data(); }
+  Tensor input_block() const { return inputs_; }
+  // Values then indices of the top-k, contiguous: [2 * max_logit_rows * top_k] 32-bit words.
+  Tensor top_block() const { return top_block_; }
+
  private:
   template <typename Visit>
   static void visit_buffers(const EagleHeadConfig& c, const EagleHeadShape& s, const model::ActivationDTypes& d,
@@ -146,7 +162,9 @@ class EagleHead {
   model::KvCache kv_;
   Tensor token_ids_, positions_, slots_, features_, embedded_, normed_, residual_, qkv_, q_, attn_out_, gate_up_,
       hidden_, logits_, vocab_map_, mask_bits_, verify_mask_, gather_ids_, kv_src_, kv_dst_, kv_count_,
-      top_values_, top_indices_;
+      top_values_, top_indices_, inputs_, top_block_;
+  InputLayout layout_;
+  std::vector<int32_t> host_inputs_;
   std::vector<int32_t> vocab_map_host_;
 };
 
