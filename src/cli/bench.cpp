@@ -22,6 +22,7 @@
 
 #include "commands.h"
 #include "options.h"
+#include "bench_report.h"
 #include "presets.h"
 #include "specula/core/error.h"
 #include "specula/engine/engine.h"
@@ -49,11 +50,7 @@ struct BenchArgs {
 constexpr int64_t kMaxDecodeSteps = 1 << 20;
 constexpr int kMaxRepeats = 1000;
 
-struct Measurement {
-  std::string metric;
-  double value;
-  std::string unit;
-};
+using Measurement = BenchRow;
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -257,20 +254,7 @@ void run_bench(BenchArgs a) {
                        static_cast<double>(a.decode_steps) / median(times), "tok/s"});
   }
 
-  char date[32];
-  const std::time_t now = std::time(nullptr);
-  std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
-  std::printf("| metric | value | unit |\n|---|---|---|\n");
-  for (const Measurement& m : results) std::printf("| %s | %.2f | %s |\n", m.metric.c_str(), m.value, m.unit.c_str());
-  if (!a.json_path.empty()) {
-    nlohmann::ordered_json out = nlohmann::ordered_json::array();
-    for (const Measurement& m : results)
-      out.push_back({{"device", device}, {"commit", a.commit}, {"date", date}, {"preset", label},
-                     {"metric", m.metric}, {"value", m.value}, {"unit", m.unit}});
-    std::ofstream f(a.json_path);
-    SPECULA_CHECK(f.good(), a.json_path, ": cannot write");
-    f << out.dump(1) << "\n";
-  }
+  report_bench_rows(results, device, a.commit, label, a.json_path, 2);
 }
 
 }  // namespace

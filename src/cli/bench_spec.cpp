@@ -20,6 +20,7 @@
 
 #include "commands.h"
 #include "options.h"
+#include "bench_report.h"
 #include "presets.h"
 #include "specula/core/error.h"
 #include "specula/engine/engine.h"
@@ -37,11 +38,7 @@ struct SpecBenchArgs {
   std::vector<int64_t> tree_sizes{32, 60, 128};
 };
 
-struct Row {
-  std::string what;
-  double value;
-  std::string unit;
-};
+using Row = BenchRow;
 
 double paper_acceptance(int64_t vocab) {
   switch (vocab) {
@@ -209,21 +206,8 @@ void run(const SpecBenchArgs& a) {
   }
   if (!a.tinygo.empty()) run_tinygo(a, device, rows);
 
-  char date[32];
-  const std::time_t now = std::time(nullptr);
-  std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
-  std::printf("\n%s, %s, commit %s\n| measurement | value | unit |\n|---|---|---|\n", device_name.c_str(), date,
-              a.commit.c_str());
-  for (const Row& r : rows) std::printf("| %s | %.3f | %s |\n", r.what.c_str(), r.value, r.unit.c_str());
-  if (!a.json_path.empty()) {
-    nlohmann::ordered_json out = nlohmann::ordered_json::array();
-    for (const Row& r : rows)
-      out.push_back({{"device", device_name}, {"commit", a.commit}, {"date", date}, {"preset", a.preset},
-                     {"metric", r.what}, {"value", r.value}, {"unit", r.unit}});
-    std::ofstream f(a.json_path);
-    SPECULA_CHECK(f.good(), a.json_path, ": cannot write");
-    f << out.dump(2) << "\n";
-  }
+  std::printf("\n%s, %s, commit %s\n", device_name.c_str(), today_utc().c_str(), a.commit.c_str());
+  report_bench_rows(rows, device_name, a.commit, a.preset, a.json_path, 3);
 }
 
 }  // namespace

@@ -18,23 +18,12 @@
 
 #include <unistd.h>
 
+#include "cli_test_util.h"
+
 namespace {
 
-struct CliRun {
-  int status;
-  std::string output;  // stdout and stderr together
-};
-
-CliRun run(const std::string& args) {
-  const std::string command = std::string(SPECULA_CLI_PATH) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  EXPECT_NE(pipe, nullptr);
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
-  const int status = pclose(pipe);
-  return {WEXITSTATUS(status), out};
-}
+using specula::test::CliRun;
+CliRun run(const std::string& args) { return specula::test::run_cli(args); }
 
 class Cli : public testing::Test {
  protected:

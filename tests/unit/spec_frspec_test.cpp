@@ -21,6 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli_test_util.h"
 #include "io_test_util.h"
 #include "specula/core/error.h"
 #include "specula/core/mapped_file.h"
@@ -80,21 +81,8 @@ int32_t single_token(const text::Tokenizer& tokenizer, const std::string& word) 
   return ids.empty() ? -1 : ids[0];
 }
 
-struct CliRun {
-  int status;
-  std::string output;  // stdout and stderr together
-};
-
-CliRun run_cli(const std::string& args) {
-  const std::string command = std::string(SPECULA_CLI_PATH) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  EXPECT_NE(pipe, nullptr);
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
-  const int status = pclose(pipe);
-  return {WEXITSTATUS(status), out};
-}
+using specula::test::CliRun;
+using specula::test::run_cli;
 
 // A varied plain-text document: words, numbers, punctuation, indentation and non-ASCII text.
 std::string document(int i) {
