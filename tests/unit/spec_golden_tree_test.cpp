@@ -17,6 +17,9 @@
 
 #include "specula/engine/engine.h"
 #include "specula/engine/generator.h"
+#ifdef SPECULA_WITH_CUDA
+#include "specula/ops/cuda/cuda_context.h"
+#endif
 
 namespace {
 
@@ -94,5 +97,39 @@ TEST(SpecGoldenTrees, DraftTreesEqualThePyTorchReference) {
   }
   std::printf("draft trees checked against the PyTorch reference: %d cases\n", checked);
 }
+
+#ifdef SPECULA_WITH_CUDA
+// On CUDA in the full-precision mode (fp32 activations and caches, where bf16 near-ties cannot
+// flip a token), greedy speculative output equals greedy plain output for every fixture family
+// and head, and equals the reference's emitted tokens.
+TEST(SpecGoldenTrees, CudaFullPrecisionSpeculativeEqualsPlainGreedy) {
+  std::string why;
+  if (!specula::cuda::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  const json& g = goldens();
+  for (const json& c : g.at("cases")) {
+    const std::string name = c.at("name");
+    SCOPED_TRACE(name);
+    const json& head = g.at("heads").at(c.at("head").get<std::string>());
+    EngineOptions o;
+    o.model_dir = data_path(g.at("targets").at(c.at("target").get<std::string>()).at("dir"));
+    o.device = specula::Device::CUDA;
+    o.full_precision = true;
+    o.max_context = c.at("prompt_len").get<int64_t>() + 64;
+    o.prefill_chunk = 64;
+    auto plain = Engine::load(o);
+    o.draft_dir = kData + "/eagle/" + head.at("dir").get<std::string>();
+    if (c.at("draft_vocab") == "freq_good") o.frspec_path = kData + "/eagle/freq_good.pt";
+    o.tree = {c.at("top_k").get<int>(), c.at("depth").get<int>(), c.at("tree_size").get<int>()};
+    auto spec = Engine::load(o);
+    GenerationRequest req;
+    req.prompt = g.at("prompts").at(c.at("prompt").get<std::string>()).get<std::vector<int32_t>>();
+    req.max_new_tokens = static_cast<int64_t>(c.at("emitted_tokens").size());
+    const GenerationResult want = Generator(*plain).generate(req);
+    const GenerationResult got = make_decoder(*spec)->generate(req);
+    EXPECT_EQ(got.tokens, want.tokens);
+    EXPECT_EQ(got.tokens, c.at("emitted_tokens").get<std::vector<int32_t>>());
+  }
+}
+#endif
 
 }  // namespace

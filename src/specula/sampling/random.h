@@ -2,7 +2,7 @@
 // The uniform used for draw `counter` of a stream is a pure function of (seed, counter), not the
 // state of a sequential generator, so the CPU sampler and the CUDA sampler (and any request
 // replayed or resumed mid-stream) produce the identical uniform for the same step without
-// sharing or advancing state. This header is included by .cu files: keep it C++17-clean.
+// sharing or advancing state. This header is included by .cu files.
 #pragma once
 
 #include <cstdint>

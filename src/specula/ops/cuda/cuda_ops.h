@@ -3,11 +3,12 @@
 // been checked by the dispatcher when these run.
 #pragma once
 
+#include <span>
+
 #include <cstddef>
 #include <string>
 
 #include "specula/core/tensor.h"
-#include "specula/ops/cuda/cxx17_span.h"
 #include "specula/ops/ops.h"
 
 namespace specula::ops::cuda_impl {
@@ -32,16 +33,14 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const T
 void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale, Tensor& q_out,
                    Tensor& k_cache, Tensor& v_cache, Tensor& out, const AttentionMask& mask);
-// kv_gather over `n_caches` caches from `caches` on: defined in kv_gather.cu, which nvcc compiles as
-// C++17 (no std::span; see cxx17_span.h). C++20 callers (ops.cpp) take the span overload below.
+// kv_gather over `n_caches` caches from `caches` on (defined in kv_gather.cu), and the span form
+// ops.cpp calls.
 void kv_gather(CudaContext& ctx, Tensor* caches, size_t n_caches, const Tensor& src_rows, const Tensor& dst_rows,
                const Tensor& count);
-#if __cplusplus >= 202002L
 inline void kv_gather(CudaContext& ctx, std::span<Tensor> caches, const Tensor& src_rows, const Tensor& dst_rows,
                       const Tensor& count) {
   kv_gather(ctx, caches.data(), caches.size(), src_rows, dst_rows, count);
 }
-#endif
 // Whether qkv_attention with these operands and the causal mask runs the fused decode kernel (for
 // tests; a tree mask never does).
 bool qkv_attention_is_fused(CudaContext& ctx, const Tensor& qkv, const Tensor& q_out, const Tensor& k_cache,

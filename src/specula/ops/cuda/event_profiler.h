@@ -8,7 +8,6 @@
 #include <string>
 #include <vector>
 
-#include "specula/ops/cuda/cxx17_span.h"
 #include "specula/ops/ops.h"
 
 namespace specula::cuda {

@@ -9,7 +9,7 @@
 // time, from the actual pointers, whether the alignment such a vector path needs holds (tensors
 // are views, so 16-byte alignment is never assumed) and otherwise instantiates the N = 1 path.
 //
-// Compiled only by nvcc as C++17 (included from .cu files only).
+// Compiled only by nvcc (included from .cu files only).
 #pragma once
 
 #include <cuda_bf16.h>

@@ -1,13 +1,12 @@
 // The two engines behind the CUDA linear op (ops/cuda/linear.cu chooses between them):
 // a hand-written GEMV for decode-sized token counts (gemv.cu) and cuBLASLt for everything larger
-// (gemm_cublaslt.cu). Host-only declarations, C++17-clean.
+// (gemm_cublaslt.cu). Host-only declarations.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
 #include "specula/core/tensor.h"
-#include "specula/ops/cuda/cxx17_span.h"
 #include "specula/ops/ops.h"
 #include "specula/ops/cuda/cuda_context.h"
 

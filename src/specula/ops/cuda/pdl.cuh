@@ -22,7 +22,7 @@
 // attribute; launched without the attribute, griddepcontrol.wait returns at once, so converted
 // kernels are also correct in plain launches. Stream capture records the programmatic edges.
 //
-// Compiled only by nvcc as C++17 (included from .cu files only).
+// Compiled only by nvcc (included from .cu files only).
 #pragma once
 
 #include <cuda_runtime.h>

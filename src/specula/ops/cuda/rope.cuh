@@ -12,7 +12,7 @@
 // precise sincosf (never the __sinf intrinsics, whose error grows with the angle and positions
 // reach 1e5+ radians); cos and sin are scaled by attention_scaling.
 //
-// Compiled only by nvcc as C++17 (included from .cu files only).
+// Compiled only by nvcc (included from .cu files only).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -22,7 +22,6 @@
 #include "specula/core/dtype.h"
 #include "specula/core/tensor.h"
 #include "specula/ops/cuda/kernel_utils.cuh"
-#include "specula/ops/cuda/cxx17_span.h"
 #include "specula/ops/ops.h"
 
 namespace specula::ops::cuda_impl {

@@ -1,7 +1,6 @@
 // Host-side entry points of the token-sampling kernels (ops/cuda/sampling.cu), used only by
-// sampling::GpuSampler. It lives apart from gpu_sampler.h because .cu files compile as C++17 and
-// gpu_sampler.h uses std::span: this header is plain C++17 with no CUDA types, so both sides
-// include it and share one declaration of the device-memory layout and the error bits.
+// sampling::GpuSampler. It has no CUDA types, so both the .cu file and the host side include it
+// and share one declaration of the device-memory layout and the error bits.
 #pragma once
 
 #include <cstddef>
