@@ -86,9 +86,7 @@ void append_json_excerpt(const Json& v, size_t budget, std::string& out) {
   }
 }
 
-// Builds the document from nlohmann's SAX events, refusing a key repeated in one object. Each
-// value is added to the innermost open container, so pointers to the open containers stay valid
-// (an array that holds an open container gets no new element until that container closes).
+// parse_strict_json's SAX handler: a JsonTreeBuilder that stops at the first error.
 class StrictDomBuilder {
  public:
   using number_integer_t = Json::number_integer_t;
@@ -97,7 +95,7 @@ class StrictDomBuilder {
   using string_t = Json::string_t;
   using binary_t = Json::binary_t;
 
-  Json root;
+  JsonTreeBuilder tree;
   std::string error;  // why parsing stopped
 
   bool null() { return add(Json(nullptr)); }
@@ -108,22 +106,23 @@ class StrictDomBuilder {
   bool string(string_t& value) { return add(Json(std::move(value))); }
   bool binary(binary_t&) { return stop("binary value"); }  // only binary formats have them
   bool start_object(std::size_t) {
-    keys_.open_object();
-    return open(Json::object());
+    tree.open_object();
+    return true;
   }
   bool key(string_t& value) {
-    if (!keys_.add(value)) return stop("key '" + text_excerpt(value) + "' appears twice in one object");
-    key_ = std::move(value);
-    return true;
+    const std::string excerpt = text_excerpt(value);
+    return tree.key(std::move(value)) || stop("key '" + excerpt + "' appears twice in one object");
   }
   bool end_object() {
-    keys_.close_object();
-    open_.pop_back();
+    tree.close();
     return true;
   }
-  bool start_array(std::size_t) { return open(Json::array()); }
+  bool start_array(std::size_t) {
+    tree.open_array();
+    return true;
+  }
   bool end_array() {
-    open_.pop_back();
+    tree.close();
     return true;
   }
   bool parse_error(std::size_t, const std::string&, const Json::exception& e) {
@@ -131,39 +130,58 @@ class StrictDomBuilder {
   }
 
  private:
-  Json* insert(Json&& value) {
-    if (open_.empty()) {
-      root = std::move(value);
-      return &root;
-    }
-    Json& parent = *open_.back();
-    if (parent.is_array()) {
-      parent.push_back(std::move(value));
-      return &parent.back();
-    }
-    Json& slot = parent[key_];
-    slot = std::move(value);
-    return &slot;
-  }
   bool add(Json&& value) {
-    insert(std::move(value));
-    return true;
-  }
-  bool open(Json&& container) {
-    open_.push_back(insert(std::move(container)));
+    tree.value(std::move(value));
     return true;
   }
   bool stop(std::string message) {
     if (error.empty()) error = std::move(message);
     return false;
   }
-
-  std::vector<Json*> open_;
-  std::string key_;
-  DuplicateKeys keys_;
 };
 
 }  // namespace
+
+Json* JsonTreeBuilder::insert(Json&& v) {
+  if (open_.empty()) {
+    root = std::move(v);
+    return &root;
+  }
+  Json& parent = *open_.back();
+  if (parent.is_array()) {
+    parent.push_back(std::move(v));
+    return &parent.back();
+  }
+  Json& slot = parent[key_];
+  slot = std::move(v);
+  return &slot;
+}
+
+void JsonTreeBuilder::open(Json&& container) {
+  const bool under_object = !open_.empty() && open_.back()->is_object();
+  open_keys_.push_back(under_object ? key_ : std::string());
+  open_.push_back(insert(std::move(container)));
+}
+
+void JsonTreeBuilder::open_object() {
+  keys_.open_object();
+  open(Json::object());
+}
+
+void JsonTreeBuilder::open_array() { open(Json::array()); }
+
+void JsonTreeBuilder::close() {
+  if (open_.empty()) return;
+  if (open_.back()->is_object()) keys_.close_object();
+  open_.pop_back();
+  open_keys_.pop_back();
+}
+
+bool JsonTreeBuilder::key(std::string&& k) {
+  if (!keys_.add(k)) return false;
+  key_ = std::move(k);
+  return true;
+}
 
 void check_json_text(std::string_view text, const std::string& what, size_t max_depth) {
   size_t depth = 0;
@@ -221,7 +239,7 @@ Json parse_strict_json(std::string_view text, const std::string& what) {
   StrictDomBuilder builder;
   if (!Json::sax_parse(text.begin(), text.end(), &builder))
     fail(what, ": ", builder.error.empty() ? std::string("invalid JSON") : builder.error);
-  return std::move(builder.root);
+  return std::move(builder.tree.root);
 }
 
 Json parse_strict_json_object(std::string_view text, const std::string& what) {

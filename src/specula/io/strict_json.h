@@ -62,6 +62,37 @@ class DuplicateKeys {
   std::vector<std::unordered_set<std::string>> open_;
 };
 
+// Assembles a document from SAX events in their order: each value goes into the innermost open
+// container (under the last key when that is an object), and a key repeated in one object is
+// refused. Pointers to open containers stay valid (a container that holds an open one gets no new
+// element until it closes). parse_strict_json's handler and the tokenizer.json reader (which
+// diverts its vocab and merges before they reach a tree) both build with it.
+class JsonTreeBuilder {
+ public:
+  nlohmann::json root;
+
+  void value(nlohmann::json&& v) { insert(std::move(v)); }
+  void open_object();
+  void open_array();
+  void close();  // the innermost open object or array
+  // A key of the innermost open object; false (nothing recorded) when it is already there.
+  bool key(std::string&& k);
+  const std::string& current_key() const { return key_; }
+  size_t depth() const { return open_.size(); }
+  // The open container at `level` (0 = outermost) and the key it sits under in its parent object
+  // ("" for the root and for array elements).
+  const nlohmann::json& container(size_t level) const { return *open_[level]; }
+  const std::string& key_of(size_t level) const { return open_keys_[level]; }
+
+ private:
+  nlohmann::json* insert(nlohmann::json&& v);
+  void open(nlohmann::json&& container);
+  std::vector<nlohmann::json*> open_;
+  std::vector<std::string> open_keys_;
+  std::string key_;
+  DuplicateKeys keys_;
+};
+
 // Parses `text` as one JSON document (surrounding whitespace allowed) after check_json_text;
 // `what` (usually the file name) starts every error message.
 nlohmann::json parse_strict_json(std::string_view text, const std::string& what);

@@ -46,15 +46,14 @@ class Reader {
   bool binary(binary_t&) { return reject("invalid JSON: binary value"); }
 
   bool start_object(std::size_t) {
-    if (mode_ == Mode::Dom && in_model_object() && key_ == "vocab") {
+    if (mode_ == Mode::Dom && in_model_object() && tree_.current_key() == "vocab") {
       mode_ = Mode::Vocab;
       result.tables.vocab_present = true;
       return true;
     }
     if (mode_ == Mode::Vocab) return bad_vocab_value("object");
     if (mode_ == Mode::Merges || mode_ == Mode::MergePair) return bad_merge();
-    keys_.open_object();
-    push_container(Json::object());
+    tree_.open_object();
     return true;
   }
   bool key(string_t& value) {
@@ -62,22 +61,19 @@ class Reader {
       vocab_token_ = std::move(value);
       return true;
     }
-    if (!keys_.add(value)) return reject("key '" + io::text_excerpt(value) + "' appears twice in one object");
-    key_ = std::move(value);
-    return true;
+    const std::string excerpt = io::text_excerpt(value);
+    return tree_.key(std::move(value)) || reject("key '" + excerpt + "' appears twice in one object");
   }
   bool end_object() {
     if (mode_ == Mode::Vocab) {
       mode_ = Mode::Dom;
       return true;
     }
-    keys_.close_object();
-    stack_.pop_back();
-    stack_keys_.pop_back();
+    tree_.close();
     return true;
   }
   bool start_array(std::size_t) {
-    if (mode_ == Mode::Dom && in_model_object() && key_ == "merges") {
+    if (mode_ == Mode::Dom && in_model_object() && tree_.current_key() == "merges") {
       mode_ = Mode::Merges;
       result.tables.merges_present = true;
       return true;
@@ -89,7 +85,7 @@ class Reader {
     }
     if (mode_ == Mode::Vocab) return bad_vocab_value("array");
     if (mode_ == Mode::MergePair) return bad_merge();
-    push_container(Json::array());
+    tree_.open_array();
     return true;
   }
   bool end_array() {
@@ -103,43 +99,26 @@ class Reader {
       mode_ = Mode::Dom;
       return true;
     }
-    stack_.pop_back();
-    stack_keys_.pop_back();
+    tree_.close();
     return true;
   }
   bool parse_error(std::size_t, const std::string&, const Json::exception& e) {
     return reject("invalid JSON: " + io::json_error_excerpt(e));
   }
+  // The document without its vocab and merges, once parsing is done.
+  Json take_tree() { return std::move(tree_.root); }
 
  private:
   enum class Mode { Dom, Vocab, Merges, MergePair };
 
   bool in_model_object() const {
-    return stack_.size() == 2 && stack_keys_[1] == "model" && stack_[0]->is_object() && stack_[1]->is_object();
-  }
-  Json* add_value(Json&& value) {
-    if (stack_.empty()) {
-      result.root = std::move(value);
-      return &result.root;
-    }
-    Json& top = *stack_.back();
-    if (top.is_array()) {
-      top.push_back(std::move(value));
-      return &top.back();
-    }
-    Json& slot = top[key_];
-    slot = std::move(value);
-    return &slot;
-  }
-  void push_container(Json&& container) {
-    const bool parent_is_object = !stack_.empty() && stack_.back()->is_object();
-    stack_keys_.push_back(parent_is_object ? key_ : std::string());
-    stack_.push_back(add_value(std::move(container)));
+    return tree_.depth() == 2 && tree_.key_of(1) == "model" && tree_.container(0).is_object() &&
+           tree_.container(1).is_object();
   }
   bool scalar(Json&& value) {
     switch (mode_) {
       case Mode::Dom:
-        add_value(std::move(value));
+        tree_.value(std::move(value));
         return true;
       case Mode::Vocab:
         if (!value.is_number_integer()) return bad_vocab_value(value.type_name());
@@ -164,10 +143,7 @@ class Reader {
                   "] must be a string \"a b\" or a pair [\"a\", \"b\"]");
   }
 
-  io::DuplicateKeys keys_;  // of the objects open in the DOM part
-  std::vector<Json*> stack_;
-  std::vector<std::string> stack_keys_;  // key of each open container in its parent object
-  std::string key_;
+  io::JsonTreeBuilder tree_;  // the DOM part (everything but model.vocab and model.merges)
   Mode mode_ = Mode::Dom;
   std::string vocab_token_;
   std::string pair_first_, pair_second_;
@@ -181,6 +157,7 @@ TokenizerJson read_tokenizer_json(const std::string& text) {
   Reader reader;
   const bool ok = Json::sax_parse(text, &reader);
   if (!ok) fail(reader.error.empty() ? std::string("invalid JSON") : reader.error);
+  reader.result.root = reader.take_tree();
   return std::move(reader.result);
 }
 
