@@ -228,15 +228,15 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     if (plain_greedy) {
       greedy_tokens.resize(static_cast<size_t>(n));
       engine_.download(greedy_tokens.data(), target.next_tokens(n), greedy_tokens.size() * sizeof(int32_t));
-    } else {
-      read_rows(target.logits(n), n, vocab);
     }
     for (int32_t u = 0;;) {
       int32_t x;
       if (plain_greedy) {
         x = greedy_tokens[static_cast<size_t>(u)];  // the temperature-0 draw, taken on the device
       } else {
-        x = choose(logits_host.row(u, vocab), path_tokens);
+        // Only the rows on the walked path are needed: at most depth + 1 of the tree's.
+        read_rows(target.logits(n).slice_outer(u, 1), 1, vocab);
+        x = choose(logits_host.row(0, vocab), path_tokens);
       }
       int32_t next_node = -1;
       for (int32_t c : tree.children(u))
