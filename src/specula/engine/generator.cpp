@@ -62,6 +62,8 @@ GenerationResult Generator::generate(const GenerationRequest& request, const Gen
   result.prefill_ran = true;
   const auto prefill_start = clock::now();
   const int64_t chunk = engine_.prefill_chunk();
+  model::KvCache& kv = engine_.transformer().kv_cache();
+  kv.truncate(0);  // one sequence per request, from row 0
   for (int64_t begin = 0; begin < prompt_len; begin += chunk) {
     const int64_t n = std::min(chunk, prompt_len - begin);
     positions.resize(static_cast<size_t>(n));
@@ -69,6 +71,7 @@ GenerationResult Generator::generate(const GenerationRequest& request, const Gen
     engine_.write_inputs(std::span(request.prompt).subspan(static_cast<size_t>(begin), static_cast<size_t>(n)),
                          positions, positions);
     engine_.forward(n, begin + n == prompt_len ? 1 : 0);
+    kv.append(n);
     if (callbacks.on_prefill_progress) {
       engine_.synchronize();
       callbacks.on_prefill_progress(begin + n, prompt_len);
@@ -115,6 +118,7 @@ GenerationResult Generator::generate(const GenerationRequest& request, const Gen
     }
     const int32_t pos = static_cast<int32_t>(position);
     token = engine_.decode_step(token, pos, step_output);
+    kv.append(1);
     if (step_output == StepOutput::Logits) {
       engine_.read_logits(1, logits);
       token = sampler.sample(logits, request.prompt, result.tokens);

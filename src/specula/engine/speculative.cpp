@@ -154,7 +154,14 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
 
   spec::TreeBuilder builder(tp);
   std::vector<int32_t> parent_rows(static_cast<size_t>(k)), greedy_tokens;
-  int64_t committed = prompt_len;  // rows both caches hold; the root sits at this position
+  // Both caches hold the committed sequence: rows [0, committed); the root sits at position committed.
+  model::KvCache& target_kv = target.kv_cache();
+  model::KvCache& draft_kv = draft.kv_cache();
+  target_kv.truncate(0);
+  draft_kv.truncate(0);
+  target_kv.append(prompt_len);
+  draft_kv.append(prompt_len);
+  int64_t committed = prompt_len;
   bool running = emit(root);
   auto phase_start = clock::now();
   auto lap = [&](double& into) {
@@ -291,7 +298,12 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
       compute_top_k(1);
     });
     draft_rows_last = m + 1;
+    // Both caches keep the root and the accepted path; rows past them (the rest of the tree, the
+    // draft levels) are forgotten and overwritten by the next cycle.
+    target_kv.append(m + 1);
+    draft_kv.append(m + 1);
     committed += m + 1;
+    SPECULA_CHECK(target_kv.length() == committed && draft_kv.length() == committed, "KV bookkeeping (internal error)");
     root = final_token;
 
     for (int32_t t : path_tokens)
