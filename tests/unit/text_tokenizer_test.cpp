@@ -573,12 +573,35 @@ TEST(TokenizerHostile, AddedTokenTextIsBounded) {
   std::string message = load_error(j.dump());
   EXPECT_TRUE(contains(message, "added_tokens: more than 4194304 bytes of token text")) << message;
 
-  // Normalization may multiply a token's text: a Replace of each "a" by a kilobyte.
+  // Normalization may multiply a token's text: a Replace of each "a" by a kilobyte. The
+  // normalizer's own growth bound (8x + 4 KiB) stops it before the added-token bound would.
   j = sentencepiece_fixture();
   j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"String", "a"}}}, {"content", std::string(1024, 'b')}};
   j["added_tokens"].push_back({{"id", 300}, {"content", std::string(8192, 'a')}, {"normalized", true}});
   message = load_error(j.dump());
-  EXPECT_TRUE(contains(message, "after normalization")) << message;
+  EXPECT_TRUE(contains(message, "grew a text of 8192 bytes")) << message;
+}
+
+TEST(TokenizerHostile, NormalizerGrowthIsBounded) {
+  // A Replace content beyond 1 KiB is refused at load.
+  json j = sentencepiece_fixture();
+  j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"String", "a"}}}, {"content", std::string(1025, 'b')}};
+  std::string message = load_error(j.dump());
+  EXPECT_TRUE(contains(message, "Replace content of 1025 bytes")) << message;
+  // Each step of a Sequence is measured against the text the Sequence started from, so chained
+  // Replaces cannot compound: 8 doublings of "a" would make 256x.
+  j = sentencepiece_fixture();
+  json parts = json::array();
+  for (int i = 0; i < 8; ++i) parts.push_back({{"type", "Replace"}, {"pattern", {{"String", "a"}}}, {"content", "aa"}});
+  j["normalizer"] = {{"type", "Sequence"}, {"normalizers", parts}};
+  const Tokenizer t = from(j);
+  EXPECT_NO_THROW(t.encode(std::string(10, 'a'), false, false));  // 2560 bytes <= 8 x 10 + 4096
+  try {
+    t.encode(std::string(100, 'a'), false, false);  // 6400 bytes after 6 steps > 8 x 100 + 4096
+    ADD_FAILURE() << "a normalizer that grows the text 256x was allowed";
+  } catch (const specula::Error& e) {
+    EXPECT_TRUE(contains(e.what(), "Sequence") && contains(e.what(), "grew a text of 100 bytes")) << e.what();
+  }
 }
 
 TEST(TokenizerHostile, DuplicateKeysAreRefused) {

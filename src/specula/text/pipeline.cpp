@@ -47,10 +47,29 @@ class PrependNormalizer final : public Normalizer {
   std::string prefix_;
 };
 
+// How much normalization may grow a text: a real tokenizer's Replace swaps a space for "▁" (3x
+// at worst); a hostile tokenizer.json could otherwise make every byte of a prompt a megabyte.
+// Bounds: a Replace content of at most kMaxReplaceContentBytes, and after any normalizer (or any
+// step of a Sequence) at most kMaxNormalizedGrowth times the text it started from plus
+// kNormalizedSlackBytes; beyond that the tokenizer refuses the text with an error.
+constexpr size_t kMaxReplaceContentBytes = 1024;
+constexpr size_t kMaxNormalizedGrowth = 8;
+constexpr size_t kNormalizedSlackBytes = 4096;
+
+void check_growth(size_t original, size_t now, const char* step) {
+  SPECULA_CHECK(now <= kMaxNormalizedGrowth * original + kNormalizedSlackBytes, "tokenizer normalizer (", step,
+                ") grew a text of ", original, " bytes to ", now, " bytes, beyond the limit of ", kMaxNormalizedGrowth,
+                "x + ", kNormalizedSlackBytes, " (is tokenizer.json hostile?)");
+}
+
 class ReplaceNormalizer final : public Normalizer {
  public:
   ReplaceNormalizer(TextPattern pattern, std::string content) : pattern_(std::move(pattern)), content_(std::move(content)) {}
-  void normalize(std::string& text) const override { text = replace_all(text, pattern_, content_); }
+  void normalize(std::string& text) const override {
+    const size_t original = text.size();
+    text = replace_all(text, pattern_, content_);
+    check_growth(original, text.size(), "Replace");
+  }
 
  private:
   TextPattern pattern_;
@@ -61,7 +80,11 @@ class SequenceNormalizer final : public Normalizer {
  public:
   explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> parts) : parts_(std::move(parts)) {}
   void normalize(std::string& text) const override {
-    for (const auto& part : parts_) part->normalize(text);
+    const size_t original = text.size();
+    for (const auto& part : parts_) {
+      part->normalize(text);
+      check_growth(original, text.size(), "Sequence");
+    }
   }
 
  private:
@@ -387,9 +410,12 @@ std::unique_ptr<Normalizer> make_normalizer(const Json& spec, const std::string&
   }
   if (type == "Replace") {
     json_fields::check_known_keys(spec, {"type", "pattern", "content"}, where);
+    std::string content = json_fields::get_string(spec, "content", where);
+    SPECULA_CHECK(content.size() <= kMaxReplaceContentBytes, where, ": Replace content of ", content.size(),
+                  " bytes (at most ", kMaxReplaceContentBytes, ")");
     return std::make_unique<ReplaceNormalizer>(
         TextPattern::from_json(json_fields::require_field(spec, "pattern", where), where + ": pattern"),
-        json_fields::get_string(spec, "content", where));
+        std::move(content));
   }
   if (type == "Sequence") {
     json_fields::check_known_keys(spec, {"type", "normalizers"}, where);
