@@ -38,6 +38,23 @@ const json& goldens() {
   return j;
 }
 
+// The engine options of one golden case: its target, and (with_draft) its head, FR-Spec list and
+// tree shape.
+EngineOptions case_options(const json& c, bool with_draft) {
+  const json& g = goldens();
+  EngineOptions o;
+  o.model_dir = data_path(g.at("targets").at(c.at("target").get<std::string>()).at("dir"));
+  o.threads = 2;
+  o.max_context = c.at("prompt_len").get<int64_t>() + 64;
+  o.prefill_chunk = 64;
+  if (with_draft) {
+    o.draft_dir = kData + "/eagle/" + g.at("heads").at(c.at("head").get<std::string>()).at("dir").get<std::string>();
+    if (c.at("draft_vocab") == "freq_good") o.frspec_path = kData + "/eagle/freq_good.pt";
+    o.tree = {c.at("top_k").get<int>(), c.at("depth").get<int>(), c.at("tree_size").get<int>()};
+  }
+  return o;
+}
+
 struct Recorded {
   specula::spec::DraftTree tree;
   std::vector<int32_t> accepted;
@@ -51,16 +68,7 @@ TEST(SpecGoldenTrees, DraftTreesEqualThePyTorchReference) {
   for (const json& c : g.at("cases")) {
     const std::string name = c.at("name");
     SCOPED_TRACE(name);
-    const json& head = g.at("heads").at(c.at("head").get<std::string>());
-    EngineOptions o;
-    o.model_dir = data_path(g.at("targets").at(c.at("target").get<std::string>()).at("dir"));
-    o.draft_dir = kData + "/eagle/" + head.at("dir").get<std::string>();
-    if (c.at("draft_vocab") == "freq_good") o.frspec_path = kData + "/eagle/freq_good.pt";
-    o.tree = {c.at("top_k").get<int>(), c.at("depth").get<int>(), c.at("tree_size").get<int>()};
-    o.threads = 2;
-    o.max_context = c.at("prompt_len").get<int64_t>() + 64;
-    o.prefill_chunk = 64;
-    auto engine = Engine::load(o);
+    auto engine = Engine::load(case_options(c, true));
     GenerationRequest req;
     req.prompt = g.at("prompts").at(c.at("prompt").get<std::string>()).get<std::vector<int32_t>>();
     const std::vector<int32_t> emitted = c.at("emitted_tokens").get<std::vector<int32_t>>();
@@ -109,18 +117,13 @@ TEST(SpecGoldenTrees, CudaFullPrecisionSpeculativeEqualsPlainGreedy) {
   for (const json& c : g.at("cases")) {
     const std::string name = c.at("name");
     SCOPED_TRACE(name);
-    const json& head = g.at("heads").at(c.at("head").get<std::string>());
-    EngineOptions o;
-    o.model_dir = data_path(g.at("targets").at(c.at("target").get<std::string>()).at("dir"));
-    o.device = specula::Device::CUDA;
-    o.full_precision = true;
-    o.max_context = c.at("prompt_len").get<int64_t>() + 64;
-    o.prefill_chunk = 64;
-    auto plain = Engine::load(o);
-    o.draft_dir = kData + "/eagle/" + head.at("dir").get<std::string>();
-    if (c.at("draft_vocab") == "freq_good") o.frspec_path = kData + "/eagle/freq_good.pt";
-    o.tree = {c.at("top_k").get<int>(), c.at("depth").get<int>(), c.at("tree_size").get<int>()};
-    auto spec = Engine::load(o);
+    EngineOptions plain_options = case_options(c, false), spec_options = case_options(c, true);
+    for (EngineOptions* o : {&plain_options, &spec_options}) {
+      o->device = specula::Device::CUDA;
+      o->full_precision = true;
+    }
+    auto plain = Engine::load(plain_options);
+    auto spec = Engine::load(spec_options);
     GenerationRequest req;
     req.prompt = g.at("prompts").at(c.at("prompt").get<std::string>()).get<std::vector<int32_t>>();
     req.max_new_tokens = static_cast<int64_t>(c.at("emitted_tokens").size());
