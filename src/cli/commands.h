@@ -12,5 +12,6 @@ void add_bench_command(CLI::App& app);
 void add_bench_spec_command(CLI::App& app);
 void add_demo_model_command(CLI::App& app);
 void add_freq_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
 
 }  // namespace specula::cli

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "commands.h"
+#include "model_loading.h"
 #include "options.h"
 #include "terminal.h"
 #include "specula/core/error.h"
@@ -29,16 +30,13 @@ namespace specula::cli {
 
 namespace {
 
-struct GenerateArgs {
-  std::string model_dir, prompt, prompt_file, system, device = "auto";
+struct GenerateArgs : EngineArgs {
+  std::string model_dir, prompt, prompt_file, system;
   bool prompt_given = false;  // -p was on the command line (even as -p "")
-  bool chat = false, ignore_eos = false, no_think = false, allow_long_context = false;
-  int64_t max_new_tokens = 256, max_context = 0, prefill_chunk = 512;
-  int threads = 0;
+  bool chat = false, ignore_eos = false, no_think = false;
+  int64_t max_new_tokens = 256;
   std::optional<uint64_t> seed;
   sampling::SamplingParams sampling;
-  std::string draft_dir, frspec_path;
-  spec::DraftTreeParams tree;
 };
 
 // The prompt text, checked before anything is loaded: exactly one source, not empty.
@@ -59,23 +57,12 @@ std::string read_prompt(const GenerateArgs& a) {
   return text;
 }
 
-// The model folder must exist before its files are looked for, so a typo in -m says so.
-void check_model_dir(const std::string& dir) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  const fs::file_status status = fs::status(dir, ec);
-  SPECULA_CHECK(fs::exists(status), dir, ": no such directory (-m takes a Hugging Face model folder)");
-  SPECULA_CHECK(fs::is_directory(status), dir, ": not a directory (-m takes a Hugging Face model folder)");
-  SPECULA_CHECK(fs::exists(fs::path(dir) / "tokenizer.json"), dir, ": no tokenizer.json (specula needs the Hugging "
-                "Face tokenizer file beside the weights)");
-}
-
 void run_generate(GenerateArgs a) {
   check_model_dir(a.model_dir);
   const std::string prompt_text = read_prompt(a);
   SPECULA_CHECK(a.system.empty() || a.chat, "--system needs --chat");
   SPECULA_CHECK(!a.no_think || a.chat, "--no-think needs --chat");
-  const Device device = parse_device(a.device);
+  parse_device(a.device);  // a bad --device is reported before the seed line
   if (!a.sampling.is_greedy()) {
     // Sampling without --seed draws a fresh seed and says which, so the run can be repeated.
     a.sampling.seed = a.seed ? *a.seed : (static_cast<uint64_t>(std::random_device{}()) << 32) | std::random_device{}();
@@ -83,58 +70,24 @@ void run_generate(GenerateArgs a) {
                               static_cast<unsigned long long>(a.sampling.seed),
                               static_cast<unsigned long long>(a.sampling.seed));
   }
-  const text::Tokenizer tokenizer =
-      text::Tokenizer::from_file((std::filesystem::path(a.model_dir) / "tokenizer.json").string());
-
-  engine::EngineOptions options;
-  options.model_dir = a.model_dir;
-  options.device = device;
-  options.threads = a.threads;
-  options.max_context = a.max_context;
-  options.allow_context_beyond_model = a.allow_long_context;
-  options.prefill_chunk = a.prefill_chunk;
-  options.draft_dir = a.draft_dir;
-  options.frspec_path = a.frspec_path;
-  options.tree = a.tree;
-  if (!a.draft_dir.empty()) a.tree.validate();  // flag errors before the model loads
-  options.progress = [](std::string_view stage, size_t done, size_t total) {
-    draw_status_line("loading " + std::string(stage) + " " +
-                     std::to_string(static_cast<int>(100.0 * static_cast<double>(done) /
-                                                     static_cast<double>(std::max<size_t>(total, 1)))) + "%");
-  };
-  auto engine = engine::Engine::load(options);
-  end_status_line();
-  std::fprintf(stderr, "loaded %s (%s) on %s in %.2f s, context %lld tokens\n", a.model_dir.c_str(),
-               engine->config().architecture.c_str(), engine->device_description().c_str(), engine->load_seconds(),
-               static_cast<long long>(engine->max_context()));
-  if (spec::EagleHead* draft = engine->draft())
-    std::fprintf(stderr, "draft: %s (%s); draft vocabulary %lld%s; tree top-k %d, depth %d, %d nodes\n",
-                 a.draft_dir.c_str(), draft->config().summary().c_str(), static_cast<long long>(draft->draft_vocab()),
-                 a.frspec_path.empty() ? " (full)" : (" (FR-Spec " + a.frspec_path + ")").c_str(), a.tree.top_k,
-                 a.tree.depth, a.tree.size);
+  const text::Tokenizer tokenizer = load_tokenizer(a.model_dir);
+  auto engine = load_engine(a.model_dir, a);
 
   engine::GenerationRequest request;
   request.max_new_tokens = a.max_new_tokens;
   request.sampling = a.sampling;
   if (!a.ignore_eos) request.stop_ids = engine->config().eos_token_ids;
   if (a.chat) {
-    const text::ChatStyle style = text::detect_chat_style(a.model_dir, std::string(model::family_name(engine->config().family)));
+    const text::ChatStyle style = chat_style_of(a.model_dir, *engine);
     SPECULA_CHECK(!a.no_think || style == text::ChatStyle::Qwen3, "--no-think: the ", text::chat_style_name(style),
                   " chat template of this model has no thinking switch (only Qwen3's has)");
+    check_chat_tokens(style, tokenizer, a.model_dir, "--chat");
     std::vector<text::ChatMessage> messages;
     if (!a.system.empty()) messages.push_back({"system", a.system});
     messages.push_back({"user", prompt_text});
-    for (const std::string& stop : text::chat_stop_tokens(style))
-      SPECULA_CHECK(tokenizer.token_to_id(stop).has_value(), a.model_dir, ": --chat uses the ",
-                    text::chat_style_name(style), " template, but this tokenizer has no '", stop,
-                    "' token (is this a base model without a chat template?)");
     const std::string rendered = text::render_chat(style, messages, true, !a.no_think);
     request.prompt = tokenizer.encode(rendered, /*add_special_tokens=*/false, /*parse_special=*/true);
-    if (!a.ignore_eos)
-      for (const std::string& stop : text::chat_stop_tokens(style))
-        if (auto id = tokenizer.token_to_id(stop))
-          if (std::find(request.stop_ids.begin(), request.stop_ids.end(), *id) == request.stop_ids.end())
-            request.stop_ids.push_back(*id);
+    if (!a.ignore_eos) add_chat_stop_ids(style, tokenizer, request.stop_ids);
   } else {
     request.prompt = tokenizer.encode(prompt_text, /*add_special_tokens=*/true, /*parse_special=*/true);
   }
@@ -228,35 +181,7 @@ void add_generate_command(CLI::App& app) {
                   "Random seed for sampling, 0 to 2^64-1 (same seed, same output); without it a fresh seed is "
                   "drawn and printed")
       ->check(int_in_range<uint64_t>(0, std::numeric_limits<uint64_t>::max()));
-  cmd->add_option("--device", a->device, "auto (CUDA when a GPU is present), cuda or cpu")->capture_default_str();
-  cmd->add_option("--threads", a->threads, "CPU threads; 0 = all cores")->capture_default_str()
-      ->check(int_in_range<int>(0, engine::kMaxThreads));
-  cmd->add_option("--max-context", a->max_context,
-                  "KV-cache length in tokens; 0 = the model's limit, capped at 4096 on the CPU and by free "
-                  "memory on the GPU")
-      ->capture_default_str()->check(int_in_range<int64_t>(0, engine::kMaxContextTokens));
-  cmd->add_flag("--allow-long-context", a->allow_long_context,
-                "Allow --max-context above the model's max_position_embeddings (output past the trained length "
-                "is not to be trusted)");
-  cmd->add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per forward pass")->capture_default_str()
-      ->check(int_in_range<int64_t>(1, engine::kMaxPrefillChunk));
-  cmd->add_option("--draft", a->draft_dir,
-                  "EAGLE-1/2 draft head folder (config.json + pytorch_model.bin or model.safetensors, or the MiniCPM4 "
-                  "head layout): turns on speculative decoding. Output is the same as without it (greedy: the same "
-                  "tokens; sampling: the same distribution, and with --seed the same tokens)");
-  cmd->add_option("--frspec", a->frspec_path,
-                  "FR-Spec list (freq_N.pt: token ids by frequency) restricting the draft's LM head to those N tokens; "
-                  "verification still uses the full vocabulary. Needs --draft");
-  cmd->add_option("--tree-topk", a->tree.top_k, "Draft tree: candidates per expanded node and nodes kept per level")
-      ->capture_default_str()
-      ->check(int_in_range<int>(1, 64));
-  cmd->add_option("--tree-depth", a->tree.depth,
-                  "Draft tree: levels below the root (at most depth + 1 tokens per verification pass)")
-      ->capture_default_str()
-      ->check(int_in_range<int>(1, 32));
-  cmd->add_option("--tree-size", a->tree.size, "Draft tree: nodes verified per pass, the root included")
-      ->capture_default_str()
-      ->check(int_in_range<int>(2, spec::kMaxTreeSize));
+  add_engine_options(cmd, *a);
   cmd->callback([a] {
     a->sampling.validate();
     run_generate(*a);

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   specula::cli::add_bench_spec_command(app);
   specula::cli::add_demo_model_command(app);
   specula::cli::add_freq_command(app);
+  specula::cli::add_serve_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,255 @@
+// `specula serve` end to end over HTTP: the program is started as a child process on the demo
+// model (create-demo-model) and driven with httplib::Client, so the routes, the SSE framing, the
+// error objects, the API key and a clean SIGTERM exit are checked as a client sees them. The
+// JSON shapes themselves are tested field by field in server_response_test.cpp.
+#ifdef SPECULA_WITH_HTTPLIB
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include "cli_test_util.h"
+
+namespace specula::test {
+namespace {
+
+using nlohmann::json;
+
+// A port nobody listens on now (the kernel picks it; the small race is acceptable in tests).
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  const int port = ntohs(addr.sin_port);
+  close(fd);
+  return port;
+}
+
+// A `specula serve` child process; SIGKILLed by the destructor if a test did not stop it.
+class ServeProcess {
+ public:
+  ServeProcess(const std::string& model_dir, std::vector<std::string> extra) : port_(free_port()) {
+    std::vector<std::string> args = {SPECULA_CLI_PATH, "serve", "-m", model_dir, "--device", "cpu", "--threads", "1",
+                                      "--port", std::to_string(port_)};
+    args.insert(args.end(), extra.begin(), extra.end());
+    pid_ = fork();
+    if (pid_ == 0) {
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+  }
+  ~ServeProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  int port() const { return port_; }
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", port_);
+    c.set_read_timeout(10, 0);
+    return c;
+  }
+  // Polls /health for up to 10 s.
+  bool wait_ready() const {
+    for (int i = 0; i < 200; ++i) {
+      auto c = client();
+      if (auto r = c.Get("/health"); r && r->status == 200) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+  // SIGTERM, then the exit status (-1 if it did not exit within `seconds`).
+  int terminate(double seconds) {
+    kill(pid_, SIGTERM);
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (std::chrono::steady_clock::now() < end) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return -1;
+  }
+
+ private:
+  int port_;
+  pid_t pid_ = -1;
+};
+
+class ServerHttp : public ::testing::Test {
+ protected:
+  static std::string dir() {
+    return (std::filesystem::temp_directory_path() / ("specula_serve_demo_" + std::to_string(getpid()))).string();
+  }
+  static void SetUpTestSuite() { ASSERT_EQ(run_cli("create-demo-model " + dir()).status, 0); }
+  static void TearDownTestSuite() { std::filesystem::remove_all(dir()); }
+};
+
+const char* kChat = R"({"model":"MODEL","messages":[{"role":"user","content":"hello there"}],
+                        "max_tokens":12,"temperature":0,"stop":["zz"]STREAM})";
+
+std::string chat_body(const std::string& model, bool stream) {
+  std::string body = kChat;
+  body.replace(body.find("MODEL"), 5, model);
+  body.replace(body.find("STREAM"), 6,
+               stream ? R"(,"stream":true,"stream_options":{"include_usage":true})" : "");
+  return body;
+}
+
+TEST_F(ServerHttp, CompletionsStreamingModelsErrorsAndShutdown) {
+  ServeProcess server(dir(), {});
+  ASSERT_TRUE(server.wait_ready());
+  auto client = server.client();
+  const std::string model = std::filesystem::path(dir()).filename().string();
+
+  // Non-streaming chat completion.
+  auto r = client.Post("/v1/chat/completions", chat_body(model, false), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json body = json::parse(r->body);
+  EXPECT_EQ(body["object"], "chat.completion");
+  EXPECT_EQ(body["model"], model);
+  ASSERT_EQ(body["choices"].size(), 1u);
+  EXPECT_EQ(body["choices"][0]["message"]["role"], "assistant");
+  const std::string content = body["choices"][0]["message"]["content"];
+  const std::string finish = body["choices"][0]["finish_reason"];
+  EXPECT_TRUE(finish == "stop" || finish == "length") << finish;
+  EXPECT_GT(body["usage"]["prompt_tokens"].get<int>(), 0);
+  EXPECT_GT(body["usage"]["completion_tokens"].get<int>(), 0);
+  EXPECT_EQ(body["usage"]["total_tokens"].get<int>(),
+            body["usage"]["prompt_tokens"].get<int>() + body["usage"]["completion_tokens"].get<int>());
+
+  // The same request streamed: SSE events whose contents add up to the same text, then usage and [DONE].
+  r = client.Post("/v1/chat/completions", chat_body(model, true), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_NE(r->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
+  std::string streamed, stream_finish;
+  bool saw_usage = false, saw_done = false;
+  size_t pos = 0;
+  while (pos < r->body.size()) {
+    const size_t end = r->body.find("\n\n", pos);
+    ASSERT_NE(end, std::string::npos) << "unterminated event in " << r->body;
+    const std::string event = r->body.substr(pos, end - pos);
+    pos = end + 2;
+    ASSERT_EQ(event.rfind("data: ", 0), 0u) << event;
+    ASSERT_FALSE(saw_done) << "event after [DONE]";
+    if (event == "data: [DONE]") {
+      saw_done = true;
+      continue;
+    }
+    const json chunk = json::parse(event.substr(6));
+    EXPECT_EQ(chunk["object"], "chat.completion.chunk");
+    if (chunk["choices"].empty()) {
+      saw_usage = true;
+      EXPECT_EQ(chunk["usage"], body["usage"]);
+      continue;
+    }
+    const json& choice = chunk["choices"][0];
+    if (choice["delta"].contains("content")) streamed += choice["delta"]["content"].get<std::string>();
+    if (!choice["finish_reason"].is_null()) stream_finish = choice["finish_reason"];
+  }
+  EXPECT_TRUE(saw_done);
+  EXPECT_TRUE(saw_usage);
+  EXPECT_EQ(streamed, content);
+  EXPECT_EQ(stream_finish, finish);
+
+  // A legacy completion, and a stop string taken from the greedy output ends it with "stop".
+  r = client.Post("/v1/completions", R"({"prompt":"hello","max_tokens":8,"temperature":0})", "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const std::string text = json::parse(r->body)["choices"][0]["text"];
+  size_t at = 1;  // an ASCII character of the output (a stop string must be whole UTF-8)
+  while (at < text.size() && static_cast<unsigned char>(text[at]) >= 0x80) ++at;
+  if (at < text.size()) {
+    const std::string stop = text.substr(at, 1);
+    const json stop_req = {{"prompt", "hello"}, {"max_tokens", 8}, {"temperature", 0}, {"stop", stop}};
+    r = client.Post("/v1/completions", stop_req.dump(), "application/json");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json stopped = json::parse(r->body)["choices"][0];
+    EXPECT_EQ(stopped["finish_reason"], "stop");
+    EXPECT_EQ(stopped["text"], text.substr(0, text.find(stop)));
+  }
+
+  // /v1/models: the one model, named after its folder.
+  r = client.Get("/v1/models");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  const json models = json::parse(r->body);
+  EXPECT_EQ(models["object"], "list");
+  ASSERT_EQ(models["data"].size(), 1u);
+  EXPECT_EQ(models["data"][0]["id"], model);
+
+  // Refusals carry OpenAI's error object.
+  r = client.Post("/v1/chat/completions", "{not json", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(json::parse(r->body)["error"]["type"], "invalid_request_error");
+  r = client.Post("/v1/chat/completions", chat_body("no-such-model", false), "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 404);
+  EXPECT_EQ(json::parse(r->body)["error"]["code"], "model_not_found");
+  r = client.Post("/v1/completions", R"({"prompt":"hello","max_tokens":1000000})", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400) << r->body;
+  r = client.Post("/v1/completions", std::string(5u << 20, 'a'), "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 413);
+
+  // Still serving after all that, and counting it.
+  r = client.Get("/metrics");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_NE(r->body.find("specula_requests_total{endpoint=\"/v1/chat/completions\"} 2"), std::string::npos) << r->body;
+  EXPECT_NE(r->body.find("specula_request_errors_total"), std::string::npos);
+
+  EXPECT_EQ(server.terminate(5.0), 0);
+}
+
+TEST_F(ServerHttp, ApiKeyIsRequiredOnV1Routes) {
+  ServeProcess server(dir(), {"--api-key", "sekrit"});
+  ASSERT_TRUE(server.wait_ready());  // /health needs no key
+  auto client = server.client();
+  auto r = client.Get("/v1/models");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 401);
+  EXPECT_EQ(json::parse(r->body)["error"]["code"], "invalid_api_key");
+  client.set_bearer_token_auth("wrong");
+  r = client.Post("/v1/chat/completions", chat_body("", false), "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 401);
+  client.set_bearer_token_auth("sekrit");
+  r = client.Get("/v1/models");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(server.terminate(5.0), 0);
+}
+
+}  // namespace
+}  // namespace specula::test
+
+#endif  // SPECULA_WITH_HTTPLIB
