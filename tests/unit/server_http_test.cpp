@@ -249,6 +249,56 @@ TEST_F(ServerHttp, ApiKeyIsRequiredOnV1Routes) {
   EXPECT_EQ(server.terminate(5.0), 0);
 }
 
+// A full queue answers 503 with Retry-After; a streaming client that hangs up cancels its
+// generation (the scheduler counts it), and the server goes on answering.
+TEST_F(ServerHttp, FullQueueAndClientDisconnect) {
+  ServeProcess server(dir(), {"--max-queue", "1"});
+  ASSERT_TRUE(server.wait_ready());
+  const std::string long_request = R"({"prompt":"hello","max_tokens":1500,"temperature":0})";
+  std::vector<int> statuses(3, 0);
+  std::vector<std::string> retry_after(3);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 3; ++i)
+    clients.emplace_back([&, i] {
+      auto client = server.client();
+      client.set_read_timeout(30, 0);
+      if (auto r = client.Post("/v1/completions", long_request, "application/json")) {
+        statuses[i] = r->status;
+        retry_after[i] = r->get_header_value("Retry-After");
+      }
+    });
+  for (auto& t : clients) t.join();
+  int ok = 0, busy = 0;
+  for (int i = 0; i < 3; ++i) {
+    ok += statuses[i] == 200;
+    if (statuses[i] == 503) {
+      ++busy;
+      EXPECT_EQ(retry_after[i], "1");
+    }
+  }
+  EXPECT_GE(ok, 1);
+  EXPECT_EQ(ok + busy, 3);
+
+  // Hang up after the first bytes of a stream.
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.body = R"({"prompt":"hello","max_tokens":1500,"stream":true})";
+  req.set_header("Content-Type", "application/json");
+  req.content_receiver = [](const char*, size_t, uint64_t, uint64_t) { return false; };
+  auto client = server.client();
+  client.send(req);
+  bool cancelled = false;
+  for (int i = 0; i < 100 && !cancelled; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    auto r = server.client().Get("/metrics");
+    ASSERT_TRUE(r);
+    cancelled = r->body.find("specula_scheduler_requests_total{outcome=\"cancelled\"} 1") != std::string::npos;
+  }
+  EXPECT_TRUE(cancelled);
+  EXPECT_EQ(server.terminate(5.0), 0);
+}
+
 }  // namespace
 }  // namespace specula::test
 
