@@ -237,6 +237,17 @@ class Server {
       gen.sampling.seed = (static_cast<uint64_t>(std::random_device{}()) << 32) | std::random_device{}();
     gen.stop_ids = engine_->config().eos_token_ids;
     if (chat) {
+      // The rendered template is tokenized with special tokens parsed (its markers are special
+      // tokens), so message text that spells one would forge turns: refuse it.
+      for (size_t i = 0; i < request.messages.size(); ++i)
+        for (int32_t id : tokenizer_.encode(request.messages[i].content, false, true))
+          if (tokenizer_.is_special(id)) {
+            count_error();
+            return send_error(res, 400,
+                              "Message text may not contain the special token '" + tokenizer_.id_to_token(id) +
+                                  "' (it would be read as a chat-template marker).",
+                              "invalid_request_error", "messages[" + std::to_string(i) + "].content", "");
+          }
       std::vector<text::ChatMessage> messages;
       for (const auto& m : request.messages) messages.push_back({m.role, m.content});
       const std::string rendered = text::render_chat(*chat_style_, messages, true, true);
