@@ -243,3 +243,33 @@ TEST(SpecPermutationOracle, CudaEveryCycleAcceptsTheWholeDepth) {
 #endif
 
 }  // namespace
+
+namespace {
+
+// At the end of the context a speculative run stops where plain decoding stops (the accepted
+// run can reach past it; nothing beyond position `context` is emitted).
+TEST(SpecPermutationOracle, ContextEndMatchesPlainDecoding) {
+  for (int64_t context : {14, 17, 20}) {
+    auto load = [&](bool draft) {
+      engine::EngineOptions o;
+      o.model_dir = oracle().dir + "/target";
+      if (draft) o.draft_dir = oracle().dir + "/head";
+      o.threads = 1;
+      o.max_context = context;
+      o.prefill_chunk = 8;
+      o.tree = {3, 6, 19};
+      return engine::Engine::load(o);
+    };
+    auto spec = load(true), plain = load(false);
+    engine::GenerationRequest req;
+    req.prompt = kPrompt;
+    req.max_new_tokens = 100;
+    const engine::GenerationResult got = engine::make_decoder(*spec)->generate(req);
+    const engine::GenerationResult want = engine::Generator(*plain).generate(req);
+    EXPECT_EQ(got.tokens, want.tokens) << "context " << context;
+    EXPECT_EQ(got.finish_reason, engine::FinishReason::ContextFull) << "context " << context;
+    EXPECT_EQ(want.finish_reason, engine::FinishReason::ContextFull) << "context " << context;
+  }
+}
+
+}  // namespace

@@ -306,9 +306,18 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     SPECULA_CHECK(target_kv.length() == committed && draft_kv.length() == committed, "KV bookkeeping (internal error)");
     root = final_token;
 
-    for (int32_t t : path_tokens)
+    // Emit the accepted run and the target's token, each at its position: as in plain decoding,
+    // nothing is emitted past position `context` (the run can reach up to depth beyond it).
+    int64_t position = committed - m;  // of the first accepted token
+    for (int32_t t : next_tokens) {  // the accepted drafts, then the target's token
+      if (position > context) {
+        result.finish_reason = FinishReason::ContextFull;
+        running = false;
+        break;
+      }
       if (!(running = emit(t))) break;
-    if (running) running = emit(final_token);
+      ++position;
+    }
   }
   engine_.synchronize();
   result.decode_seconds = std::chrono::duration<double>(clock::now() - decode_start).count();
