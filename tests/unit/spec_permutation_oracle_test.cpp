@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "cuda_test_util.h"
 #include "specula/engine/engine.h"
 #include "specula/engine/generator.h"
@@ -47,7 +49,8 @@ std::vector<float> filled(size_t n, float value) { return std::vector<float>(n, 
 std::vector<float> random_matrix(size_t n, uint64_t seed) { return test::random_floats(n, seed, -0.3f, 0.3f); }
 
 struct Oracle {
-  std::string dir = testing::TempDir() + "/permutation_oracle";
+  // One folder per process: ctest runs each test in its own process, several at a time.
+  std::string dir = testing::TempDir() + "/permutation_oracle_" + std::to_string(getpid());
   std::vector<float> wk_target, wk_head;  // [kv_size, H]
 
   Oracle() {
