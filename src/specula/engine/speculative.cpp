@@ -63,11 +63,13 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
 
   HostRows logits_host;
   std::vector<int32_t> generated;  // the tokens emitted so far (penalty history)
+  std::vector<float> scratch;      // one logits row for the sampler
+  std::vector<int32_t> history;    // generated + the path to the node being sampled
   // The target's token at a node from its logits row, under the request's sampling rule, with
   // `path` the tokens between the last emitted one and this node.
   auto choose = [&](std::span<const float> row, std::span<const int32_t> path) -> int32_t {
-    std::vector<float> scratch(row.begin(), row.end());
-    std::vector<int32_t> history = generated;
+    scratch.assign(row.begin(), row.end());  // reused buffers: no allocation per node
+    history.assign(generated.begin(), generated.end());
     history.insert(history.end(), path.begin(), path.end());
     return sampler.sample(scratch, request.prompt, history);
   };
