@@ -178,6 +178,7 @@ Engine::DraftBuilder draft_builder(const model::ModelConfig& target, const spec:
     shape.tree_size = t.size;
     shape.max_accepted = t.depth + 1;
     shape.top_k = t.top_k;
+    shape.tree_depth = t.depth;
     return shape;
   };
   Engine::DraftBuilder builder;

@@ -40,9 +40,10 @@ struct GenerationResult {
   // Speculative decoding (zero without a draft head): target verification passes, draft tokens
   // proposed (tree nodes below the root) and accepted.
   int64_t verifications = 0, drafted_tokens = 0, accepted_tokens = 0;
-  // Where the decode time went: drafting (the tree levels, and the draft's catch-up over the
-  // previous cycle's accepted tokens) and verification (the target's tree forward, acceptance
-  // and KV compaction). Each phase ends at a device read, so the split is exact.
+  // Where the decode time went, when the speculative generator was asked to time its phases
+  // (benchmarks; zero otherwise, since a greedy cycle then runs as one graph): drafting (the tree
+  // levels and the selection) and verification (the target's tree forward, acceptance, KV
+  // compaction and the draft's catch-up). Each phase ends at a device synchronisation.
   double draft_seconds = 0.0, verify_seconds = 0.0;
   // Tokens per verification pass, the bonus token included (the figure papers report).
   double tokens_per_verification() const {

@@ -1,15 +1,17 @@
-// The speculative decoding loop (see speculative.h). Host-orchestrated: the tree logic runs on
-// the host over top-k rows and the forwards run on the engine's device.
+// The speculative decoding loop (see speculative.h). The prefill is host-driven like plain
+// decoding's; each cycle after it is a few steps of device ops (draft-tree ops, the head's and
+// the target's forwards), captured as CUDA graphs by Engine::run_step, and one read of the cycle
+// record. The host keeps only what it emits: the committed length and the generated tokens.
 #include "specula/engine/speculative.h"
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <numeric>
 
 #include "specula/core/error.h"
 #include "specula/engine/engine.h"
 #include "specula/engine/step_plan.h"
+#include "specula/ops/draft_tree.h"
 #include "specula/sampling/sampler.h"
 #include "specula/spec/draft_tree.h"
 #include "specula/spec/eagle_head.h"
@@ -25,16 +27,24 @@ std::vector<int32_t> iota_from(int64_t first, int64_t n) {
   return out;
 }
 
-// Host copies of device rows, reused across cycles.
-struct HostRows {
-  std::vector<float> values;
-  std::span<const float> row(int64_t i, int64_t width) const {
-    return std::span<const float>(values).subspan(static_cast<size_t>(i * width), static_cast<size_t>(width));
-  }
-};
+// The tree of the last selection, copied from the device (traces and tests only).
+spec::DraftTree download_tree(Engine& engine, const ops::DraftTreeState& t) {
+  spec::DraftTree tree;
+  const size_t n = static_cast<size_t>(t.size);
+  tree.tokens.resize(n);
+  tree.parents.resize(n);
+  tree.depths.resize(n);
+  tree.scores.resize(n);
+  engine.download(tree.tokens.data(), t.node_token, n * sizeof(int32_t));
+  engine.download(tree.parents.data(), t.node_parent, n * sizeof(int32_t));
+  engine.download(tree.depths.data(), t.node_depth, n * sizeof(int32_t));
+  engine.download(tree.scores.data(), t.node_score, n * sizeof(float));
+  return tree;
+}
 }  // namespace
 
-SpeculativeGenerator::SpeculativeGenerator(Engine& engine) : engine_(engine) {
+SpeculativeGenerator::SpeculativeGenerator(Engine& engine, bool time_phases)
+    : engine_(engine), time_phases_(time_phases) {
   SPECULA_CHECK(engine.draft() != nullptr, "speculative decoding needs an engine loaded with a draft head (--draft)");
 }
 
@@ -44,16 +54,18 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
   model::Transformer& target = engine_.transformer();
   ops::OpContext& ctx = engine_.op_context();
   const spec::DraftTreeParams& tp = engine_.options().tree;
-  const int k = tp.top_k;
+  const int k = tp.top_k, depth = tp.depth;
+  const int64_t n = tp.size;
   const int64_t prompt_len = static_cast<int64_t>(request.prompt.size());
   const int64_t context = engine_.max_context();
-  const int64_t vocab = engine_.config().vocab_size, draft_vocab = draft.draft_vocab();
-  const bool full_draft_vocab = draft_vocab == vocab;
-  const std::vector<int32_t>& vocab_map = draft.vocab_map_host();
+  const int64_t vocab = engine_.config().vocab_size;
+  const Tensor vocab_map = draft.draft_vocab() == vocab ? Tensor() : draft.vocab_map();
   sampling::Sampler sampler(request.sampling);
   const sampling::SamplingParams& sp = request.sampling;
-  const bool plain_greedy = sp.is_greedy() && sp.repetition_penalty == 1.0f && sp.presence_penalty == 0.0f &&
-                            sp.frequency_penalty == 0.0f;
+  // Greedy without penalties: the target's token at every node is its argmax, taken on the
+  // device, and the whole cycle is one step. Otherwise the request's sampler draws it on the host.
+  const bool device_tokens = sp.is_greedy() && sp.repetition_penalty == 1.0f && sp.presence_penalty == 0.0f &&
+                             sp.frequency_penalty == 0.0f;
 
   GenerationResult result;
   result.prompt_tokens = prompt_len;
@@ -61,48 +73,22 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
   result.prefill_ran = true;
   const auto prefill_start = clock::now();
 
-  HostRows logits_host;
+  std::vector<float> row_host;     // one logits row for the sampler
   std::vector<int32_t> generated;  // the tokens emitted so far (penalty history)
-  std::vector<float> scratch;      // one logits row for the sampler
   std::vector<int32_t> history;    // generated + the path to the node being sampled
-  // The target's token at a node from its logits row, under the request's sampling rule, with
-  // `path` the tokens between the last emitted one and this node.
-  auto choose = [&](std::span<const float> row, std::span<const int32_t> path) -> int32_t {
-    scratch.assign(row.begin(), row.end());  // reused buffers: no allocation per node
+  // The target's token at tree node `node` of the last verification (or row 0 of the last
+  // prefill forward), under the request's sampling rule, with `path` the tokens between the last
+  // emitted one and this node.
+  auto choose = [&](const Tensor& logits, int64_t node, std::span<const int32_t> path) -> int32_t {
+    row_host.resize(static_cast<size_t>(vocab));
+    engine_.download(row_host.data(), logits.slice_outer(node, 1), row_host.size() * sizeof(float));
     history.assign(generated.begin(), generated.end());
     history.insert(history.end(), path.begin(), path.end());
-    return sampler.sample(scratch, request.prompt, history);
+    return sampler.sample(row_host, request.prompt, history);
   };
-  auto read_rows = [&](const Tensor& t, int64_t rows, int64_t width) {
-    logits_host.values.resize(static_cast<size_t>(rows * width));
-    engine_.download(logits_host.values.data(), t, logits_host.values.size() * sizeof(float));
-  };
-  // Top-k rows of the draft's logits for `rows` nodes (on the device), mapped to full ids.
-  std::vector<spec::ScoredToken> top(static_cast<size_t>(k) * k);
-  std::vector<float> top_values(static_cast<size_t>(k) * k);
-  std::vector<int32_t> top_ids(static_cast<size_t>(k) * k);
-  auto compute_top_k = [&](int64_t rows) {
-    Tensor values = draft.top_values(rows), indices = draft.top_indices(rows);
-    ops::top_k_log_softmax(ctx, draft.logits(rows), values, indices);
-  };
-  // One copy back: the values and the indices sit in one block.
-  std::vector<int32_t> top_block(static_cast<size_t>(draft.top_block().numel()));
-  const size_t top_offset = top_block.size() / 2;
-  auto read_top_k = [&](int64_t rows) {
-    const size_t n = static_cast<size_t>(rows * k);
-    engine_.download(top_block.data(), draft.top_block(), top_block.size() * sizeof(int32_t));
-    std::memcpy(top_values.data(), top_block.data(), n * sizeof(float));
-    std::memcpy(top_ids.data(), top_block.data() + top_offset, n * sizeof(int32_t));
-    for (size_t i = 0; i < n; ++i)
-      top[i] = {top_values[i], full_draft_vocab ? top_ids[i] : vocab_map[static_cast<size_t>(top_ids[i])]};
-  };
-  // The step inputs go up in one copy: the host mirror's fields, then its first `end` entries.
-  const spec::EagleHead::InputLayout& in = draft.input_layout();
-  auto fill = [&](int64_t offset, std::span<const int32_t> values) {
-    std::copy(values.begin(), values.end(), draft.host_field(offset, static_cast<int64_t>(values.size())).begin());
-  };
-  auto upload_inputs = [&](int64_t end) {
-    engine_.upload(draft.input_block(), draft.host_inputs(), static_cast<size_t>(end) * sizeof(int32_t));
+  auto compute_top_k = [&] {
+    Tensor values = draft.top_values(1), indices = draft.top_indices(1);
+    ops::top_k_log_softmax(ctx, draft.logits(1), values, indices);
   };
 
   // Prefill: target chunk, then the draft over the same rows paired with the next tokens.
@@ -110,26 +96,24 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
   int32_t root = -1;
   int64_t draft_rows_last = 0;
   for (int64_t begin = 0; begin < prompt_len; begin += chunk) {
-    const int64_t n = std::min(chunk, prompt_len - begin);
-    const bool last = begin + n == prompt_len;
-    const std::vector<int32_t> pos = iota_from(begin, n);
-    engine_.write_inputs(std::span(request.prompt).subspan(static_cast<size_t>(begin), static_cast<size_t>(n)), pos, pos);
-    target.forward(ctx, n, last ? 1 : 0);
-    if (last) {
-      read_rows(target.logits(1), 1, vocab);
-      root = choose(logits_host.row(0, vocab), {});
-    }
-    std::vector<int32_t> next(request.prompt.begin() + begin + 1, request.prompt.begin() + begin + n);
-    next.push_back(last ? root : request.prompt[static_cast<size_t>(begin + n)]);
+    const int64_t rows = std::min(chunk, prompt_len - begin);
+    const bool last = begin + rows == prompt_len;
+    const std::vector<int32_t> pos = iota_from(begin, rows);
+    engine_.write_inputs(std::span(request.prompt).subspan(static_cast<size_t>(begin), static_cast<size_t>(rows)), pos,
+                         pos);
+    target.forward(ctx, rows, last ? 1 : 0);
+    if (last) root = choose(target.logits(1), 0, {});
+    std::vector<int32_t> next(request.prompt.begin() + begin + 1, request.prompt.begin() + begin + rows);
+    next.push_back(last ? root : request.prompt[static_cast<size_t>(begin + rows)]);
     engine_.upload(draft.token_ids(), next.data(), next.size() * sizeof(int32_t));
     engine_.upload(draft.positions(), pos.data(), pos.size() * sizeof(int32_t));
     engine_.upload(draft.slots(), pos.data(), pos.size() * sizeof(int32_t));
-    draft.forward(ctx, n, target.final_hidden(n), last ? 1 : 0);
-    if (last) compute_top_k(1);
-    draft_rows_last = n;
+    draft.forward(ctx, rows, target.final_hidden(rows), last ? 1 : 0);
+    if (last) compute_top_k();
+    draft_rows_last = rows;
     if (callbacks.on_prefill_progress) {
       engine_.synchronize();
-      callbacks.on_prefill_progress(begin + n, prompt_len);
+      callbacks.on_prefill_progress(begin + rows, prompt_len);
     }
   }
   const auto decode_start = clock::now();
@@ -154,9 +138,9 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     return true;
   };
 
-  spec::TreeBuilder builder(tp);
-  std::vector<int32_t> parent_rows(static_cast<size_t>(k)), greedy_tokens;
-  // Both caches hold the committed sequence: rows [0, committed); the root sits at position committed.
+  // Both caches hold the committed sequence: rows [0, committed); the root sits at position
+  // committed. The device's cycle state starts from the prefill.
+  ops::DraftTreeState& tree = draft.tree();
   model::KvCache& target_kv = target.kv_cache();
   model::KvCache& draft_kv = draft.kv_cache();
   target_kv.truncate(0);
@@ -164,149 +148,145 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
   target_kv.append(prompt_len);
   draft_kv.append(prompt_len);
   int64_t committed = prompt_len;
-  bool running = emit(root);
+  const int32_t cycle_start[ops::kCycleWords] = {static_cast<int32_t>(prompt_len), root,
+                                                 static_cast<int32_t>(draft_rows_last - 1)};
+  engine_.upload(tree.cycle, cycle_start, sizeof(cycle_start));
+
+  // The phases, as op sequences over fixed buffers (so each combination is one captured graph).
+  const Tensor parent_hidden = draft.hidden(draft.shape().max_rows);  // the whole buffer: rows by index
+  const Tensor target_tokens = target.next_tokens(n);
+  auto draft_phase = [&] {
+    ops::DraftLevelInputs level1 = draft.level_inputs(1);
+    ops::draft_tree_begin(ctx, tree, draft.top_values(1), draft.top_indices(1), vocab_map, level1);
+    for (int level = 1; level < depth; ++level) {
+      // Each frontier node pairs its token with its parent's draft output (gather rows).
+      const ops::DraftLevelInputs in = draft.level_inputs(level);
+      Tensor features = draft.feature_buffer(k);
+      ops::embedding(ctx, parent_hidden, in.gather.slice_outer(0, k), 1.0f, features);
+      draft.forward(ctx, k, features, k, ops::AttentionMask::tree(in.mask, static_cast<int64_t>(level) * k));
+      Tensor values = draft.top_values(k), indices = draft.top_indices(k);
+      ops::top_k_log_softmax(ctx, draft.logits(k), values, indices);
+      ops::DraftLevelInputs next = level + 1 < depth ? draft.level_inputs(level + 1) : ops::DraftLevelInputs{};
+      ops::draft_tree_expand(ctx, tree, level, values, indices, vocab_map, next);
+    }
+    ops::VerifyInputs verify = draft.verify_inputs(target);
+    ops::draft_tree_select(ctx, tree, verify);
+  };
+  auto verify_phase = [&](bool greedy_tokens) {
+    target.forward(ctx, n, n, ops::AttentionMask::tree(draft.verify_mask(n), n));
+    if (greedy_tokens) {
+      Tensor next = target_tokens;
+      ops::argmax(ctx, target.logits(n), next);
+    }
+  };
+  // The walk and the target's KV compaction: the root and the accepted nodes' rows move to
+  // committed, committed + 1, ...
+  auto accept_phase = [&] {
+    ops::CatchUpInputs catch_up = draft.catch_up_inputs();
+    ops::draft_tree_accept(ctx, tree, target_tokens, catch_up);
+    target_kv.gather(ctx, catch_up.kv_src, catch_up.kv_dst, catch_up.kv_count);
+  };
+  // The draft's catch-up: rows committed .. committed + depth pair the target features of the
+  // root and the accepted nodes with the next tokens (rows past the accepted ones are padding,
+  // never visible to a valid row), with the next level 1's top-k from the new root's row.
+  auto catch_up_phase = [&] {
+    const ops::CatchUpInputs catch_up = draft.catch_up_inputs();
+    Tensor features = draft.feature_buffer(depth + 1);
+    ops::embedding(ctx, target.final_hidden(n), catch_up.gather.slice_outer(0, depth + 1), 1.0f, features);
+    draft.forward(ctx, depth + 1, features, 1, ops::AttentionMask::causal(), draft.root_row());
+    compute_top_k();
+  };
+  auto run = [&](int phases, const auto& body) {
+    engine_.run_step(StepPlan{StepKind::Speculative, n, n, 0, phases}, body);
+  };
+
+  const int64_t record_words = ops::DraftTreeState::record_words(depth);
+  std::vector<int32_t> record(static_cast<size_t>(record_words));
+  std::vector<int32_t> node_tokens_host, node_parents_host, target_tokens_host;
+  std::vector<int32_t> path_tokens;
   auto phase_start = clock::now();
   auto lap = [&](double& into) {
+    engine_.synchronize();
     const auto now = clock::now();
     into += std::chrono::duration<double>(now - phase_start).count();
     phase_start = now;
   };
+
+  bool running = emit(root);
   while (running) {
     if (committed >= context) {
       result.finish_reason = FinishReason::ContextFull;
       break;
     }
-    // Draft: level 1 from the last draft row's top-k (computed with it), then depth - 1
-    // expansions, each one captured step: gather the parents' draft outputs, the head's forward
-    // under the level's mask, the top-k of every node.
-    read_top_k(1);
-    builder.begin(root, std::span<const spec::ScoredToken>(top).subspan(0, static_cast<size_t>(k)));
-    std::fill(parent_rows.begin(), parent_rows.end(), static_cast<int32_t>(draft_rows_last - 1));
-    const Tensor parent_hidden = draft.hidden(draft.shape().max_rows);  // the whole buffer: rows by index
-    for (int level = 1; level < tp.depth; ++level) {
-      const auto tokens = builder.frontier_tokens();
-      const std::vector<int32_t> pos(static_cast<size_t>(k), static_cast<int32_t>(committed + level - 1));
-      const std::vector<int32_t> slots = iota_from(committed + static_cast<int64_t>(level - 1) * k, k);
-      const std::vector<int32_t> bits = builder.frontier_mask_bits();
-      const int64_t width = static_cast<int64_t>(level) * k;
-      const Tensor mask = draft.draft_mask(k, width);
-      // Each node is paired with its parent's draft output.
-      if (level > 1) {
-        const auto slots_of_parents = builder.frontier_parent_slots();
-        std::copy(slots_of_parents.begin(), slots_of_parents.end(), parent_rows.begin());
-      }
-      fill(in.tokens, tokens);
-      fill(in.positions, pos);
-      fill(in.slots, slots);
-      fill(in.gather, parent_rows);
-      fill(in.mask, bits);
-      upload_inputs(in.mask + static_cast<int64_t>(bits.size()));
-      const Tensor ids = draft.gather_ids(k);
-      StepPlan plan{StepKind::DraftLevel, k, k, width};
-      engine_.run_step(plan, [&] {
-        Tensor features = draft.feature_buffer(k);
-        ops::embedding(ctx, parent_hidden, ids, 1.0f, features);
-        draft.forward(ctx, k, features, k, ops::AttentionMask::tree(mask, width));
-        compute_top_k(k);
+    phase_start = clock::now();
+    if (device_tokens && !time_phases_) {
+      run(kPhaseDraft | kPhaseVerify | kPhaseGreedyTokens | kPhaseAccept | kPhaseCatchUp, [&] {
+        draft_phase();
+        verify_phase(true);
+        accept_phase();
+        catch_up_phase();
       });
-      read_top_k(k);
-      builder.expand(top);
-    }
-    const spec::DraftTree tree = builder.finish();
-    const int64_t n = tree.size();
-    lap(result.draft_seconds);
-
-    // Verify: every node in one target forward.
-    const std::vector<int32_t> positions = tree.positions(static_cast<int32_t>(committed));
-    const std::vector<int32_t> rows = iota_from(committed, n);
-    const std::vector<int32_t> bits = tree.mask_bits();
-    engine_.write_inputs(tree.tokens, positions, rows);
-    const Tensor mask = draft.verify_mask(n);
-    engine_.upload(mask, bits.data(), bits.size() * sizeof(int32_t));
-    engine_.run_step(StepPlan{StepKind::Verify, n, n, n, plain_greedy ? 1 : 0}, [&] {
-      target.forward(ctx, n, n, ops::AttentionMask::tree(mask, n));
-      if (plain_greedy) {
-        Tensor next = target.next_tokens(n);
-        ops::argmax(ctx, target.logits(n), next);
+    } else if (device_tokens) {
+      run(kPhaseDraft, draft_phase);
+      lap(result.draft_seconds);
+      run(kPhaseVerify | kPhaseGreedyTokens | kPhaseAccept, [&] {
+        verify_phase(true);
+        accept_phase();
+      });
+      lap(result.verify_seconds);
+      run(kPhaseCatchUp, catch_up_phase);
+      lap(result.draft_seconds);
+    } else {
+      run(kPhaseDraft, draft_phase);
+      if (time_phases_) lap(result.draft_seconds);
+      run(kPhaseVerify, [&] { verify_phase(false); });
+      // The walk on the host: at each visited node the sampler draws the target's token from the
+      // node's logits row; the device's walk then follows the same draws.
+      node_tokens_host.resize(static_cast<size_t>(n));
+      node_parents_host.resize(static_cast<size_t>(n));
+      target_tokens_host.assign(static_cast<size_t>(n), -1);
+      engine_.download(node_tokens_host.data(), tree.node_token, node_tokens_host.size() * sizeof(int32_t));
+      engine_.download(node_parents_host.data(), tree.node_parent, node_parents_host.size() * sizeof(int32_t));
+      path_tokens.clear();
+      for (int32_t u = 0;;) {
+        const int32_t x = choose(target.logits(n), u, path_tokens);
+        target_tokens_host[static_cast<size_t>(u)] = x;
+        int32_t next = -1;
+        for (int64_t c = u + 1; c < n && next < 0; ++c)
+          if (node_parents_host[static_cast<size_t>(c)] == u && node_tokens_host[static_cast<size_t>(c)] == x)
+            next = static_cast<int32_t>(c);
+        if (next < 0) break;
+        path_tokens.push_back(x);
+        u = next;
       }
-    });
-
-    // Accept: walk from the root while the target's token is a child.
-    std::vector<int32_t> path_nodes, path_tokens;
-    int32_t final_token = -1;
-    if (plain_greedy) {
-      greedy_tokens.resize(static_cast<size_t>(n));
-      engine_.download(greedy_tokens.data(), target.next_tokens(n), greedy_tokens.size() * sizeof(int32_t));
+      engine_.upload(target_tokens, target_tokens_host.data(), target_tokens_host.size() * sizeof(int32_t));
+      run(kPhaseAccept, accept_phase);
+      if (time_phases_) lap(result.verify_seconds);
+      run(kPhaseCatchUp, catch_up_phase);
+      if (time_phases_) lap(result.draft_seconds);
     }
-    for (int32_t u = 0;;) {
-      int32_t x;
-      if (plain_greedy) {
-        x = greedy_tokens[static_cast<size_t>(u)];  // the temperature-0 draw, taken on the device
-      } else {
-        // Only the rows on the walked path are needed: at most depth + 1 of the tree's.
-        read_rows(target.logits(n).slice_outer(u, 1), 1, vocab);
-        x = choose(logits_host.row(0, vocab), path_tokens);
-      }
-      int32_t next_node = -1;
-      for (int32_t c : tree.children(u))
-        if (tree.tokens[static_cast<size_t>(c)] == x) {
-          next_node = c;
-          break;
-        }
-      if (next_node < 0) {
-        final_token = x;
-        break;
-      }
-      path_nodes.push_back(next_node);
-      path_tokens.push_back(x);
-      u = next_node;
+    // The one read of a cycle.
+    engine_.download(record.data(), tree.record, record.size() * sizeof(int32_t));
+    const int64_t m = record[0];
+    SPECULA_CHECK(m >= 0 && m <= depth, "speculative cycle: accepted count ", m, " is outside [0, ", depth,
+                  "] (internal error)");
+    const std::span<const int32_t> next_tokens(record.data() + 1, static_cast<size_t>(m + 1));
+    const std::span<const int32_t> path_nodes(record.data() + ops::DraftTreeState::record_path(depth),
+                                              static_cast<size_t>(m));
+    if (callbacks.on_verification) {
+      engine_.synchronize();  // device-side errors (a malformed tree) surface here, not as a wrong trace
+      callbacks.on_verification(download_tree(engine_, tree), path_nodes, next_tokens.back());
     }
-    lap(result.verify_seconds);
-    if (callbacks.on_verification) callbacks.on_verification(tree, path_nodes, final_token);
     ++result.verifications;
     result.drafted_tokens += n - 1;
-    result.accepted_tokens += static_cast<int64_t>(path_nodes.size());
+    result.accepted_tokens += m;
 
-    // Commit: the root and the accepted nodes' rows move to committed, committed + 1, ...
-    const int64_t m = static_cast<int64_t>(path_nodes.size());
-    // Draft catch-up: rows committed .. committed + m pair the target features of the root and
-    // the accepted nodes with the next tokens (the last one is the new root). One captured step
-    // with the target's KV compaction (the root and the accepted nodes' rows move to committed,
-    // committed + 1, ...) and the next level 1's top-k.
-    std::vector<int32_t> feature_rows = {0}, src, dst;
-    feature_rows.insert(feature_rows.end(), path_nodes.begin(), path_nodes.end());
-    for (int64_t i = 0; i < m; ++i) {
-      src.push_back(static_cast<int32_t>(committed + path_nodes[static_cast<size_t>(i)]));
-      dst.push_back(static_cast<int32_t>(committed + 1 + i));
-    }
-    const int32_t count = static_cast<int32_t>(m);
-    std::vector<int32_t> next_tokens = path_tokens;
-    next_tokens.push_back(final_token);
-    const std::vector<int32_t> catch_rows = iota_from(committed, m + 1);
-    fill(in.tokens, next_tokens);
-    fill(in.positions, catch_rows);
-    fill(in.slots, catch_rows);
-    fill(in.gather, feature_rows);
-    fill(in.kv_src, src);
-    fill(in.kv_dst, dst);
-    fill(in.kv_count, std::span(&count, 1));
-    upload_inputs(in.kv_count + 1);
-    const Tensor ids = draft.gather_ids(m + 1);
-    engine_.run_step(StepPlan{StepKind::DraftCatchUp, m + 1, 1, 0}, [&] {
-      target.kv_cache().gather(ctx, draft.kv_src(), draft.kv_dst(), draft.kv_count());
-      Tensor features = draft.feature_buffer(m + 1);
-      ops::embedding(ctx, target.final_hidden(n), ids, 1.0f, features);
-      draft.forward(ctx, m + 1, features, 1);
-      compute_top_k(1);
-    });
-    draft_rows_last = m + 1;
     // Both caches keep the root and the accepted path; rows past them (the rest of the tree, the
-    // draft levels) are forgotten and overwritten by the next cycle.
+    // draft levels, the catch-up's padding) are forgotten and overwritten by the next cycle.
     target_kv.append(m + 1);
     draft_kv.append(m + 1);
     committed += m + 1;
     SPECULA_CHECK(target_kv.length() == committed && draft_kv.length() == committed, "KV bookkeeping (internal error)");
-    root = final_token;
 
     // Emit the accepted run and the target's token, each at its position: as in plain decoding,
     // nothing is emitted past position `context` (the run can reach up to depth beyond it).

@@ -11,6 +11,13 @@
 // top-k), so the output distribution is exactly the target's; and because the sampler draws
 // token n with counter n, a seeded speculative run emits the very tokens plain sampling emits.
 //
+// The cycle runs on the device (ops/draft_tree.h): the draft levels, the tree's selection, the
+// verification forward, the acceptance walk, the target's KV compaction and the draft's catch-up
+// are ops over device state, so a greedy cycle is one CUDA graph and the host reads one small
+// record per cycle (the accepted tokens). Sampling draws the target's token at the visited nodes
+// with the request's sampler on the host (Sampler, the reference distribution), so it reads the
+// tree and the visited nodes' logits rows between verification and acceptance.
+//
 // Positions (reference s.7 item 2): with L tokens committed (both caches hold L rows) the root
 // is the token at position L. Draft row p pairs the target feature f_p with the embedding of
 // token p + 1; tree level d runs at draft position L + d - 1 in draft rows
@@ -21,13 +28,27 @@
 
 namespace specula::engine {
 
+// Phases of a cycle, as bits of StepPlan::output for StepKind::Speculative.
+enum SpeculativePhase : int {
+  kPhaseDraft = 1,         // draft levels and the tree's selection
+  kPhaseVerify = 2,        // the target over the tree
+  kPhaseGreedyTokens = 4,  // the target's argmax at every node (greedy)
+  kPhaseAccept = 8,        // the walk and the target's KV compaction
+  kPhaseCatchUp = 16,      // the draft over the accepted tokens, and the next level 1's top-k
+};
+
 class SpeculativeGenerator : public Decoder {
  public:
-  explicit SpeculativeGenerator(Engine& engine);
+  // `time_phases`: run the drafting (levels, selection; the catch-up) and the verification
+  // (the tree forward, acceptance, compaction) as separate steps with a device synchronisation
+  // between them, filling GenerationResult::draft_seconds/verify_seconds (benchmarks); the
+  // default runs a greedy cycle as one step.
+  explicit SpeculativeGenerator(Engine& engine, bool time_phases = false);
   GenerationResult generate(const GenerationRequest& request, const GenerationCallbacks& callbacks = {}) override;
 
  private:
   Engine& engine_;
+  bool time_phases_;
 };
 
 }  // namespace specula::engine

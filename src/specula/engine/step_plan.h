@@ -12,10 +12,8 @@
 namespace specula::engine {
 
 enum class StepKind : uint8_t {
-  Decode,        // one target token (the autoregressive step)
-  Verify,        // the target over a whole draft tree
-  DraftLevel,    // one draft-tree level of the head
-  DraftCatchUp,  // the head over the last cycle's accepted tokens (with the target's KV compaction)
+  Decode,       // one target token (the autoregressive step)
+  Speculative,  // phases of a speculative cycle: `output` holds their bits (engine/speculative.h)
 };
 
 struct StepPlan {
@@ -23,7 +21,7 @@ struct StepPlan {
   int64_t tokens = 1;      // rows the forward runs
   int64_t logit_rows = 1;  // rows whose logits it produces
   int64_t mask_width = 0;  // tree-mask columns; 0 = prefix-causal
-  int output = 0;          // what follows the logits (Engine::StepOutput for Decode; see speculative.cpp)
+  int output = 0;          // Decode: what follows the logits (Engine::StepOutput); Speculative: phase bits
   bool fused_attention = false;  // Decode: the one-kernel decode attention (short caches)
   auto operator<=>(const StepPlan&) const = default;
 };

@@ -39,6 +39,9 @@ void DraftTreeParams::validate() const {
   SPECULA_CHECK(size >= 2 && size <= std::min<int64_t>(most, kMaxTreeSize), "--tree-size must be from 2 to ",
                 std::min<int64_t>(most, kMaxTreeSize), " (root + top_k + (depth - 1) top_k^2 candidates, at most ",
                 kMaxTreeSize, ") for --tree-topk ", top_k, " and --tree-depth ", depth, ", got ", size);
+  SPECULA_CHECK(candidates() <= kMaxCandidates, "--tree-topk ", top_k, " and --tree-depth ", depth, " give ",
+                candidates(), " draft candidates (top_k + (depth - 1) top_k^2); at most ", kMaxCandidates,
+                " are supported (the device selection sorts them in shared memory)");
 }
 
 std::vector<int32_t> DraftTree::positions(int32_t root_position) const {

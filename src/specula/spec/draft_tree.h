@@ -26,11 +26,13 @@ struct DraftTreeParams {
   int depth = 6;   // draft levels below the root (the most drafted tokens one cycle can accept)
   int size = 60;   // tree nodes including the root
   // Checks the ranges (top_k 1..64, depth 1..32, size 2..1 + top_k + (depth - 1) top_k^2, and
-  // at most kMaxTreeSize); the message names the CLI flag.
+  // at most kMaxTreeSize; at most kMaxCandidates candidates); the message names the CLI flag.
   void validate() const;
   int candidates() const { return top_k + (depth - 1) * top_k * top_k; }
 };
 inline constexpr int kMaxTreeSize = 1024;
+// Candidates of one tree at most (ops::kMaxDraftCandidates, where the device ops are defined).
+inline constexpr int kMaxCandidates = 8192;
 
 // One token with its draft log-probability, as a top-k op returns it.
 struct ScoredToken {

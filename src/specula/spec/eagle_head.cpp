@@ -179,13 +179,40 @@ void EagleHead::visit_buffers(const EagleHeadConfig& cfg, const EagleHeadShape& 
   visit(at(&EagleHead::attn_out_), d.activations, {T, c.q_size()});
   visit(at(&EagleHead::gate_up_), d.activations, {T, 2 * c.intermediate_size});
   visit(at(&EagleHead::hidden_), d.activations, {T, H});
+  visit(at(&EagleHead::logit_input_), d.activations, {1, H});
   visit(at(&EagleHead::logits_), DType::F32, {s.max_logit_rows, s.draft_vocab});
   visit(at(&EagleHead::vocab_map_), DType::I32, {s.draft_vocab});
   visit(at(&EagleHead::verify_mask_), DType::I32, {s.tree_size, ops::AttentionMask::tree_words(s.tree_size)});
-  // The per-step inputs in one block (InputLayout), so a step's inputs go up in one copy, and the
-  // top-k results in another, so they come back in one.
-  visit(at(&EagleHead::inputs_), DType::I32, {InputLayout(s).total});
-  visit(at(&EagleHead::top_block_), DType::I32, {2 * s.max_logit_rows * s.top_k});
+  // Step inputs: the rows of a prefill chunk, a draft level or a catch-up (the draft-tree ops
+  // write the last two on the device); a draft level's mask over every level so far.
+  const int64_t rows = std::max(s.max_rows, s.tree_size);
+  visit(at(&EagleHead::token_ids_), DType::I32, {rows});
+  visit(at(&EagleHead::positions_), DType::I32, {rows});
+  visit(at(&EagleHead::slots_), DType::I32, {rows});
+  visit(at(&EagleHead::gather_ids_), DType::I32, {rows});
+  visit(at(&EagleHead::kv_src_), DType::I32, {s.max_accepted});
+  visit(at(&EagleHead::kv_dst_), DType::I32, {s.max_accepted});
+  visit(at(&EagleHead::kv_count_), DType::I32, {1});
+  visit(at(&EagleHead::mask_bits_), DType::I32, {s.top_k * ops::AttentionMask::tree_words(s.max_mask_width)});
+  visit(at(&EagleHead::top_values_), DType::F32, {s.max_logit_rows, s.top_k});
+  visit(at(&EagleHead::top_indices_), DType::I32, {s.max_logit_rows, s.top_k});
+  // The speculative cycle's state (ops/draft_tree.h).
+  const int64_t C = s.top_k + (s.tree_depth - 1) * s.top_k * s.top_k;
+  auto tree = [self](Tensor ops::DraftTreeState::*member) { return self ? &(self->tree_.*member) : nullptr; };
+  visit(tree(&ops::DraftTreeState::cycle), DType::I32, {ops::kCycleWords});
+  visit(tree(&ops::DraftTreeState::cand_score), DType::F32, {C});
+  visit(tree(&ops::DraftTreeState::cand_token), DType::I32, {C});
+  visit(tree(&ops::DraftTreeState::cand_parent), DType::I32, {C});
+  visit(tree(&ops::DraftTreeState::cand_node), DType::I32, {C});
+  visit(tree(&ops::DraftTreeState::frontier), DType::I32, {s.tree_depth, s.top_k});
+  visit(tree(&ops::DraftTreeState::frontier_parent), DType::I32, {s.tree_depth, s.top_k});
+  visit(tree(&ops::DraftTreeState::node_cand), DType::I32, {s.tree_size});
+  visit(tree(&ops::DraftTreeState::node_token), DType::I32, {s.tree_size});
+  visit(tree(&ops::DraftTreeState::node_parent), DType::I32, {s.tree_size});
+  visit(tree(&ops::DraftTreeState::node_depth), DType::I32, {s.tree_size});
+  visit(tree(&ops::DraftTreeState::node_score), DType::F32, {s.tree_size});
+  visit(tree(&ops::DraftTreeState::record), DType::I32,
+        {ops::DraftTreeState::record_words(static_cast<int>(s.tree_depth))});
 }
 
 void EagleHead::plan(const EagleHeadConfig& config, const EagleHeadShape& shape, const model::ActivationDTypes& dtypes,
@@ -240,47 +267,30 @@ EagleHead::EagleHead(const EagleHeadConfig& config, EagleHeadWeights weights, co
   }
   copy_to(vocab_map_, vocab_map_host_.data(), vocab_map_host_.size() * sizeof(int32_t));
 
-  const InputLayout in(shape);
-  auto view = [&](int64_t offset, int64_t n) {
-    return Tensor(static_cast<int32_t*>(inputs_.data) + offset, DType::I32, {n}, inputs_.device);
-  };
-  token_ids_ = view(in.tokens, in.rows);
-  positions_ = view(in.positions, in.rows);
-  slots_ = view(in.slots, in.rows);
-  gather_ids_ = view(in.gather, in.rows);
-  kv_src_ = view(in.kv_src, shape.max_accepted);
-  kv_dst_ = view(in.kv_dst, shape.max_accepted);
-  kv_count_ = view(in.kv_count, 1);
-  mask_bits_ = view(in.mask, in.total - in.mask);
-  host_inputs_.assign(static_cast<size_t>(in.total), 0);
-  layout_ = in;
-  const int64_t topn = shape.max_logit_rows * shape.top_k;
-  top_values_ = Tensor(top_block_.data, DType::F32, {shape.max_logit_rows, shape.top_k}, top_block_.device);
-  top_indices_ = Tensor(static_cast<int32_t*>(top_block_.data) + topn, DType::I32, {shape.max_logit_rows, shape.top_k},
-                        top_block_.device);
+  tree_.top_k = static_cast<int>(shape.top_k);
+  tree_.depth = static_cast<int>(shape.tree_depth);
+  tree_.size = static_cast<int>(shape.tree_size);
 }
 
-EagleHead::InputLayout::InputLayout(const EagleHeadShape& s) {
-  rows = std::max(s.max_rows, s.tree_size);
-  tokens = 0;
-  positions = rows;
-  slots = 2 * rows;
-  gather = 3 * rows;
-  kv_src = 4 * rows;
-  kv_dst = kv_src + s.max_accepted;
-  kv_count = kv_dst + s.max_accepted;
-  mask = kv_count + 1;
-  total = mask + s.max_rows * ops::AttentionMask::tree_words(s.max_mask_width);
+ops::DraftLevelInputs EagleHead::level_inputs(int level) const {
+  return {token_ids_, positions_, slots_, gather_ids_, draft_mask(shape_.top_k, level * shape_.top_k)};
 }
 
-std::span<int32_t> EagleHead::host_field(int64_t offset, int64_t n) {
-  SPECULA_CHECK(offset >= 0 && n >= 0 && offset + n <= layout_.total, "draft inputs: field outside the block");
-  return std::span<int32_t>(host_inputs_).subspan(static_cast<size_t>(offset), static_cast<size_t>(n));
+ops::CatchUpInputs EagleHead::catch_up_inputs() const {
+  return {token_ids_, positions_, slots_, gather_ids_, kv_src_, kv_dst_, kv_count_};
+}
+
+ops::VerifyInputs EagleHead::verify_inputs(const model::Transformer& target) const {
+  return {target.token_ids(), target.positions(), target.slots(), verify_mask(shape_.tree_size)};
+}
+
+Tensor EagleHead::root_row() const {
+  return Tensor(static_cast<int32_t*>(tree_.cycle.data) + ops::kCycleRootRow, DType::I32, {1}, tree_.cycle.device);
 }
 
 Tensor EagleHead::draft_mask(int64_t rows, int64_t width) const {
   const int64_t words = ops::AttentionMask::tree_words(width);
-  SPECULA_CHECK(rows <= shape_.max_rows && width <= shape_.max_mask_width, "draft mask [", rows, ", ", width,
+  SPECULA_CHECK(rows <= shape_.top_k && width <= shape_.max_mask_width, "draft mask [", rows, ", ", width,
                 "] exceeds its buffer");
   return Tensor(mask_bits_.data, DType::I32, {rows, words}, mask_bits_.device);
 }
@@ -292,7 +302,7 @@ Tensor EagleHead::verify_mask(int64_t nodes) const {
 }
 
 void EagleHead::forward(ops::OpContext& ctx, int64_t rows, const Tensor& features, int64_t logit_rows,
-                        const ops::AttentionMask& mask) {
+                        const ops::AttentionMask& mask, const Tensor& logit_row) {
   SPECULA_CHECK(rows >= 1 && rows <= shape_.max_rows, "draft forward: ", rows, " rows, buffers hold ", shape_.max_rows);
   SPECULA_CHECK(logit_rows >= 0 && logit_rows <= std::min(rows, shape_.max_logit_rows), "draft forward: ", logit_rows,
                 " logit rows for ", rows, " rows");
@@ -331,7 +341,12 @@ void EagleHead::forward(ops::OpContext& ctx, int64_t rows, const Tensor& feature
   ops::rms_norm_linear(ctx, x, w.layer.post_attention_norm, eps, w.layer.gate_up, Tensor(), h, gu);
   ops::linear_swiglu(ctx, gu, w.layer.down, x, s, ops::OutputMode::Accumulate);
   ops::convert(ctx, x, y);
-  if (logit_rows > 0) {
+  SPECULA_CHECK(logit_row.empty() || logit_rows == 1, "draft forward: a device-chosen logit row needs logit_rows = 1");
+  if (!logit_row.empty()) {
+    ops::embedding(ctx, y, logit_row, 1.0f, logit_input_);  // a row gather; an index outside y is reported
+    Tensor out = logits_.slice_outer(0, 1);
+    ops::linear(ctx, logit_input_, lm_head_, Tensor(), out, logit_scale_);
+  } else if (logit_rows > 0) {
     Tensor last = y.slice_outer(rows - logit_rows, logit_rows);
     Tensor out = logits_.slice_outer(0, logit_rows);
     ops::linear(ctx, last, lm_head_, Tensor(), out, logit_scale_);

@@ -36,6 +36,7 @@
 #include "specula/model/kv_cache.h"
 #include "specula/model/transformer.h"
 #include "specula/model/weights.h"
+#include "specula/ops/draft_tree.h"
 #include "specula/ops/ops.h"
 
 namespace specula::io {
@@ -84,6 +85,7 @@ struct EagleHeadShape {
   int64_t tree_size = 1;       // target verification rows (tree nodes with the root)
   int64_t max_accepted = 1;    // rows one cycle commits (depth + 1)
   int64_t top_k = 1;           // candidates per expanded node
+  int64_t tree_depth = 1;      // draft levels
 };
 
 class EagleHead {
@@ -105,9 +107,11 @@ class EagleHead {
   // Scratch for features the caller gathers ([max_rows, H], activation dtype).
   Tensor feature_buffer(int64_t rows) const { return features_.slice_outer(0, rows); }
   // Draft rows through the head: features [rows, H] (any float dtype on the device); K/V stored
-  // at slots, visibility from `mask`; logits of the last `logit_rows` rows in logits().
+  // at slots, visibility from `mask`; logits of the last `logit_rows` rows in logits(), or, when
+  // `logit_row` ([1] I32 on the device) is given, of that one row (logit_rows must be 1): the
+  // catch-up runs a fixed number of rows and the new root's row is known only on the device.
   void forward(ops::OpContext& ctx, int64_t rows, const Tensor& features, int64_t logit_rows,
-               const ops::AttentionMask& mask = ops::AttentionMask::causal());
+               const ops::AttentionMask& mask = ops::AttentionMask::causal(), const Tensor& logit_row = Tensor());
   // The head's output y of the last forward ([rows, H], activation dtype): the next level's f.
   Tensor hidden(int64_t rows) const { return hidden_.slice_outer(0, rows); }
   Tensor logits(int64_t rows) const { return logits_.slice_outer(0, rows); }  // [rows, draft_vocab] F32
@@ -134,20 +138,15 @@ class EagleHead {
   Tensor kv_dst() const { return kv_dst_; }
   Tensor kv_count() const { return kv_count_; }
 
-  // The step inputs above are views into one I32 block with this layout (offsets in entries);
-  // the caller fills the host mirror's fields and uploads its first `n` entries in one copy.
-  struct InputLayout {
-    int64_t rows = 0, tokens = 0, positions = 0, slots = 0, gather = 0, kv_src = 0, kv_dst = 0, kv_count = 0, mask = 0,
-            total = 0;
-    InputLayout() = default;
-    explicit InputLayout(const EagleHeadShape& shape);
-  };
-  const InputLayout& input_layout() const { return layout_; }
-  std::span<int32_t> host_field(int64_t offset, int64_t n);
-  const int32_t* host_inputs() const { return host_inputs_.data(); }
-  Tensor input_block() const { return inputs_; }
-  // Values then indices of the top-k, contiguous: [2 * max_logit_rows * top_k] 32-bit words.
-  Tensor top_block() const { return top_block_; }
+  // The speculative cycle's device state (ops/draft_tree.h) and the step inputs its ops write:
+  // a draft level's head inputs, the catch-up's head inputs with the target's KV moves, and the
+  // target's verification inputs (`target` is the target model, whose input buffers they are).
+  ops::DraftTreeState& tree() { return tree_; }
+  ops::DraftLevelInputs level_inputs(int level) const;
+  ops::CatchUpInputs catch_up_inputs() const;
+  ops::VerifyInputs verify_inputs(const model::Transformer& target) const;
+  // The cycle word holding the new root's catch-up row ([1] I32 view of tree().cycle).
+  Tensor root_row() const;
 
  private:
   template <typename Visit>
@@ -161,10 +160,9 @@ class EagleHead {
   ops::RopeParams rope_;
   model::KvCache kv_;
   Tensor token_ids_, positions_, slots_, features_, embedded_, normed_, residual_, qkv_, q_, attn_out_, gate_up_,
-      hidden_, logits_, vocab_map_, mask_bits_, verify_mask_, gather_ids_, kv_src_, kv_dst_, kv_count_,
-      top_values_, top_indices_, inputs_, top_block_;
-  InputLayout layout_;
-  std::vector<int32_t> host_inputs_;
+      hidden_, logit_input_, logits_, vocab_map_, mask_bits_, verify_mask_, gather_ids_, kv_src_, kv_dst_, kv_count_,
+      top_values_, top_indices_;
+  ops::DraftTreeState tree_;
   std::vector<int32_t> vocab_map_host_;
 };
 

@@ -137,6 +137,7 @@ void CudaContext::check_device_errors() {
   if (word & kErrorTokenOutOfRange) what += " token id outside the vocabulary;";
   if (word & kErrorSlotOutOfRange)
     what += " KV-cache slot or row outside the cache (attention slots, tree-mask window, kv_gather rows or count);";
+  if (word & kErrorDraftTree) what += " draft tree: a draft id outside the FR-Spec list or a chosen node without its parent;";
   fail("CUDA kernels reported invalid input:", what);
 }
 

@@ -19,6 +19,7 @@ namespace specula::cuda {
 enum DeviceErrorBits : uint32_t {
   kErrorTokenOutOfRange = 1u << 0,
   kErrorSlotOutOfRange = 1u << 1,
+  kErrorDraftTree = 1u << 2,  // a draft tree op saw an inconsistent tree or a draft id outside the FR-Spec list
 };
 
 struct DeviceInfo {
