@@ -17,14 +17,19 @@
 
 #include "specula/engine/engine.h"
 #include "specula/engine/generator.h"
+#ifdef SPECULA_WITH_CUDA
+#include "specula/ops/cuda/cuda_context.h"
+#endif
 
 namespace {
 
 using namespace specula;
 const std::string kEagle = std::string(SPECULA_TEST_DATA) + "/eagle";
 
-std::unique_ptr<engine::Engine> load(bool with_draft, const std::string& frspec = "") {
+std::unique_ptr<engine::Engine> load(bool with_draft, const std::string& frspec = "", Device device = Device::CPU) {
   engine::EngineOptions o;
+  o.device = device;
+  o.full_precision = device == Device::CUDA;  // fp32 logits: no bf16 near-tie can move a draw
   o.model_dir = kEagle + "/target_llama3";
   if (with_draft) o.draft_dir = kEagle + "/head_llama_bin";
   if (!frspec.empty()) o.frspec_path = kEagle + "/" + frspec;
@@ -87,6 +92,33 @@ TEST(SpecSampling, SeededSpeculativeRunsEqualPlainSampling) {
                 static_cast<long long>(passes));
     EXPECT_GT(accepted, 0) << s.name << ": no draft was ever accepted, so acceptance was not exercised";
   }
+}
+
+// The same coupling on CUDA: the speculative cycle's device ops with the host sampler at the
+// visited nodes, against plain CUDA sampling (the device sampler), in the full-precision mode.
+TEST(SpecSampling, CudaSeededSpeculativeRunsEqualPlainSampling) {
+#ifdef SPECULA_WITH_CUDA
+  std::string why;
+  if (!cuda::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  auto spec = load(true, "", Device::CUDA), spec_fr = load(true, "freq_good.pt", Device::CUDA),
+       plain = load(false, "", Device::CUDA);
+  auto spec_d = engine::make_decoder(*spec), spec_fr_d = engine::make_decoder(*spec_fr);
+  engine::Generator plain_d(*plain);
+  for (const Setting& s : settings()) {
+    int64_t accepted = 0;
+    for (uint64_t seed = 1; seed <= 20; ++seed) {
+      const engine::GenerationResult want = run(plain_d, s.params, seed, 16);
+      const engine::GenerationResult got = run(*spec_d, s.params, seed, 16);
+      const engine::GenerationResult got_fr = run(*spec_fr_d, s.params, seed, 16);
+      ASSERT_EQ(got.tokens, want.tokens) << s.name << ", seed " << seed;
+      ASSERT_EQ(got_fr.tokens, want.tokens) << s.name << ", seed " << seed << " (FR-Spec)";
+      accepted += got.accepted_tokens;
+    }
+    EXPECT_GT(accepted, 0) << s.name << ": no draft was ever accepted on CUDA";
+  }
+#else
+  GTEST_SKIP() << "this build has no CUDA backend";
+#endif
 }
 
 // Two-sample chi-square statistic over pooled bins, and its degrees of freedom.
