@@ -27,6 +27,9 @@
 #include "specula/engine/generator.h"
 #include "specula/engine/speculative.h"
 #include "specula/spec/eagle_head.h"
+#ifdef SPECULA_WITH_CUDA
+#include "specula/ops/cuda/event_profiler.h"
+#endif
 
 namespace specula::cli {
 
@@ -37,6 +40,7 @@ struct SpecBenchArgs {
   int64_t context = 512, new_tokens = 64;
   std::vector<int64_t> vocabs{0, 65536, 32768, 16384, 8192};  // 0: full
   std::vector<int64_t> tree_sizes{32, 60, 128};
+  bool profile = false;
 };
 
 using Row = BenchRow;
@@ -100,6 +104,33 @@ CycleTimes measure_cycles(engine::Engine& e, const SpecBenchArgs& a) {
   e.synchronize();
   t.lm_head_ms = 1000.0 * std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / kReps;
   return t;
+}
+
+// Per-op GPU time of a speculative cycle, by phase (CUDA events around every op; the steps run
+// eagerly while the profiler is attached, so the sums include launch gaps the graphs do not have).
+void profile_cycles(engine::Engine& e, const SpecBenchArgs& a, const std::string& label) {
+#ifdef SPECULA_WITH_CUDA
+  if (e.device() != Device::CUDA) return;
+  engine::GenerationRequest req;
+  req.prompt = random_prompt(a.context, e.config().vocab_size);
+  req.max_new_tokens = a.new_tokens;
+  ops::OpContext& oc = e.op_context();
+  cuda::CudaEventProfiler profiler(*oc.cuda);
+  engine::SpeculativeGenerator g(e);
+  oc.profiler = &profiler;
+  const engine::GenerationResult r = g.generate(req);
+  oc.profiler = nullptr;
+  const auto totals = profiler.report();
+  const double cycles = static_cast<double>(std::max<int64_t>(1, r.verifications));
+  std::printf("\nper-op GPU time of a speculative cycle, %s (eager, CUDA events, %lld cycles)\n", label.c_str(),
+              static_cast<long long>(r.verifications));
+  std::printf("| phase: op | calls/cycle | us/cycle |\n|---|---|---|\n");
+  for (const auto& [op, ct] : totals)
+    if (op.find(": ") != std::string::npos)  // the cycle's phases, not the prefill
+      std::printf("| %s | %.1f | %.1f |\n", op.c_str(), ct.first / cycles, 1000.0 * ct.second / cycles);
+#else
+  (void)e, (void)a, (void)label;
+#endif
 }
 
 double plain_step_ms(engine::Engine& e, const SpecBenchArgs& a) {
@@ -183,6 +214,7 @@ void run(const SpecBenchArgs& a) {
     if (v > 0) o.frspec_ids.assign(permutation.begin(), permutation.begin() + v);
     auto e = engine::Engine::create_random_with_draft(config, head, o, 7);
     const CycleTimes t = measure_cycles(*e, a);
+    if (a.profile) profile_cycles(*e, a, vocab_name(v));
     const double cycle = t.cycle_ms, al = paper_acceptance(v);
     if (v == 0) full_draft_ms = t.draft_ms, full_cycle_ms = cycle;
     const std::string n = vocab_name(v);
@@ -234,6 +266,7 @@ void add_bench_spec_command(CLI::App& app) {
       ->check(int_in_range<int64_t>(2, 1 << 16));
   cmd->add_option("--vocabs", a->vocabs, "Draft vocabularies to time (0 = full)")->capture_default_str()->delimiter(',');
   cmd->add_option("--tree-sizes", a->tree_sizes, "Tree sizes whose verification is timed")->capture_default_str()->delimiter(',');
+  cmd->add_flag("--profile", a->profile, "Also print per-op GPU time of a cycle, by phase (CUDA)");
   cmd->add_option("--tinygo", a->tinygo, "tinygo-llama3 folder: also run the real pair on its dev windows");
   cmd->add_option("--json", a->json_path, "Write the measurements as JSON here");
   cmd->add_option("--commit", a->commit, "Commit id recorded with the results")->capture_default_str();

@@ -387,7 +387,8 @@ int32_t Engine::sample_on_device() {
 }
 
 void Engine::run_step(const StepPlan& plan, const std::function<void()>& body) {
-  if (options_.device == Device::CPU) {
+  // With a profiler attached the step runs eagerly, so each op can be timed on its own.
+  if (options_.device == Device::CPU || op_context_.profiler != nullptr) {
     body();
     return;
   }

@@ -123,7 +123,8 @@ class Engine {
   int32_t decode_step(int32_t token, int32_t position, StepOutput output);
   // Runs `body` (ops on the engine's device) as the step `plan`: eagerly on the CPU; on CUDA as a
   // graph captured at the plan's first run and replayed after (body must then be the same ops on
-  // the same buffers each time, which the plan's fields guarantee for the engine's steps).
+  // the same buffers each time, which the plan's fields guarantee for the engine's steps), or
+  // eagerly while an op profiler is attached to the op context.
   void run_step(const StepPlan& plan, const std::function<void()>& body);
   // CUDA: prepares the device sampler for a request (penalty state seeded with the prompt, draw
   // counter at 0); a change of parameters re-captures the sampled decode graph.

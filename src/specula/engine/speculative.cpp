@@ -155,7 +155,11 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
   // The phases, as op sequences over fixed buffers (so each combination is one captured graph).
   const Tensor parent_hidden = draft.hidden(draft.shape().max_rows);  // the whole buffer: rows by index
   const Tensor target_tokens = target.next_tokens(n);
+  auto section = [&](std::string_view label) {
+    if (ctx.profiler) ctx.profiler->section(label);
+  };
   auto draft_phase = [&] {
+    section("draft");
     ops::DraftLevelInputs level1 = draft.level_inputs(1);
     ops::draft_tree_begin(ctx, tree, draft.top_values(1), draft.top_indices(1), vocab_map, level1);
     for (int level = 1; level < depth; ++level) {
@@ -173,6 +177,7 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     ops::draft_tree_select(ctx, tree, verify);
   };
   auto verify_phase = [&](bool greedy_tokens) {
+    section("verify");
     target.forward(ctx, n, n, ops::AttentionMask::tree(draft.verify_mask(n), n));
     if (greedy_tokens) {
       Tensor next = target_tokens;
@@ -182,6 +187,7 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
   // The walk and the target's KV compaction: the root and the accepted nodes' rows move to
   // committed, committed + 1, ...
   auto accept_phase = [&] {
+    section("accept");
     ops::CatchUpInputs catch_up = draft.catch_up_inputs();
     ops::draft_tree_accept(ctx, tree, target_tokens, catch_up);
     target_kv.gather(ctx, catch_up.kv_src, catch_up.kv_dst, catch_up.kv_count);
@@ -190,6 +196,7 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
   // root and the accepted nodes with the next tokens (rows past the accepted ones are padding,
   // never visible to a valid row), with the next level 1's top-k from the new root's row.
   auto catch_up_phase = [&] {
+    section("catch-up");
     const ops::CatchUpInputs catch_up = draft.catch_up_inputs();
     Tensor features = draft.feature_buffer(depth + 1);
     ops::embedding(ctx, target.final_hidden(n), catch_up.gather.slice_outer(0, depth + 1), 1.0f, features);
@@ -301,6 +308,7 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
       ++position;
     }
   }
+  section("");
   engine_.synchronize();
   result.decode_seconds = std::chrono::duration<double>(clock::now() - decode_start).count();
   return result;

@@ -35,6 +35,8 @@ class OpProfiler {
   virtual ~OpProfiler() = default;
   virtual void begin(std::string_view op) = 0;
   virtual void end(std::string_view op) = 0;
+  // Labels the ops that follow (a phase of a step, e.g. a speculative cycle's "draft").
+  virtual void section(std::string_view) {}
 };
 
 // Backend state passed down explicitly (no globals): the CPU thread pool and/or the CUDA stream,

@@ -29,7 +29,7 @@ void* CudaEventProfiler::take_event() {
 void CudaEventProfiler::begin(std::string_view op) {
   void* start = take_event();
   SPECULA_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(start), static_cast<cudaStream_t>(ctx_.stream())));
-  pending_.push_back({std::string(op), start, nullptr});
+  pending_.push_back({section_.empty() ? std::string(op) : section_ + ": " + std::string(op), start, nullptr});
 }
 
 void CudaEventProfiler::end(std::string_view) {

@@ -18,6 +18,8 @@ class CudaEventProfiler : public ops::OpProfiler {
   ~CudaEventProfiler() override;
   void begin(std::string_view op) override;
   void end(std::string_view op) override;
+  // Later ops are reported as "label: op".
+  void section(std::string_view label) override { section_ = std::string(label); }
   // Waits for the stream and returns op -> (calls, total milliseconds) since the last report.
   std::map<std::string, std::pair<int, double>> report();
 
@@ -28,6 +30,7 @@ class CudaEventProfiler : public ops::OpProfiler {
     void* stop;
   };
   CudaContext& ctx_;
+  std::string section_;
   std::vector<Pending> pending_;
   std::vector<void*> free_events_;
   void* take_event();
