@@ -1,0 +1,432 @@
+// HttpServer over cpp-httplib (see http_server.h). One handler per route; a completion request
+// is parsed (openai_request), checked against the model, submitted to the scheduler with
+// callbacks that turn tokens into text (StreamDecoder, StopMatcher) and queue it for the HTTP
+// thread, which writes the JSON body or the SSE stream.
+#include "specula/server/http_server.h"
+
+#include "specula/core/error.h"
+
+#ifndef SPECULA_WITH_HTTPLIB
+
+namespace specula::server {
+
+struct HttpServer::Impl {};
+
+HttpServer::HttpServer(ServedModel, HttpServerOptions) {
+  fail("this build of specula has no HTTP server: cpp-httplib was not found when it was built (install "
+       "libcpp-httplib-dev, or run scripts/fetch-device-deps.sh, and rebuild)");
+}
+HttpServer::~HttpServer() = default;
+bool HttpServer::bind() { return false; }
+int HttpServer::port() const { return 0; }
+void HttpServer::serve() {}
+void HttpServer::stop() {}
+engine::Scheduler& HttpServer::scheduler() { fail("no HTTP server in this build"); }
+
+bool is_loopback_host(const std::string& host) {
+  return host == "127.0.0.1" || host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+}  // namespace specula::server
+
+#else
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <random>
+
+#include <httplib.h>
+
+#include "specula/engine/engine.h"
+#include "specula/engine/scheduler.h"
+#include "specula/server/openai_request.h"
+#include "specula/server/openai_response.h"
+#include "specula/server/stop_matcher.h"
+#include "specula/text/tokenizer.h"
+
+namespace specula::server {
+
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// Equal strings, in time that depends only on their lengths (not on where they differ).
+bool constant_time_equal(const std::string& a, const std::string& b) {
+  const size_t n = std::max(a.size(), b.size());
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < n; ++i)
+    diff |= static_cast<unsigned char>((i < a.size() ? a[i] : 0) ^ (i < b.size() ? b[i] : 0));
+  return diff == 0;
+}
+
+std::string random_hex(size_t n) {
+  static thread_local std::mt19937_64 rng{std::random_device{}() ^ static_cast<uint64_t>(Clock::now().time_since_epoch().count())};
+  static const char* digits = "0123456789abcdef";
+  std::string s(n, '0');
+  for (char& c : s) c = digits[rng() & 15];
+  return s;
+}
+
+void send_error(httplib::Response& res, int status, const std::string& message, const std::string& type,
+                const std::string& param = "", const std::string& code = "") {
+  res.status = status;
+  res.set_content(dump_json(error_json(message, type, param, code)), "application/json");
+}
+
+// What the device thread hands to the HTTP thread of a streaming request.
+struct StreamState {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::deque<std::string> events;  // SSE frames, ready to write
+  bool done = false;
+};
+
+}  // namespace
+
+bool is_loopback_host(const std::string& host) {
+  return host == "127.0.0.1" || host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+struct HttpServer::Impl {
+  Impl(ServedModel model, HttpServerOptions options) : model_(std::move(model)), options_(std::move(options)) {
+    SPECULA_CHECK(model_.engine != nullptr && model_.tokenizer != nullptr, "HttpServer: no engine or tokenizer");
+    created_ = std::chrono::duration_cast<std::chrono::seconds>(
+                   std::chrono::system_clock::now().time_since_epoch()).count();
+    scheduler_ = std::make_unique<engine::Scheduler>(*model_.engine, options_.max_queue);
+    setup_routes();
+  }
+
+  void count_error() {
+    std::lock_guard lock(metrics_mutex_);
+    ++metrics_.request_errors;
+  }
+
+  void setup_routes() {
+    http_.set_payload_max_length(options_.max_body_bytes);
+    http_.set_keep_alive_timeout(2);
+    http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (options_.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
+      if (constant_time_equal(req.get_header_value("Authorization"), "Bearer " + options_.api_key))
+        return httplib::Server::HandlerResponse::Unhandled;
+      count_error();
+      res.set_header("WWW-Authenticate", "Bearer");
+      send_error(res, 401, "Incorrect API key provided.", "invalid_request_error", "", "invalid_api_key");
+      return httplib::Server::HandlerResponse::Handled;
+    });
+    // Statuses httplib sets itself (404 unknown route, 413 body too large, ...) get an error object.
+    http_.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (!res.body.empty()) return;
+      if (res.status == 413)
+        send_error(res, 413, "Request body larger than " + std::to_string(options_.max_body_bytes) + " bytes.",
+                   "invalid_request_error");
+      else if (res.status == 404)
+        send_error(res, 404, "Unknown route " + req.method + " " + req.path + ".", "invalid_request_error", "",
+                   "unknown_url");
+      else
+        send_error(res, res.status, "HTTP error " + std::to_string(res.status) + ".", "invalid_request_error");
+    });
+    http_.Get("/health", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content("{\"status\":\"ok\"}", "application/json");
+    });
+    http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(metrics_text(), "text/plain; version=0.0.4");
+    });
+    http_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+      const json model = {{"id", model_.id}, {"object", "model"}, {"created", created_}, {"owned_by", "specula"}};
+      res.set_content(dump_json({{"object", "list"}, {"data", json::array({model})}}), "application/json");
+    });
+    http_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+      handle_completion(Endpoint::kChatCompletions, req, res);
+    });
+    http_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+      handle_completion(Endpoint::kCompletions, req, res);
+    });
+  }
+
+  std::string metrics_text() {
+    ServerMetrics snapshot;
+    {
+      std::lock_guard lock(metrics_mutex_);
+      snapshot = metrics_;
+    }
+    const engine::SchedulerCounters c = scheduler_->counters();
+    auto d = [](int64_t v) { return static_cast<double>(v); };
+    std::vector<MetricFamily> families = {
+        {"specula_queue_depth", "Requests waiting for the device.", "gauge",
+         {{{}, d(scheduler_->queue_depth())}}},
+        {"specula_scheduler_requests_total", "Scheduler requests by outcome.", "counter",
+         {{{{"outcome", "completed"}}, d(c.completed)},
+          {{{"outcome", "cancelled"}}, d(c.cancelled)},
+          {{{"outcome", "failed"}}, d(c.failed)},
+          {{{"outcome", "rejected"}}, d(c.rejected)},
+          {{{"outcome", "invalid"}}, d(c.invalid)}}},
+        {"specula_spec_verifications_total", "Speculative verification passes.", "counter", {{{}, d(c.verifications)}}},
+        {"specula_spec_drafted_tokens_total", "Draft tokens proposed.", "counter", {{{}, d(c.drafted_tokens)}}},
+        {"specula_spec_accepted_tokens_total", "Draft tokens accepted.", "counter", {{{}, d(c.accepted_tokens)}}},
+    };
+    return prometheus_text(snapshot) + prometheus_text(families, {});
+  }
+
+  void handle_completion(Endpoint endpoint, const httplib::Request& req, httplib::Response& res) {
+    const auto started = Clock::now();
+    CompletionRequest request;
+    try {
+      request = parse_request(endpoint, req.body);
+    } catch (const RequestError& e) {
+      count_error();
+      res.status = e.status();
+      res.set_content(dump_json(error_json(e)), "application/json");
+      return;
+    }
+    const bool chat = endpoint == Endpoint::kChatCompletions;
+    if (!request.model.empty() && request.model != model_.id && request.model != model_.alias) {
+      count_error();
+      return send_error(res, 404, "The model '" + request.model + "' does not exist (this server has '" +
+                        model_.id + "').", "invalid_request_error", "model", "model_not_found");
+    }
+
+    const text::Tokenizer& tokenizer = *model_.tokenizer;
+    engine::GenerationRequest gen;
+    gen.sampling = request.sampling;
+    if (!request.seed_given)
+      gen.sampling.seed = (static_cast<uint64_t>(std::random_device{}()) << 32) | std::random_device{}();
+    gen.stop_ids = model_.stop_ids;
+    if (chat) {
+      // The rendered template is tokenized with special tokens parsed (its markers are special
+      // tokens), so message text that spells one would forge turns: refuse it.
+      for (size_t i = 0; i < request.messages.size(); ++i)
+        for (int32_t id : tokenizer.encode(request.messages[i].content, false, true))
+          if (tokenizer.is_special(id)) {
+            count_error();
+            return send_error(res, 400,
+                              "Message text may not contain the special token '" + tokenizer.id_to_token(id) +
+                                  "' (it would be read as a chat-template marker).",
+                              "invalid_request_error", "messages[" + std::to_string(i) + "].content", "");
+          }
+      std::vector<text::ChatMessage> messages;
+      for (const auto& m : request.messages) messages.push_back({m.role, m.content});
+      const std::string rendered = text::render_chat(model_.chat_style, messages, true, true);
+      gen.prompt = tokenizer.encode(rendered, /*add_special_tokens=*/false, /*parse_special=*/true);
+      gen.stop_ids = model_.chat_stop_ids;
+    } else {
+      gen.prompt = tokenizer.encode(request.prompt, /*add_special_tokens=*/true, /*parse_special=*/true);
+    }
+    const int64_t context = model_.engine->max_context();
+    const int64_t prompt_tokens = static_cast<int64_t>(gen.prompt.size());
+    if (prompt_tokens >= context) {
+      count_error();
+      return send_error(res, 400, "This model's maximum context length is " + std::to_string(context) +
+                        " tokens; the prompt has " + std::to_string(prompt_tokens) + ".",
+                        "invalid_request_error", chat ? "messages" : "prompt", "context_length_exceeded");
+    }
+    gen.max_new_tokens = request.max_tokens > 0 ? request.max_tokens : context - prompt_tokens;
+    if (prompt_tokens + gen.max_new_tokens > context) {
+      count_error();
+      return send_error(res, 400, "This model's maximum context length is " + std::to_string(context) +
+                        " tokens; the prompt has " + std::to_string(prompt_tokens) + " and max_tokens is " +
+                        std::to_string(gen.max_new_tokens) + ".",
+                        "invalid_request_error", "max_tokens", "context_length_exceeded");
+    }
+
+    ResponseMeta meta{(chat ? "chatcmpl-" : "cmpl-") + random_hex(24),
+                      std::chrono::duration_cast<std::chrono::seconds>(
+                          std::chrono::system_clock::now().time_since_epoch()).count(),
+                      request.model.empty() ? model_.id : request.model};
+
+    // Shared by the callbacks (device thread) and this thread; the callbacks may outlive the
+    // handler only through these shared pointers.
+    struct Shared {
+      text::StreamDecoder decoder;
+      StopMatcher matcher;
+      std::string text;  // non-streaming: everything emitted
+      std::shared_ptr<StreamState> stream;
+      std::optional<engine::GenerationResult> result;
+      std::string error;
+    };
+    auto shared = std::make_shared<Shared>(Shared{text::StreamDecoder(tokenizer, true),
+                                                  StopMatcher(request.stop), {}, nullptr, {}, {}});
+    if (request.stream) shared->stream = std::make_shared<StreamState>();
+    const bool include_usage = request.include_usage;
+
+    auto emit = [shared, chat, meta, include_usage](const std::string& piece) {
+      if (piece.empty()) return;
+      if (!shared->stream) {
+        shared->text += piece;
+        return;
+      }
+      const json chunk = chat ? chat_chunk_content_json(meta, piece, nullptr, include_usage)
+                              : text_chunk_json(meta, piece, nullptr, nullptr, include_usage);
+      std::lock_guard lock(shared->stream->mutex);
+      shared->stream->events.push_back(sse_event(chunk));
+      shared->stream->cv.notify_all();
+    };
+    auto finish_reason = [shared]() {
+      if (shared->matcher.stopped()) return FinishReason::kStop;
+      const auto r = shared->result ? shared->result->finish_reason : engine::FinishReason::Length;
+      return r == engine::FinishReason::Stop ? FinishReason::kStop : FinishReason::kLength;
+    };
+
+    engine::RequestCallbacks callbacks;
+    callbacks.on_token = [shared, emit](int32_t id) {
+      if (shared->matcher.stopped()) return false;
+      emit(shared->matcher.push(shared->decoder.push(id)));
+      return !shared->matcher.stopped();
+    };
+    callbacks.on_finish = [this, shared, emit, chat, meta, include_usage, finish_reason, started,
+                           endpoint](const engine::GenerationResult& result) {
+      shared->result = result;
+      if (!shared->matcher.stopped()) emit(shared->matcher.push(shared->decoder.flush()));
+      if (!shared->matcher.stopped()) emit(shared->matcher.flush());
+      const Usage usage{result.prompt_tokens, static_cast<int64_t>(result.tokens.size())};
+      {
+        std::lock_guard lock(metrics_mutex_);
+        ++(endpoint == Endpoint::kChatCompletions ? metrics_.chat_requests : metrics_.completion_requests);
+        metrics_.prompt_tokens += static_cast<uint64_t>(result.prompt_tokens);
+        metrics_.generated_tokens += result.tokens.size();
+        metrics_.request_seconds.observe(std::chrono::duration<double>(Clock::now() - started).count());
+      }
+      if (!shared->stream) return;
+      const FinishReason finish = finish_reason();
+      std::lock_guard lock(shared->stream->mutex);
+      auto& ev = shared->stream->events;
+      if (chat) {
+        ev.push_back(sse_event(chat_chunk_finish_json(meta, finish, include_usage)));
+        if (include_usage) ev.push_back(sse_event(chat_chunk_usage_json(meta, usage)));
+      } else {
+        ev.push_back(sse_event(text_chunk_json(meta, "", &finish, nullptr, include_usage)));
+        if (include_usage) ev.push_back(sse_event(text_chunk_usage_json(meta, usage)));
+      }
+      ev.push_back(sse_done());
+      shared->stream->done = true;
+      shared->stream->cv.notify_all();
+    };
+    callbacks.on_error = [this, shared](const std::string& message) {
+      shared->error = message;
+      count_error();
+      if (!shared->stream) return;
+      std::lock_guard lock(shared->stream->mutex);
+      shared->stream->events.push_back(sse_event(error_json("generation failed: " + message, "server_error")));
+      shared->stream->events.push_back(sse_done());
+      shared->stream->done = true;
+      shared->stream->cv.notify_all();
+    };
+
+    std::shared_ptr<engine::RequestHandle> handle;
+    try {
+      handle = scheduler_->submit(std::move(gen), std::move(callbacks));
+    } catch (const engine::QueueFullError& e) {
+      count_error();
+      res.set_header("Retry-After", "1");
+      return send_error(res, 503, std::string("The server is busy: ") + e.what(), "server_error", "", "queue_full");
+    } catch (const Error& e) {
+      count_error();
+      return send_error(res, 400, e.what(), "invalid_request_error");
+    }
+    {
+      std::lock_guard lock(metrics_mutex_);
+      ++metrics_.requests_running;
+    }
+    auto done_running = [this, handle]() {
+      std::lock_guard lock(metrics_mutex_);
+      --metrics_.requests_running;
+      if (handle->time_to_first_token() >= 0) metrics_.first_token_seconds.observe(handle->time_to_first_token());
+    };
+
+    if (!request.stream) {
+      handle->wait();
+      done_running();
+      if (!shared->error.empty() || !shared->result)
+        return send_error(res, 500, "generation failed: " + (shared->error.empty() ? "cancelled" : shared->error),
+                          "server_error");
+      const engine::GenerationResult& r = *shared->result;
+      if (r.finish_reason == engine::FinishReason::Cancelled && !shared->matcher.stopped())
+        return send_error(res, 503, "The server is shutting down.", "server_error");
+      const Usage usage{r.prompt_tokens, static_cast<int64_t>(r.tokens.size())};
+      const json body = chat ? chat_completion_json(meta, shared->text, finish_reason(), usage)
+                             : text_completion_json(meta, shared->text, finish_reason(), usage);
+      res.set_content(dump_json(body), "application/json");
+      return;
+    }
+
+    // Streaming: the first chat chunk carries the role; then whatever the device thread queued.
+    if (chat) shared->stream->events.push_front(sse_event(chat_chunk_role_json(meta)));
+    auto state = shared->stream;
+    auto* scheduler = scheduler_.get();
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [state, handle, scheduler](size_t, httplib::DataSink& sink) {
+          std::deque<std::string> batch;
+          bool done = false;
+          {
+            std::unique_lock lock(state->mutex);
+            state->cv.wait_for(lock, std::chrono::milliseconds(200),
+                               [&] { return !state->events.empty() || state->done; });
+            batch.swap(state->events);
+            done = state->done;
+          }
+          for (const std::string& event : batch)
+            if (!sink.write(event.data(), event.size())) {
+              scheduler->cancel(handle);  // the client went away
+              return false;
+            }
+          if (batch.empty() && sink.is_writable && !sink.is_writable()) {
+            scheduler->cancel(handle);
+            return false;
+          }
+          if (done) sink.done();
+          return true;
+        },
+        [handle, scheduler, done_running](bool success) {
+          if (!success) scheduler->cancel(handle);
+          handle->wait();
+          done_running();
+        });
+  }
+
+  ServedModel model_;
+  HttpServerOptions options_;
+  int64_t created_ = 0;
+  std::unique_ptr<engine::Scheduler> scheduler_;
+  httplib::Server http_;
+  int port_ = 0;
+  std::mutex metrics_mutex_;
+  ServerMetrics metrics_;
+};
+
+HttpServer::HttpServer(ServedModel model, HttpServerOptions options)
+    : impl_(std::make_unique<Impl>(std::move(model), std::move(options))) {}
+
+HttpServer::~HttpServer() {
+  if (impl_) impl_->scheduler_->shutdown(false);
+}
+
+bool HttpServer::bind() {
+  Impl& s = *impl_;
+  if (s.options_.port == 0) {
+    s.port_ = s.http_.bind_to_any_port(s.options_.host);
+    return s.port_ > 0;
+  }
+  if (!s.http_.bind_to_port(s.options_.host, s.options_.port)) return false;
+  s.port_ = s.options_.port;
+  return true;
+}
+
+int HttpServer::port() const { return impl_->port_; }
+
+void HttpServer::serve() { impl_->http_.listen_after_bind(); }
+
+void HttpServer::stop() {
+  impl_->scheduler_->shutdown(false);
+  impl_->http_.stop();
+}
+
+engine::Scheduler& HttpServer::scheduler() { return *impl_->scheduler_; }
+
+}  // namespace specula::server
+
+#endif  // SPECULA_WITH_HTTPLIB
