@@ -119,6 +119,32 @@ std::string chat_body(const std::string& model, bool stream) {
   return body;
 }
 
+// The JSON chunks of an SSE body (checked: every event is "data: ...", nothing after [DONE],
+// which must be there).
+std::vector<json> sse_chunks(const std::string& body) {
+  std::vector<json> chunks;
+  bool done = false;
+  size_t pos = 0;
+  while (pos < body.size()) {
+    const size_t end = body.find("\n\n", pos);
+    if (end == std::string::npos) {
+      ADD_FAILURE() << "unterminated event in " << body;
+      break;
+    }
+    const std::string event = body.substr(pos, end - pos);
+    pos = end + 2;
+    EXPECT_EQ(event.rfind("data: ", 0), 0u) << event;
+    EXPECT_FALSE(done) << "event after [DONE]";
+    if (event == "data: [DONE]") {
+      done = true;
+      continue;
+    }
+    chunks.push_back(json::parse(event.substr(6)));
+  }
+  EXPECT_TRUE(done) << "no data: [DONE] in " << body;
+  return chunks;
+}
+
 TEST_F(ServerHttp, CompletionsStreamingModelsErrorsAndShutdown) {
   ServeProcess server(dir(), {});
   ASSERT_TRUE(server.wait_ready());
@@ -234,6 +260,103 @@ TEST_F(ServerHttp, CompletionsStreamingModelsErrorsAndShutdown) {
   EXPECT_NE(r->body.find("specula_requests_total{endpoint=\"/v1/chat/completions\"} 2"), std::string::npos) << r->body;
   EXPECT_NE(r->body.find("specula_request_errors_total"), std::string::npos);
 
+  EXPECT_EQ(server.terminate(5.0), 0);
+}
+
+// logprobs end to end: chat (choices[].logprobs.content) and legacy completions (tokens,
+// token_logprobs, top_logprobs, text_offset), streamed and not. The streamed entries, collected
+// over the chunks, equal the non-streamed ones; there is one per generated token; greedy picks
+// the most likely token, so each chosen entry equals its first alternative; the tokens' bytes
+// spell the text.
+TEST_F(ServerHttp, LogprobsInBothFormatsStreamedAndNot) {
+  ServeProcess server(dir(), {});
+  ASSERT_TRUE(server.wait_ready());
+  auto client = server.client();
+
+  json chat_req = {{"messages", {{{"role", "user"}, {"content", "hello there"}}}},
+                   {"max_tokens", 10}, {"temperature", 0}, {"logprobs", true}, {"top_logprobs", 3}};
+  auto r = client.Post("/v1/chat/completions", chat_req.dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json body = json::parse(r->body);
+  const json content = body["choices"][0]["logprobs"]["content"];
+  ASSERT_TRUE(content.is_array()) << r->body;
+  ASSERT_EQ(static_cast<int>(content.size()), body["usage"]["completion_tokens"].get<int>());
+  std::string spelled;
+  for (const json& entry : content) {
+    ASSERT_TRUE(entry["token"].is_string()) << entry;
+    const double lp = entry["logprob"];
+    EXPECT_LE(lp, 0.0);
+    ASSERT_EQ(entry["top_logprobs"].size(), 3u) << entry;
+    EXPECT_EQ(entry["top_logprobs"][0]["token"], entry["token"]) << entry;
+    EXPECT_NEAR(entry["top_logprobs"][0]["logprob"].get<double>(), lp, 1e-6);
+    for (size_t j = 1; j < 3; ++j)
+      EXPECT_LE(entry["top_logprobs"][j]["logprob"].get<double>(), entry["top_logprobs"][j - 1]["logprob"].get<double>());
+    for (const json& b : entry["bytes"]) spelled.push_back(static_cast<char>(b.get<int>()));
+  }
+  EXPECT_EQ(spelled, body["choices"][0]["message"]["content"].get<std::string>());
+
+  chat_req["stream"] = true;
+  r = client.Post("/v1/chat/completions", chat_req.dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json streamed = json::array();
+  for (const json& chunk : sse_chunks(r->body)) {
+    const json& lp = chunk["choices"][0]["logprobs"];
+    if (!lp.is_null())
+      for (const json& entry : lp["content"]) streamed.push_back(entry);
+  }
+  EXPECT_EQ(streamed, content);
+
+  // Without logprobs the field is null.
+  chat_req.erase("logprobs");
+  chat_req.erase("top_logprobs");
+  chat_req["stream"] = false;
+  r = client.Post("/v1/chat/completions", chat_req.dump(), "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(json::parse(r->body)["choices"][0]["logprobs"].is_null()) << r->body;
+
+  json text_req = {{"prompt", "hello"}, {"max_tokens", 10}, {"temperature", 0}, {"logprobs", 2}};
+  r = client.Post("/v1/completions", text_req.dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json text_body = json::parse(r->body);
+  const json legacy = text_body["choices"][0]["logprobs"];
+  const size_t n = legacy["tokens"].size();
+  ASSERT_EQ(static_cast<int>(n), text_body["usage"]["completion_tokens"].get<int>()) << r->body;
+  ASSERT_EQ(legacy["token_logprobs"].size(), n);
+  ASSERT_EQ(legacy["top_logprobs"].size(), n);
+  ASSERT_EQ(legacy["text_offset"].size(), n);
+  EXPECT_EQ(legacy["text_offset"][0], 0);
+  for (size_t i = 0; i < n; ++i) {
+    const json& top = legacy["top_logprobs"][i];
+    EXPECT_GE(top.size(), 1u);
+    EXPECT_LE(top.size(), 2u);
+    if (i > 0) EXPECT_GE(legacy["text_offset"][i].get<int>(), legacy["text_offset"][i - 1].get<int>());
+    const std::string token = legacy["tokens"][i];
+    if (token.rfind("bytes:", 0) != 0) EXPECT_TRUE(top.contains(token)) << top;
+  }
+
+  text_req["stream"] = true;
+  r = client.Post("/v1/completions", text_req.dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json tokens = json::array(), values = json::array(), tops = json::array(), offsets = json::array();
+  for (const json& chunk : sse_chunks(r->body)) {
+    if (chunk["choices"].empty()) continue;
+    const json& lp = chunk["choices"][0]["logprobs"];
+    if (lp.is_null()) continue;
+    for (size_t i = 0; i < lp["tokens"].size(); ++i) {
+      tokens.push_back(lp["tokens"][i]);
+      values.push_back(lp["token_logprobs"][i]);
+      tops.push_back(lp["top_logprobs"][i]);
+      offsets.push_back(lp["text_offset"][i]);
+    }
+  }
+  EXPECT_EQ(tokens, legacy["tokens"]);
+  EXPECT_EQ(values, legacy["token_logprobs"]);
+  EXPECT_EQ(tops, legacy["top_logprobs"]);
+  EXPECT_EQ(offsets, legacy["text_offset"]);
   EXPECT_EQ(server.terminate(5.0), 0);
 }
 

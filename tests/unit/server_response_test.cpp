@@ -157,6 +157,10 @@ TEST(ServerResponse, TextStreamChunks) {
   const Json last = text_chunk_json(kMeta, "", &len, nullptr, true);
   EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
   EXPECT_TRUE(last["usage"].is_null());
+  // A later chunk's logprobs continue the text offsets of the earlier chunks' tokens.
+  const std::vector<TokenLogprob> two = {{"h\xC3\xA9", -0.5f, {}}, {"llo", -1.0f, {}}};
+  const Json later = text_chunk_json(kMeta, "h\xC3\xA9llo", nullptr, &two, false, 7);
+  EXPECT_EQ(later["choices"][0]["logprobs"]["text_offset"], (Json{7, 9}));
   const Json usage = text_chunk_usage_json(kMeta, Usage{1, 1});
   EXPECT_EQ(usage["object"], "text_completion");
   EXPECT_EQ(usage["choices"], Json::array());

@@ -77,6 +77,19 @@ void send_error(httplib::Response& res, int status, const std::string& message, 
   res.set_content(dump_json(error_json(message, type, param, code)), "application/json");
 }
 
+// Code points of UTF-8 text (lead bytes), as completion_logprobs_json counts text offsets.
+int64_t code_points(const std::string& text) {
+  int64_t n = 0;
+  for (char c : text) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return n;
+}
+
+TokenLogprob to_response_logprob(const engine::TokenLogprobs& lp, const text::Tokenizer& tokenizer) {
+  TokenLogprob out{tokenizer.token_bytes(lp.token), lp.logprob, {}};
+  for (const auto& alt : lp.top) out.top.push_back({tokenizer.token_bytes(alt.token), alt.logprob});
+  return out;
+}
+
 // What the device thread hands to the HTTP thread of a streaming request.
 struct StreamState {
   std::mutex mutex;
@@ -195,6 +208,8 @@ struct HttpServer::Impl {
     if (!request.seed_given)
       gen.sampling.seed = (static_cast<uint64_t>(std::random_device{}()) << 32) | std::random_device{}();
     gen.stop_ids = model_.stop_ids;
+    gen.logprobs = request.logprobs;
+    gen.top_logprobs = request.logprobs ? request.top_logprobs : 0;
     if (chat) {
       // The rendered template is tokenized with special tokens parsed (its markers are special
       // tokens), so message text that spells one would forge turns: refuse it.
@@ -240,26 +255,38 @@ struct HttpServer::Impl {
     // Shared by the callbacks (device thread) and this thread; the callbacks may outlive the
     // handler only through these shared pointers.
     struct Shared {
+      Shared(const text::Tokenizer& tokenizer, const std::vector<std::string>& stop)
+          : decoder(tokenizer, true), matcher(stop) {}
       text::StreamDecoder decoder;
       StopMatcher matcher;
       std::string text;  // non-streaming: everything emitted
       std::shared_ptr<StreamState> stream;
       std::optional<engine::GenerationResult> result;
       std::string error;
+      // Streaming with logprobs: entries of tokens whose text has not been sent yet (a stop
+      // string or an incomplete character holds it back); they go with the next chunk that
+      // carries text, or with an empty one at the end. text_offset of the next entry
+      // (completions): code points of the tokens already sent.
+      std::vector<TokenLogprob> pending_logprobs;
+      int64_t logprob_offset = 0;
     };
-    auto shared = std::make_shared<Shared>(Shared{text::StreamDecoder(tokenizer, true),
-                                                  StopMatcher(request.stop), {}, nullptr, {}, {}});
+    auto shared = std::make_shared<Shared>(tokenizer, request.stop);
     if (request.stream) shared->stream = std::make_shared<StreamState>();
     const bool include_usage = request.include_usage;
+    const bool want_logprobs = request.logprobs;
 
-    auto emit = [shared, chat, meta, include_usage](const std::string& piece) {
-      if (piece.empty()) return;
+    // `force`: send a chunk even without text (the last logprobs entries).
+    auto emit = [shared, chat, meta, include_usage, want_logprobs](const std::string& piece, bool force = false) {
+      if (piece.empty() && !(force && !shared->pending_logprobs.empty())) return;
       if (!shared->stream) {
         shared->text += piece;
         return;
       }
-      const json chunk = chat ? chat_chunk_content_json(meta, piece, nullptr, include_usage)
-                              : text_chunk_json(meta, piece, nullptr, nullptr, include_usage);
+      const std::vector<TokenLogprob>* lp = want_logprobs ? &shared->pending_logprobs : nullptr;
+      const json chunk = chat ? chat_chunk_content_json(meta, piece, lp, include_usage)
+                              : text_chunk_json(meta, piece, nullptr, lp, include_usage, shared->logprob_offset);
+      for (const TokenLogprob& t : shared->pending_logprobs) shared->logprob_offset += code_points(t.token);
+      shared->pending_logprobs.clear();
       std::lock_guard lock(shared->stream->mutex);
       shared->stream->events.push_back(sse_event(chunk));
       shared->stream->cv.notify_all();
@@ -271,6 +298,10 @@ struct HttpServer::Impl {
     };
 
     engine::RequestCallbacks callbacks;
+    if (want_logprobs && request.stream)
+      callbacks.on_logprobs = [shared, &tokenizer](const engine::TokenLogprobs& lp) {
+        shared->pending_logprobs.push_back(to_response_logprob(lp, tokenizer));
+      };
     callbacks.on_token = [shared, emit](int32_t id) {
       if (shared->matcher.stopped()) return false;
       emit(shared->matcher.push(shared->decoder.push(id)));
@@ -281,6 +312,7 @@ struct HttpServer::Impl {
       shared->result = result;
       if (!shared->matcher.stopped()) emit(shared->matcher.push(shared->decoder.flush()));
       if (!shared->matcher.stopped()) emit(shared->matcher.flush());
+      emit("", true);
       const Usage usage{result.prompt_tokens, static_cast<int64_t>(result.tokens.size())};
       {
         std::lock_guard lock(metrics_mutex_);
@@ -346,8 +378,11 @@ struct HttpServer::Impl {
       if (r.finish_reason == engine::FinishReason::Cancelled && !shared->matcher.stopped())
         return send_error(res, 503, "The server is shutting down.", "server_error");
       const Usage usage{r.prompt_tokens, static_cast<int64_t>(r.tokens.size())};
-      const json body = chat ? chat_completion_json(meta, shared->text, finish_reason(), usage)
-                             : text_completion_json(meta, shared->text, finish_reason(), usage);
+      std::vector<TokenLogprob> logprobs;
+      for (const engine::TokenLogprobs& lp : r.logprobs) logprobs.push_back(to_response_logprob(lp, tokenizer));
+      const std::vector<TokenLogprob>* lp = want_logprobs ? &logprobs : nullptr;
+      const json body = chat ? chat_completion_json(meta, shared->text, finish_reason(), usage, lp)
+                             : text_completion_json(meta, shared->text, finish_reason(), usage, lp);
       res.set_content(dump_json(body), "application/json");
       return;
     }

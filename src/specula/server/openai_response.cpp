@@ -157,11 +157,12 @@ Json chat_chunk_usage_json(const ResponseMeta& meta, const Usage& usage) {
 }
 
 Json text_chunk_json(const ResponseMeta& meta, const std::string& text, const FinishReason* finish,
-                     const std::vector<TokenLogprob>* logprobs, bool include_usage) {
+                     const std::vector<TokenLogprob>* logprobs, bool include_usage, int64_t text_offset_start) {
   Json out = base_object(meta, "text_completion");
   out["choices"] = Json::array({Json{{"text", text},
                                      {"index", 0},
-                                     {"logprobs", logprobs ? completion_logprobs_json(*logprobs) : Json(nullptr)},
+                                     {"logprobs", logprobs ? completion_logprobs_json(*logprobs, text_offset_start)
+                                                           : Json(nullptr)},
                                      {"finish_reason", finish ? Json(finish_reason_name(*finish)) : Json(nullptr)}}});
   if (include_usage) out["usage"] = nullptr;
   return out;

@@ -75,9 +75,11 @@ nlohmann::json chat_chunk_content_json(const ResponseMeta& meta, const std::stri
 nlohmann::json chat_chunk_finish_json(const ResponseMeta& meta, FinishReason finish, bool include_usage = false);
 nlohmann::json chat_chunk_usage_json(const ResponseMeta& meta, const Usage& usage);
 // Streaming completions: text_completion objects with one choice {text, index, logprobs,
-// finish_reason}; finish null but on the last; usage chunk as for chat.
+// finish_reason}; finish null but on the last; usage chunk as for chat. `text_offset_start`: the
+// logprobs' text offsets continue from the code points of the tokens in earlier chunks.
 nlohmann::json text_chunk_json(const ResponseMeta& meta, const std::string& text, const FinishReason* finish,
-                               const std::vector<TokenLogprob>* logprobs = nullptr, bool include_usage = false);
+                               const std::vector<TokenLogprob>* logprobs = nullptr, bool include_usage = false,
+                               int64_t text_offset_start = 0);
 nlohmann::json text_chunk_usage_json(const ResponseMeta& meta, const Usage& usage);
 
 // {"error":{"message","type","param","code"}}; param and code are null when empty.
