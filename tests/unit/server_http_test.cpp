@@ -99,6 +99,31 @@ class ServeProcess {
   pid_t pid_ = -1;
 };
 
+// A raw TCP connection to the server (for clients that misbehave: hang up, stall), or -1.
+int connect_to(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+std::string post_head(const std::string& path, size_t content_length) {
+  return "POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: " +
+         std::to_string(content_length) + "\r\n\r\n";
+}
+
+// The value of a sample line "NAME VALUE" of a Prometheus text, or -1.
+double metric(const std::string& text, const std::string& name) {
+  const size_t at = text.find("\n" + name + " ");
+  return at == std::string::npos ? -1.0 : std::stod(text.substr(at + name.size() + 2));
+}
+
 class ServerHttp : public ::testing::Test {
  protected:
   static std::string dir() {
@@ -426,6 +451,49 @@ TEST_F(ServerHttp, FullQueueAndClientDisconnect) {
     cancelled = r->body.find("specula_scheduler_requests_total{outcome=\"cancelled\"} 1") != std::string::npos;
   }
   EXPECT_TRUE(cancelled);
+  EXPECT_EQ(server.terminate(5.0), 0);
+}
+
+// A non-streaming client that sends a long request and hangs up without reading: its generation
+// is cancelled promptly (the scheduler counts it; it does not run to its 2000 tokens), and the
+// server answers the next request.
+TEST_F(ServerHttp, NonStreamingClientThatHangsUpCancelsItsGeneration) {
+  ServeProcess server(dir(), {});
+  ASSERT_TRUE(server.wait_ready());
+  const std::string body = R"({"prompt":"hello","max_tokens":2000,"temperature":0})";
+  const int fd = connect_to(server.port());
+  ASSERT_GE(fd, 0);
+  const std::string request = post_head("/v1/completions", body.size()) + body;
+  ASSERT_EQ(send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
+  // Hang up once the generation runs.
+  bool running = false;
+  for (int i = 0; i < 200 && !running; ++i) {
+    auto r = server.client().Get("/metrics");
+    ASSERT_TRUE(r);
+    running = metric(r->body, "specula_requests_running") == 1;
+    if (!running) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(running);
+  close(fd);
+  const auto closed_at = std::chrono::steady_clock::now();
+  std::string metrics;
+  bool cancelled = false;
+  while (!cancelled && std::chrono::steady_clock::now() - closed_at < std::chrono::seconds(5)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    auto r = server.client().Get("/metrics");
+    ASSERT_TRUE(r);
+    metrics = r->body;
+    cancelled = metrics.find("specula_scheduler_requests_total{outcome=\"cancelled\"} 1") != std::string::npos;
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - closed_at).count();
+  ASSERT_TRUE(cancelled) << metrics;
+  EXPECT_NE(metrics.find("specula_scheduler_requests_total{outcome=\"completed\"} 0"), std::string::npos) << metrics;
+  EXPECT_LT(seconds, 1.0) << "the cancel took " << seconds << " s";
+  EXPECT_LT(metric(metrics, "specula_generation_tokens_total"), 2000) << metrics;
+
+  auto r = server.client().Post("/v1/completions", R"({"prompt":"hello","max_tokens":4})", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
   EXPECT_EQ(server.terminate(5.0), 0);
 }
 

@@ -2,6 +2,14 @@
 // is parsed (openai_request), checked against the model, submitted to the scheduler with
 // callbacks that turn tokens into text (StreamDecoder, StopMatcher) and queue it for the HTTP
 // thread, which writes the JSON body or the SSE stream.
+//
+// A client that goes away cancels its generation, streaming or not. cpp-httplib 0.11 has no
+// is_connection_closed() and a write to a closed socket can still succeed once, so the handler
+// finds its connection's socket (connection_socket: the descriptor whose two endpoints are the
+// request's) and, while it waits for the device thread, polls it every kWatchSeconds for a hang-up
+// (POLLRDHUP/POLLHUP/POLLERR), reading nothing. A cancel then stops the generation within one
+// decode step. A client that half-closes its side after sending the request (shutdown(SHUT_WR))
+// looks the same as one that left; HTTP clients do not do that.
 #include "specula/server/http_server.h"
 
 #include "specula/core/error.h"
@@ -31,8 +39,16 @@ bool is_loopback_host(const std::string& host) {
 
 #else
 
+#include <dirent.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -75,6 +91,60 @@ void send_error(httplib::Response& res, int status, const std::string& message, 
                 const std::string& param = "", const std::string& code = "") {
   res.status = status;
   res.set_content(dump_json(error_json(message, type, param, code)), "application/json");
+}
+
+// How often a waiting handler looks at its connection (and, later, at its deadline).
+constexpr double kWatchSeconds = 0.02;
+
+// "address port" of a socket address, written as cpp-httplib writes Request::remote_addr and
+// local_addr (numeric host).
+bool endpoint_of(const sockaddr_storage& addr, socklen_t len, std::string& host, int& port) {
+  char h[NI_MAXHOST], p[NI_MAXSERV];
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, h, sizeof h, p, sizeof p,
+                  NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return false;
+  host = h;
+  port = std::atoi(p);
+  return true;
+}
+
+// The descriptor of the connection `req` arrived on (see the top of this file), or -1. The
+// handler runs while httplib holds the connection open, so the descriptor found stays this
+// connection's until the handler returns.
+int connection_socket(const httplib::Request& req) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  int found = -1;
+  while (const dirent* entry = readdir(dir)) {
+    char* end = nullptr;
+    const long fd = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0') continue;
+    struct stat st;
+    if (fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_storage peer{}, local{};
+    socklen_t peer_len = sizeof peer, local_len = sizeof local;
+    std::string peer_host, local_host;
+    int peer_port = -1, local_port = -1;
+    if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0 ||
+        getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_len) != 0 ||
+        !endpoint_of(peer, peer_len, peer_host, peer_port) || !endpoint_of(local, local_len, local_host, local_port))
+      continue;
+    if (peer_port == req.remote_port && local_port == req.local_port && peer_host == req.remote_addr &&
+        local_host == req.local_addr) {
+      found = static_cast<int>(fd);
+      break;
+    }
+  }
+  closedir(dir);
+  return found;
+}
+
+// The client hung up (or the connection broke). Reads nothing; false for -1.
+bool client_gone(int sock) {
+  if (sock < 0) return false;
+  pollfd p{sock, POLLIN | POLLRDHUP, 0};
+  if (poll(&p, 1, 0) <= 0) return false;
+  return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
 // Code points of UTF-8 text (lead bytes), as completion_logprobs_json counts text offsets.
@@ -368,9 +438,18 @@ struct HttpServer::Impl {
       if (handle->time_to_first_token() >= 0) metrics_.first_token_seconds.observe(handle->time_to_first_token());
     };
 
+    const int sock = connection_socket(req);
     if (!request.stream) {
-      handle->wait();
+      bool gone = false;
+      while (!handle->wait_for(kWatchSeconds))
+        if (client_gone(sock)) {
+          gone = true;
+          scheduler_->cancel(handle);
+          handle->wait();
+          break;
+        }
       done_running();
+      if (gone) return send_error(res, 499, "The client closed the connection.", "invalid_request_error");
       if (!shared->error.empty() || !shared->result)
         return send_error(res, 500, "generation failed: " + (shared->error.empty() ? "cancelled" : shared->error),
                           "server_error");
@@ -394,25 +473,25 @@ struct HttpServer::Impl {
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [state, handle, scheduler](size_t, httplib::DataSink& sink) {
+        [state, handle, scheduler, sock](size_t, httplib::DataSink& sink) {
           std::deque<std::string> batch;
           bool done = false;
           {
             std::unique_lock lock(state->mutex);
-            state->cv.wait_for(lock, std::chrono::milliseconds(200),
+            state->cv.wait_for(lock, std::chrono::duration<double>(kWatchSeconds),
                                [&] { return !state->events.empty() || state->done; });
             batch.swap(state->events);
             done = state->done;
+          }
+          if (client_gone(sock)) {
+            scheduler->cancel(handle);
+            return false;
           }
           for (const std::string& event : batch)
             if (!sink.write(event.data(), event.size())) {
               scheduler->cancel(handle);  // the client went away
               return false;
             }
-          if (batch.empty() && sink.is_writable && !sink.is_writable()) {
-            scheduler->cancel(handle);
-            return false;
-          }
           if (done) sink.done();
           return true;
         },
