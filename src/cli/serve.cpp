@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <mutex>
 #include <thread>
@@ -21,6 +22,21 @@
 namespace specula::cli {
 
 namespace {
+
+// A validator for a seconds flag in [lo, hi] (fractions allowed), with a readable error.
+CLI::Validator seconds_in_range(double lo, double hi) {
+  char range[64];
+  std::snprintf(range, sizeof range, "%g to %g", lo, hi);
+  const std::string r = range;
+  return CLI::Validator(
+      [lo, hi, r](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        if (!text.empty() && end == text.c_str() + text.size() && v >= lo && v <= hi) return {};
+        return "must be a number of seconds from " + r + ", got '" + text + "'";
+      },
+      "SECONDS in " + r);
+}
 
 struct ServeArgs : EngineArgs {
   std::string model_dir;
@@ -108,6 +124,14 @@ void add_serve_command(CLI::App& app) {
                   "Require 'Authorization: Bearer KEY' on every /v1 route (strongly advised off loopback)");
   cmd->add_option("--max-queue", a->http.max_queue, "Requests that may wait for the device; more get 503")
       ->capture_default_str()->check(int_in_range<int64_t>(1, 1 << 20));
+  cmd->add_option("--request-timeout", a->http.request_timeout_seconds,
+                  "Seconds a completion may take, queue wait included (0 = no limit); past it a request gets 408, "
+                  "a stream a last error event")
+      ->capture_default_str()->check(seconds_in_range(0, 86400 * 7));
+  cmd->add_option("--read-timeout", a->http.read_timeout_seconds,
+                  "Seconds a client may stay silent while sending a request, and the most a request body may "
+                  "take to arrive (408)")
+      ->capture_default_str()->check(seconds_in_range(0.001, 3600));
   add_engine_options(cmd, *a);
   cmd->callback([a] { run_serve(*a); });
 }

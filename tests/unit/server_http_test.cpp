@@ -497,6 +497,125 @@ TEST_F(ServerHttp, NonStreamingClientThatHangsUpCancelsItsGeneration) {
   EXPECT_EQ(server.terminate(5.0), 0);
 }
 
+// Reads from a raw connection until the peer closes it or `seconds` pass; what arrived.
+std::string read_until_closed(int fd, double seconds) {
+  std::string out;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    timeval tv{0, 50000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[4096];
+    const ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n == 0) break;
+    if (n > 0) out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+// --request-timeout covers queue wait and generation: a non-streaming request that runs out gets
+// 408 with an OpenAI error object, one that waited in the queue behind it too (from its own
+// submission, not from its start), a stream gets a last error event then [DONE]; every one of
+// them is cancelled, and the server goes on answering.
+TEST_F(ServerHttp, RequestTimeoutAnswers408OrAnErrorEvent) {
+  ServeProcess server(dir(), {"--request-timeout", "0.5"});
+  ASSERT_TRUE(server.wait_ready());
+  // 2000 tokens take seconds on the demo model (about 1.3 ms each on one core).
+  const std::string long_request = R"({"prompt":"hello","max_tokens":2000,"temperature":0})";
+  std::vector<int> statuses(2, 0);
+  std::vector<std::string> bodies(2);
+  std::vector<double> seconds(2, 0.0);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 2; ++i)
+    clients.emplace_back([&, i] {
+      if (i == 1) std::this_thread::sleep_for(std::chrono::milliseconds(50));  // queued behind the first
+      const auto start = std::chrono::steady_clock::now();
+      if (auto r = server.client().Post("/v1/completions", long_request, "application/json")) {
+        statuses[i] = r->status;
+        bodies[i] = r->body;
+      }
+      seconds[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    });
+  for (auto& t : clients) t.join();
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(statuses[i], 408) << bodies[i];
+    if (statuses[i] != 408) continue;
+    const json error = json::parse(bodies[i])["error"];
+    EXPECT_EQ(error["code"], "request_timeout") << bodies[i];
+    EXPECT_NE(error["message"].get<std::string>().find("0.5 s"), std::string::npos) << bodies[i];
+    EXPECT_GE(seconds[i], 0.45);
+    // Had its queue wait not counted, the second could not have ended before 1 s.
+    EXPECT_LT(seconds[i], 0.9) << "request " << i;
+  }
+
+  // Greedy from "hello", the demo model does not produce its end token for thousands of tokens.
+  auto r = server.client().Post("/v1/completions",
+                                R"({"prompt":"hello","max_tokens":2000,"temperature":0,"stream":true})",
+                                "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  const std::vector<json> chunks = sse_chunks(r->body);
+  ASSERT_GE(chunks.size(), 2u);
+  EXPECT_GT(chunks.size(), 2u) << "no content before the time ran out";
+  ASSERT_TRUE(chunks.back().contains("error")) << r->body;
+  EXPECT_EQ(chunks.back()["error"]["code"], "request_timeout") << r->body;
+  for (size_t i = 0; i + 1 < chunks.size(); ++i) {
+    EXPECT_FALSE(chunks[i].contains("error")) << chunks[i];
+    EXPECT_TRUE(chunks[i]["choices"][0]["finish_reason"].is_null()) << chunks[i];
+  }
+
+  r = server.client().Post("/v1/completions", R"({"prompt":"hello","max_tokens":4})", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  r = server.client().Get("/metrics");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(metric(r->body, "specula_request_timeouts_total"), 3) << r->body;
+  EXPECT_NE(r->body.find("specula_scheduler_requests_total{outcome=\"cancelled\"} 3"), std::string::npos) << r->body;
+  EXPECT_NE(r->body.find("specula_scheduler_requests_total{outcome=\"completed\"} 1"), std::string::npos) << r->body;
+  EXPECT_EQ(server.terminate(5.0), 0);
+}
+
+// --read-timeout: a client that stalls in the middle of its body, and one that trickles it a
+// byte at a time (each read in time, the whole too slow), get 408 and lose the connection; the
+// server keeps answering.
+TEST_F(ServerHttp, SlowRequestBodiesGet408) {
+  ServeProcess server(dir(), {"--read-timeout", "1"});
+  ASSERT_TRUE(server.wait_ready());
+  const std::string body = R"({"prompt":"hello","max_tokens":4,"temperature":0})";
+
+  int fd = connect_to(server.port());
+  ASSERT_GE(fd, 0);
+  std::string head = post_head("/v1/completions", body.size()) + body.substr(0, 10);
+  ASSERT_EQ(send(fd, head.data(), head.size(), 0), static_cast<ssize_t>(head.size()));
+  auto start = std::chrono::steady_clock::now();
+  std::string answer = read_until_closed(fd, 5.0);
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  close(fd);
+  EXPECT_EQ(answer.rfind("HTTP/1.1 408", 0), 0u) << answer;
+  EXPECT_NE(answer.find("request_timeout"), std::string::npos) << answer;
+  EXPECT_LT(seconds, 4.0) << "the stalled connection was held for " << seconds << " s";
+
+  fd = connect_to(server.port());
+  ASSERT_GE(fd, 0);
+  head = post_head("/v1/completions", body.size());
+  ASSERT_EQ(send(fd, head.data(), head.size(), 0), static_cast<ssize_t>(head.size()));
+  start = std::chrono::steady_clock::now();
+  answer.clear();
+  for (size_t i = 0; i < body.size() && answer.empty(); ++i) {
+    if (send(fd, body.data() + i, 1, MSG_NOSIGNAL) != 1) break;
+    answer = read_until_closed(fd, 0.25);  // returns after 0.25 s when nothing arrives
+  }
+  answer += read_until_closed(fd, 3.0);
+  seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  close(fd);
+  EXPECT_EQ(answer.rfind("HTTP/1.1 408", 0), 0u) << answer;
+  EXPECT_LT(seconds, 5.0);
+
+  auto r = server.client().Post("/v1/completions", body, "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(server.terminate(5.0), 0);
+}
+
 }  // namespace
 }  // namespace specula::test
 

@@ -296,6 +296,7 @@ TEST(ServerResponse, PrometheusServerMetrics) {
   m.chat_requests = 5;
   m.completion_requests = 2;
   m.request_errors = 1;
+  m.request_timeouts = 3;
   m.prompt_tokens = 100;
   m.generated_tokens = 250;
   m.requests_running = 1;
@@ -305,6 +306,7 @@ TEST(ServerResponse, PrometheusServerMetrics) {
   EXPECT_EQ(p.samples.at("specula_requests_total{endpoint=\"/v1/chat/completions\"}"), "5");
   EXPECT_EQ(p.samples.at("specula_requests_total{endpoint=\"/v1/completions\"}"), "2");
   EXPECT_EQ(p.samples.at("specula_request_errors_total"), "1");
+  EXPECT_EQ(p.samples.at("specula_request_timeouts_total"), "3");
   EXPECT_EQ(p.samples.at("specula_prompt_tokens_total"), "100");
   EXPECT_EQ(p.samples.at("specula_generation_tokens_total"), "250");
   EXPECT_EQ(p.type.at("specula_requests_running"), "gauge");

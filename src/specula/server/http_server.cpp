@@ -10,6 +10,16 @@
 // (POLLRDHUP/POLLHUP/POLLERR), reading nothing. A cancel then stops the generation within one
 // decode step. A client that half-closes its side after sending the request (shutdown(SHUT_WR))
 // looks the same as one that left; HTTP clients do not do that.
+//
+// Time limits: the same wait loops watch the request's deadline (request_timeout_seconds from
+// submission, queue wait included). Past it the generation is cancelled; a non-streaming request
+// gets 408, a stream (whose 200 is long sent) a last {"error": ...} event and data: [DONE] -- the
+// shape OpenAI's SDKs raise as an error mid-stream. Request bodies are read through a content
+// reader that enforces read_timeout_seconds on the whole body, on top of httplib's per-read
+// timeout (set to the same value), so a client trickling its body cannot hold a worker.
+//
+// Workers: httplib's pool has max_queue + kSpareWorkers threads, so that requests wait in the
+// scheduler's queue (where a full queue answers 503) rather than unseen in httplib's.
 #include "specula/server/http_server.h"
 
 #include "specula/core/error.h"
@@ -48,7 +58,9 @@ bool is_loopback_host(const std::string& host) {
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -93,8 +105,16 @@ void send_error(httplib::Response& res, int status, const std::string& message, 
   res.set_content(dump_json(error_json(message, type, param, code)), "application/json");
 }
 
-// How often a waiting handler looks at its connection (and, later, at its deadline).
+// How often a waiting handler looks at its connection and its deadline.
 constexpr double kWatchSeconds = 0.02;
+// HTTP workers beyond the queue's requests: the running request, /metrics, /health, refusals.
+constexpr int64_t kSpareWorkers = 8;
+
+std::string seconds_text(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", s);
+  return buf;
+}
 
 // "address port" of a socket address, written as cpp-httplib writes Request::remote_addr and
 // local_addr (numeric host).
@@ -165,7 +185,17 @@ struct StreamState {
   std::mutex mutex;
   std::condition_variable cv;
   std::deque<std::string> events;  // SSE frames, ready to write
-  bool done = false;
+  bool done = false;    // the last frame (data: [DONE]) is queued
+  bool closed = false;  // the HTTP thread ended the stream itself (time limit): queue nothing more
+
+  // Queues frames unless the stream was closed; `last`: they end it.
+  void push(std::initializer_list<std::string> frames, bool last = false) {
+    std::lock_guard lock(mutex);
+    if (closed) return;
+    events.insert(events.end(), frames.begin(), frames.end());
+    done = done || last;
+    cv.notify_all();
+  }
 };
 
 }  // namespace
@@ -177,6 +207,10 @@ bool is_loopback_host(const std::string& host) {
 struct HttpServer::Impl {
   Impl(ServedModel model, HttpServerOptions options) : model_(std::move(model)), options_(std::move(options)) {
     SPECULA_CHECK(model_.engine != nullptr && model_.tokenizer != nullptr, "HttpServer: no engine or tokenizer");
+    SPECULA_CHECK(options_.request_timeout_seconds >= 0, "the request timeout must not be negative, got ",
+                  options_.request_timeout_seconds);
+    SPECULA_CHECK(options_.read_timeout_seconds > 0, "the read timeout must be positive, got ",
+                  options_.read_timeout_seconds);
     created_ = std::chrono::duration_cast<std::chrono::seconds>(
                    std::chrono::system_clock::now().time_since_epoch()).count();
     scheduler_ = std::make_unique<engine::Scheduler>(*model_.engine, options_.max_queue);
@@ -188,9 +222,56 @@ struct HttpServer::Impl {
     ++metrics_.request_errors;
   }
 
+  void count_timeout() {
+    std::lock_guard lock(metrics_mutex_);
+    ++metrics_.request_errors;
+    ++metrics_.request_timeouts;
+  }
+
+  // The body of a POST through its content reader, within the read time limit. False (with the
+  // response set) when it is too large (413), too slow (408) or broken (400).
+  bool read_body(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader,
+                 std::string& body) {
+    const auto start = Clock::now();
+    const auto limit = std::chrono::duration<double>(options_.read_timeout_seconds);
+    bool late = false;
+    const bool ok = reader([&](const char* data, size_t size) {
+      if (Clock::now() - start > limit) {
+        late = true;
+        return false;
+      }
+      body.append(data, size);
+      return true;
+    });
+    if (ok) return true;
+    if (res.status == 413) {
+      count_error();
+      send_error(res, 413, "Request body larger than " + std::to_string(options_.max_body_bytes) + " bytes.",
+                 "invalid_request_error");
+    } else if (late || Clock::now() - start >= limit) {
+      count_timeout();
+      send_error(res, 408, "The request body did not arrive within the server's read limit of " +
+                           seconds_text(options_.read_timeout_seconds) + " s.",
+                 "invalid_request_error", "", "request_timeout");
+    } else {
+      count_error();
+      send_error(res, 400, "The request body could not be read.", "invalid_request_error");
+    }
+    // httplib 0.11 still waits up to the keep-alive timeout (2 s) for another request on this
+    // connection before it closes it.
+    res.set_header("Connection", "close");
+    return false;
+  }
+
   void setup_routes() {
     http_.set_payload_max_length(options_.max_body_bytes);
     http_.set_keep_alive_timeout(2);
+    const auto read_timeout = std::chrono::duration<double>(options_.read_timeout_seconds);
+    const auto read_sec = std::chrono::duration_cast<std::chrono::seconds>(read_timeout);
+    const auto read_usec = std::chrono::duration_cast<std::chrono::microseconds>(read_timeout - read_sec);
+    http_.set_read_timeout(read_sec.count(), read_usec.count());
+    const size_t workers = static_cast<size_t>(std::min<int64_t>(options_.max_queue, 1024) + kSpareWorkers);
+    http_.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
     http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
       if (options_.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
       if (constant_time_equal(req.get_header_value("Authorization"), "Bearer " + options_.api_key))
@@ -222,12 +303,15 @@ struct HttpServer::Impl {
       const json model = {{"id", model_.id}, {"object", "model"}, {"created", created_}, {"owned_by", "specula"}};
       res.set_content(dump_json({{"object", "list"}, {"data", json::array({model})}}), "application/json");
     });
-    http_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-      handle_completion(Endpoint::kChatCompletions, req, res);
-    });
-    http_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-      handle_completion(Endpoint::kCompletions, req, res);
-    });
+    for (const auto& [path, endpoint] : {std::pair{"/v1/chat/completions", Endpoint::kChatCompletions},
+                                         std::pair{"/v1/completions", Endpoint::kCompletions}}) {
+      const Endpoint e = endpoint;
+      http_.Post(path, [this, e](const httplib::Request& req, httplib::Response& res,
+                                 const httplib::ContentReader& reader) {
+        std::string body;
+        if (read_body(req, res, reader, body)) handle_completion(e, req, body, res);
+      });
+    }
   }
 
   std::string metrics_text() {
@@ -254,11 +338,12 @@ struct HttpServer::Impl {
     return prometheus_text(snapshot) + prometheus_text(families, {});
   }
 
-  void handle_completion(Endpoint endpoint, const httplib::Request& req, httplib::Response& res) {
+  void handle_completion(Endpoint endpoint, const httplib::Request& req, const std::string& body,
+                         httplib::Response& res) {
     const auto started = Clock::now();
     CompletionRequest request;
     try {
-      request = parse_request(endpoint, req.body);
+      request = parse_request(endpoint, body);
     } catch (const RequestError& e) {
       count_error();
       res.status = e.status();
@@ -357,9 +442,7 @@ struct HttpServer::Impl {
                               : text_chunk_json(meta, piece, nullptr, lp, include_usage, shared->logprob_offset);
       for (const TokenLogprob& t : shared->pending_logprobs) shared->logprob_offset += code_points(t.token);
       shared->pending_logprobs.clear();
-      std::lock_guard lock(shared->stream->mutex);
-      shared->stream->events.push_back(sse_event(chunk));
-      shared->stream->cv.notify_all();
+      shared->stream->push({sse_event(chunk)});
     };
     auto finish_reason = [shared]() {
       if (shared->matcher.stopped()) return FinishReason::kStop;
@@ -393,28 +476,22 @@ struct HttpServer::Impl {
       }
       if (!shared->stream) return;
       const FinishReason finish = finish_reason();
-      std::lock_guard lock(shared->stream->mutex);
-      auto& ev = shared->stream->events;
-      if (chat) {
-        ev.push_back(sse_event(chat_chunk_finish_json(meta, finish, include_usage)));
-        if (include_usage) ev.push_back(sse_event(chat_chunk_usage_json(meta, usage)));
-      } else {
-        ev.push_back(sse_event(text_chunk_json(meta, "", &finish, nullptr, include_usage)));
-        if (include_usage) ev.push_back(sse_event(text_chunk_usage_json(meta, usage)));
-      }
-      ev.push_back(sse_done());
-      shared->stream->done = true;
-      shared->stream->cv.notify_all();
+      const std::string finish_event = sse_event(chat ? chat_chunk_finish_json(meta, finish, include_usage)
+                                                      : text_chunk_json(meta, "", &finish, nullptr, include_usage));
+      if (include_usage)
+        shared->stream->push({finish_event, sse_event(chat ? chat_chunk_usage_json(meta, usage)
+                                                           : text_chunk_usage_json(meta, usage)),
+                              sse_done()},
+                             true);
+      else
+        shared->stream->push({finish_event, sse_done()}, true);
     };
     callbacks.on_error = [this, shared](const std::string& message) {
       shared->error = message;
       count_error();
       if (!shared->stream) return;
-      std::lock_guard lock(shared->stream->mutex);
-      shared->stream->events.push_back(sse_event(error_json("generation failed: " + message, "server_error")));
-      shared->stream->events.push_back(sse_done());
-      shared->stream->done = true;
-      shared->stream->cv.notify_all();
+      shared->stream->push({sse_event(error_json("generation failed: " + message, "server_error")), sse_done()},
+                           true);
     };
 
     std::shared_ptr<engine::RequestHandle> handle;
@@ -439,17 +516,33 @@ struct HttpServer::Impl {
     };
 
     const int sock = connection_socket(req);
+    const double timeout = options_.request_timeout_seconds;
+    const std::optional<Clock::time_point> deadline =
+        timeout > 0 ? std::optional(Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                                       std::chrono::duration<double>(timeout)))
+                    : std::nullopt;
+    const json timeout_error = error_json("The request did not finish within the server's time limit of " +
+                                              seconds_text(timeout) + " s (queue wait and generation).",
+                                          "invalid_request_error", "", "request_timeout");
     if (!request.stream) {
-      bool gone = false;
-      while (!handle->wait_for(kWatchSeconds))
-        if (client_gone(sock)) {
-          gone = true;
+      bool gone = false, late = false;
+      while (!handle->wait_for(kWatchSeconds)) {
+        gone = client_gone(sock);
+        late = deadline && Clock::now() >= *deadline;
+        if (gone || late) {
           scheduler_->cancel(handle);
           handle->wait();
           break;
         }
+      }
       done_running();
       if (gone) return send_error(res, 499, "The client closed the connection.", "invalid_request_error");
+      if (late) {
+        count_timeout();
+        res.status = 408;
+        res.set_content(dump_json(timeout_error), "application/json");
+        return;
+      }
       if (!shared->error.empty() || !shared->result)
         return send_error(res, 500, "generation failed: " + (shared->error.empty() ? "cancelled" : shared->error),
                           "server_error");
@@ -470,22 +563,34 @@ struct HttpServer::Impl {
     if (chat) shared->stream->events.push_front(sse_event(chat_chunk_role_json(meta)));
     auto state = shared->stream;
     auto* scheduler = scheduler_.get();
+    const std::string timeout_event = sse_event(timeout_error);
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [state, handle, scheduler, sock](size_t, httplib::DataSink& sink) {
+        [this, state, handle, scheduler, sock, deadline, timeout_event](size_t, httplib::DataSink& sink) {
           std::deque<std::string> batch;
-          bool done = false;
+          bool done = false, late = false;
           {
             std::unique_lock lock(state->mutex);
             state->cv.wait_for(lock, std::chrono::duration<double>(kWatchSeconds),
                                [&] { return !state->events.empty() || state->done; });
+            if (!state->done && deadline && Clock::now() >= *deadline) {
+              late = true;
+              state->closed = true;  // the callbacks queue nothing more; the frames below end it
+            }
             batch.swap(state->events);
             done = state->done;
           }
           if (client_gone(sock)) {
             scheduler->cancel(handle);
             return false;
+          }
+          if (late) {
+            scheduler->cancel(handle);
+            count_timeout();
+            batch.push_back(timeout_event);
+            batch.push_back(sse_done());
+            done = true;
           }
           for (const std::string& event : batch)
             if (!sink.write(event.data(), event.size())) {

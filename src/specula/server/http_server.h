@@ -37,6 +37,15 @@ struct HttpServerOptions {
   std::string api_key;  // non-empty: every /v1 route needs "Authorization: Bearer KEY"
   int64_t max_queue = 64;                  // requests that may wait for the device; more get 503
   size_t max_body_bytes = size_t{4} << 20; // larger request bodies get 413
+  // Seconds a completion may take from its submission to its last token, queue wait included;
+  // 0 = no limit. A non-streaming request that runs out gets 408 with an error object; a
+  // streaming one (its status is long sent) gets a last event {"error": {...}} and then
+  // data: [DONE]. Either way its generation is cancelled.
+  double request_timeout_seconds = 600.0;
+  // A client that sends nothing for this long while the server reads its request is dropped,
+  // and a request body must arrive in full within it (else 408), so slow clients cannot hold
+  // HTTP workers. > 0.
+  double read_timeout_seconds = 30.0;
 };
 
 // What is served: a loaded model and its text side. The engine and tokenizer must outlive the

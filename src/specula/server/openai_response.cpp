@@ -289,6 +289,8 @@ std::string prometheus_text(const ServerMetrics& m) {
        {{{{"endpoint", "/v1/chat/completions"}}, d(m.chat_requests)},
         {{{"endpoint", "/v1/completions"}}, d(m.completion_requests)}}},
       {"specula_request_errors_total", "Requests refused or failed.", "counter", {{{}, d(m.request_errors)}}},
+      {"specula_request_timeouts_total", "Requests that ran out of time (--request-timeout, --read-timeout).",
+       "counter", {{{}, d(m.request_timeouts)}}},
       {"specula_prompt_tokens_total", "Prompt tokens processed.", "counter", {{{}, d(m.prompt_tokens)}}},
       {"specula_generation_tokens_total", "Tokens generated.", "counter", {{{}, d(m.generated_tokens)}}},
       {"specula_requests_running", "Requests being served now.", "gauge", {{{}, d(m.requests_running)}}},

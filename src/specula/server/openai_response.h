@@ -131,7 +131,8 @@ struct Histogram {
 struct ServerMetrics {
   uint64_t chat_requests = 0;        // finished requests per endpoint
   uint64_t completion_requests = 0;
-  uint64_t request_errors = 0;       // refused or failed requests
+  uint64_t request_errors = 0;       // refused or failed requests (timeouts included)
+  uint64_t request_timeouts = 0;     // requests that ran out of time (408, or an error event)
   uint64_t prompt_tokens = 0;
   uint64_t generated_tokens = 0;
   uint64_t requests_running = 0;     // gauge
