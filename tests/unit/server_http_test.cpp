@@ -12,6 +12,8 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -494,6 +496,54 @@ TEST_F(ServerHttp, NonStreamingClientThatHangsUpCancelsItsGeneration) {
   auto r = server.client().Post("/v1/completions", R"({"prompt":"hello","max_tokens":4})", "application/json");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(server.terminate(5.0), 0);
+}
+
+// GET / is the chat page, byte for byte the file in the source tree (embedded at build time),
+// without an API key even when /v1 needs one. The "specula" extension object rides on
+// non-streamed bodies and on the streamed chunk with the finish_reason, and nowhere else.
+TEST_F(ServerHttp, ChatPageAndExtensionObject) {
+  ServeProcess server(dir(), {"--api-key", "k"});
+  ASSERT_TRUE(server.wait_ready());
+  auto client = server.client();
+  auto r = client.Get("/");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_EQ(r->get_header_value("Content-Type"), "text/html; charset=utf-8");
+  const std::string page_path = std::string(SPECULA_TEST_DATA) + "/../../src/specula/server/chat_page.html";
+  std::ifstream page(page_path, std::ios::binary);
+  ASSERT_TRUE(page.good()) << page_path;
+  const std::string source((std::istreambuf_iterator<char>(page)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(r->body, source);
+
+  client.set_bearer_token_auth("k");
+  r = client.Post("/v1/chat/completions",
+                  R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":6,"temperature":0})", "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json ext = json::parse(r->body)["specula"];
+  ASSERT_TRUE(ext.is_object()) << r->body;
+  EXPECT_EQ(ext["speculative"], false);
+  EXPECT_EQ(ext["attention"], "dense");
+  EXPECT_TRUE(ext["accepted_tokens_per_verification"].is_null());
+  EXPECT_TRUE(ext["note"].is_null());  // no draft head: nothing was given up
+  EXPECT_GT(ext["prefill_tokens_per_second"].get<double>(), 0.0);
+  EXPECT_GE(ext["queue_seconds"].get<double>(), 0.0);
+  if (json::parse(r->body)["usage"]["completion_tokens"].get<int>() > 1)
+    EXPECT_GT(ext["decode_tokens_per_second"].get<double>(), 0.0);
+
+  r = client.Post("/v1/completions", R"({"prompt":"hello","max_tokens":6,"temperature":0,"stream":true})",
+                  "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  int with_ext = 0;
+  for (const json& chunk : sse_chunks(r->body)) {
+    if (!chunk.contains("specula")) continue;
+    ++with_ext;
+    EXPECT_FALSE(chunk["choices"][0]["finish_reason"].is_null()) << chunk;
+    EXPECT_GT(chunk["specula"]["time_to_first_token_seconds"].get<double>(), 0.0) << chunk;
+  }
+  EXPECT_EQ(with_ext, 1) << r->body;
   EXPECT_EQ(server.terminate(5.0), 0);
 }
 

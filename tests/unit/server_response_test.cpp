@@ -167,6 +167,35 @@ TEST(ServerResponse, TextStreamChunks) {
   EXPECT_EQ(usage["usage"]["total_tokens"], 2);
 }
 
+TEST(ServerResponse, SpeculaExtensionObject) {
+  GenerationStats st;
+  st.decode_tokens_per_second = 50.0;
+  st.prefill_tokens_per_second = 900.0;
+  st.queue_seconds = 0.25;
+  Json plain = specula_extension_json(st);
+  EXPECT_EQ(keys(plain), (std::set<std::string>{"decode_tokens_per_second", "prefill_tokens_per_second",
+                                                 "time_to_first_token_seconds", "queue_seconds", "speculative",
+                                                 "accepted_tokens_per_verification", "tokens_per_verification",
+                                                 "verifications", "attention", "note"}));
+  EXPECT_EQ(plain["decode_tokens_per_second"], 50.0);
+  EXPECT_TRUE(plain["time_to_first_token_seconds"].is_null());  // no token
+  EXPECT_EQ(plain["speculative"], false);
+  EXPECT_TRUE(plain["accepted_tokens_per_verification"].is_null());
+  EXPECT_EQ(plain["attention"], "dense");
+  EXPECT_TRUE(plain["note"].is_null());
+  st.speculative = true;
+  st.verifications = 4;
+  st.accepted_tokens = 10;
+  st.time_to_first_token_seconds = 0.5;
+  st.note = "why";
+  const Json spec = specula_extension_json(st);
+  EXPECT_EQ(spec["accepted_tokens_per_verification"], 2.5);
+  EXPECT_EQ(spec["tokens_per_verification"], 3.5);
+  EXPECT_EQ(spec["verifications"], 4);
+  EXPECT_EQ(spec["time_to_first_token_seconds"], 0.5);
+  EXPECT_EQ(spec["note"], "why");
+}
+
 TEST(ServerResponse, SseFraming) {
   const Json chunk = chat_chunk_content_json(kMeta, "a\nb");
   const std::string event = sse_event(chunk);

@@ -74,6 +74,7 @@ bool is_loopback_host(const std::string& host) {
 #include "specula/server/openai_response.h"
 #include "specula/server/stop_matcher.h"
 #include "specula/text/tokenizer.h"
+#include "chat_page_html.h"  // generated at build time from chat_page.html (cmake/embed_file.cmake)
 
 namespace specula::server {
 
@@ -293,6 +294,12 @@ struct HttpServer::Impl {
       else
         send_error(res, res.status, "HTTP error " + std::to_string(res.status) + ".", "invalid_request_error");
     });
+    http_.Get("/", [](const httplib::Request&, httplib::Response& res) {
+      res.set_header("Content-Security-Policy",
+                     "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'");
+      res.set_header("X-Content-Type-Options", "nosniff");
+      res.set_content(reinterpret_cast<const char*>(kChatPageHtml), kChatPageHtmlSize, "text/html; charset=utf-8");
+    });
     http_.Get("/health", [](const httplib::Request&, httplib::Response& res) {
       res.set_content("{\"status\":\"ok\"}", "application/json");
     });
@@ -424,6 +431,10 @@ struct HttpServer::Impl {
       // (completions): code points of the tokens already sent.
       std::vector<TokenLogprob> pending_logprobs;
       int64_t logprob_offset = 0;
+      // For the "specula" extension object.
+      Clock::time_point submitted;
+      double queue_seconds = 0.0, first_token_seconds = -1.0;
+      json extension;
     };
     auto shared = std::make_shared<Shared>(tokenizer, request.stop);
     if (request.stream) shared->stream = std::make_shared<StreamState>();
@@ -450,19 +461,36 @@ struct HttpServer::Impl {
       return r == engine::FinishReason::Stop ? FinishReason::kStop : FinishReason::kLength;
     };
 
+    // Whether this request speculates, and why not when the server could.
+    GenerationStats stats;
+    stats.speculative = scheduler_->speculates(gen);
+    if (model_.engine->draft() != nullptr && !stats.speculative)
+      stats.note = "logprobs were requested, so this request ran on the plain decoder (speculative decoding is "
+                   "lossless: the output distribution is the same, only the speed differs)";
+
     engine::RequestCallbacks callbacks;
+    callbacks.on_start = [shared](double queue_seconds) { shared->queue_seconds = queue_seconds; };
     if (want_logprobs && request.stream)
       callbacks.on_logprobs = [shared, &tokenizer](const engine::TokenLogprobs& lp) {
         shared->pending_logprobs.push_back(to_response_logprob(lp, tokenizer));
       };
     callbacks.on_token = [shared, emit](int32_t id) {
+      if (shared->first_token_seconds < 0)
+        shared->first_token_seconds = std::chrono::duration<double>(Clock::now() - shared->submitted).count();
       if (shared->matcher.stopped()) return false;
       emit(shared->matcher.push(shared->decoder.push(id)));
       return !shared->matcher.stopped();
     };
-    callbacks.on_finish = [this, shared, emit, chat, meta, include_usage, finish_reason, started,
-                           endpoint](const engine::GenerationResult& result) {
+    callbacks.on_finish = [this, shared, emit, chat, meta, include_usage, finish_reason, started, endpoint,
+                           stats](const engine::GenerationResult& result) mutable {
       shared->result = result;
+      stats.decode_tokens_per_second = result.decode_tokens_per_second();
+      stats.prefill_tokens_per_second = result.prefill_tokens_per_second();
+      stats.time_to_first_token_seconds = shared->first_token_seconds;
+      stats.queue_seconds = shared->queue_seconds;
+      stats.verifications = result.verifications;
+      stats.accepted_tokens = result.accepted_tokens;
+      shared->extension = specula_extension_json(stats);
       if (!shared->matcher.stopped()) emit(shared->matcher.push(shared->decoder.flush()));
       if (!shared->matcher.stopped()) emit(shared->matcher.flush());
       emit("", true);
@@ -476,8 +504,10 @@ struct HttpServer::Impl {
       }
       if (!shared->stream) return;
       const FinishReason finish = finish_reason();
-      const std::string finish_event = sse_event(chat ? chat_chunk_finish_json(meta, finish, include_usage)
-                                                      : text_chunk_json(meta, "", &finish, nullptr, include_usage));
+      json finish_chunk = chat ? chat_chunk_finish_json(meta, finish, include_usage)
+                               : text_chunk_json(meta, "", &finish, nullptr, include_usage);
+      finish_chunk["specula"] = shared->extension;
+      const std::string finish_event = sse_event(finish_chunk);
       if (include_usage)
         shared->stream->push({finish_event, sse_event(chat ? chat_chunk_usage_json(meta, usage)
                                                            : text_chunk_usage_json(meta, usage)),
@@ -495,6 +525,7 @@ struct HttpServer::Impl {
     };
 
     std::shared_ptr<engine::RequestHandle> handle;
+    shared->submitted = Clock::now();
     try {
       handle = scheduler_->submit(std::move(gen), std::move(callbacks));
     } catch (const engine::QueueFullError& e) {
@@ -553,8 +584,9 @@ struct HttpServer::Impl {
       std::vector<TokenLogprob> logprobs;
       for (const engine::TokenLogprobs& lp : r.logprobs) logprobs.push_back(to_response_logprob(lp, tokenizer));
       const std::vector<TokenLogprob>* lp = want_logprobs ? &logprobs : nullptr;
-      const json body = chat ? chat_completion_json(meta, shared->text, finish_reason(), usage, lp)
-                             : text_completion_json(meta, shared->text, finish_reason(), usage, lp);
+      json body = chat ? chat_completion_json(meta, shared->text, finish_reason(), usage, lp)
+                       : text_completion_json(meta, shared->text, finish_reason(), usage, lp);
+      body["specula"] = shared->extension;
       res.set_content(dump_json(body), "application/json");
       return;
     }

@@ -175,6 +175,23 @@ Json text_chunk_usage_json(const ResponseMeta& meta, const Usage& usage) {
   return out;
 }
 
+Json specula_extension_json(const GenerationStats& st) {
+  auto number = [](double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); };
+  const bool verified = st.speculative && st.verifications > 0;
+  const double per_pass = verified ? static_cast<double>(st.accepted_tokens) / static_cast<double>(st.verifications) : 0.0;
+  return Json{{"decode_tokens_per_second", number(st.decode_tokens_per_second)},
+              {"prefill_tokens_per_second", number(st.prefill_tokens_per_second)},
+              {"time_to_first_token_seconds",
+               st.time_to_first_token_seconds >= 0 ? number(st.time_to_first_token_seconds) : Json(nullptr)},
+              {"queue_seconds", number(st.queue_seconds)},
+              {"speculative", st.speculative},
+              {"accepted_tokens_per_verification", verified ? Json(per_pass) : Json(nullptr)},
+              {"tokens_per_verification", verified ? Json(per_pass + 1.0) : Json(nullptr)},
+              {"verifications", st.verifications},
+              {"attention", st.attention},
+              {"note", st.note.empty() ? Json(nullptr) : Json(st.note)}};
+}
+
 Json error_json(const std::string& message, const std::string& type, const std::string& param, const std::string& code) {
   return Json{{"error",
                {{"message", message},
