@@ -80,6 +80,16 @@ TEST(ServerSpeculative, LogprobsRequestsRunPlainAndSayWhy) {
   EXPECT_EQ(plain["choices"][0]["text"], spec["choices"][0]["text"]);
   EXPECT_EQ(plain["usage"], spec["usage"]);
 
+  // /metrics: the acceptance histogram (buckets 0..depth) counts the first request's passes.
+  r = client.Get("/metrics");
+  ASSERT_TRUE(r);
+  const std::string hist = "specula_spec_accepted_tokens_per_verification";
+  EXPECT_NE(r->body.find(hist + "_bucket{le=\"3\"} " + std::to_string(spec["specula"]["verifications"].get<int>())),
+            std::string::npos) << r->body;
+  EXPECT_NE(r->body.find(hist + "_count " + std::to_string(spec["specula"]["verifications"].get<int>())),
+            std::string::npos) << r->body;
+  EXPECT_NE(r->body.find("specula_decode_tokens_per_second "), std::string::npos);
+
   http.stop();
   serving.join();
 }

@@ -338,11 +338,38 @@ struct HttpServer::Impl {
           {{{"outcome", "failed"}}, d(c.failed)},
           {{{"outcome", "rejected"}}, d(c.rejected)},
           {{{"outcome", "invalid"}}, d(c.invalid)}}},
+        {"specula_prefill_seconds_total", "Device time spent on prompts (until each first token).", "counter",
+         {{{}, c.prefill_seconds}}},
+        {"specula_decode_seconds_total", "Device time spent generating after each first token.", "counter",
+         {{{}, c.decode_seconds}}},
+        // Averages since start, for a glance; rate(tokens) / rate(seconds) gives windows.
+        {"specula_prefill_tokens_per_second", "Prompt tokens per second of prefill, since start.", "gauge",
+         {{{}, c.prefill_seconds > 0 ? d(c.prompt_tokens) / c.prefill_seconds : 0.0}}},
+        {"specula_decode_tokens_per_second", "Generated tokens (after each first) per second of decode, since start.",
+         "gauge",
+         {{{}, c.decode_seconds > 0 ? d(c.generated_tokens - c.first_tokens) / c.decode_seconds : 0.0}}},
         {"specula_spec_verifications_total", "Speculative verification passes.", "counter", {{{}, d(c.verifications)}}},
         {"specula_spec_drafted_tokens_total", "Draft tokens proposed.", "counter", {{{}, d(c.drafted_tokens)}}},
         {"specula_spec_accepted_tokens_total", "Draft tokens accepted.", "counter", {{{}, d(c.accepted_tokens)}}},
     };
-    return prometheus_text(snapshot) + prometheus_text(families, {});
+    std::vector<Histogram> histograms;
+    if (model_.engine->draft() != nullptr) {
+      const int depth = model_.engine->options().tree.depth;
+      // Draft tokens accepted per verification pass: buckets 0..depth (a pass accepts at most
+      // the tree's depth), fixed for the server's life as Prometheus wants.
+      Histogram h("specula_spec_accepted_tokens_per_verification", "Draft tokens accepted per verification pass.",
+                  {});
+      for (int n = 0; n <= depth; ++n) h.upper_bounds.push_back(n);
+      h.counts.assign(h.upper_bounds.size() + 1, 0);
+      for (size_t n = 0; n < c.accepted_per_verification.size(); ++n) {
+        const size_t bucket = std::min(n, h.upper_bounds.size());
+        h.counts[bucket] += static_cast<uint64_t>(c.accepted_per_verification[n]);
+        h.count += static_cast<uint64_t>(c.accepted_per_verification[n]);
+        h.sum += static_cast<double>(n) * static_cast<double>(c.accepted_per_verification[n]);
+      }
+      histograms.push_back(std::move(h));
+    }
+    return prometheus_text(snapshot) + prometheus_text(families, histograms);
   }
 
   void handle_completion(Endpoint endpoint, const httplib::Request& req, const std::string& body,
