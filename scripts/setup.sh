@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs specula's build dependencies (Debian packages) and builds it into build/ with CMake +
 # Ninja. Two modes:
-#   scripts/setup.sh            everything: all packages, the tokenizer files the tests use (npm),
+#   scripts/setup.sh            everything: all packages (chromium for the chat page test), the
+#                               tokenizer files and the chat page test's playwright-core (npm),
 #                               the library, the CLI, the benchmarks and the tests; the CUDA backend
 #                               when nvcc is found (/usr/local/cuda/bin/nvcc or CUDACXX). Used by
 #                               scripts/test.sh and .ci/run.
@@ -15,7 +16,8 @@ minimal=0
 [ "${1:-}" = "--minimal" ] && minimal=1
 
 packages=(cmake ninja-build g++ pkg-config nlohmann-json3-dev libpcre2-dev libutf8proc-dev libcli11-dev)
-[ $minimal -eq 0 ] && packages+=(libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev)
+# chromium: the chat page's browser test (web.chat_page) drives the Debian package headless.
+[ $minimal -eq 0 ] && packages+=(libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev chromium)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -41,8 +43,21 @@ fi
 
 if command -v npm >/dev/null 2>&1; then
   bash scripts/fetch-deps.sh
+  # The chat page test's driver (playwright-core, pinned in tests/web/package-lock.json; it uses
+  # the chromium package, no downloaded browser), installed again only when the lock file changes.
+  stamp=tests/web/node_modules/.specula-lock.sha256
+  want=$(sha256sum tests/web/package-lock.json | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    if (cd tests/web && npm ci --no-audit --no-fund --silent); then
+      echo "$want" > "$stamp"
+      echo "setup: installed tests/web/node_modules (npm ci)"
+    else
+      echo "setup: npm ci in tests/web failed; web.chat_page will fail until it succeeds" >&2
+    fi
+  fi
 else
-  echo "setup: npm not found; tokenizer tests will fail until scripts/fetch-deps.sh has run" >&2
+  echo "setup: npm not found; tokenizer tests and web.chat_page will fail until scripts/fetch-deps.sh and" \
+       "'npm ci' in tests/web have run" >&2
 fi
 # SPECULA_CUDA=AUTO and SPECULA_TESTS=ON are given explicitly: a build/ configured by --minimal
 # (no tests, perhaps no CUDA) is switched back to the full build.

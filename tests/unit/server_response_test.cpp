@@ -157,10 +157,43 @@ TEST(ServerResponse, TextStreamChunks) {
   const Json last = text_chunk_json(kMeta, "", &len, nullptr, true);
   EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
   EXPECT_TRUE(last["usage"].is_null());
+  // A later chunk's logprobs continue the text offsets of the earlier chunks' tokens.
+  const std::vector<TokenLogprob> two = {{"h\xC3\xA9", -0.5f, {}}, {"llo", -1.0f, {}}};
+  const Json later = text_chunk_json(kMeta, "h\xC3\xA9llo", nullptr, &two, false, 7);
+  EXPECT_EQ(later["choices"][0]["logprobs"]["text_offset"], (Json{7, 9}));
   const Json usage = text_chunk_usage_json(kMeta, Usage{1, 1});
   EXPECT_EQ(usage["object"], "text_completion");
   EXPECT_EQ(usage["choices"], Json::array());
   EXPECT_EQ(usage["usage"]["total_tokens"], 2);
+}
+
+TEST(ServerResponse, SpeculaExtensionObject) {
+  GenerationStats st;
+  st.decode_tokens_per_second = 50.0;
+  st.prefill_tokens_per_second = 900.0;
+  st.queue_seconds = 0.25;
+  Json plain = specula_extension_json(st);
+  EXPECT_EQ(keys(plain), (std::set<std::string>{"decode_tokens_per_second", "prefill_tokens_per_second",
+                                                 "time_to_first_token_seconds", "queue_seconds", "speculative",
+                                                 "accepted_tokens_per_verification", "tokens_per_verification",
+                                                 "verifications", "attention", "note"}));
+  EXPECT_EQ(plain["decode_tokens_per_second"], 50.0);
+  EXPECT_TRUE(plain["time_to_first_token_seconds"].is_null());  // no token
+  EXPECT_EQ(plain["speculative"], false);
+  EXPECT_TRUE(plain["accepted_tokens_per_verification"].is_null());
+  EXPECT_EQ(plain["attention"], "dense");
+  EXPECT_TRUE(plain["note"].is_null());
+  st.speculative = true;
+  st.verifications = 4;
+  st.accepted_tokens = 10;
+  st.time_to_first_token_seconds = 0.5;
+  st.note = "why";
+  const Json spec = specula_extension_json(st);
+  EXPECT_EQ(spec["accepted_tokens_per_verification"], 2.5);
+  EXPECT_EQ(spec["tokens_per_verification"], 3.5);
+  EXPECT_EQ(spec["verifications"], 4);
+  EXPECT_EQ(spec["time_to_first_token_seconds"], 0.5);
+  EXPECT_EQ(spec["note"], "why");
 }
 
 TEST(ServerResponse, SseFraming) {
@@ -292,6 +325,7 @@ TEST(ServerResponse, PrometheusServerMetrics) {
   m.chat_requests = 5;
   m.completion_requests = 2;
   m.request_errors = 1;
+  m.request_timeouts = 3;
   m.prompt_tokens = 100;
   m.generated_tokens = 250;
   m.requests_running = 1;
@@ -301,6 +335,7 @@ TEST(ServerResponse, PrometheusServerMetrics) {
   EXPECT_EQ(p.samples.at("specula_requests_total{endpoint=\"/v1/chat/completions\"}"), "5");
   EXPECT_EQ(p.samples.at("specula_requests_total{endpoint=\"/v1/completions\"}"), "2");
   EXPECT_EQ(p.samples.at("specula_request_errors_total"), "1");
+  EXPECT_EQ(p.samples.at("specula_request_timeouts_total"), "3");
   EXPECT_EQ(p.samples.at("specula_prompt_tokens_total"), "100");
   EXPECT_EQ(p.samples.at("specula_generation_tokens_total"), "250");
   EXPECT_EQ(p.type.at("specula_requests_running"), "gauge");

@@ -196,3 +196,26 @@ TEST(TokenizerStream, RandomIdSequencesMatchDecode) {
     }
   }
 }
+
+// token_bytes (per-token logprobs): byte-level tokens give their raw bytes, so the pieces of a
+// multi-byte character are its bytes (decode() of one such token alone gives U+FFFD) and every
+// encoding's pieces concatenate to the text; <0xXX> tokens give their byte.
+TEST(TokenizerTokenBytes, RawBytesOfByteLevelAndByteFallbackTokens) {
+  const Tokenizer llama3 = load_deps("llama3");
+  const std::string text = "naïve 🦀 日本語 (text)";
+  std::string joined;
+  for (int32_t id : llama3.encode(text, false)) joined += llama3.token_bytes(id);
+  EXPECT_EQ(joined, text);
+  const std::vector<int32_t> crab = byte_level_ids(llama3, "\xF0\x9F\xA6\x80");
+  EXPECT_EQ(llama3.token_bytes(crab[0]), "\xF0");
+  EXPECT_EQ(llama3.decode(std::vector<int32_t>{crab[0]}), kReplacement);
+  EXPECT_EQ(llama3.token_bytes(-1), "");
+
+  const Tokenizer llama2 = load_deps("llama2");
+  const auto byte_token = llama2.token_to_id("<0xF0>");
+  ASSERT_TRUE(byte_token.has_value());
+  EXPECT_EQ(llama2.token_bytes(*byte_token), "\xF0");
+  const auto word = llama2.token_to_id("\xE2\x96\x81there");  // "▁there"
+  ASSERT_TRUE(word.has_value());
+  EXPECT_EQ(llama2.token_bytes(*word), llama2.decode(std::vector<int32_t>{*word}));
+}

@@ -1,6 +1,7 @@
 // Engine loading and step I/O (see engine.h).
 #include "specula/engine/engine.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <optional>
@@ -37,6 +38,14 @@ void plan_device_scratch(const model::ModelConfig& config, ArenaPlan& plan) {
   (void)config;
   (void)plan;
 #endif
+}
+
+// capture_logprobs' buffers, in the order build() allocates them: a copy of one logits row and
+// the top entries (values, ids).
+void plan_logprob_buffers(const model::ModelConfig& config, ArenaPlan& plan) {
+  plan.add(DType::F32, {1, config.vocab_size});
+  plan.add(DType::F32, {1, kMaxTopLogprobs});
+  plan.add(DType::I32, {1, kMaxTopLogprobs});
 }
 
 // The sizes a caller asked for, against engine/limits.h and the model's own context limit: checked
@@ -109,6 +118,7 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
     no_cache.kv_capacity = 0;
     model::Transformer::plan(config, no_cache, dtypes, fixed);
     plan_device_scratch(config, fixed);
+    plan_logprob_buffers(config, fixed);
     if (draft) draft->plan(fixed, 0);
     const size_t free_bytes = cuda_free_memory();
     const size_t row_bytes = checked_nbytes(
@@ -129,6 +139,7 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
   plan_weights(plan);
   model::Transformer::plan(config, shape, dtypes, plan);
   if (options.device == Device::CUDA) plan_device_scratch(config, plan);
+  plan_logprob_buffers(config, plan);
   if (draft) draft->plan(plan, context);
 #ifdef SPECULA_WITH_CUDA
   if (options.device == Device::CUDA) {
@@ -149,6 +160,9 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
     engine->sampler_memory_ = engine->arena_.alloc_bytes(sampling::GpuSampler::device_bytes(config.vocab_size));
   }
 #endif
+  engine->logprob_row_ = engine->arena_.alloc(DType::F32, {1, config.vocab_size});
+  engine->logprob_values_ = engine->arena_.alloc(DType::F32, {1, kMaxTopLogprobs});
+  engine->logprob_ids_ = engine->arena_.alloc(DType::I32, {1, kMaxTopLogprobs});
   engine->context_ = context;
   engine->prefill_chunk_ = std::max<int64_t>(1, options.prefill_chunk);
   if (draft) draft->make(*engine, context);
@@ -446,6 +460,42 @@ void Engine::read_logits(int64_t rows, std::vector<float>& out) {
     cuda_->check_device_errors();
 #endif
   }
+}
+
+void Engine::capture_logprobs(int top_n) {
+  SPECULA_CHECK(top_n >= 0 && top_n <= kMaxTopLogprobs, "capture_logprobs: top_n must be from 0 to ",
+                kMaxTopLogprobs, ", got ", top_n);
+  const int64_t k = std::min<int64_t>(std::max(top_n, 1), config().vocab_size);
+  ops::convert(op_context_, transformer_->logits(1), logprob_row_);
+  Tensor values(logprob_values_.data, DType::F32, {1, k}, logprob_values_.device);
+  Tensor ids(logprob_ids_.data, DType::I32, {1, k}, logprob_ids_.device);
+  ops::top_k_log_softmax(op_context_, logprob_row_, values, ids);
+}
+
+TokenLogprobs Engine::read_logprobs(int32_t chosen, int top_n) {
+  const int64_t vocab = config().vocab_size;
+  SPECULA_CHECK(chosen >= 0 && chosen < vocab, "read_logprobs: token ", chosen, " is outside the vocabulary");
+  const size_t k = static_cast<size_t>(std::min<int64_t>(std::max(top_n, 1), vocab));
+  float values[kMaxTopLogprobs];
+  int32_t ids[kMaxTopLogprobs];
+  download(values, logprob_values_, k * sizeof(float));
+  download(ids, logprob_ids_, k * sizeof(int32_t));
+  TokenLogprobs out;
+  out.token = chosen;
+  for (size_t j = 0; j < std::min(k, static_cast<size_t>(top_n)); ++j) out.top.push_back({ids[j], values[j]});
+  const auto found = std::find(ids, ids + k, chosen);
+  if (found != ids + k) {
+    out.logprob = values[found - ids];
+  } else {
+    // logsumexp = logit[top] - logprob[top]; one logit each for the chosen and the top token.
+    auto logit_at = [&](int32_t id) {
+      float v = 0.0f;
+      download(&v, Tensor(logprob_row_.as<float>() + id, DType::F32, {1}, logprob_row_.device), sizeof v);
+      return v;
+    };
+    out.logprob = logit_at(chosen) - (logit_at(ids[0]) - values[0]);
+  }
+  return out;
 }
 
 std::string Engine::device_description() const {

@@ -17,6 +17,7 @@
 #include <map>
 
 #include "specula/core/arena.h"
+#include "specula/engine/logprobs.h"
 #include "specula/engine/step_plan.h"
 #include "specula/core/thread_pool.h"
 #include "specula/model/config.h"
@@ -138,6 +139,16 @@ class Engine {
   void read_logits(int64_t rows, std::vector<float>& out);
   // Waits for the device (no-op on CPU) and reports errors flagged by kernels.
   void synchronize();
+  // Log-probabilities of logits row 0 of the last forward under the model's raw distribution
+  // (logprobs.h). capture_logprobs runs right after the forward, before anything rewrites the
+  // logits (the device sampler applies penalties and temperature in place): it copies the row
+  // within the device and runs ops::top_k_log_softmax on the copy. read_logprobs then reads back
+  // only the top entries and, when the chosen token is not among them, its logit and the top
+  // one's (logprob = logit - logsumexp, the log-sum-exp recovered from the top entry): at most
+  // 2 * max(top_n, 1) + 2 numbers, never the row. top_n in [0, kMaxTopLogprobs]; both calls of
+  // one token take the same top_n.
+  void capture_logprobs(int top_n);
+  TokenLogprobs read_logprobs(int32_t chosen, int top_n);
 
  private:
   Engine() = default;
@@ -162,6 +173,8 @@ class Engine {
   std::shared_ptr<sampling::GpuSampler> gpu_sampler_;
   void* sampler_memory_ = nullptr;  // the GPU sampler's state, in the arena
   std::shared_ptr<int32_t> step_io_;
+  // capture_logprobs' device buffers (arena): the copied logits row [1, V] and the top entries.
+  Tensor logprob_row_, logprob_values_, logprob_ids_;
 };
 
 }  // namespace specula::engine

@@ -39,6 +39,9 @@ void check_request(Engine& engine, const GenerationRequest& request) {
     SPECULA_CHECK(id >= 0 && id < vocab, "prompt token id ", id, " is outside the model's vocabulary [0, ", vocab, ")");
   SPECULA_CHECK(request.max_new_tokens >= 0 && request.max_new_tokens <= kMaxNewTokens,
                 "max_new_tokens must be from 0 to ", kMaxNewTokens, ", got ", request.max_new_tokens);
+  SPECULA_CHECK(request.top_logprobs >= 0 && request.top_logprobs <= kMaxTopLogprobs,
+                "top_logprobs must be from 0 to ", kMaxTopLogprobs, ", got ", request.top_logprobs);
+  SPECULA_CHECK(request.logprobs || request.top_logprobs == 0, "top_logprobs needs logprobs");
 }
 
 std::unique_ptr<Decoder> make_decoder(Engine& engine) {
@@ -86,14 +89,30 @@ GenerationResult Generator::generate(const GenerationRequest& request, const Gen
   using StepOutput = Engine::StepOutput;
   const StepOutput step_output =
       plain_greedy ? StepOutput::Greedy : (on_cuda ? StepOutput::Sampled : StepOutput::Logits);
-  int32_t token = 0;
-  if (step_output == StepOutput::Sampled) {
-    engine_.begin_sampling(sp, request.prompt);
-    token = engine_.sample_on_device();
-  } else {
-    engine_.read_logits(1, logits);
-    token = sampler.sample(logits, request.prompt, result.tokens);
-  }
+  const bool device_sampling = step_output == StepOutput::Sampled;
+  // The device sampler rewrites the logits in place (penalties, temperature), so with logprobs
+  // the decode graph stops at the logits, the log-probabilities are captured from the raw row,
+  // and the token is drawn after that (outside the graph).
+  const bool want_logprobs = request.logprobs;
+  const StepOutput graph_output = device_sampling && want_logprobs ? StepOutput::Logits : step_output;
+  if (device_sampling) engine_.begin_sampling(sp, request.prompt);
+  TokenLogprobs token_logprobs;
+  // The next token from logits row 0 of the last forward; `chosen` >= 0 when the forward's graph
+  // already took it (greedy on the device, which leaves the logits as they were).
+  auto choose = [&](int32_t chosen) {
+    if (want_logprobs) engine_.capture_logprobs(request.top_logprobs);
+    if (chosen < 0) {
+      if (device_sampling) {
+        chosen = engine_.sample_on_device();
+      } else {
+        engine_.read_logits(1, logits);
+        chosen = sampler.sample(logits, request.prompt, result.tokens);
+      }
+    }
+    if (want_logprobs) token_logprobs = engine_.read_logprobs(chosen, request.top_logprobs);
+    return chosen;
+  };
+  int32_t token = choose(-1);
   const auto decode_start = clock::now();
   result.prefill_seconds = std::chrono::duration<double>(decode_start - prefill_start).count();
 
@@ -104,6 +123,10 @@ GenerationResult Generator::generate(const GenerationRequest& request, const Gen
       break;
     }
     result.tokens.push_back(token);
+    if (want_logprobs) {
+      if (callbacks.on_logprobs) callbacks.on_logprobs(token_logprobs);
+      result.logprobs.push_back(std::move(token_logprobs));
+    }
     if (callbacks.on_token && !callbacks.on_token(token)) {
       result.finish_reason = FinishReason::Cancelled;
       break;
@@ -117,12 +140,9 @@ GenerationResult Generator::generate(const GenerationRequest& request, const Gen
       break;
     }
     const int32_t pos = static_cast<int32_t>(position);
-    token = engine_.decode_step(token, pos, step_output);
+    const int32_t next = engine_.decode_step(token, pos, graph_output);
     kv.append(1);
-    if (step_output == StepOutput::Logits) {
-      engine_.read_logits(1, logits);
-      token = sampler.sample(logits, request.prompt, result.tokens);
-    }
+    token = choose(next);
     ++position;
   }
   engine_.synchronize();  // surfaces any input error a kernel flagged during the steps

@@ -18,6 +18,8 @@ constexpr int64_t kMaxContextTokens = int64_t{1} << 24;
 constexpr int64_t kMaxPrefillChunk = int64_t{1} << 16;
 // Tokens one request may generate: no more than a context can hold.
 constexpr int64_t kMaxNewTokens = kMaxContextTokens;
+// Alternatives per token a request may ask log-probabilities for (OpenAI's top_logprobs limit).
+constexpr int kMaxTopLogprobs = 20;
 // CPU worker threads.
 constexpr int kMaxThreads = ThreadPool::kMaxThreads;
 

@@ -90,6 +90,7 @@ double RequestHandle::time_to_first_token() const {
 Scheduler::Scheduler(Engine& engine, int64_t queue_limit) : engine_(engine), queue_limit_(queue_limit) {
   SPECULA_CHECK(queue_limit >= 1, "the scheduler's queue limit must be at least 1, got ", queue_limit);
   decoder_ = make_decoder(engine_);
+  if (engine_.draft() != nullptr) plain_ = std::make_unique<Generator>(engine_);
   thread_ = std::thread([this] { device_loop(); });
 }
 
@@ -149,6 +150,8 @@ bool Scheduler::cancel(const std::shared_ptr<RequestHandle>& handle) {
   finish(*removed, std::move(result), "", {});
   return true;
 }
+
+bool Scheduler::speculates(const GenerationRequest& request) const { return plain_ && !request.logprobs; }
 
 int64_t Scheduler::queue_depth() const {
   std::lock_guard lock(mutex_);
@@ -241,13 +244,15 @@ void Scheduler::run(Entry& entry) {
         return keep && !entry.cancel.load();
       };
       if (entry.callbacks.on_prefill_progress) gc.on_prefill_progress = entry.callbacks.on_prefill_progress;
+      if (entry.callbacks.on_logprobs) gc.on_logprobs = entry.callbacks.on_logprobs;
       gc.on_verification = [&](const spec::DraftTree&, std::span<const int32_t> accepted, int32_t) {
         const size_t n = accepted.size();
         if (accepted_hist.size() <= n) accepted_hist.resize(n + 1, 0);
         ++accepted_hist[n];
       };
       // A cancel that lands during prefill is seen at the first token.
-      result = decoder_->generate(entry.request, gc);
+      Decoder& decoder = plain_ && !speculates(entry.request) ? *plain_ : *decoder_;
+      result = decoder.generate(entry.request, gc);
     }
   } catch (const std::exception& e) {
     result.reset();

@@ -10,6 +10,12 @@
 // at submit (engine::check_request and the sampling parameters), so a bad request is a clear
 // error for its caller, never a failure on the device thread; a full queue is a distinct
 // exception (QueueFullError) that a server maps to 503 with Retry-After.
+//
+// Which decoder runs a request is decided here, because the scheduler owns the decoders: the
+// speculative one when the engine has a draft head, except for requests that ask for logprobs,
+// which run on the plain Generator (the only decoder that computes them). Speculative decoding
+// is lossless, so such a request's output distribution is the same; only its speed differs.
+// speculates() tells front ends which one a request gets, so they can say so.
 #pragma once
 
 #include <condition_variable>
@@ -48,6 +54,8 @@ struct RequestCallbacks {
   std::function<void(double queue_seconds)> on_start;
   // Each generated token as soon as it is chosen; return false to cancel the request.
   std::function<bool(int32_t)> on_token;
+  // With GenerationRequest::logprobs: each token's log-probabilities, just before its on_token.
+  std::function<void(const TokenLogprobs&)> on_logprobs;
   // Prompt tokens processed so far, total (long prompts).
   std::function<void(int64_t, int64_t)> on_prefill_progress;
   // The request ended: all its tokens, or a cancellation (finish_reason Cancelled; a request
@@ -142,6 +150,9 @@ class Scheduler {
   int64_t queue_depth() const;
   SchedulerCounters counters() const;
   int64_t queue_limit() const { return queue_limit_; }
+  // Whether `request` runs on the speculative decoder: the engine has a draft head and the
+  // request does not ask for logprobs (see the top of this file).
+  bool speculates(const GenerationRequest& request) const;
 
   // Stops accepting requests, cancels the queued ones (reported on this thread), then lets the
   // running one finish (finish_running) or cancels it within one decode step, and joins the
@@ -164,7 +175,8 @@ class Scheduler {
               const std::vector<int64_t>& accepted_hist);
 
   Engine& engine_;
-  std::unique_ptr<Decoder> decoder_;
+  std::unique_ptr<Decoder> decoder_;  // make_decoder(engine): speculative with a draft head
+  std::unique_ptr<Decoder> plain_;    // the plain Generator, for logprobs requests, when decoder_ is not one
   const int64_t queue_limit_;
 
   mutable std::mutex mutex_;  // queue, running_, flags, counters

@@ -157,11 +157,12 @@ Json chat_chunk_usage_json(const ResponseMeta& meta, const Usage& usage) {
 }
 
 Json text_chunk_json(const ResponseMeta& meta, const std::string& text, const FinishReason* finish,
-                     const std::vector<TokenLogprob>* logprobs, bool include_usage) {
+                     const std::vector<TokenLogprob>* logprobs, bool include_usage, int64_t text_offset_start) {
   Json out = base_object(meta, "text_completion");
   out["choices"] = Json::array({Json{{"text", text},
                                      {"index", 0},
-                                     {"logprobs", logprobs ? completion_logprobs_json(*logprobs) : Json(nullptr)},
+                                     {"logprobs", logprobs ? completion_logprobs_json(*logprobs, text_offset_start)
+                                                           : Json(nullptr)},
                                      {"finish_reason", finish ? Json(finish_reason_name(*finish)) : Json(nullptr)}}});
   if (include_usage) out["usage"] = nullptr;
   return out;
@@ -172,6 +173,23 @@ Json text_chunk_usage_json(const ResponseMeta& meta, const Usage& usage) {
   out["choices"] = Json::array();
   out["usage"] = usage_json(usage);
   return out;
+}
+
+Json specula_extension_json(const GenerationStats& st) {
+  auto number = [](double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); };
+  const bool verified = st.speculative && st.verifications > 0;
+  const double per_pass = verified ? static_cast<double>(st.accepted_tokens) / static_cast<double>(st.verifications) : 0.0;
+  return Json{{"decode_tokens_per_second", number(st.decode_tokens_per_second)},
+              {"prefill_tokens_per_second", number(st.prefill_tokens_per_second)},
+              {"time_to_first_token_seconds",
+               st.time_to_first_token_seconds >= 0 ? number(st.time_to_first_token_seconds) : Json(nullptr)},
+              {"queue_seconds", number(st.queue_seconds)},
+              {"speculative", st.speculative},
+              {"accepted_tokens_per_verification", verified ? Json(per_pass) : Json(nullptr)},
+              {"tokens_per_verification", verified ? Json(per_pass + 1.0) : Json(nullptr)},
+              {"verifications", st.verifications},
+              {"attention", st.attention},
+              {"note", st.note.empty() ? Json(nullptr) : Json(st.note)}};
 }
 
 Json error_json(const std::string& message, const std::string& type, const std::string& param, const std::string& code) {
@@ -288,6 +306,8 @@ std::string prometheus_text(const ServerMetrics& m) {
        {{{{"endpoint", "/v1/chat/completions"}}, d(m.chat_requests)},
         {{{"endpoint", "/v1/completions"}}, d(m.completion_requests)}}},
       {"specula_request_errors_total", "Requests refused or failed.", "counter", {{{}, d(m.request_errors)}}},
+      {"specula_request_timeouts_total", "Requests that ran out of time (--request-timeout, --read-timeout).",
+       "counter", {{{}, d(m.request_timeouts)}}},
       {"specula_prompt_tokens_total", "Prompt tokens processed.", "counter", {{{}, d(m.prompt_tokens)}}},
       {"specula_generation_tokens_total", "Tokens generated.", "counter", {{{}, d(m.generated_tokens)}}},
       {"specula_requests_running", "Requests being served now.", "gauge", {{{}, d(m.requests_running)}}},

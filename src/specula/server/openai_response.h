@@ -75,10 +75,36 @@ nlohmann::json chat_chunk_content_json(const ResponseMeta& meta, const std::stri
 nlohmann::json chat_chunk_finish_json(const ResponseMeta& meta, FinishReason finish, bool include_usage = false);
 nlohmann::json chat_chunk_usage_json(const ResponseMeta& meta, const Usage& usage);
 // Streaming completions: text_completion objects with one choice {text, index, logprobs,
-// finish_reason}; finish null but on the last; usage chunk as for chat.
+// finish_reason}; finish null but on the last; usage chunk as for chat. `text_offset_start`: the
+// logprobs' text offsets continue from the code points of the tokens in earlier chunks.
 nlohmann::json text_chunk_json(const ResponseMeta& meta, const std::string& text, const FinishReason* finish,
-                               const std::vector<TokenLogprob>* logprobs = nullptr, bool include_usage = false);
+                               const std::vector<TokenLogprob>* logprobs = nullptr, bool include_usage = false,
+                               int64_t text_offset_start = 0);
 nlohmann::json text_chunk_usage_json(const ResponseMeta& meta, const Usage& usage);
+
+// specula's extension object, "specula" at the top level of a non-streamed body and of the
+// streamed chunk that carries the finish_reason (the standard fields are untouched; OpenAI
+// clients pass unknown fields through). Figures of this one request:
+//   decode_tokens_per_second, prefill_tokens_per_second  (GenerationResult's rates)
+//   time_to_first_token_seconds, queue_seconds            (from submission)
+//   speculative          whether it ran on the speculative decoder
+//   accepted_tokens_per_verification  mean draft tokens accepted per verification pass, and
+//   tokens_per_verification           that plus the target's own token; null when not speculative
+//   verifications        verification passes
+//   attention            "dense" (the only attention path so far)
+//   note                 why a server that speculates ran this request without (logprobs)
+struct GenerationStats {
+  double decode_tokens_per_second = 0.0;
+  double prefill_tokens_per_second = 0.0;
+  double time_to_first_token_seconds = -1.0;  // < 0: no token (written as null)
+  double queue_seconds = 0.0;
+  bool speculative = false;
+  int64_t verifications = 0;
+  int64_t accepted_tokens = 0;
+  std::string attention = "dense";
+  std::string note;  // "" = none (written as null)
+};
+nlohmann::json specula_extension_json(const GenerationStats& stats);
 
 // {"error":{"message","type","param","code"}}; param and code are null when empty.
 nlohmann::json error_json(const std::string& message, const std::string& type, const std::string& param = "",
@@ -129,7 +155,8 @@ struct Histogram {
 struct ServerMetrics {
   uint64_t chat_requests = 0;        // finished requests per endpoint
   uint64_t completion_requests = 0;
-  uint64_t request_errors = 0;       // refused or failed requests
+  uint64_t request_errors = 0;       // refused or failed requests (timeouts included)
+  uint64_t request_timeouts = 0;     // requests that ran out of time (408, or an error event)
   uint64_t prompt_tokens = 0;
   uint64_t generated_tokens = 0;
   uint64_t requests_running = 0;     // gauge

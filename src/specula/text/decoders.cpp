@@ -67,6 +67,11 @@ class ByteLevelDecoder final : public Decoder {
     for (const std::string& token : tokens) append_byte_level_bytes(token, bytes);
     tokens.assign(1, utf8_lossy(bytes));
   }
+  void decode_token_bytes(std::string& token) const override {
+    std::string bytes;
+    append_byte_level_bytes(token, bytes);
+    token = std::move(bytes);
+  }
   void make_stream_stages(std::vector<std::unique_ptr<StreamStage>>& stages) const override {
     stages.push_back(std::make_unique<ByteLevelStage>());
   }
@@ -149,6 +154,10 @@ class ByteFallbackDecoder final : public Decoder {
     }
     flush_byte_run(run, emit);
     tokens = std::move(out);
+  }
+  void decode_token_bytes(std::string& token) const override {
+    const int byte = byte_token_value(token);
+    if (byte >= 0) token.assign(1, static_cast<char>(byte));
   }
   void make_stream_stages(std::vector<std::unique_ptr<StreamStage>>& stages) const override {
     stages.push_back(std::make_unique<ByteFallbackStage>());
@@ -386,6 +395,9 @@ class SequenceDecoder final : public Decoder {
   void decode_chain(std::vector<std::string>& tokens) const override {
     for (const auto& part : parts_) part->decode_chain(tokens);
   }
+  void decode_token_bytes(std::string& token) const override {
+    for (const auto& part : parts_) part->decode_token_bytes(token);
+  }
   void make_stream_stages(std::vector<std::unique_ptr<StreamStage>>& stages) const override {
     for (const auto& part : parts_) part->make_stream_stages(stages);
   }
@@ -434,6 +446,13 @@ size_t count_field(const Json& spec, std::string_view key, const std::string& wh
 }
 
 }  // namespace
+
+void Decoder::decode_token_bytes(std::string& token) const {
+  std::vector<std::string> tokens{std::move(token)};
+  decode_chain(tokens);
+  token.clear();
+  for (const std::string& piece : tokens) token += piece;
+}
 
 std::unique_ptr<Decoder> make_decoder(const Json& spec, const std::string& where_prefix, int nesting) {
   json_fields::check_nesting(nesting, where_prefix);

@@ -42,6 +42,11 @@ class Decoder {
   virtual void decode_chain(std::vector<std::string>& tokens) const = 0;
   // Appends this decoder's streaming stages (a Sequence appends several) to `stages`.
   virtual void make_stream_stages(std::vector<std::unique_ptr<StreamStage>>& stages) const = 0;
+  // One token decoded alone, with the bytes it stands for kept as they are: ByteLevel and
+  // ByteFallback give the token's raw bytes even when they are part of a UTF-8 character
+  // (decode_chain would turn them into U+FFFD). What per-token logprobs report. The default
+  // runs decode_chain on the one token.
+  virtual void decode_token_bytes(std::string& token) const;
 };
 // `nesting`: how many Sequences enclose `spec` (at most json_fields::kMaxComponentNesting).
 std::unique_ptr<Decoder> make_decoder(const nlohmann::json& spec, const std::string& where, int nesting = 0);

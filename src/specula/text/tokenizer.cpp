@@ -257,6 +257,13 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
   return text;
 }
 
+std::string Tokenizer::token_bytes(int32_t id) const {
+  if (id < 0 || static_cast<size_t>(id) >= impl_->token_of_id.size() || !impl_->has_token[id]) return {};
+  std::string token(impl_->token_of_id[id]);
+  if (impl_->decoder) impl_->decoder->decode_token_bytes(token);
+  return token;
+}
+
 int32_t Tokenizer::vocab_size() const { return static_cast<int32_t>(impl_->token_of_id.size()); }
 
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {

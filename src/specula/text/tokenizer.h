@@ -47,6 +47,10 @@ class Tokenizer {
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = true, bool parse_special = true) const;
   // Ids without a token (beyond the vocabulary) are skipped, as in HF.
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
+  // One token's text as raw bytes, for per-token logprobs: the decoder applied to this token
+  // alone, except that byte-level and <0xXX> tokens give their bytes as they are, also when they
+  // are only part of a UTF-8 character (decode() would give U+FFFD). "" for an unknown id.
+  std::string token_bytes(int32_t id) const;
 
   int32_t vocab_size() const;  // max id + 1 over vocab and added tokens
   std::optional<int32_t> token_to_id(std::string_view token) const;
