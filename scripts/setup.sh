@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs specula's build dependencies (Debian packages) and builds it into build/ with CMake +
 # Ninja. Two modes:
-#   scripts/setup.sh            everything: all packages, the tokenizer files the tests use (npm),
-#                               the library, the CLI, the benchmarks and the tests; the CUDA backend
-#                               when nvcc is found (/usr/local/cuda/bin/nvcc or CUDACXX). Used by
-#                               scripts/test.sh and .ci/run.
+#   scripts/setup.sh            everything: all packages, the tokenizer files the tests use and the
+#                               client tests' OpenAI SDK (npm), the library, the CLI, the benchmarks
+#                               and the tests; the CUDA backend when nvcc is found
+#                               (/usr/local/cuda/bin/nvcc or CUDACXX). Used by scripts/test.sh and
+#                               .ci/run.
 #   scripts/setup.sh --minimal  only what `specula` itself needs, and only the CLI: no tests, no
 #                               npm; CUDA only when a GPU is present, compiled for that GPU alone.
 #                               Used by scripts/quickstart.sh (about 2 minutes on 2 cores).
@@ -41,8 +42,21 @@ fi
 
 if command -v npm >/dev/null 2>&1; then
   bash scripts/fetch-deps.sh
+  # The client tests' packages (the OpenAI SDK, pinned in tests/client/package-lock.json), installed
+  # again only when the lock file changes. Without them client.openai_sdk fails saying so.
+  stamp=tests/client/node_modules/.specula-lock.sha256
+  want=$(sha256sum tests/client/package-lock.json | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    if (cd tests/client && npm ci --no-audit --no-fund --silent); then
+      echo "$want" > "$stamp"
+      echo "setup: installed tests/client/node_modules (npm ci)"
+    else
+      echo "setup: npm ci in tests/client failed; client.openai_sdk will fail until it succeeds" >&2
+    fi
+  fi
 else
-  echo "setup: npm not found; tokenizer tests will fail until scripts/fetch-deps.sh has run" >&2
+  echo "setup: npm not found; tokenizer and client tests will fail until scripts/fetch-deps.sh and" \
+       "'npm ci' in tests/client have run" >&2
 fi
 # SPECULA_CUDA=AUTO and SPECULA_TESTS=ON are given explicitly: a build/ configured by --minimal
 # (no tests, perhaps no CUDA) is switched back to the full build.

@@ -396,7 +396,7 @@ class Server {
     }
 
     // Streaming: the first chat chunk carries the role; then whatever the device thread queued.
-    if (chat) shared->stream->events.push_front(server::sse_event(server::chat_chunk_role_json(meta)));
+    if (chat) shared->stream->events.push_front(server::sse_event(server::chat_chunk_role_json(meta, include_usage)));
     auto state = shared->stream;
     auto* scheduler = scheduler_.get();
     res.set_header("Cache-Control", "no-cache");
