@@ -2,10 +2,10 @@
 # Installs specula's build dependencies (Debian packages) and builds it into build/ with CMake +
 # Ninja. Two modes:
 #   scripts/setup.sh            everything: all packages (chromium for the chat page test), the
-#                               tokenizer files and the chat page test's playwright-core (npm),
-#                               the library, the CLI, the benchmarks and the tests; the CUDA backend
-#                               when nvcc is found (/usr/local/cuda/bin/nvcc or CUDACXX). Used by
-#                               scripts/test.sh and .ci/run.
+#                               tokenizer files, the chat page test's playwright-core and the client
+#                               tests' OpenAI SDK (npm), the library, the CLI, the benchmarks and the
+#                               tests; the CUDA backend when nvcc is found (/usr/local/cuda/bin/nvcc
+#                               or CUDACXX). Used by scripts/test.sh and .ci/run.
 #   scripts/setup.sh --minimal  only what `specula` itself needs, and only the CLI: no tests, no
 #                               npm; CUDA only when a GPU is present, compiled for that GPU alone.
 #                               Used by scripts/quickstart.sh (about 2 minutes on 2 cores).
@@ -43,21 +43,24 @@ fi
 
 if command -v npm >/dev/null 2>&1; then
   bash scripts/fetch-deps.sh
-  # The chat page test's driver (playwright-core, pinned in tests/web/package-lock.json; it uses
-  # the chromium package, no downloaded browser), installed again only when the lock file changes.
-  stamp=tests/web/node_modules/.specula-lock.sha256
-  want=$(sha256sum tests/web/package-lock.json | cut -d' ' -f1)
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    if (cd tests/web && npm ci --no-audit --no-fund --silent); then
-      echo "$want" > "$stamp"
-      echo "setup: installed tests/web/node_modules (npm ci)"
-    else
-      echo "setup: npm ci in tests/web failed; web.chat_page will fail until it succeeds" >&2
+  # The Node.js test packages (playwright-core for the chat page test, which uses the chromium
+  # package and no downloaded browser; the OpenAI SDK for the client tests), pinned by their lock
+  # files and installed again only when a lock file changes. Without them the tests fail saying so.
+  for dir in tests/web tests/client; do
+    stamp=$dir/node_modules/.specula-lock.sha256
+    want=$(sha256sum $dir/package-lock.json | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+      if (cd $dir && npm ci --no-audit --no-fund --silent); then
+        echo "$want" > "$stamp"
+        echo "setup: installed $dir/node_modules (npm ci)"
+      else
+        echo "setup: npm ci in $dir failed; the tests that use it will fail until it succeeds" >&2
+      fi
     fi
-  fi
+  done
 else
-  echo "setup: npm not found; tokenizer tests and web.chat_page will fail until scripts/fetch-deps.sh and" \
-       "'npm ci' in tests/web have run" >&2
+  echo "setup: npm not found; tokenizer, client and chat page tests will fail until scripts/fetch-deps.sh and" \
+       "'npm ci' in tests/web and tests/client have run" >&2
 fi
 # SPECULA_CUDA=AUTO and SPECULA_TESTS=ON are given explicitly: a build/ configured by --minimal
 # (no tests, perhaps no CUDA) is switched back to the full build.

@@ -7,6 +7,7 @@
 namespace specula::cli {
 
 void add_generate_command(CLI::App& app);
+void add_chat_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_bench_spec_command(CLI::App& app);

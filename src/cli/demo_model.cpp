@@ -33,6 +33,9 @@ void add_demo_model_command(CLI::App& app) {
       ->check(int_in_range<int64_t>(1, 4 * kMaxWidth));
   cmd->add_option("--seed", options->seed, "Weight seed")->capture_default_str()
       ->check(int_in_range<uint64_t>(0, std::numeric_limits<uint64_t>::max()));
+  cmd->add_flag("--chat-tokens", options->chat_tokens,
+                "Give the tokenizer the Llama-3 chat template's special tokens, so `specula chat` and "
+                "`generate --chat` can use it (without them it is a base model)");
   cmd->callback([dir, options] {
     model::write_demo_model(*dir, *options);
     std::printf("wrote demo model to %s\n", dir->c_str());

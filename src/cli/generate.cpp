@@ -63,13 +63,7 @@ void run_generate(GenerateArgs a) {
   SPECULA_CHECK(a.system.empty() || a.chat, "--system needs --chat");
   SPECULA_CHECK(!a.no_think || a.chat, "--no-think needs --chat");
   parse_device(a.device);  // a bad --device is reported before the seed line
-  if (!a.sampling.is_greedy()) {
-    // Sampling without --seed draws a fresh seed and says which, so the run can be repeated.
-    a.sampling.seed = a.seed ? *a.seed : (static_cast<uint64_t>(std::random_device{}()) << 32) | std::random_device{}();
-    if (!a.seed) std::fprintf(stderr, "seed %llu (pass --seed %llu to repeat this run)\n",
-                              static_cast<unsigned long long>(a.sampling.seed),
-                              static_cast<unsigned long long>(a.sampling.seed));
-  }
+  resolve_seed(a.sampling, a.seed);
   const text::Tokenizer tokenizer = load_tokenizer(a.model_dir);
   auto engine = load_engine(a.model_dir, a);
 
@@ -165,22 +159,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("-n,--max-new-tokens", a->max_new_tokens, "Tokens to generate at most (0: tokenize only)")
       ->capture_default_str()->check(int_in_range<int64_t>(0, engine::kMaxNewTokens));
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at end-of-sequence tokens");
-  cmd->add_option("--temperature", a->sampling.temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
-  cmd->add_option("--top-k", a->sampling.top_k, "Keep the k most likely tokens; 0 = off")->capture_default_str()
-      ->check(int_in_range<int>(0, std::numeric_limits<int>::max()));
-  cmd->add_option("--top-p", a->sampling.top_p, "Nucleus sampling mass; 1 = off")->capture_default_str();
-  cmd->add_option("--min-p", a->sampling.min_p, "Drop tokens below min-p x the top probability; 0 = off")
-      ->capture_default_str();
-  cmd->add_option("--repetition-penalty", a->sampling.repetition_penalty,
-                  "Divide logits of tokens already seen (prompt and output); 1 = off")->capture_default_str();
-  cmd->add_option("--presence-penalty", a->sampling.presence_penalty, "OpenAI presence penalty; 0 = off")
-      ->capture_default_str();
-  cmd->add_option("--frequency-penalty", a->sampling.frequency_penalty, "OpenAI frequency penalty; 0 = off")
-      ->capture_default_str();
-  cmd->add_option("--seed", a->seed,
-                  "Random seed for sampling, 0 to 2^64-1 (same seed, same output); without it a fresh seed is "
-                  "drawn and printed")
-      ->check(int_in_range<uint64_t>(0, std::numeric_limits<uint64_t>::max()));
+  add_sampling_options(cmd, a->sampling, a->seed);
   add_engine_options(cmd, *a);
   cmd->callback([a] {
     a->sampling.validate();

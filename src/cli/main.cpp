@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "specula 0.1.0");
   specula::cli::add_generate_command(app);
+  specula::cli::add_chat_command(app);
   specula::cli::add_inspect_command(app);
   specula::cli::add_bench_command(app);
   specula::cli::add_bench_spec_command(app);

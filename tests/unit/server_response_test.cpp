@@ -122,6 +122,10 @@ TEST(ServerResponse, ChatStreamChunks) {
   EXPECT_EQ(keys(rc), (std::set<std::string>{"index", "delta", "logprobs", "finish_reason"}));
   EXPECT_EQ(rc["delta"], (Json{{"role", "assistant"}, {"content", ""}}));
   EXPECT_TRUE(rc["finish_reason"].is_null());
+  // With include_usage every chunk carries "usage": null, the first (role) chunk too.
+  const Json role_usage = chat_chunk_role_json(kMeta, true);
+  ASSERT_TRUE(role_usage.contains("usage"));
+  EXPECT_TRUE(role_usage["usage"].is_null());
 
   const Json content = chat_chunk_content_json(kMeta, "Hel");
   EXPECT_EQ(content["choices"][0]["delta"], (Json{{"content", "Hel"}}));

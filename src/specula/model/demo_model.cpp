@@ -87,7 +87,7 @@ std::vector<std::pair<std::string, std::string>> learn_merges(int64_t count) {
 }
 
 nlohmann::ordered_json tokenizer_json(const std::vector<std::pair<std::string, std::string>>& merges,
-                                      int32_t* vocab_size, int32_t* bos, int32_t* eos) {
+                                      bool chat_tokens, int32_t* vocab_size, int32_t* bos, int32_t* eos) {
   const auto& alphabet = text::byte_level_alphabet();
   nlohmann::ordered_json vocab = nlohmann::ordered_json::object();
   int32_t next = 0;
@@ -100,6 +100,8 @@ nlohmann::ordered_json tokenizer_json(const std::vector<std::pair<std::string, s
   }
   *bos = next++;
   *eos = next++;
+  const int32_t first_chat_token = next;
+  if (chat_tokens) next += 3;
   *vocab_size = next;
   auto special = [](int32_t id, const char* content) {
     return nlohmann::ordered_json{{"id", id},          {"content", content}, {"single_word", false}, {"lstrip", false},
@@ -110,6 +112,11 @@ nlohmann::ordered_json tokenizer_json(const std::vector<std::pair<std::string, s
   j["truncation"] = nullptr;
   j["padding"] = nullptr;
   j["added_tokens"] = {special(*bos, "<|begin_of_text|>"), special(*eos, "<|end_of_text|>")};
+  if (chat_tokens) {
+    j["added_tokens"].push_back(special(first_chat_token, "<|start_header_id|>"));
+    j["added_tokens"].push_back(special(first_chat_token + 1, "<|end_header_id|>"));
+    j["added_tokens"].push_back(special(first_chat_token + 2, "<|eot_id|>"));
+  }
   j["normalizer"] = nullptr;
   j["pre_tokenizer"] = {{"type", "Sequence"},
                         {"pretokenizers",
@@ -164,7 +171,7 @@ void write_demo_model(const std::string& dir, const DemoModelOptions& o) {
   SPECULA_CHECK(!ec, dir, ": cannot create directory: ", ec.message());
 
   int32_t vocab = 0, bos = 0, eos = 0;
-  const nlohmann::ordered_json tok = tokenizer_json(learn_merges(o.merges), &vocab, &bos, &eos);
+  const nlohmann::ordered_json tok = tokenizer_json(learn_merges(o.merges), o.chat_tokens, &vocab, &bos, &eos);
   write_json(fs::path(dir) / "tokenizer.json", tok);
   write_json(fs::path(dir) / "tokenizer_config.json",
              {{"bos_token", "<|begin_of_text|>"}, {"eos_token", "<|end_of_text|>"}, {"model_max_length", o.max_position}});

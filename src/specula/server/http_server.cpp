@@ -619,7 +619,7 @@ struct HttpServer::Impl {
     }
 
     // Streaming: the first chat chunk carries the role; then whatever the device thread queued.
-    if (chat) shared->stream->events.push_front(sse_event(chat_chunk_role_json(meta)));
+    if (chat) shared->stream->events.push_front(sse_event(chat_chunk_role_json(meta, include_usage)));
     auto state = shared->stream;
     auto* scheduler = scheduler_.get();
     const std::string timeout_event = sse_event(timeout_error);

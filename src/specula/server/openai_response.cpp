@@ -135,8 +135,8 @@ Json chat_chunk(const ResponseMeta& meta, Json delta, Json logprobs, Json finish
 }
 }  // namespace
 
-Json chat_chunk_role_json(const ResponseMeta& meta) {
-  return chat_chunk(meta, Json{{"role", "assistant"}, {"content", ""}}, nullptr, nullptr, false);
+Json chat_chunk_role_json(const ResponseMeta& meta, bool include_usage) {
+  return chat_chunk(meta, Json{{"role", "assistant"}, {"content", ""}}, nullptr, nullptr, include_usage);
 }
 
 Json chat_chunk_content_json(const ResponseMeta& meta, const std::string& text, const std::vector<TokenLogprob>* logprobs,

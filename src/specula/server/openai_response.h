@@ -69,7 +69,7 @@ nlohmann::json text_completion_json(const ResponseMeta& meta, const std::string&
 // Streaming chat: the first chunk carries delta {"role":"assistant","content":""}; then content
 // chunks; then one chunk with an empty delta and the finish_reason; with include_usage, every
 // chunk has "usage":null and a last chunk has "choices":[] and the usage.
-nlohmann::json chat_chunk_role_json(const ResponseMeta& meta);
+nlohmann::json chat_chunk_role_json(const ResponseMeta& meta, bool include_usage = false);
 nlohmann::json chat_chunk_content_json(const ResponseMeta& meta, const std::string& text,
                                        const std::vector<TokenLogprob>* logprobs = nullptr, bool include_usage = false);
 nlohmann::json chat_chunk_finish_json(const ResponseMeta& meta, FinishReason finish, bool include_usage = false);
