@@ -154,26 +154,6 @@ __global__ void __launch_bounds__(kExpandThreads)
   if (write_next && tid < k) write_level_row(t, in, level + 1, tid, t.frontier_parent[level * k + tid]);
 }
 
-// Bitonic sort of `n_pow2` keys in shared memory, descending.
-__device__ void sort_descending(uint64_t* keys, int n_pow2) {
-  for (int size = 2; size <= n_pow2; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = static_cast<int>(threadIdx.x); i < n_pow2; i += blockDim.x) {
-        const int partner = i ^ stride;
-        if (partner > i) {
-          const bool descending = (i & size) == 0;
-          const uint64_t a = keys[i], b = keys[partner];
-          if ((a < b) == descending) {
-            keys[i] = b;
-            keys[partner] = a;
-          }
-        }
-      }
-      __syncthreads();
-    }
-  }
-}
-
 __global__ void __launch_bounds__(kSelectThreads)
     select_kernel(TreeView t, int n_pow2, int32_t* tokens, int32_t* positions, int32_t* slots, int32_t* mask) {
   extern __shared__ uint64_t keys[];
@@ -181,7 +161,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   for (int i = tid; i < n_pow2; i += blockDim.x) keys[i] = i < C ? rank_key(t.cand_score[i], i) : 0;
   for (int i = tid; i < C; i += blockDim.x) t.cand_node[i] = -1;
   __syncthreads();
-  sort_descending(keys, n_pow2);
+  block_sort_descending(keys, n_pow2);
   // The chosen candidates, ordered by index: node = 1 + how many chosen ones have a lower index.
   for (int r = tid; r < n - 1; r += blockDim.x) {
     const int c = key_index(keys[r]);

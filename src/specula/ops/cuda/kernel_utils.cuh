@@ -365,6 +365,27 @@ __device__ __forceinline__ unsigned long long block_max_u64(unsigned long long v
   return total;
 }
 
+// Bitonic sort of `n_pow2` (a power of two) 64-bit keys in shared memory, descending, by the whole
+// block: every thread calls it; the keys are sorted when it returns.
+__device__ inline void block_sort_descending(uint64_t* keys, int n_pow2) {
+  for (int size = 2; size <= n_pow2; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = static_cast<int>(threadIdx.x); i < n_pow2; i += static_cast<int>(blockDim.x)) {
+        const int partner = i ^ stride;
+        if (partner > i) {
+          const bool descending = (i & size) == 0;
+          const uint64_t a = keys[i], b = keys[partner];
+          if ((a < b) == descending) {
+            keys[i] = b;
+            keys[partner] = a;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
 // Reports invalid input found on the device (see CudaContext::error_word).
 __device__ __forceinline__ void report_device_error(uint32_t* error_word, uint32_t bit) { atomicOr(error_word, bit); }
 

@@ -99,23 +99,7 @@ __global__ void __launch_bounds__(THREADS)
   }
   const float lse = lse_max + logf(lse_sum);
 
-  // Bitonic sort of all keys, descending.
-  for (int size = 2; size <= kSortKeys; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = tid; i < kSortKeys; i += THREADS) {
-        const int partner = i ^ stride;
-        if (partner > i) {
-          const bool descending = (i & size) == 0;
-          const uint64_t a = keys[i], b = keys[partner];
-          if ((a < b) == descending) {
-            keys[i] = b;
-            keys[partner] = a;
-          }
-        }
-      }
-      __syncthreads();
-    }
-  }
+  block_sort_descending(keys, kSortKeys);
   for (int j = tid; j < k; j += THREADS) {
     const uint64_t key = keys[j];
     values[row * k + j] = (key >> 32) == 0 ? NAN : key_value(key) - lse;
