@@ -162,3 +162,29 @@ TEST(SpecSampling, TokenDistributionMatchesPlainSampling) {
 }
 
 }  // namespace
+
+namespace {
+// Log-probabilities are the plain decoder's: asked of the speculative one, the request is refused
+// with a message (never answered without them).
+TEST(SpecSampling, LogprobsUnderSpeculationAreRefusedWithAMessage) {
+  auto spec = specula::engine::Engine::load([] {
+    specula::engine::EngineOptions o;
+    o.model_dir = kEagle + "/target_llama3";
+    o.draft_dir = kEagle + "/head_llama_bin";
+    o.threads = 2;
+    o.max_context = 64;
+    return o;
+  }());
+  auto decoder = specula::engine::make_decoder(*spec);
+  specula::engine::GenerationRequest req;
+  req.prompt = kPrompt;
+  req.max_new_tokens = 4;
+  req.logprobs = true;
+  try {
+    decoder->generate(req);
+    FAIL() << "a logprobs request ran under speculative decoding";
+  } catch (const specula::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("logprobs are computed by the plain decoder"), std::string::npos) << e.what();
+  }
+}
+}  // namespace

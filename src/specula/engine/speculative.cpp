@@ -50,6 +50,10 @@ SpeculativeGenerator::SpeculativeGenerator(Engine& engine, bool time_phases)
 
 GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request, const GenerationCallbacks& callbacks) {
   check_request(engine_, request);
+  // The cycle reads back accepted tokens only; log-probabilities come from the plain Generator
+  // (the Scheduler routes such requests there: the output distribution is the same).
+  SPECULA_CHECK(!request.logprobs, "logprobs are computed by the plain decoder, not under speculative decoding "
+                "(run the request without the draft head, e.g. through the Scheduler, which does so)");
   spec::EagleHead& draft = *engine_.draft();
   model::Transformer& target = engine_.transformer();
   ops::OpContext& ctx = engine_.op_context();
