@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "specula/core/error.h"
 #include "specula/engine/engine.h"
 #include "specula/engine/generator.h"
 #ifdef SPECULA_WITH_CUDA
