@@ -50,7 +50,7 @@ for t in "${targets[@]}"; do
   [ -x "$bin" ] || { echo "fuzz: no target '$t' (tests/fuzz/fuzz_$t.cpp)" >&2; exit 2; }
   work=build-fuzz/corpus/$t artifacts=build-fuzz/artifacts/$t log=build-fuzz/logs/$t.log
   mkdir -p "$work" "$artifacts" "$(dirname "$log")"
-  args=(-max_total_time="$seconds" -timeout="$timeout_s" -rss_limit_mb="$rss_mb" -jobs=1 -workers=1
+  args=(-max_total_time="$seconds" -timeout="$timeout_s" -rss_limit_mb="$rss_mb"
         -print_final_stats=1 -artifact_prefix="$artifacts/")
   [ -f "tests/fuzz/dict/$t.dict" ] && args+=(-dict="tests/fuzz/dict/$t.dict")
   # The committed corpus is read first (every seed and reproducer runs once: the regression
