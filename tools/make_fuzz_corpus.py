@@ -280,13 +280,14 @@ def torch_pickle(obj):
 
 def torch_archive(name, obj, storages):
     """A STORED zip laid out as torch.save's: <name>/data.pkl, byteorder, data/<key>, version."""
+    records = [("data.pkl", torch_pickle(obj)), ("byteorder", b"little")]
+    records += [("data/" + key, blob) for key, blob in storages.items()]
+    records.append(("version", b"3\n"))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-        z.writestr(name + "/data.pkl", torch_pickle(obj))
-        z.writestr(name + "/byteorder", "little")
-        for key, blob in storages.items():
-            z.writestr(name + "/data/" + key, blob)
-        z.writestr(name + "/version", "3\n")
+        for record, blob in records:
+            # A fixed timestamp, so that the seeds come out the same on every run.
+            z.writestr(zipfile.ZipInfo(name + "/" + record, date_time=(1980, 1, 1, 0, 0, 0)), blob)
     return buf.getvalue()
 
 
@@ -392,6 +393,24 @@ def tokenizers():
         with open(os.path.join(FIXED, name + "_small.json"), "w", encoding="utf-8") as f:
             f.write(trim_tokenizer(name, 1000))
 
+    # One component at a time (fuzz_tokenizer_components.cpp): slot letter, JSON value, NUL, text.
+    reset("tokenizer_components")
+    slots = {"normalizer": "n", "pre_tokenizer": "p", "post_processor": "o", "decoder": "d"}
+    texts = ["Hello, world! 123", " \u00e9t\u00e9  \u4e16\u754c\n\tx", "<|begin_of_text|>hi<|eot_id|>"]
+    seen = set()
+    for i, name in enumerate(("llama3", "llama2", "qwen3")):
+        doc = json.load(open(os.path.join(DEPS, name, "tokenizer.json"), encoding="utf-8"))
+        for slot, letter in slots.items():
+            value = json.dumps(doc[slot], ensure_ascii=False)
+            if value in seen:
+                continue
+            seen.add(value)
+            write("tokenizer_components", f"{name}_{slot}", letter + value + "\0" + texts[i])
+        options = {k: v for k, v in doc["model"].items() if k not in ("vocab", "merges")}
+        write("tokenizer_components", f"{name}_model", "m" + json.dumps(options) + "\0" + texts[i])
+        added = [dict(t, id=300 + j) for j, t in enumerate(doc["added_tokens"][:4])]
+        write("tokenizer_components", f"{name}_added_tokens", "a" + json.dumps(added) + "\0" + texts[(i + 2) % 3])
+
     reset("tokenizer_encode")
     # Short texts of the tokenizer goldens: words, digits, whitespace runs, scripts, special tokens.
     texts = []
@@ -446,6 +465,7 @@ def dictionaries():
     tok_keys = source_keys("text/tokenizer.cpp", "text/tokenizer_json.cpp", "text/bpe_model.cpp",
                            "text/pipeline.cpp", "text/decoders.cpp", "text/added_tokens.cpp", "text/regex.cpp")
     write_dict("tokenizer_json", json_tokens + ["\u2581", "<0x0A>", "\\\\p{L}", "(?i:", "(?!", "\\\\s+"], tok_keys)
+    write_dict("tokenizer_components", json_tokens + ["\u2581", "<0x0A>", "\\\\p{L}", "(?i:", "(?!", "\\\\s+"], tok_keys)
     write_dict("tokenizer_encode", ["<|begin_of_text|>", "<|eot_id|>", "<s>", "</s>", "<unk>", "\u2581", " ", "\n",
                                     "\r\n", "'s", "\u00e9", "e\u0301", "\U0001F600", "\xff"])
     # Protocol-2 opcodes with typical operands, the globals torch.save names, and zip signatures.
