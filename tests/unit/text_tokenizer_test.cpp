@@ -426,7 +426,7 @@ TEST(TokenizerErrors, MalformedFilesNameTheProblem) {
 }
 
 TEST(TokenizerErrors, TemplateIdsMustBeTokens) {
-  // Found by fuzz_tokenizer_components: a TemplateProcessing id that no token has was inserted by
+  // Caught by fuzz_tokenizer_components' id check: a TemplateProcessing id that no token has was inserted by
   // encode (beyond vocab_size(), or into a gap of the vocabulary), so the model received an id
   // that decode then silently dropped. Refused at load, naming the special_tokens entry.
   json j = legacy_layout();
