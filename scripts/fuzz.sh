@@ -51,8 +51,9 @@ run_target() {
   local t=$1
   local bin=build-fuzz/tests/fuzz/fuzz_$t
   local work=build-fuzz/corpus/$t artifacts=build-fuzz/artifacts/$t log=build-fuzz/logs/$t.log
-  local result=build-fuzz/logs/$t.result
+  local result=build-fuzz/logs/$t.result stamp=build-fuzz/logs/$t.start
   mkdir -p "$work" "$artifacts"
+  touch "$stamp"  # reproducers of this run are the artifacts newer than it
   local args=(-max_total_time="$seconds" -timeout="$timeout_s" -rss_limit_mb="$rss_mb" -print_final_stats=1
               -artifact_prefix="$artifacts/")
   [ -f "tests/fuzz/dict/$t.dict" ] && args+=(-dict="tests/fuzz/dict/$t.dict")
@@ -67,7 +68,7 @@ run_target() {
     {
       echo "FAILED (log $log)"
       grep -E '^==[0-9]+==|SUMMARY|runtime error|uncaught exception|Test unit written|ERROR: libFuzzer' "$log" | head -20
-      for a in "$artifacts"/*; do [ -f "$a" ] && echo "reproduce with: $bin $a"; done
+      find "$artifacts" -type f -newer "$stamp" | while read -r a; do echo "reproduce with: $bin $a"; done
     } >"$result"
   fi
 }
