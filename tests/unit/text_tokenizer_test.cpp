@@ -425,6 +425,28 @@ TEST(TokenizerErrors, MalformedFilesNameTheProblem) {
   EXPECT_THROW(Tokenizer::from_file("/nonexistent/tokenizer.json"), specula::Error);
 }
 
+TEST(TokenizerErrors, TemplateIdsMustBeTokens) {
+  // Caught by fuzz_tokenizer_components' id check: a TemplateProcessing id that no token has was inserted by
+  // encode (beyond vocab_size(), or into a gap of the vocabulary), so the model received an id
+  // that decode then silently dropped. Refused at load, naming the special_tokens entry.
+  json j = legacy_layout();
+  j["post_processor"]["special_tokens"]["<s>"]["ids"] = {999999};
+  expect_load_error(j, {"post_processor (TemplateProcessing)", "special_tokens['<s>']", "token id 999999",
+                        "not a token of this tokenizer"});
+  // Inside a Sequence too, and for an id below the largest one that names no token.
+  j = legacy_layout();
+  j["added_tokens"].push_back({{"id", 400}, {"content", "<gap>"}, {"single_word", false}, {"lstrip", false},
+                               {"rstrip", false}, {"normalized", false}, {"special", true}});
+  j["post_processor"]["special_tokens"]["<s>"]["ids"] = {1, 300};
+  j["post_processor"] = {{"type", "Sequence"}, {"processors", json::array({j["post_processor"]})}};
+  expect_load_error(j, {"special_tokens['<s>']", "token id 300", "not a token of this tokenizer"});
+  // An added token (not in model.vocab) is a valid template id; ids only in unused entries are not checked.
+  j = legacy_layout();
+  j["post_processor"]["special_tokens"]["<s>"]["ids"] = {274};
+  j["post_processor"]["special_tokens"]["unused"] = {{"id", "unused"}, {"ids", {999999}}, {"tokens", {"unused"}}};
+  EXPECT_EQ(from(j).encode("hi", true), (std::vector<int32_t>{274, 273}));
+}
+
 TEST(TokenizerErrors, InvalidUtf8InputIsRejected) {
   const Tokenizer tok = from(legacy_layout());
   try {

@@ -280,8 +280,15 @@ class TemplatePostProcessor final : public PostProcessor {
   struct Item {
     bool is_sequence;
     std::vector<int32_t> special_ids;
+    std::string where;  // the special_tokens entry the ids come from
   };
   explicit TemplatePostProcessor(std::vector<Item> single) : single_(std::move(single)) {}
+  std::vector<InsertedToken> inserted_tokens() const override {
+    std::vector<InsertedToken> out;
+    for (const Item& item : single_)
+      for (const int32_t id : item.special_ids) out.push_back({id, item.where});
+    return out;
+  }
   void process(std::vector<int32_t>& ids, bool add_special_tokens) const override {
     if (!add_special_tokens) return;
     std::vector<int32_t> out;
@@ -302,6 +309,14 @@ class SequencePostProcessor final : public PostProcessor {
   explicit SequencePostProcessor(std::vector<std::unique_ptr<PostProcessor>> parts) : parts_(std::move(parts)) {}
   void process(std::vector<int32_t>& ids, bool add_special_tokens) const override {
     for (const auto& part : parts_) part->process(ids, add_special_tokens);
+  }
+  std::vector<InsertedToken> inserted_tokens() const override {
+    std::vector<InsertedToken> out;
+    for (const auto& part : parts_) {
+      std::vector<InsertedToken> more = part->inserted_tokens();
+      out.insert(out.end(), std::make_move_iterator(more.begin()), std::make_move_iterator(more.end()));
+    }
+    return out;
   }
 
  private:
@@ -338,14 +353,14 @@ std::unique_ptr<PostProcessor> make_template_processing(const Json& spec, const 
       auto it = special_ids.find(name);
       SPECULA_CHECK(it != special_ids.end(), item_where, ": special token '", text_excerpt(name),
                     "' is not in special_tokens");
-      items.push_back({false, it->second});
+      items.push_back({false, it->second, where + ": special_tokens['" + text_excerpt(name) + "']"});
     } else if (const Json* sequence = json_fields::find_field(item, "Sequence")) {
       json_fields::require_object(*sequence, item_where);
       json_fields::check_known_keys(*sequence, {"id", "type_id"}, item_where);
       const std::string id = json_fields::get_string(*sequence, "id", item_where);
       SPECULA_CHECK(id == "A", item_where, ": a single-sequence template can only refer to sequence A, not ",
                     text_excerpt(id));
-      items.push_back({true, {}});
+      items.push_back({true, {}, ""});
     } else {
       fail(item_where, ": unknown template piece '", text_excerpt(item.begin().key()), "'");
     }

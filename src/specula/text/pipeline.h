@@ -61,10 +61,19 @@ class PreTokenizer {
 };
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& spec, const std::string& where, int nesting = 0);
 
+// A token id a post-processor inserts, and where the file defines it (for error messages).
+struct InsertedToken {
+  int32_t id = 0;
+  std::string where;
+};
+
 class PostProcessor {
  public:
   virtual ~PostProcessor() = default;
   virtual void process(std::vector<int32_t>& ids, bool add_special_tokens) const = 0;
+  // Every id process() can insert. The tokenizer checks at load that each names one of its tokens:
+  // a template id without a token would reach the model as an id decode cannot show.
+  virtual std::vector<InsertedToken> inserted_tokens() const { return {}; }
 };
 std::unique_ptr<PostProcessor> make_post_processor(const nlohmann::json& spec, const std::string& where,
                                                    int nesting = 0);

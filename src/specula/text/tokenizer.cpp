@@ -191,6 +191,14 @@ std::shared_ptr<const Tokenizer::Impl> load(const std::string& text, const std::
       special_contents.insert(token.content);
     }
   }
+  // After the added tokens, so that has_token covers both sources of tokens.
+  if (impl->post_processor) {
+    for (const InsertedToken& inserted : impl->post_processor->inserted_tokens()) {
+      const auto id = static_cast<size_t>(inserted.id);  // checked_token_id: non-negative
+      SPECULA_CHECK(id < vocab_size && impl->has_token[id], inserted.where, ": token id ", inserted.id,
+                    " is not a token of this tokenizer (neither in model.vocab nor in added_tokens)");
+    }
+  }
   for (size_t id = 0; id < vocab_size; ++id) {
     impl->skipped_on_decode[id] = impl->has_token[id] && special_contents.count(impl->token_of_id[id]) != 0;
   }
