@@ -49,6 +49,7 @@ struct HostTree {
   std::vector<int32_t> lvl_tokens, lvl_positions, lvl_slots, lvl_gather, lvl_mask;
   std::vector<int32_t> v_tokens, v_positions, v_slots, v_mask;
   std::vector<int32_t> c_tokens, c_positions, c_slots, c_gather, c_src, c_dst, c_count;
+  std::vector<int32_t> walk, walk_targets, drawn;
 };
 
 using IntField = std::vector<int32_t> HostTree::*;
@@ -81,6 +82,9 @@ const std::pair<const char*, IntField> kIntFields[] = {
     {"kv src", &HostTree::c_src},
     {"kv dst", &HostTree::c_dst},
     {"kv count", &HostTree::c_count},
+    {"walk", &HostTree::walk},
+    {"walk targets", &HostTree::walk_targets},
+    {"drawn", &HostTree::drawn},
 };
 const std::pair<const char*, FloatField> kFloatFields[] = {{"cand_score", &HostTree::cand_score},
                                                            {"node_score", &HostTree::node_score}};
@@ -112,6 +116,9 @@ HostTree make_host(const Shape& s) {
   h.c_src = ints(d);
   h.c_dst = ints(d);
   h.c_count = ints(1);
+  h.walk = ints(2);
+  h.walk_targets = ints(n);
+  h.drawn = ints(1);
   return h;
 }
 
@@ -121,7 +128,7 @@ Tensor view(std::vector<float>& v) { return Tensor(v.data(), DType::F32, {static
 // The ops' views of a set of buffers (host vectors, or device tensors built by `make`).
 struct Views {
   ops::DraftTreeState state;
-  Tensor lvl_tokens, lvl_positions, lvl_slots, lvl_gather, lvl_mask_all;
+  Tensor lvl_tokens, lvl_positions, lvl_slots, lvl_gather, lvl_mask_all, walk_targets, drawn;
   ops::VerifyInputs verify;
   ops::CatchUpInputs catch_up;
   ops::DraftLevelInputs level(int level, int top_k) const {
@@ -151,6 +158,9 @@ Views make_views(const Shape& s, MakeInt&& i, MakeFloat&& f) {
   t.node_depth = i(&HostTree::node_depth);
   t.node_score = f(&HostTree::node_score);
   t.record = i(&HostTree::record);
+  t.walk = i(&HostTree::walk);
+  v.walk_targets = i(&HostTree::walk_targets);
+  v.drawn = i(&HostTree::drawn);
   v.lvl_tokens = i(&HostTree::lvl_tokens);
   v.lvl_positions = i(&HostTree::lvl_positions);
   v.lvl_slots = i(&HostTree::lvl_slots);
@@ -328,6 +338,25 @@ TEST(DraftTreeOps, CpuMatchesTheHostBuilderAndWalk) {
         EXPECT_EQ(h.c_src[size_t(i)], kCommitted + path[size_t(i)]);
         EXPECT_EQ(h.c_dst[size_t(i)], kCommitted + 1 + i);
       }
+
+      // The sampled walk with draws x[node]: it visits the same nodes, records exactly their
+      // draws, ends inactive, and acceptance over its targets gives the same record.
+      const std::vector<int32_t> record = h.record;
+      std::fill(h.walk_targets.begin(), h.walk_targets.end(), -1);
+      ops::draft_tree_walk_begin(cpu.ops, v.state);
+      for (int d = 0; d <= s.depth; ++d) {
+        h.drawn[0] = h.walk[ops::kWalkActive] ? x[size_t(h.walk[ops::kWalkNode])] : -5;  // -5: a skipped draw
+        ops::draft_tree_walk_step(cpu.ops, v.state, v.drawn, v.walk_targets);
+      }
+      EXPECT_EQ(h.walk[ops::kWalkActive], 0);
+      EXPECT_EQ(h.walk[ops::kWalkNode], m == 0 ? 0 : path.back());
+      std::vector<int32_t> want_targets(size_t(s.size), -1);
+      want_targets[0] = x[0];
+      for (int32_t node : path) want_targets[size_t(node)] = x[size_t(node)];
+      EXPECT_EQ(h.walk_targets, want_targets);
+      h.cycle = {kCommitted, kRoot, kRootRow};
+      ops::draft_tree_accept(cpu.ops, v.state, v.walk_targets, v.catch_up);
+      EXPECT_EQ(h.record, record);
     }
   }
 }
@@ -455,6 +484,20 @@ TEST_F(CudaDraftTreeOps, MatchCpuExactly) {
         Tensor targets = device ? d.upload(x, DType::I32) : view(x);
         ops::draft_tree_accept(ctx, v.state, targets, v.catch_up);
       });
+      // The sampled walk, the draws taken from x at the node the CPU walk is at (the same node on
+      // both backends while they agree; the comparison after each step says when not).
+      both("walk begin", [&](ops::OpContext& ctx, Views& v, const Tensor&, bool) { ops::draft_tree_walk_begin(ctx, v.state); });
+      for (int step = 0; step <= s.depth; ++step) {
+        const int32_t token = h.walk[ops::kWalkActive] ? x[size_t(h.walk[ops::kWalkNode])] : -5;
+        both("walk step " + std::to_string(step), [&](ops::OpContext& ctx, Views& v, const Tensor&, bool device) {
+          if (device) {
+            SPECULA_TEST_CUDA_CHECK(cudaMemcpy(v.drawn.data, &token, sizeof token, cudaMemcpyHostToDevice));
+          } else {
+            h.drawn[0] = token;
+          }
+          ops::draft_tree_walk_step(ctx, v.state, v.drawn, v.walk_targets);
+        });
+      }
     }
   }
 }

@@ -1,6 +1,8 @@
 // Engine loading and step I/O (see engine.h).
 #include "specula/engine/engine.h"
 
+#include "specula/engine/speculative.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -193,6 +195,7 @@ Engine::DraftBuilder draft_builder(const model::ModelConfig& target, const spec:
     shape.max_accepted = t.depth + 1;
     shape.top_k = t.top_k;
     shape.tree_depth = t.depth;
+    shape.target_vocab = target.vocab_size;
     return shape;
   };
   Engine::DraftBuilder builder;
@@ -377,12 +380,23 @@ void Engine::begin_sampling(const sampling::SamplingParams& params, std::span<co
   // The sampler bakes its parameters into its launches: a graph captured with others is stale.
   if (!same)
     std::erase_if(graphs_, [](const auto& entry) {
-      return entry.first.kind == StepKind::Decode && entry.first.output == static_cast<int>(StepOutput::Sampled);
+      return (entry.first.kind == StepKind::Decode && entry.first.output == static_cast<int>(StepOutput::Sampled)) ||
+             (entry.first.kind == StepKind::Speculative && (entry.first.output & kPhaseSampledTokens) != 0);
     });
 #else
   (void)params;
   (void)prompt;
   fail("begin_sampling: this build has no CUDA backend");
+#endif
+}
+
+void Engine::sample_on_device_if(const Tensor& logits_row, Tensor& out_token, const Tensor& active) {
+#ifdef SPECULA_WITH_CUDA
+  SPECULA_CHECK(gpu_sampler_ != nullptr, "sample_on_device_if: begin_sampling() was not called");
+  gpu_sampler_->sample_if(logits_row, out_token, active);
+#else
+  (void)logits_row, (void)out_token, (void)active;
+  fail("sample_on_device_if: this build has no CUDA backend");
 #endif
 }
 

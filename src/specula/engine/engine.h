@@ -132,6 +132,9 @@ class Engine {
   void begin_sampling(const sampling::SamplingParams& params, std::span<const int32_t> prompt);
   // CUDA: draws the next token from logits row 0 of the last forward with the device sampler.
   int32_t sample_on_device();
+  // CUDA: draws from `logits_row` ([1, vocab] F32) into `out_token` with the device sampler,
+  // launches only (capturable), skipped whole when the device word `active` holds 0.
+  void sample_on_device_if(const Tensor& logits_row, Tensor& out_token, const Tensor& active);
   // Host <-> device copies of small step data on the engine's stream (memcpy on the CPU).
   void upload(const Tensor& dst, const void* src, size_t bytes);
   void download(void* dst, const Tensor& src, size_t bytes);

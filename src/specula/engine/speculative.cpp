@@ -70,6 +70,9 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
   // device, and the whole cycle is one step. Otherwise the request's sampler draws it on the host.
   const bool device_tokens = sp.is_greedy() && sp.repetition_penalty == 1.0f && sp.presence_penalty == 0.0f &&
                              sp.frequency_penalty == 0.0f;
+  // Otherwise, on CUDA, the device sampler draws them inside the cycle's graph (the walk ops);
+  // on the CPU the host Sampler draws at each visited node.
+  const bool device_sampling = !device_tokens && engine_.device() == Device::CUDA;
 
   GenerationResult result;
   result.prompt_tokens = prompt_len;
@@ -95,6 +98,7 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     ops::top_k_log_softmax(ctx, draft.logits(1), values, indices);
   };
 
+  if (device_sampling) engine_.begin_sampling(sp, request.prompt);
   // Prefill: target chunk, then the draft over the same rows paired with the next tokens.
   const int64_t chunk = engine_.prefill_chunk();
   int32_t root = -1;
@@ -106,7 +110,7 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     engine_.write_inputs(std::span(request.prompt).subspan(static_cast<size_t>(begin), static_cast<size_t>(rows)), pos,
                          pos);
     target.forward(ctx, rows, last ? 1 : 0);
-    if (last) root = choose(target.logits(1), 0, {});
+    if (last) root = device_sampling ? engine_.sample_on_device() : choose(target.logits(1), 0, {});
     std::vector<int32_t> next(request.prompt.begin() + begin + 1, request.prompt.begin() + begin + rows);
     next.push_back(last ? root : request.prompt[static_cast<size_t>(begin + rows)]);
     engine_.upload(draft.token_ids(), next.data(), next.size() * sizeof(int32_t));
@@ -207,6 +211,17 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     draft.forward(ctx, depth + 1, features, 1, ops::AttentionMask::causal(), draft.root_row());
     compute_top_k();
   };
+  // The target's tokens of a sampled cycle, drawn on the device along the walk (ops/draft_tree.h).
+  auto sampled_walk = [&] {
+    section("walk");
+    ops::draft_tree_walk_begin(ctx, tree);
+    Tensor row = draft.walk_row(), drawn = draft.walk_drawn(), targets = target_tokens;
+    for (int d = 0; d <= depth; ++d) {
+      ops::embedding(ctx, target.logits(n), draft.walk_node(), 1.0f, row);  // the walk node's row
+      engine_.sample_on_device_if(row, drawn, draft.walk_active());
+      ops::draft_tree_walk_step(ctx, tree, drawn, targets);
+    }
+  };
   auto run = [&](int phases, const auto& body) {
     engine_.run_step(StepPlan{StepKind::Speculative, n, n, 0, phases}, body);
   };
@@ -247,6 +262,25 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
       lap(result.verify_seconds);
       run(kPhaseCatchUp, catch_up_phase);
       lap(result.draft_seconds);
+    } else if (device_sampling && !time_phases_) {
+      run(kPhaseDraft | kPhaseVerify | kPhaseSampledTokens | kPhaseAccept | kPhaseCatchUp, [&] {
+        draft_phase();
+        verify_phase(false);
+        sampled_walk();
+        accept_phase();
+        catch_up_phase();
+      });
+    } else if (device_sampling) {
+      run(kPhaseDraft, draft_phase);
+      lap(result.draft_seconds);
+      run(kPhaseVerify | kPhaseSampledTokens | kPhaseAccept, [&] {
+        verify_phase(false);
+        sampled_walk();
+        accept_phase();
+      });
+      lap(result.verify_seconds);
+      run(kPhaseCatchUp, catch_up_phase);
+      lap(result.draft_seconds);
     } else {
       run(kPhaseDraft, draft_phase);
       if (time_phases_) lap(result.draft_seconds);
@@ -276,8 +310,10 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
       run(kPhaseCatchUp, catch_up_phase);
       if (time_phases_) lap(result.draft_seconds);
     }
-    // The one read of a cycle.
+    // The one read of a cycle (with device sampling also the sampler's error word: invalid logits
+    // are an error for this request, never tokens).
     engine_.download(record.data(), tree.record, record.size() * sizeof(int32_t));
+    if (device_sampling) engine_.synchronize();
     const int64_t m = record[0];
     SPECULA_CHECK(m >= 0 && m <= depth, "speculative cycle: accepted count ", m, " is outside [0, ", depth,
                   "] (internal error)");

@@ -14,9 +14,10 @@
 // The cycle runs on the device (ops/draft_tree.h): the draft levels, the tree's selection, the
 // verification forward, the acceptance walk, the target's KV compaction and the draft's catch-up
 // are ops over device state, so a greedy cycle is one CUDA graph and the host reads one small
-// record per cycle (the accepted tokens). Sampling draws the target's token at the visited nodes
-// with the request's sampler on the host (Sampler, the reference distribution), so it reads the
-// tree and the visited nodes' logits rows between verification and acceptance.
+// record per cycle (the accepted tokens). Sampling on CUDA is one graph too: the device sampler
+// draws the target's token at each node the walk visits (the draft-tree walk ops), with the same
+// draw counter and penalty history as plain sampling. On the CPU the host Sampler (the reference
+// distribution) draws at the visited nodes between verification and acceptance.
 //
 // Positions (reference s.7 item 2): with L tokens committed (both caches hold L rows) the root
 // is the token at position L. Draft row p pairs the target feature f_p with the embedding of
@@ -35,6 +36,7 @@ enum SpeculativePhase : int {
   kPhaseGreedyTokens = 4,  // the target's argmax at every node (greedy)
   kPhaseAccept = 8,        // the walk and the target's KV compaction
   kPhaseCatchUp = 16,      // the draft over the accepted tokens, and the next level 1's top-k
+  kPhaseSampledTokens = 32,  // the target's tokens drawn on the device by the request's sampler (CUDA)
 };
 
 class SpeculativeGenerator : public Decoder {

@@ -156,4 +156,33 @@ void draft_tree_accept(OpContext& ctx, DraftTreeState& tree, const Tensor& targe
       });
 }
 
+void draft_tree_walk_begin(OpContext& ctx, DraftTreeState& tree) {
+  constexpr std::string_view op = "draft_tree_walk_begin";
+  const Device device = check_state(op, tree);
+  check_i32(op, "walk", tree.walk, kWalkWords);
+  SPECULA_CHECK(tree.walk.device == device, op, ": operands on different devices");
+  run(op, ctx, device, [&] { cpu::draft_tree_walk_begin(tree); },
+      [&]([[maybe_unused]] auto& c) {
+#ifdef SPECULA_WITH_CUDA
+        cuda_impl::draft_tree_walk_begin(c, tree);
+#endif
+      });
+}
+
+void draft_tree_walk_step(OpContext& ctx, DraftTreeState& tree, const Tensor& drawn, Tensor& target_tokens) {
+  constexpr std::string_view op = "draft_tree_walk_step";
+  const Device device = check_state(op, tree);
+  check_i32(op, "walk", tree.walk, kWalkWords);
+  check_i32(op, "drawn", drawn, 1);
+  check_i32(op, "target_tokens", target_tokens, tree.size);
+  SPECULA_CHECK(common_device(op, {&tree.walk, &drawn, &target_tokens}) == device, op,
+                ": operands on different devices");
+  run(op, ctx, device, [&] { cpu::draft_tree_walk_step(tree, drawn, target_tokens); },
+      [&]([[maybe_unused]] auto& c) {
+#ifdef SPECULA_WITH_CUDA
+        cuda_impl::draft_tree_walk_step(c, tree, drawn, target_tokens);
+#endif
+      });
+}
+
 }  // namespace specula::ops

@@ -45,6 +45,10 @@ enum DraftCycleWord : int {
   kCycleWords = 3,
 };
 
+// Words of DraftTreeState::walk: a sampled cycle's walk on the device (the node it is at, and
+// whether it still goes on).
+enum DraftWalkWord : int { kWalkNode = 0, kWalkActive = 1, kWalkWords = 2 };
+
 struct DraftTreeState {
   int top_k = 0, depth = 0, size = 0;
   Tensor cycle;            // I32 [kCycleWords]
@@ -60,6 +64,7 @@ struct DraftTreeState {
   Tensor node_depth;       // I32 [size]
   Tensor node_score;       // F32 [size] (0 for the root)
   Tensor record;           // I32 [record_words(depth)]: see below
+  Tensor walk;             // I32 [kWalkWords] (only the walk ops use it)
 
   int64_t candidates() const { return top_k + static_cast<int64_t>(depth - 1) * top_k * top_k; }
   // The cycle's result, the one thing read back: [0] m, the accepted draft tokens;
@@ -101,5 +106,16 @@ void draft_tree_select(OpContext& ctx, DraftTreeState& tree, VerifyInputs& verif
 // the record and the catch-up inputs, and advances the cycle: L += m + 1, root = the target's
 // token, root row = m (the catch-up's row of the new root).
 void draft_tree_accept(OpContext& ctx, DraftTreeState& tree, const Tensor& target_tokens, CatchUpInputs& catch_up);
+
+// The target's tokens of a sampled cycle, drawn on the device: walk_begin puts the walk at the
+// root; then, depth + 1 times, the caller draws the target's token at the walk's node (the node's
+// logits row, the request's sampler, skipped once the walk has ended: GpuSampler::sample_if with
+// the kWalkActive word) and walk_step records it in target_tokens[node] and moves to the child
+// that carries it, or ends the walk. The draws are exactly the tokens the cycle emits, in order,
+// so the sampler's counter and penalty history follow the output. draft_tree_accept then walks
+// the same path.
+void draft_tree_walk_begin(OpContext& ctx, DraftTreeState& tree);
+// drawn [1] I32; target_tokens [size] I32. Does nothing once the walk has ended.
+void draft_tree_walk_step(OpContext& ctx, DraftTreeState& tree, const Tensor& drawn, Tensor& target_tokens);
 
 }  // namespace specula::ops

@@ -94,6 +94,19 @@ void GpuSampler::sample(const Tensor& logits, Tensor& out_token) {
   }
 }
 
+void GpuSampler::sample_if(const Tensor& logits, Tensor& out_token, const Tensor& active) {
+  SPECULA_CHECK(logits.rows() == 1, "GpuSampler::sample_if: one row of logits, got ", logits.shape_string());
+  SPECULA_CHECK(!active.empty() && active.device == Device::CUDA && active.dtype == DType::I32 && active.numel() == 1,
+                "GpuSampler::sample_if: active ", active.shape_string(), " must be a CUDA I32 tensor of 1 entry");
+  SPECULA_CHECK(begun_, "GpuSampler::sample_if: call begin() first");
+  SPECULA_CHECK(!logits.empty() && logits.device == Device::CUDA && logits.dtype == DType::F32 &&
+                    logits.row_size() == vocab_ && !out_token.empty() && out_token.device == Device::CUDA &&
+                    out_token.dtype == DType::I32 && out_token.numel() == 1,
+                "GpuSampler::sample_if: logits ", logits.shape_string(), " and out_token ", out_token.shape_string(),
+                " must be CUDA F32 [1, ", vocab_, "] and I32 [1]");
+  kernels::step(ctx_, device_, vocab_, params_, logits.as<float>(), out_token.as<int32_t>(), active.as<const int32_t>());
+}
+
 void GpuSampler::check_errors() {
   const uint32_t bits = kernels::take_errors(ctx_, device_, vocab_);
   if (bits == 0) return;
@@ -121,6 +134,8 @@ void GpuSampler::begin(const SamplingParams&, std::span<const int32_t>) {
 }
 
 void GpuSampler::sample(const Tensor&, Tensor&) { fail("GpuSampler: this build has no CUDA backend"); }
+
+void GpuSampler::sample_if(const Tensor&, Tensor&, const Tensor&) { fail("GpuSampler: this build has no CUDA backend"); }
 
 void GpuSampler::check_errors() { fail("GpuSampler: this build has no CUDA backend"); }
 

@@ -56,6 +56,10 @@ class GpuSampler {
   // from the device: the step writes token 0, records nothing, leaves the counter alone and sets a
   // bit that check_errors() reports.
   void sample(const Tensor& logits, Tensor& out_token);
+  // sample() of one row that is skipped whole (nothing drawn, recorded or counted, out_token left
+  // as it was) when the device word `active` ([1] I32) holds 0 when the step runs: the draws of a
+  // speculative tree walk, which stop where the walk ends, inside one captured graph.
+  void sample_if(const Tensor& logits, Tensor& out_token, const Tensor& active);
 
   // Throws specula::Error describing invalid logits seen since the last check (then clears them).
   // Synchronous: call it where the step's token is read anyway.

@@ -213,6 +213,9 @@ void EagleHead::visit_buffers(const EagleHeadConfig& cfg, const EagleHeadShape& 
   visit(tree(&ops::DraftTreeState::node_score), DType::F32, {s.tree_size});
   visit(tree(&ops::DraftTreeState::record), DType::I32,
         {ops::DraftTreeState::record_words(static_cast<int>(s.tree_depth))});
+  visit(tree(&ops::DraftTreeState::walk), DType::I32, {ops::kWalkWords});
+  visit(at(&EagleHead::walk_row_), DType::F32, {1, s.target_vocab});
+  visit(at(&EagleHead::walk_drawn_), DType::I32, {1});
 }
 
 void EagleHead::plan(const EagleHeadConfig& config, const EagleHeadShape& shape, const model::ActivationDTypes& dtypes,
@@ -282,6 +285,14 @@ ops::CatchUpInputs EagleHead::catch_up_inputs() const {
 
 ops::VerifyInputs EagleHead::verify_inputs(const model::Transformer& target) const {
   return {target.token_ids(), target.positions(), target.slots(), verify_mask(shape_.tree_size)};
+}
+
+Tensor EagleHead::walk_node() const {
+  return Tensor(static_cast<int32_t*>(tree_.walk.data) + ops::kWalkNode, DType::I32, {1}, tree_.walk.device);
+}
+
+Tensor EagleHead::walk_active() const {
+  return Tensor(static_cast<int32_t*>(tree_.walk.data) + ops::kWalkActive, DType::I32, {1}, tree_.walk.device);
 }
 
 Tensor EagleHead::root_row() const {

@@ -86,6 +86,7 @@ struct EagleHeadShape {
   int64_t max_accepted = 1;    // rows one cycle commits (depth + 1)
   int64_t top_k = 1;           // candidates per expanded node
   int64_t tree_depth = 1;      // draft levels
+  int64_t target_vocab = 1;    // the target's vocabulary (a sampled walk draws from its rows)
 };
 
 class EagleHead {
@@ -147,6 +148,12 @@ class EagleHead {
   ops::VerifyInputs verify_inputs(const model::Transformer& target) const;
   // The cycle word holding the new root's catch-up row ([1] I32 view of tree().cycle).
   Tensor root_row() const;
+  // A sampled walk's buffers: the walk node's logits row ([1, target_vocab] F32), the token drawn
+  // from it ([1] I32), and views of the walk's node and active words ([1] I32 each).
+  Tensor walk_row() const { return walk_row_; }
+  Tensor walk_drawn() const { return walk_drawn_; }
+  Tensor walk_node() const;
+  Tensor walk_active() const;
 
  private:
   template <typename Visit>
@@ -161,7 +168,7 @@ class EagleHead {
   model::KvCache kv_;
   Tensor token_ids_, positions_, slots_, features_, embedded_, normed_, residual_, qkv_, q_, attn_out_, gate_up_,
       hidden_, logit_input_, logits_, vocab_map_, mask_bits_, verify_mask_, gather_ids_, kv_src_, kv_dst_, kv_count_,
-      top_values_, top_indices_;
+      top_values_, top_indices_, walk_row_, walk_drawn_;
   ops::DraftTreeState tree_;
   std::vector<int32_t> vocab_map_host_;
 };

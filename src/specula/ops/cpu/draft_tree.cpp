@@ -189,4 +189,23 @@ void draft_tree_accept(DraftTreeState& tree, const Tensor& target_tokens, CatchU
   cycle[kCycleRootRow] = m;
 }
 
+void draft_tree_walk_begin(DraftTreeState& tree) {
+  tree.walk.as<int32_t>()[kWalkNode] = 0;
+  tree.walk.as<int32_t>()[kWalkActive] = 1;
+}
+
+void draft_tree_walk_step(DraftTreeState& tree, const Tensor& drawn, Tensor& target_tokens) {
+  int32_t* walk = tree.walk.as<int32_t>();
+  if (walk[kWalkActive] == 0) return;
+  const int32_t u = walk[kWalkNode], x = drawn.as<const int32_t>()[0];
+  target_tokens.as<int32_t>()[u] = x;
+  const int32_t *node_token = tree.node_token.as<const int32_t>(), *node_parent = tree.node_parent.as<const int32_t>();
+  for (int c = u + 1; c < tree.size; ++c)
+    if (node_parent[c] == u && node_token[c] == x) {
+      walk[kWalkNode] = c;
+      return;
+    }
+  walk[kWalkActive] = 0;
+}
+
 }  // namespace specula::ops::cpu

@@ -11,4 +11,6 @@ void draft_tree_expand(DraftTreeState& tree, int level, const Tensor& values, co
                        const Tensor& vocab_map, DraftLevelInputs& level_inputs);
 void draft_tree_select(DraftTreeState& tree, VerifyInputs& verify);
 void draft_tree_accept(DraftTreeState& tree, const Tensor& target_tokens, CatchUpInputs& catch_up);
+void draft_tree_walk_begin(DraftTreeState& tree);
+void draft_tree_walk_step(DraftTreeState& tree, const Tensor& drawn, Tensor& target_tokens);
 }  // namespace specula::ops::cpu

@@ -259,6 +259,34 @@ __global__ void accept_kernel(TreeView t, int path_offset, const int32_t* x, int
   }
 }
 
+__global__ void walk_begin_kernel(int32_t* walk) {
+  walk[kWalkNode] = 0;
+  walk[kWalkActive] = 1;
+}
+
+// One warp: the child of the walk's node that carries the drawn token, in index order.
+__global__ void walk_step_kernel(TreeView t, int32_t* walk, const int32_t* drawn, int32_t* target_tokens) {
+  if (walk[kWalkActive] == 0) return;  // uniform: every lane reads the same word
+  const int lane = static_cast<int>(threadIdx.x), u = walk[kWalkNode];
+  const int32_t x = *drawn;
+  int next = -1;
+  for (int base = u + 1; base < t.size && next < 0; base += 32) {
+    const int c = base + lane;
+    const bool hit = c < t.size && t.node_parent[c] == u && t.node_token[c] == x;
+    const unsigned ballot = __ballot_sync(0xFFFFFFFFu, hit);
+    if (ballot) next = base + __ffs(ballot) - 1;
+  }
+  __syncwarp();
+  if (lane == 0) {
+    target_tokens[u] = x;
+    if (next >= 0) {
+      walk[kWalkNode] = next;
+    } else {
+      walk[kWalkActive] = 0;
+    }
+  }
+}
+
 const int32_t* map_ptr(const Tensor& vocab_map) { return vocab_map.empty() ? nullptr : vocab_map.as<const int32_t>(); }
 int map_len(const Tensor& vocab_map) { return static_cast<int>(vocab_map.numel()); }
 
@@ -304,6 +332,17 @@ void draft_tree_accept(CudaContext& ctx, DraftTreeState& tree, const Tensor& tar
                                                catch_up.kv_src.as<int32_t>(), catch_up.kv_dst.as<int32_t>(),
                                                catch_up.kv_count.as<int32_t>());
   SPECULA_CUDA_CHECK_LAUNCH("draft_tree_accept");
+}
+
+void draft_tree_walk_begin(CudaContext& ctx, DraftTreeState& tree) {
+  walk_begin_kernel<<<1, 1, 0, stream_of(ctx)>>>(tree.walk.as<int32_t>());
+  SPECULA_CUDA_CHECK_LAUNCH("draft_tree_walk_begin");
+}
+
+void draft_tree_walk_step(CudaContext& ctx, DraftTreeState& tree, const Tensor& drawn, Tensor& target_tokens) {
+  walk_step_kernel<<<1, 32, 0, stream_of(ctx)>>>(view_of(ctx, tree), tree.walk.as<int32_t>(), drawn.as<const int32_t>(),
+                                                 target_tokens.as<int32_t>());
+  SPECULA_CUDA_CHECK_LAUNCH("draft_tree_walk_step");
 }
 
 }  // namespace specula::ops::cuda_impl

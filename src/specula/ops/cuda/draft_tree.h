@@ -16,4 +16,6 @@ void draft_tree_expand(CudaContext& ctx, DraftTreeState& tree, int level, const 
                        const Tensor& vocab_map, DraftLevelInputs& level_inputs);
 void draft_tree_select(CudaContext& ctx, DraftTreeState& tree, VerifyInputs& verify);
 void draft_tree_accept(CudaContext& ctx, DraftTreeState& tree, const Tensor& target_tokens, CatchUpInputs& catch_up);
+void draft_tree_walk_begin(CudaContext& ctx, DraftTreeState& tree);
+void draft_tree_walk_step(CudaContext& ctx, DraftTreeState& tree, const Tensor& drawn, Tensor& target_tokens);
 }  // namespace specula::ops::cuda_impl

@@ -148,7 +148,12 @@ struct StepArgs {
   double top_p_limit;  // 1 - top_p, in double as the CPU computes it
   u64 seed;
   bool use_repetition, use_additive, use_top_k, use_top_p, use_min_p;
+  // Optional [1] word: when it holds 0 the whole step is skipped (every kernel returns at once,
+  // nothing is drawn, recorded or counted); a speculative walk that has ended skips its draws.
+  const int32_t* active;
 };
+
+__device__ __forceinline__ bool step_skipped(const StepArgs& a) { return a.active != nullptr && *a.active == 0; }
 
 // ---------------------------------------------------------------------------------------------
 // Scalar helpers
@@ -377,6 +382,7 @@ __device__ void topk_select(const StepArgs& a) {
 
 template <bool kGreedy, bool kTopK>
 __global__ void __launch_bounds__(kThreads) prepare_kernel(const StepArgs a) {
+  if (step_skipped(a)) return;  // the whole grid returns together
   constexpr int kBins = kTopK ? level_bins<0>() : 1;
   __shared__ u32 s_count[kBins];
   __shared__ u32 s_abort;
@@ -463,6 +469,7 @@ __global__ void __launch_bounds__(kThreads) prepare_kernel(const StepArgs a) {
 // the digits chosen so far.
 template <int L>
 __global__ void __launch_bounds__(kThreads) topk_level_kernel(const StepArgs a) {
+  if (step_skipped(a)) return;
   constexpr int kBins = level_bins<L>();
   __shared__ u32 s_count[kBins];
   Control* const c = a.ctrl;
@@ -586,6 +593,7 @@ __device__ void topp_select(const StepArgs& a, u128 total, float max_value) {
 // far; without it (min-p but no top-p) only the total.
 template <int L, bool kHist, bool kTotal>
 __global__ void __launch_bounds__(kThreads) topp_level_kernel(const StepArgs a) {
+  if (step_skipped(a)) return;
   constexpr int kBins = kHist ? level_bins<L>() : 1;
   __shared__ u32 s_count[kBins];
   __shared__ u32 s_mass[kPieces][kBins];
@@ -819,6 +827,7 @@ __device__ void draw(const StepArgs& a, const Filter& f) {
 }
 
 __global__ void __launch_bounds__(kThreads) final_kernel(const StepArgs a) {
+  if (step_skipped(a)) return;
   Control* const c = a.ctrl;
   const int tid = threadIdx.x;
   if (c->abort != 0) {  // the whole grid returns together; kernel 1 already recorded the error
@@ -908,9 +917,10 @@ void reset(cuda::CudaContext& ctx, void* device, int64_t vocab, const int32_t* s
 }
 
 void step(cuda::CudaContext& ctx, void* device, int64_t vocab, const ::specula::sampling::SamplingParams& p, float* logits,
-          int32_t* out_token) {
+          int32_t* out_token, const int32_t* active) {
   const Layout l = layout_of(vocab);
-  const StepArgs a = args_of(device, l, vocab, p, logits, out_token);
+  StepArgs a = args_of(device, l, vocab, p, logits, out_token);
+  a.active = active;
   const cudaStream_t s = stream_of(ctx);
   const dim3 grid(static_cast<unsigned>(l.blocks)), block(kThreads);
   if (p.is_greedy()) {

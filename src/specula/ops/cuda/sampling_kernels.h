@@ -37,9 +37,10 @@ void reset(cuda::CudaContext& ctx, void* device, int64_t vocab, const int32_t* s
 
 // One draw for one row of logits: launches only (no allocation, no host synchronisation), all on
 // ctx.stream(), so it can be captured in a CUDA graph. `params` must already be validated; its
-// values are baked into the launches.
+// values are baked into the launches. `active` (a device word, or null): when it holds 0 at run
+// time the step is skipped whole (nothing drawn, recorded or counted).
 void step(cuda::CudaContext& ctx, void* device, int64_t vocab, const ::specula::sampling::SamplingParams& params,
-          float* logits, int32_t* out_token);
+          float* logits, int32_t* out_token, const int32_t* active = nullptr);
 
 // Synchronous reads: the error word (cleared by the read) and the draw counter.
 uint32_t take_errors(cuda::CudaContext& ctx, void* device, int64_t vocab);
