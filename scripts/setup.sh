@@ -17,7 +17,7 @@ minimal=0
 
 packages=(cmake ninja-build g++ pkg-config nlohmann-json3-dev libpcre2-dev libutf8proc-dev libcli11-dev)
 # chromium: the chat page's browser test (web.chat_page) drives the Debian package headless.
-[ $minimal -eq 0 ] && packages+=(libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev chromium)
+[ $minimal -eq 0 ] && packages+=(libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev curl chromium)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
