@@ -245,42 +245,32 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
       break;
     }
     phase_start = clock::now();
-    if (device_tokens && !time_phases_) {
-      run(kPhaseDraft | kPhaseVerify | kPhaseGreedyTokens | kPhaseAccept | kPhaseCatchUp, [&] {
-        draft_phase();
-        verify_phase(true);
-        accept_phase();
-        catch_up_phase();
-      });
-    } else if (device_tokens) {
-      run(kPhaseDraft, draft_phase);
-      lap(result.draft_seconds);
-      run(kPhaseVerify | kPhaseGreedyTokens | kPhaseAccept, [&] {
-        verify_phase(true);
-        accept_phase();
-      });
-      lap(result.verify_seconds);
-      run(kPhaseCatchUp, catch_up_phase);
-      lap(result.draft_seconds);
-    } else if (device_sampling && !time_phases_) {
-      run(kPhaseDraft | kPhaseVerify | kPhaseSampledTokens | kPhaseAccept | kPhaseCatchUp, [&] {
-        draft_phase();
-        verify_phase(false);
-        sampled_walk();
-        accept_phase();
-        catch_up_phase();
-      });
-    } else if (device_sampling) {
-      run(kPhaseDraft, draft_phase);
-      lap(result.draft_seconds);
-      run(kPhaseVerify | kPhaseSampledTokens | kPhaseAccept, [&] {
-        verify_phase(false);
-        sampled_walk();
-        accept_phase();
-      });
-      lap(result.verify_seconds);
-      run(kPhaseCatchUp, catch_up_phase);
-      lap(result.draft_seconds);
+    if (device_tokens || device_sampling) {
+      // The target's tokens on the device: its argmax at every node, or the sampler's draws along
+      // the walk. One step per cycle, or three with a synchronisation between them when timed.
+      const int tokens_phase = device_tokens ? kPhaseGreedyTokens : kPhaseSampledTokens;
+      auto verify_and_choose = [&] {
+        verify_phase(device_tokens);
+        if (device_sampling) sampled_walk();
+      };
+      if (!time_phases_) {
+        run(kPhaseDraft | kPhaseVerify | tokens_phase | kPhaseAccept | kPhaseCatchUp, [&] {
+          draft_phase();
+          verify_and_choose();
+          accept_phase();
+          catch_up_phase();
+        });
+      } else {
+        run(kPhaseDraft, draft_phase);
+        lap(result.draft_seconds);
+        run(kPhaseVerify | tokens_phase | kPhaseAccept, [&] {
+          verify_and_choose();
+          accept_phase();
+        });
+        lap(result.verify_seconds);
+        run(kPhaseCatchUp, catch_up_phase);
+        lap(result.draft_seconds);
+      }
     } else {
       run(kPhaseDraft, draft_phase);
       if (time_phases_) lap(result.draft_seconds);
