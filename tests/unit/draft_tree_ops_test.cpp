@@ -504,3 +504,20 @@ TEST_F(CudaDraftTreeOps, MatchCpuExactly) {
 #endif
 
 }  // namespace
+
+namespace {
+// The device selection sorts every candidate in shared memory: a shape past kMaxCandidates is
+// refused when the options are checked, naming the flags, not when a kernel would fail.
+TEST(DraftTreeOps, ShapesBeyondTheCandidateLimitAreRefusedUpFront) {
+  const spec::DraftTreeParams too_many{64, 3, 100};  // 64 + 2 * 4096 = 8256 candidates
+  try {
+    too_many.validate();
+    FAIL() << "8256 candidates were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("8256 draft candidates"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--tree-topk"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW((spec::DraftTreeParams{64, 2, 1024}.validate()));  // 4160 candidates
+  static_assert(spec::kMaxCandidates == ops::kMaxDraftCandidates);
+}
+}  // namespace
