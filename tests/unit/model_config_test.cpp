@@ -286,9 +286,12 @@ TEST(ModelConfigHostile, TypeErrorsNameTheFileAndTheKey) {
     message = config_error(j.dump());
     EXPECT_TRUE(contains(message, "model/config.json sparse_config: '" + std::string(key) + "' must be a non-negative integer"))
         << message;
-    j["sparse_config"] = {{key, -1}};
+    // dense_len -1 means "always sparse" (the MiniCPM4.1 model card); below that, and -1 elsewhere, is an error.
+    j["sparse_config"] = {{key, std::string(key) == "dense_len" ? -2 : -1}};
     EXPECT_TRUE(contains(config_error(j.dump()), "non-negative integer"));
   }
+  j["sparse_config"] = {{"dense_len", -1}};
+  EXPECT_EQ(ModelConfig::from_json(j.dump(), "model/config.json").sparse->dense_len, -1);
 }
 
 // Every value of several valid configs, replaced by each kind of wrong value, gives either a valid

@@ -337,7 +337,11 @@ ModelConfig ModelConfig::from_json(const std::string& config_json, const std::st
       sc.window_size = sr.positive_int_or("window_size", sc.window_size);
       sc.topk = sr.positive_int_or("topk", sc.topk);
       sc.use_nope = sr.boolean_or("use_nope", false);
-      sc.dense_len = sr.non_negative_int_or("dense_len", sc.dense_len);
+      // dense_len: dense attention below it, sparse from it on; -1 = always sparse (the model card).
+      if (s.contains("dense_len") && s.at("dense_len").is_number_integer() && s.at("dense_len").get<int64_t>() == -1)
+        sc.dense_len = -1;
+      else
+        sc.dense_len = sr.non_negative_int_or("dense_len", sc.dense_len);
       cfg.sparse = sc;
     }
   }

@@ -38,7 +38,7 @@ struct RopeConfig {
 struct SparseConfig {
   int64_t kernel_size = 32, kernel_stride = 16, block_size = 64, init_blocks = 1, window_size = 2048, topk = 64;
   bool use_nope = false;
-  int64_t dense_len = 8192;
+  int64_t dense_len = 8192;  // -1: sparse at every length
 };
 
 struct ModelConfig {
