@@ -422,8 +422,10 @@ std::string ModelConfig::summary() const {
     out << "muP            scale_emb " << scale_emb << ", residual x" << residual_scale << ", logits x" << logit_scale
         << "\n";
   if (sparse)
-    out << "sparse         InfLLM-V2 topk " << sparse->topk << ", block " << sparse->block_size << ", dense_len "
-        << sparse->dense_len << "\n";
+    out << "sparse         InfLLM-V2 topk " << sparse->topk << ", block " << sparse->block_size << ", "
+        << (sparse->dense_len < 0 ? std::string("sparse at every length")
+                                  : "dense_len " + std::to_string(sparse->dense_len))
+        << "\n";
   out << "eos ids        ";
   for (size_t i = 0; i < eos_token_ids.size(); ++i) out << (i ? ", " : "") << eos_token_ids[i];
   out << "\n";
