@@ -292,6 +292,24 @@ TEST(ModelConfigHostile, TypeErrorsNameTheFileAndTheKey) {
   }
   j["sparse_config"] = {{"dense_len", -1}};
   EXPECT_EQ(ModelConfig::from_json(j.dump(), "model/config.json").sparse->dense_len, -1);
+  EXPECT_FALSE(ModelConfig::from_json(j.dump(), "model/config.json").sparse_defaulted);
+
+  // A MiniCPM4 config.json without sparse_config (MiniCPM4-8B ships so) gets the published
+  // defaults, flagged, and the summary says so; other families get none.
+  j.erase("sparse_config");
+  const ModelConfig defaulted = ModelConfig::from_json(j.dump(), "model/config.json");
+  ASSERT_TRUE(defaulted.sparse.has_value());
+  EXPECT_TRUE(defaulted.sparse_defaulted);
+  EXPECT_EQ(defaulted.sparse->kernel_size, 32);
+  EXPECT_EQ(defaulted.sparse->kernel_stride, 16);
+  EXPECT_EQ(defaulted.sparse->block_size, 64);
+  EXPECT_EQ(defaulted.sparse->init_blocks, 1);
+  EXPECT_EQ(defaulted.sparse->window_size, 2048);
+  EXPECT_EQ(defaulted.sparse->topk, 64);
+  EXPECT_FALSE(defaulted.sparse->use_nope);
+  EXPECT_EQ(defaulted.sparse->dense_len, 8192);
+  EXPECT_TRUE(contains(defaulted.summary(), "published defaults: config.json has no sparse_config")) << defaulted.summary();
+  EXPECT_FALSE(ModelConfig::from_json(base_llama().dump(), "model/config.json").sparse.has_value());
 }
 
 // Every value of several valid configs, replaced by each kind of wrong value, gives either a valid

@@ -343,6 +343,9 @@ ModelConfig ModelConfig::from_json(const std::string& config_json, const std::st
       else
         sc.dense_len = sr.non_negative_int_or("dense_len", sc.dense_len);
       cfg.sparse = sc;
+    } else {
+      cfg.sparse = SparseConfig{};
+      cfg.sparse_defaulted = true;
     }
   }
   cfg.rope = parse_rope(r, cfg);
@@ -425,7 +428,7 @@ std::string ModelConfig::summary() const {
     out << "sparse         InfLLM-V2 topk " << sparse->topk << ", block " << sparse->block_size << ", "
         << (sparse->dense_len < 0 ? std::string("sparse at every length")
                                   : "dense_len " + std::to_string(sparse->dense_len))
-        << "\n";
+        << (sparse_defaulted ? " (published defaults: config.json has no sparse_config)" : "") << "\n";
   out << "eos ids        ";
   for (size_t i = 0; i < eos_token_ids.size(); ++i) out << (i ? ", " : "") << eos_token_ids[i];
   out << "\n";

@@ -56,7 +56,10 @@ struct ModelConfig {
   // logits = lm_head(norm(x) * logit_scale). All 1 for the other families.
   double scale_emb = 1.0, residual_scale = 1.0, logit_scale = 1.0;
   double scale_depth = 0.0, dim_model_base = 0.0;  // raw MiniCPM values (EAGLE heads need them)
+  // InfLLM-V2 (MiniCPM4/4.1): the checkpoint's sparse_config, or the published defaults when a
+  // MiniCPM4 config.json has none (MiniCPM4-8B ships without it), flagged so front ends say so.
   std::optional<SparseConfig> sparse;
+  bool sparse_defaulted = false;
   std::optional<int32_t> bos_token_id;
   std::vector<int32_t> eos_token_ids;  // union of config.json and generation_config.json
   std::optional<DType> dtype;          // torch_dtype / dtype, if given
