@@ -99,6 +99,11 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
 #endif
   }
   if (draft) options.tree.validate();
+  model::AttentionPlan attention = model::AttentionPlan::resolve(config, options.attention, options.model_dir);
+  if (draft && attention.sparse_enabled())
+    SPECULA_CHECK(options.tree.depth <= attention.max_tree_depth(), "--tree-depth ", options.tree.depth,
+                  " exceeds what sparse attention's local blocks keep visible (", attention.max_tree_depth(),
+                  " tokens with window_size ", attention.config.window_size, "); use a shallower tree");
   // With a draft head the target verifies whole trees: one forward of tree.size tokens, logits
   // for each, and room for the tree's rows past the committed context.
   const int64_t tree_rows = draft ? options.tree.size : 0;
@@ -118,7 +123,7 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
     plan_weights(fixed);
     model::ForwardShape no_cache = shape;
     no_cache.kv_capacity = 0;
-    model::Transformer::plan(config, no_cache, dtypes, fixed);
+    model::Transformer::plan(config, no_cache, dtypes, fixed, attention);
     plan_device_scratch(config, fixed);
     plan_logprob_buffers(config, fixed);
     if (draft) draft->plan(fixed, 0);
@@ -136,10 +141,19 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
                 "--max-context ", context, " exceeds max_position_embeddings ", config.max_position_embeddings,
                 " of a LongRoPE model (its rotary table is defined only up to that length)");
   if (draft) context = std::min<int64_t>(context, kMaxContextTokens);
+  // auto with a context that never reaches dense_len is dense at every length: no sparse state.
+  if (attention.mode == model::AttentionMode::Auto && !attention.sparse_at(context)) {
+    attention.mode = model::AttentionMode::Dense;
+    attention.config_source = "the context of " + std::to_string(context) + " tokens stays below dense_len " +
+                              std::to_string(attention.config.dense_len);
+  }
+  SPECULA_CHECK(!attention.sparse_enabled() || options.device == Device::CPU, "InfLLM-V2 sparse attention (",
+                attention.describe(), ") has no CUDA kernels yet: run with --attention dense, a --max-context below ",
+                "dense_len, or on the CPU");
   shape.kv_capacity = context + tree_rows;
   ArenaPlan plan;
   plan_weights(plan);
-  model::Transformer::plan(config, shape, dtypes, plan);
+  model::Transformer::plan(config, shape, dtypes, plan, attention);
   if (options.device == Device::CUDA) plan_device_scratch(config, plan);
   plan_logprob_buffers(config, plan);
   if (draft) draft->plan(plan, context);
@@ -154,7 +168,7 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
   engine->arena_ = Arena(options.device, plan.total());
   model::ModelWeights weights = make_weights(*engine);
   engine->transformer_ =
-      std::make_unique<model::Transformer>(config, std::move(weights), shape, dtypes, engine->arena_);
+      std::make_unique<model::Transformer>(config, std::move(weights), shape, dtypes, engine->arena_, attention);
 #ifdef SPECULA_WITH_CUDA
   if (options.device == Device::CUDA) {  // the rest of the plan, in plan_device_scratch's order
     engine->cuda_->adopt_workspace(engine->arena_.alloc_bytes(cuda::kDefaultWorkspaceBytes),
@@ -319,7 +333,9 @@ void Engine::write_inputs(std::span<const int32_t> ids, std::span<const int32_t>
   }
 }
 
-void Engine::forward(int64_t tokens, int64_t logit_rows) { transformer_->forward(op_context_, tokens, logit_rows); }
+void Engine::forward(int64_t tokens, int64_t logit_rows, int64_t prefill_end) {
+  transformer_->forward(op_context_, tokens, logit_rows, ops::AttentionMask::causal(), prefill_end);
+}
 
 int32_t Engine::decode_step(int32_t token, int32_t position, StepOutput output) {
   if (options_.device == Device::CPU) {

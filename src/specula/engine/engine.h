@@ -19,6 +19,7 @@
 #include "specula/core/arena.h"
 #include "specula/engine/logprobs.h"
 #include "specula/engine/step_plan.h"
+#include "specula/model/attention_plan.h"
 #include "specula/core/thread_pool.h"
 #include "specula/model/config.h"
 #include "specula/model/transformer.h"
@@ -58,6 +59,8 @@ struct EngineOptions {
   std::string frspec_path;
   std::vector<int32_t> frspec_ids;  // an FR-Spec list in memory instead of a file (benchmarks)
   spec::DraftTreeParams tree;
+  // Dense or InfLLM-V2 sparse attention, and overrides of the checkpoint's sparse_config.
+  model::AttentionOptions attention;
   // Called during loading: stage ("weights"), bytes done, bytes total.
   std::function<void(std::string_view, size_t, size_t)> progress;
 };
@@ -107,7 +110,8 @@ class Engine {
   // Copies step inputs (first n entries of ids/positions/slots) to the model's device buffers.
   void write_inputs(std::span<const int32_t> ids, std::span<const int32_t> positions, std::span<const int32_t> slots);
   // Runs the transformer over the inputs written last.
-  void forward(int64_t tokens, int64_t logit_rows);
+  // `prefill_end`: for prompt chunks, the length the whole prompt reaches (attention_plan.h).
+  void forward(int64_t tokens, int64_t logit_rows, int64_t prefill_end = 0);
   // What a decode step leaves behind.
   enum class StepOutput {
     Logits,   // logits only, for read_logits() and a host-side sampler

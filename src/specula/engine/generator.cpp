@@ -73,7 +73,7 @@ GenerationResult Generator::generate(const GenerationRequest& request, const Gen
     std::iota(positions.begin(), positions.end(), static_cast<int32_t>(begin));
     engine_.write_inputs(std::span(request.prompt).subspan(static_cast<size_t>(begin), static_cast<size_t>(n)),
                          positions, positions);
-    engine_.forward(n, begin + n == prompt_len ? 1 : 0);
+    engine_.forward(n, begin + n == prompt_len ? 1 : 0, prompt_len);
     kv.append(n);
     if (callbacks.on_prefill_progress) {
       engine_.synchronize();

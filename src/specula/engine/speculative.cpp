@@ -109,7 +109,7 @@ GenerationResult SpeculativeGenerator::generate(const GenerationRequest& request
     const std::vector<int32_t> pos = iota_from(begin, rows);
     engine_.write_inputs(std::span(request.prompt).subspan(static_cast<size_t>(begin), static_cast<size_t>(rows)), pos,
                          pos);
-    target.forward(ctx, rows, last ? 1 : 0);
+    target.forward(ctx, rows, last ? 1 : 0, ops::AttentionMask::causal(), prompt_len);
     if (last) root = device_sampling ? engine_.sample_on_device() : choose(target.logits(1), 0, {});
     std::vector<int32_t> next(request.prompt.begin() + begin + 1, request.prompt.begin() + begin + rows);
     next.push_back(last ? root : request.prompt[static_cast<size_t>(begin + rows)]);

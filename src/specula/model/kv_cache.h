@@ -5,6 +5,11 @@
 //
 // Memory comes from the caller's arena (planned with plan()); the committed length is host-side
 // bookkeeping of the decoder that drives the cache: kernels never read it (they get slots).
+//
+// With InfLLM-V2 sparse attention the cache also holds each layer's compressed keys (C1, and C2
+// for MiniCPM4.1's LSE approximation) and, per layer, how many K rows they are current with: device
+// state kept by ops::compress_keys, which recomputes whatever a call rewrote, so truncate() and the
+// speculative compaction need not touch it.
 #pragma once
 
 #include <span>
@@ -13,12 +18,15 @@
 #include "specula/core/arena.h"
 #include "specula/core/tensor.h"
 #include "specula/ops/ops.h"
+#include "specula/ops/sparse_attention.h"
 
 namespace specula::model {
 
 struct KvCacheShape {
   int64_t layers = 0, kv_heads = 0, capacity = 0, head_dim = 0;
   DType dtype = DType::F32;
+  // Compressed-key kernels per layer and head (0: no sparse attention; c2 0: no second tier).
+  int64_t c1_capacity = 0, c2_capacity = 0;
 };
 
 class KvCache {
@@ -34,6 +42,9 @@ class KvCache {
   Tensor& v(int64_t layer) { return tensors_[static_cast<size_t>(2 * layer + 1)]; }
   // K and V of every layer (the operand of ops::kv_gather).
   std::span<Tensor> all() { return tensors_; }
+  // One layer's compressed keys (needs c1_capacity > 0).
+  ops::CompressedKeys compressed(int64_t layer);
+  bool has_compressed() const { return shape_.c1_capacity > 0; }
 
   // Rows [0, length) hold the committed sequence.
   int64_t length() const { return length_; }
@@ -48,6 +59,8 @@ class KvCache {
  private:
   KvCacheShape shape_;
   std::vector<Tensor> tensors_;  // K0, V0, K1, V1, ...
+  std::vector<Tensor> c1_, c2_;   // per layer, when sparse
+  Tensor compressed_rows_;        // [layers] I32
   int64_t length_ = 0;
 };
 

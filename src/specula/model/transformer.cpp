@@ -9,10 +9,12 @@
 // stays F32 on both backends; the fused forms never round a product to 16 bits before adding it.
 #include "specula/model/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "specula/core/error.h"
+#include "specula/ops/sparse_attention.h"
 #ifdef SPECULA_WITH_CUDA
 #include "specula/core/cuda_memory.h"
 #endif
@@ -49,27 +51,45 @@ void Transformer::visit_buffers(const ModelConfig& c, const ForwardShape& s, con
   visit(at(&Transformer::next_tokens_), DType::I32, {s.max_logit_rows});
 }
 
-KvCacheShape Transformer::kv_shape(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d) {
-  return {c.num_layers, c.num_kv_heads, s.kv_capacity, c.head_dim, d.kv_cache};
+KvCacheShape Transformer::kv_shape(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d,
+                                   const AttentionPlan& a) {
+  KvCacheShape shape{c.num_layers, c.num_kv_heads, s.kv_capacity, c.head_dim, d.kv_cache};
+  if (a.sparse_enabled()) {
+    const ops::SparseSelectParams p = a.select_params(c.head_dim, 0);
+    shape.c1_capacity = std::max<int64_t>(1, ops::complete_kernels(s.kv_capacity, p.kernel_size, p.kernel_stride));
+    if (p.uses_c2())
+      shape.c2_capacity =
+          std::max<int64_t>(1, ops::complete_kernels(s.kv_capacity, p.c2_kernel_size(), p.c2_kernel_stride()));
+  }
+  return shape;
 }
 
-void Transformer::plan(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d, ArenaPlan& plan) {
-  if (s.kv_capacity > 0) KvCache::plan(kv_shape(c, s, d), plan);
+namespace {
+int64_t block_list_width(const ModelConfig& c, const AttentionPlan& a) {
+  return a.sparse_enabled() ? a.select_params(c.head_dim, 0).max_blocks() : 0;
+}
+}  // namespace
+
+void Transformer::plan(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d, ArenaPlan& plan,
+                       const AttentionPlan& a) {
+  if (s.kv_capacity > 0) KvCache::plan(kv_shape(c, s, d, a), plan);
   visit_buffers(c, s, d, nullptr,
                 [&](Tensor*, DType dtype, std::initializer_list<int64_t> shape) { plan.add(dtype, shape); });
+  if (a.sparse_enabled()) plan.add(DType::I32, {c.num_kv_heads, s.max_tokens, block_list_width(c, a)});
 }
 
 Transformer::Transformer(const ModelConfig& c, ModelWeights weights, const ForwardShape& s, const ActivationDTypes& d,
-                         Arena& arena)
-    : config_(c), weights_(std::move(weights)), shape_(s) {
+                         Arena& arena, const AttentionPlan& a)
+    : config_(c), attention_(a), weights_(std::move(weights)), shape_(s) {
   SPECULA_CHECK(s.max_tokens >= 1 && s.max_logit_rows >= 1 && s.max_logit_rows <= s.max_tokens,
                 "forward shape: need 1 <= max_logit_rows <= max_tokens");
   SPECULA_CHECK(s.kv_capacity >= 1, "forward shape: KV capacity must be at least 1");
   SPECULA_CHECK(arena.device() == device(), "transformer buffers and weights must share a device");
-  kv_ = KvCache(kv_shape(c, s, d), arena);
+  kv_ = KvCache(kv_shape(c, s, d, a), arena);
   visit_buffers(c, s, d, this, [&](Tensor* target, DType dtype, std::initializer_list<int64_t> shape) {
     *target = arena.alloc(dtype, shape);
   });
+  if (a.sparse_enabled()) blocks_ = arena.alloc(DType::I32, {c.num_kv_heads, s.max_tokens, block_list_width(c, a)});
 
   const std::vector<float> inv_freq = c.rope_inv_freq();
   rope_.attention_scaling = c.rope_attention_scaling();
@@ -82,7 +102,13 @@ Transformer::Transformer(const ModelConfig& c, ModelWeights weights, const Forwa
   }
 }
 
-void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_rows, const ops::AttentionMask& mask) {
+Tensor Transformer::block_lists(int64_t tokens) const {
+  if (blocks_.empty()) return {};
+  return Tensor(blocks_.data, DType::I32, {blocks_.dim(0), tokens, blocks_.dim(2)}, blocks_.device);
+}
+
+void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_rows, const ops::AttentionMask& mask,
+                          int64_t prefill_end) {
   SPECULA_CHECK(tokens >= 1 && tokens <= shape_.max_tokens, "forward: ", tokens, " tokens, but buffers hold ",
                 shape_.max_tokens);
   SPECULA_CHECK(logit_rows >= 0 && logit_rows <= std::min(tokens, shape_.max_logit_rows), "forward: ", logit_rows,
@@ -98,13 +124,35 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
          q = q_.slice_outer(0, tokens), a = attn_out_.slice_outer(0, tokens),
          gu = gate_up_.slice_outer(0, tokens), fin = final_hidden_.slice_outer(0, tokens);
 
+  // InfLLM-V2: the block lists are computed per layer into blocks ([n_kv, tokens, W], packed for
+  // this call's token count). A CPU call whose every token sits below the switch runs dense; the
+  // compressed keys catch up on the first sparse call (compress_keys recomputes what is missing).
+  const bool sparse = attention_.sparse_enabled() && [&] {
+    const ops::SparseSelectParams p = attention_.select_params(c.head_dim, prefill_end);
+    if (device() != Device::CPU) return true;
+    const int32_t* p_host = pos.as<const int32_t>();
+    return *std::max_element(p_host, p_host + tokens) >= p.sparse_from;
+  }();
+  const ops::SparseSelectParams sparse_params = attention_.select_params(c.head_dim, prefill_end);
+  Tensor blocks = block_lists(tokens);
+  const ops::AttentionMask sparse_mask = sparse ? mask.with_blocks(blocks, sparse_params.block_size) : mask;
+
   ops::embedding(ctx, weights_.embed, ids, static_cast<float>(c.scale_emb), x);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
     Tensor& k_cache = kv_.k(l);
     Tensor& v_cache = kv_.v(l);
     ops::rms_norm_linear(ctx, x, w.input_norm, eps, w.qkv, w.qkv_bias, h, qkv);
-    ops::qkv_attention(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, attn_scale, q, k_cache, v_cache, a, mask);
+    if (sparse) {
+      ops::qkv_rope_store(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, q, k_cache, v_cache);
+      ops::CompressedKeys compressed = kv_.compressed(l);
+      ops::compress_keys(ctx, k_cache, slots, mask, sparse_params, compressed);
+      ops::sparse_select(ctx, q, k_cache, compressed, pos, slots, mask, sparse_params, blocks);
+      ops::attention(ctx, q, k_cache, v_cache, slots, attn_scale, a, sparse_mask);
+    } else {
+      ops::qkv_attention(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, attn_scale, q, k_cache, v_cache, a,
+                         mask);
+    }
     ops::linear(ctx, a, w.o_proj, Tensor(), x, residual_scale, ops::OutputMode::Accumulate);
     ops::rms_norm_linear(ctx, x, w.post_attention_norm, eps, w.gate_up, Tensor(), h, gu);
     ops::linear_swiglu(ctx, gu, w.down, x, residual_scale, ops::OutputMode::Accumulate);

@@ -13,6 +13,7 @@
 
 #include "specula/core/arena.h"
 #include "specula/core/tensor.h"
+#include "specula/model/attention_plan.h"
 #include "specula/model/config.h"
 #include "specula/model/kv_cache.h"
 #include "specula/model/weights.h"
@@ -41,10 +42,12 @@ struct ActivationDTypes {
 class Transformer {
  public:
   // Bytes the buffers take (add to the arena plan before allocating).
+  // `attention` picks dense or InfLLM-V2 switchable attention (the sparse path adds compressed
+  // keys to the KV cache and a block-list buffer).
   static void plan(const ModelConfig& config, const ForwardShape& shape, const ActivationDTypes& dtypes,
-                   ArenaPlan& plan);
+                   ArenaPlan& plan, const AttentionPlan& attention = {});
   Transformer(const ModelConfig& config, ModelWeights weights, const ForwardShape& shape,
-              const ActivationDTypes& dtypes, Arena& arena);
+              const ActivationDTypes& dtypes, Arena& arena, const AttentionPlan& attention = {});
 
   // Step inputs, [max_tokens] I32 on the model's device: fill the first `tokens` entries.
   Tensor token_ids() const { return token_ids_; }
@@ -54,8 +57,10 @@ class Transformer {
   // Runs `tokens` inputs through the model. Input t's K/V are stored at cache row slots[t]; which
   // rows it attends is `mask`'s rule (prefix-causal: rows [0, slots[t]]; a tree mask for
   // verifying draft trees). Logits of the last `logit_rows` inputs land in logits(logit_rows).
+  // `prefill_end`: for a prompt chunk, the sequence length the whole prompt reaches (the sparse
+  // switch decides per prompt, see attention_plan.h); 0 for decode and verification.
   void forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_rows,
-               const ops::AttentionMask& mask = ops::AttentionMask::causal());
+               const ops::AttentionMask& mask = ops::AttentionMask::causal(), int64_t prefill_end = 0);
 
   Tensor logits(int64_t rows) const { return logits_.slice_outer(0, rows); }  // [rows, V] F32
   // [max_logit_rows] I32 on the device: where greedy/sampled next tokens are written.
@@ -64,6 +69,10 @@ class Transformer {
   Tensor final_hidden(int64_t tokens) const { return final_hidden_.slice_outer(0, tokens); }
 
   KvCache& kv_cache() { return kv_; }
+  const AttentionPlan& attention_plan() const { return attention_; }
+  // The block lists of the last forward's last layer ([n_kv, tokens, max_blocks] I32; empty when
+  // dense): what tests and `--dump-blocks` compare.
+  Tensor block_lists(int64_t tokens) const;
   const ops::RopeParams& rope() const { return rope_; }
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
@@ -71,18 +80,21 @@ class Transformer {
   Device device() const { return weights_.embed.device; }
 
  private:
-  static KvCacheShape kv_shape(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d);
+  static KvCacheShape kv_shape(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d,
+                               const AttentionPlan& a);
   template <typename Visit>
   static void visit_buffers(const ModelConfig& c, const ForwardShape& s, const ActivationDTypes& d,
                             Transformer* self, Visit&& visit);
 
   ModelConfig config_;
+  AttentionPlan attention_;
   ModelWeights weights_;
   ForwardShape shape_;
   ops::RopeParams rope_;
   KvCache kv_;
   Tensor token_ids_, positions_, slots_;
   Tensor residual_, normed_, qkv_, q_, attn_out_, gate_up_, final_hidden_, logits_, next_tokens_;
+  Tensor blocks_;  // [n_kv, max_tokens, max_blocks] I32, sparse only
 };
 
 }  // namespace specula::model

@@ -127,7 +127,16 @@ Device check_attention(std::string_view op, const Tensor& q, const Tensor& k_cac
   } else {
     SPECULA_CHECK(mask.width == 0, op, ": a causal mask has no width");
   }
-  const Device device = common_device(op, {&q, &k_cache, &v_cache, &slots, &out, &mask.tree_bits});
+  if (mask.is_sparse()) {
+    check_dtype(op, "mask.blocks", mask.blocks, DType::I32);
+    check_rank(op, "mask.blocks", mask.blocks, 3);
+    check_dim(op, "mask.blocks", mask.blocks, 0, n_kv);
+    check_dim(op, "mask.blocks", mask.blocks, 1, tokens);
+    SPECULA_CHECK(mask.blocks.dim(2) >= 1 && mask.block_size >= 1, op, ": block lists need a block size and width");
+  }
+  const Device device = common_device(op, {&q, &k_cache, &v_cache, &slots, &out, &mask.tree_bits, &mask.blocks});
+  SPECULA_CHECK(device == Device::CPU || !mask.is_sparse(), op,
+                ": block-sparse (InfLLM-V2) attention has no CUDA kernel yet; run with --attention dense or on the CPU");
   check_cpu_f32(op, device, {&q, &k_cache, &v_cache, &out});
   return device;
 }

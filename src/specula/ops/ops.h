@@ -100,11 +100,18 @@ void qkv_rope_store(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, con
 
 // Which KV-cache rows each query of an attention call sees: the one definition of visibility for
 // every attention path (the CPU reference's attention_row_visible() below is its meaning; CUDA
-// kernels implement the same rule). Two kinds today, block-sparse rows come with InfLLM-V2:
+// kernels implement the same rule). Two base kinds, and block sparsity on top of either:
 //   prefix-causal (tree_bits empty): query t sees rows [0, slots[t]];
 //   tree: the mask covers the `width` rows ending at the last query's own row,
 //     base = slots[T-1] - width + 1; query t sees every row below base, and row base + j
 //     (0 <= j < width) when bit j of its mask row is set; nothing above slots[T-1].
+//   block-sparse (InfLLM-V2, `blocks` given): of the rows the base kind shows, a row of the linear
+//     sequence (every row of a causal call, the rows below base of a tree call: row = position
+//     there) stays visible only if its block, row / block_size, is in the query's list for the
+//     KV head; a tree's own rows follow the tree bits alone (they are the query's ancestors, which
+//     the sparse selection always covers: its local blocks reach back further than any tree is
+//     deep, which the engine checks). A list whose first entry is kDenseQuery leaves the query
+//     dense (below the dense/sparse switch).
 // The tree kind serves both sides of speculative decoding: verification (the T tree nodes sit in
 // rows [base, base + T), each node's bits are its ancestors and itself) and a draft level (the
 // nodes of all draft levels so far sit in the last `width` rows). `base` comes from the slots on
@@ -112,20 +119,51 @@ void qkv_rope_store(OpContext& ctx, const Tensor& qkv, const Tensor& q_norm, con
 struct AttentionMask {
   Tensor tree_bits;   // [T, tree_words(width)] I32 on the op's device (bit j of word j / 32, LSB first)
   int64_t width = 0;  // mask columns (cache rows the tree covers)
+  // Block-sparse rows: [n_kv, T, max_blocks] I32, each row the attended block indices ascending
+  // and padded with -1 (or kDenseQuery first); empty for dense attention.
+  Tensor blocks;
+  int64_t block_size = 0;
 
+  static constexpr int32_t kDenseQuery = -2;
   static AttentionMask causal() { return {}; }
-  static AttentionMask tree(Tensor bits, int64_t width) { return {bits, width}; }
+  static AttentionMask tree(Tensor bits, int64_t width) {
+    AttentionMask m;
+    m.tree_bits = bits;
+    m.width = width;
+    return m;
+  }
+  // This mask with InfLLM-V2 block lists added.
+  AttentionMask with_blocks(Tensor block_lists, int64_t block) const {
+    AttentionMask m = *this;
+    m.blocks = block_lists;
+    m.block_size = block;
+    return m;
+  }
   bool is_tree() const { return !tree_bits.empty(); }
+  bool is_sparse() const { return !blocks.empty(); }
   static int64_t tree_words(int64_t width) { return (width + 31) / 32; }
 };
 
+// Whether block `block` is in one query's block list (`list` points at its max_blocks entries).
+inline bool block_listed(const int32_t* list, int64_t max_blocks, int64_t block) {
+  if (max_blocks > 0 && list[0] == AttentionMask::kDenseQuery) return true;
+  for (int64_t i = 0; i < max_blocks && list[i] >= 0; ++i)
+    if (list[i] == block) return true;
+  return false;
+}
+
 // The meaning of AttentionMask for query t of `tokens` (host-side data): whether cache row `row`
-// is visible. `bits` points at the mask's [tokens, tree_words(width)] words (null for causal).
+// is visible. `bits` points at the mask's [tokens, tree_words(width)] words (null for causal);
+// `block_list` at the query's block list for the KV head in question (null for dense).
 inline bool attention_row_visible(const int32_t* slots, int64_t tokens, const uint32_t* bits, int64_t width, int64_t t,
-                                  int64_t row) {
-  if (bits == nullptr) return row <= slots[t];
+                                  int64_t row, const int32_t* block_list = nullptr, int64_t max_blocks = 0,
+                                  int64_t block_size = 0) {
+  auto linear_row_visible = [&] {
+    return block_list == nullptr || block_listed(block_list, max_blocks, row / block_size);
+  };
+  if (bits == nullptr) return row <= slots[t] && linear_row_visible();
   const int64_t last = slots[tokens - 1], base = last - width + 1;
-  if (row < base) return true;
+  if (row < base) return linear_row_visible();
   if (row > last) return false;
   const int64_t j = row - base;
   return (bits[t * AttentionMask::tree_words(width) + j / 32] >> (j % 32)) & 1u;

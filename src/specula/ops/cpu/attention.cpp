@@ -1,7 +1,8 @@
 // CPU attention over the KV cache with the visibility of an ops::AttentionMask (the reference for
 // the CUDA prefill, decode and tree kernels). Two passes per (token, head): scores over the
 // visible rows, then the softmax-weighted sum of their values. Invisible rows are skipped, not
-// given -inf, so the sums run over exactly the rows the mask names.
+// given -inf, so the sums run over exactly the rows the mask names; with InfLLM-V2 block lists the
+// same rule drops the rows of unlisted blocks (the reference for the block-sparse kernels).
 #include <algorithm>
 #include <cmath>
 
@@ -24,13 +25,20 @@ void attention(ThreadPool& pool, const Tensor& q, const Tensor& k_cache, const T
   if (bits != nullptr)
     SPECULA_CHECK(slot[tokens - 1] - mask.width + 1 >= 0, "attention: the tree mask covers ", mask.width,
                   " rows ending at row ", slot[tokens - 1], ", which starts before row 0");
+  const bool sparse = mask.is_sparse();
+  const int64_t max_blocks = sparse ? mask.blocks.dim(2) : 0;
   pool.parallel_for(tokens * n_heads, [&](int64_t begin, int64_t end) {
     float* scores = scratch_f32(Scratch::Scores, static_cast<size_t>(capacity));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / n_heads, h = item % n_heads, kv = h / group;
       // Rows past the last query's slot are never visible; below that the mask decides.
       const int64_t length = static_cast<int64_t>(bits ? slot[tokens - 1] : slot[t]) + 1;
-      auto visible = [&](int64_t j) { return bits == nullptr || attention_row_visible(slot, tokens, bits, mask.width, t, j); };
+      const int32_t* list =
+          sparse ? mask.blocks.as<const int32_t>() + (kv * tokens + t) * max_blocks : nullptr;
+      auto visible = [&](int64_t j) {
+        return (bits == nullptr && list == nullptr) ||
+               attention_row_visible(slot, tokens, bits, mask.width, t, j, list, max_blocks, mask.block_size);
+      };
       const float* qv = q.as<const float>() + (t * n_heads + h) * hd;
       const float* keys = k_cache.as<const float>() + kv * capacity * hd;
       const float* values = v_cache.as<const float>() + kv * capacity * hd;
