@@ -18,6 +18,9 @@
 #include "terminal.h"
 #include "specula/core/error.h"
 #include "specula/core/mapped_file.h"
+#include <fstream>
+#include <nlohmann/json.hpp>
+
 #include "specula/engine/limits.h"
 #include "specula/engine/engine.h"
 #include "specula/engine/generator.h"
@@ -34,6 +37,7 @@ struct GenerateArgs : EngineArgs {
   std::string model_dir, prompt, prompt_file, system;
   bool prompt_given = false;  // -p was on the command line (even as -p "")
   bool chat = false, ignore_eos = false, no_think = false;
+  std::string dump_blocks;  // --dump-blocks FILE
   int64_t max_new_tokens = 256;
   std::optional<uint64_t> seed;
   sampling::SamplingParams sampling;
@@ -66,6 +70,36 @@ void run_generate(GenerateArgs a) {
   resolve_seed(a.sampling, a.seed);
   const text::Tokenizer tokenizer = load_tokenizer(a.model_dir);
   auto engine = load_engine(a.model_dir, a);
+  std::shared_ptr<std::ofstream> block_dump;
+  if (!a.dump_blocks.empty()) {
+    SPECULA_CHECK(engine->transformer().attention_plan().sparse_enabled(), "--dump-blocks: attention is dense (",
+                  engine->transformer().attention_plan().describe(), "), so no blocks are selected");
+    SPECULA_CHECK(engine->device() == Device::CPU, "--dump-blocks reads the block lists on the host: use --device cpu");
+    block_dump = std::make_shared<std::ofstream>(a.dump_blocks);
+    SPECULA_CHECK(block_dump->good(), "--dump-blocks: cannot write ", a.dump_blocks);
+    engine->transformer().set_block_observer([block_dump](int64_t layer, const Tensor& positions, const Tensor& blocks) {
+      // One JSON line per layer and forward: {"layer", "positions", "blocks": [kv head][query]},
+      // each entry the attended block indices ascending, or "dense" below the switch.
+      nlohmann::json line{{"layer", layer}, {"positions", nlohmann::json::array()}, {"blocks", nlohmann::json::array()}};
+      const int64_t kv = blocks.dim(0), tokens = blocks.dim(1), width = blocks.dim(2);
+      for (int64_t t = 0; t < tokens; ++t) line["positions"].push_back(positions.as<const int32_t>()[t]);
+      for (int64_t h = 0; h < kv; ++h) {
+        nlohmann::json per_query = nlohmann::json::array();
+        for (int64_t t = 0; t < tokens; ++t) {
+          const int32_t* list = blocks.as<const int32_t>() + (h * tokens + t) * width;
+          if (list[0] == ops::AttentionMask::kDenseQuery) {
+            per_query.push_back("dense");
+            continue;
+          }
+          nlohmann::json ids = nlohmann::json::array();
+          for (int64_t i = 0; i < width && list[i] >= 0; ++i) ids.push_back(list[i]);
+          per_query.push_back(ids);
+        }
+        line["blocks"].push_back(per_query);
+      }
+      *block_dump << line.dump() << "\n";
+    });
+  }
 
   engine::GenerationRequest request;
   request.max_new_tokens = a.max_new_tokens;
@@ -123,6 +157,12 @@ void run_generate(GenerateArgs a) {
                static_cast<long long>(result.prompt_tokens), result.prefill_seconds, result.prefill_tokens_per_second(),
                result.tokens.size(), result.decode_seconds, result.decode_tokens_per_second(),
                std::string(engine::finish_reason_name(result.finish_reason)).c_str());
+  std::fprintf(stderr, "attention: %s\n",
+               engine->transformer()
+                   .attention_plan()
+                   .request_summary(result.prompt_tokens,
+                                    result.prompt_tokens + static_cast<int64_t>(result.tokens.size()))
+                   .c_str());
   if (result.verifications > 0)
     std::fprintf(stderr,
                  "speculation: %lld verification passes, %.2f tokens per pass (accepted + 1) | drafted %lld, accepted "
@@ -159,6 +199,9 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("-n,--max-new-tokens", a->max_new_tokens, "Tokens to generate at most (0: tokenize only)")
       ->capture_default_str()->check(int_in_range<int64_t>(0, engine::kMaxNewTokens));
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at end-of-sequence tokens");
+  cmd->add_option("--dump-blocks", a->dump_blocks,
+                  "Write the InfLLM-V2 block lists every layer selects, one JSON line per layer and forward pass "
+                  "(CPU backend, sparse attention)");
   add_sampling_options(cmd, a->sampling, a->seed);
   add_engine_options(cmd, *a);
   cmd->callback([a] {

@@ -43,6 +43,36 @@ void add_engine_options(CLI::App* cmd, EngineArgs& a) {
   cmd->add_option("--tree-size", a.tree.size, "Draft tree: nodes verified per pass, the root included")
       ->capture_default_str()
       ->check(int_in_range<int>(2, spec::kMaxTreeSize));
+  cmd->add_option("--attention", a.attention,
+                  "dense, sparse (InfLLM-V2 at every length) or auto (InfLLM-V2 from the checkpoint's dense_len on: "
+                  "MiniCPM4/4.1, or any model given --dense-len)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"dense", "sparse", "auto"}));
+  cmd->add_option("--sparse-variant", a.sparse_variant,
+                  "minicpm4 or minicpm4.1: which upstream sparse path to follow (blocks attended, local window, LSE). "
+                  "Default: from the folder's name, else minicpm4.1 when config.json has a sparse_config, else minicpm4")
+      ->check(CLI::IsMember({"minicpm4", "minicpm4.1"}));
+  cmd->add_option("--dense-len", a.dense_len,
+                  "Override sparse_config dense_len: sequences from this length on attend sparsely (-1: always)")
+      ->check(int_in_range<int64_t>(-1, engine::kMaxContextTokens));
+  cmd->add_option("--sparse-topk", a.sparse_topk, "Override sparse_config topk (blocks chosen per query and KV head)")
+      ->check(int_in_range<int64_t>(1, 4096));
+  cmd->add_option("--sparse-window", a.sparse_window,
+                  "Override sparse_config window_size (tokens of local blocks, a multiple of block_size)")
+      ->check(int_in_range<int64_t>(1, engine::kMaxContextTokens));
+  cmd->add_option("--sparse-init-blocks", a.sparse_init_blocks, "Override sparse_config init_blocks (sink blocks)")
+      ->check(int_in_range<int64_t>(0, 4096));
+}
+
+model::AttentionOptions attention_options(const EngineArgs& a) {
+  model::AttentionOptions o;
+  o.mode = model::parse_attention_mode(a.attention);
+  if (!a.sparse_variant.empty()) o.variant = model::parse_sparse_variant(a.sparse_variant);
+  if (a.dense_len >= -1) o.dense_len = a.dense_len;
+  if (a.sparse_topk >= 1) o.topk = a.sparse_topk;
+  if (a.sparse_window >= 1) o.window_size = a.sparse_window;
+  if (a.sparse_init_blocks >= 0) o.init_blocks = a.sparse_init_blocks;
+  return o;
 }
 
 void check_model_dir(const std::string& dir) {
@@ -70,6 +100,7 @@ std::unique_ptr<engine::Engine> load_engine(const std::string& model_dir, const 
   options.draft_dir = a.draft_dir;
   options.frspec_path = a.frspec_path;
   options.tree = a.tree;
+  options.attention = attention_options(a);
   if (!a.draft_dir.empty()) a.tree.validate();  // flag errors before the model loads
   options.progress = [](std::string_view stage, size_t done, size_t total) {
     draw_status_line("loading " + std::string(stage) + " " +
@@ -86,6 +117,7 @@ std::unique_ptr<engine::Engine> load_engine(const std::string& model_dir, const 
                  a.draft_dir.c_str(), draft->config().summary().c_str(), static_cast<long long>(draft->draft_vocab()),
                  a.frspec_path.empty() ? " (full)" : (" (FR-Spec " + a.frspec_path + ")").c_str(), a.tree.top_k,
                  a.tree.depth, a.tree.size);
+  std::fprintf(stderr, "attention: %s\n", engine->transformer().attention_plan().describe().c_str());
   return engine;
 }
 

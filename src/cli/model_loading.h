@@ -27,10 +27,14 @@ struct EngineArgs {
   bool allow_long_context = false;
   std::string draft_dir, frspec_path;
   spec::DraftTreeParams tree;
+  // InfLLM-V2: --attention, --sparse-variant and the sparse_config overrides (-1 = not given).
+  std::string attention = "auto", sparse_variant;
+  int64_t dense_len = -2, sparse_topk = -1, sparse_window = -1, sparse_init_blocks = -1;
 };
 
 // Registers --device, --threads, --max-context, --allow-long-context, --prefill-chunk, --draft,
-// --frspec and --tree-topk/--tree-depth/--tree-size on `cmd`, writing into `args`.
+// --frspec, --tree-topk/--tree-depth/--tree-size, --attention, --sparse-variant and the sparse
+// overrides on `cmd`, writing into `args`.
 void add_engine_options(CLI::App* cmd, EngineArgs& args);
 
 // The model folder must exist (with tokenizer.json) before its files are looked for, so a typo
@@ -38,8 +42,11 @@ void add_engine_options(CLI::App* cmd, EngineArgs& args);
 void check_model_dir(const std::string& dir);
 text::Tokenizer load_tokenizer(const std::string& model_dir);
 
-// Loads the engine, drawing a progress line, then prints what was loaded (and the draft head)
-// on stderr.
+// The engine's attention options from the flags (errors name the flag).
+model::AttentionOptions attention_options(const EngineArgs& args);
+
+// Loads the engine, drawing a progress line, then prints what was loaded (the draft head, the
+// attention mode and sparse variant) on stderr.
 std::unique_ptr<engine::Engine> load_engine(const std::string& model_dir, const EngineArgs& args);
 
 // The model's chat template style (from its folder, else its family).

@@ -150,6 +150,13 @@ int64_t AttentionPlan::max_tree_depth() const {
   return config.block_size * (variant == ops::SparseVariant::MiniCPM41 ? local : local - 1);
 }
 
+std::string AttentionPlan::request_summary(int64_t prompt_tokens, int64_t total_tokens) const {
+  const std::string sparse = "sparse (InfLLM-V2 " + std::string(sparse_variant_name(variant)) + ")";
+  if (!sparse_at(total_tokens)) return "dense";
+  if (sparse_at(prompt_tokens)) return sparse;
+  return "dense, " + sparse + " from position " + std::to_string(std::max<int64_t>(0, config.dense_len - 1));
+}
+
 std::string AttentionPlan::describe() const {
   if (!sparse_enabled()) return config_source.empty() ? "dense" : "dense (" + config_source + ")";
   std::ostringstream out;

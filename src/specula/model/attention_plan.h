@@ -63,6 +63,9 @@ struct AttentionPlan {
   int64_t max_tree_depth() const;
   // One line: mode, variant and settings, e.g. for `specula generate` and the server's log.
   std::string describe() const;
+  // What one request ran: "dense", "sparse (InfLLM-V2 minicpm4.1)" or "dense, sparse (InfLLM-V2
+  // minicpm4) from position N" for a prompt of `prompt_tokens` grown to `total_tokens`.
+  std::string request_summary(int64_t prompt_tokens, int64_t total_tokens) const;
 };
 
 }  // namespace specula::model

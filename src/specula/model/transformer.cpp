@@ -148,6 +148,7 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
       ops::CompressedKeys compressed = kv_.compressed(l);
       ops::compress_keys(ctx, k_cache, slots, mask, sparse_params, compressed);
       ops::sparse_select(ctx, q, k_cache, compressed, pos, slots, mask, sparse_params, blocks);
+      if (block_observer_) block_observer_(l, pos, blocks);
       ops::attention(ctx, q, k_cache, v_cache, slots, attn_scale, a, sparse_mask);
     } else {
       ops::qkv_attention(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, attn_scale, q, k_cache, v_cache, a,

@@ -9,6 +9,7 @@
 // flow beyond "is this tensor empty", so there is no per-family forward to keep in sync.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "specula/core/arena.h"
@@ -73,6 +74,11 @@ class Transformer {
   // The block lists of the last forward's last layer ([n_kv, tokens, max_blocks] I32; empty when
   // dense): what tests and `--dump-blocks` compare.
   Tensor block_lists(int64_t tokens) const;
+  // Called after each layer's block selection with the layer, the call's positions [T] and its
+  // block lists [n_kv, T, W] (host tensors on the CPU backend): `specula generate --dump-blocks`
+  // and tests read the selected sets through it.
+  using BlockObserver = std::function<void(int64_t layer, const Tensor& positions, const Tensor& blocks)>;
+  void set_block_observer(BlockObserver observer) { block_observer_ = std::move(observer); }
   const ops::RopeParams& rope() const { return rope_; }
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
@@ -95,6 +101,7 @@ class Transformer {
   Tensor token_ids_, positions_, slots_;
   Tensor residual_, normed_, qkv_, q_, attn_out_, gate_up_, final_hidden_, logits_, next_tokens_;
   Tensor blocks_;  // [n_kv, max_tokens, max_blocks] I32, sparse only
+  BlockObserver block_observer_;
 };
 
 }  // namespace specula::model

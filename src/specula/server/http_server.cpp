@@ -517,6 +517,8 @@ struct HttpServer::Impl {
       stats.queue_seconds = shared->queue_seconds;
       stats.verifications = result.verifications;
       stats.accepted_tokens = result.accepted_tokens;
+      stats.attention = model_.engine->transformer().attention_plan().request_summary(
+          result.prompt_tokens, result.prompt_tokens + static_cast<int64_t>(result.tokens.size()));
       shared->extension = specula_extension_json(stats);
       if (!shared->matcher.stopped()) emit(shared->matcher.push(shared->decoder.flush()));
       if (!shared->matcher.stopped()) emit(shared->matcher.flush());
