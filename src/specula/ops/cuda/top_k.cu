@@ -46,6 +46,7 @@ constexpr int kMaxK = 64;                            // the widest list (ops::kM
 constexpr int kCandidates = kMaxK * kPerThread;      // pass-1 candidate bound, k * kPerThread
 constexpr int kWarpSortMax = 64;                     // candidate counts sorted by one warp
 constexpr int kMergeKeys = 4096;                     // pass-2 lists in shared memory (32 KB)
+constexpr int kChunkBlocksPerSm = 4;                // pass-1 occupancy asked of the compiler (<= 64 registers)
 constexpr int kMaxGridY = 65535;                     // CUDA limit on gridDim.y (rows per launch)
 static_assert(kMaxK == ops::kMaxTopK, "the list widths cover every k the op accepts");
 static_assert(kChunk % 4 == 0, "chunks start on 16-byte boundaries of a vector-loaded row");
@@ -104,17 +105,14 @@ __device__ __forceinline__ void block_merge_lse(float& m, float& s, float* red_m
   __syncthreads();
 }
 
-// Number of keys in a descending list of 32 that are greater than `key`.
+// Number of keys in a descending list of 32 that are greater than `key` (those form a prefix).
+// A fixed number of steps, so the searches of several lists interleave.
 __device__ __forceinline__ int count_greater(const uint64_t* sorted, uint64_t key) {
-  int lo = 0, hi = kWarpSize;
-  while (lo < hi) {
-    const int mid = (lo + hi) >> 1;
-    if (sorted[mid] > key)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return lo;
+  int pos = 0;  // ends as min(count, 31)
+#pragma unroll
+  for (int step = kWarpSize / 2; step > 0; step >>= 1)
+    if (sorted[pos + step - 1] > key) pos += step;
+  return pos == kWarpSize - 1 && sorted[kWarpSize - 1] > key ? kWarpSize : pos;
 }
 
 // Descending bitonic sort of n_pow2 keys in shared memory by one warp (small counts, where a
@@ -143,7 +141,7 @@ __device__ void warp_sort_descending(uint64_t* keys, int n_pow2, int lane) {
 // chunks == 1 it writes the op's result; otherwise the chunk's list (list_len keys, descending,
 // zeros after the first k) and its (max, sum) pair to the workspace.
 template <int Vec>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kChunkBlocksPerSm)
     top_k_chunk_kernel(const float* logits, int64_t vocab, int k, int chunks, int list_len, uint64_t* part_keys,
                        float2* part_lse, float* values, int32_t* indices) {
   static_assert(kPerThread % Vec == 0, "whole vectors per thread");
@@ -158,18 +156,20 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = static_cast<int>(threadIdx.x), lane = tid % kWarpSize, warp = tid / kWarpSize;
   const int64_t row = blockIdx.y;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * kChunk;
-  const int64_t end = min(vocab, begin + kChunk);
-  const float* x = logits + row * vocab;
-  // Element e of this thread sits at begin + offset(e): vectors of Vec interleaved across the
-  // block, so each load instruction of a warp reads one contiguous span.
+  const int len = static_cast<int>(min(vocab - begin, static_cast<int64_t>(kChunk)));  // elements in the chunk
+  const float* x = logits + row * vocab + begin;
+  // Element e of this thread is element offset(e) of the chunk (its index in the row: begin +
+  // offset(e) < 2^31): vectors of Vec interleaved across the block, so each load instruction of a
+  // warp reads one contiguous span.
   auto offset = [&](int e) { return ((e / Vec) * kThreads + tid) * Vec + e % Vec; };
+  auto index = [&](int e) { return static_cast<uint32_t>(begin) + static_cast<uint32_t>(offset(e)); };
 
   float v[kPerThread];
 #pragma unroll
   for (int q = 0; q < kPerThread / Vec; ++q) {
-    const int64_t i = begin + offset(q * Vec);
+    const int i = offset(q * Vec);
     float w[Vec];
-    if (i < end) {  // with Vec = 4 the row length is a multiple of 4: the whole vector is inside
+    if (i < len) {  // with Vec = 4 the row length is a multiple of 4: the whole vector is inside
       load_f32<float, Vec>(x + i, w);
     } else {
 #pragma unroll
@@ -184,16 +184,15 @@ __global__ void __launch_bounds__(kThreads)
   float m = -INFINITY, s = 0.0f;
 #pragma unroll
   for (int e = 0; e < kPerThread; ++e) {
-    const int64_t i = begin + offset(e);
-    if (i < end) {
-      my_max = max_u64(my_max, make_key(v[e], static_cast<uint32_t>(i)));
+    if (offset(e) < len) {
+      my_max = max_u64(my_max, make_key(v[e], index(e)));
       if (v[e] == v[e]) m = fmaxf(m, v[e]);
     }
   }
   if (m != -INFINITY) {
 #pragma unroll
     for (int e = 0; e < kPerThread; ++e)
-      if (begin + offset(e) < end && v[e] == v[e] && v[e] != -INFINITY) s += expf(v[e] - m);
+      if (offset(e) < len && v[e] == v[e] && v[e] != -INFINITY) s += expf(v[e] - m);
   }
 
   // Each warp's maxima, sorted descending across the lanes (bitonic, through shuffles).
@@ -226,8 +225,7 @@ __global__ void __launch_bounds__(kThreads)
   // Candidates: the keys >= the threshold, appended warp by warp.
 #pragma unroll
   for (int e = 0; e < kPerThread; ++e) {
-    const int64_t i = begin + offset(e);
-    const uint64_t key = i < end ? make_key(v[e], static_cast<uint32_t>(i)) : 0;
+    const uint64_t key = offset(e) < len ? make_key(v[e], index(e)) : 0;
     const bool take = key != 0 && key >= tau;
     const unsigned ballot = __ballot_sync(kFullWarpMask, take);
     if (ballot != 0) {
