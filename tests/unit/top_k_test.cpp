@@ -113,7 +113,8 @@ std::vector<float> cuda_rows(int64_t rows, int64_t vocab, int mode, uint64_t see
   auto row = [&](int64_t r) { return x.data() + r * vocab; };
   if (rows >= 2) row(rows - 1)[vocab - 1] = 40.0f;
   if (rows >= 3)
-    for (int64_t i = 0; i < vocab; ++i) row(1)[i] = i % (vocab / 3 + 1) == 0 ? 2.0f - 0.001f * static_cast<float>(i) : NAN;
+    for (int64_t i = 0; i < vocab; ++i)
+      row(1)[i] = i % (vocab / 3 + 1) == 0 ? 2.0f - 0.001f * static_cast<float>(i) : NAN;
   if (rows >= 4) std::fill(row(2), row(2) + vocab, -INFINITY);
   if (rows >= 5)
     for (int64_t i = std::max<int64_t>(0, vocab - 70); i < vocab; ++i) row(3)[i] = 30.0f;

@@ -46,7 +46,7 @@ constexpr int kMaxK = 64;                            // the widest list (ops::kM
 constexpr int kCandidates = kMaxK * kPerThread;      // pass-1 candidate bound, k * kPerThread
 constexpr int kWarpSortMax = 64;                     // candidate counts sorted by one warp
 constexpr int kMergeKeys = 4096;                     // pass-2 lists in shared memory (32 KB)
-constexpr int kChunkBlocksPerSm = 4;                // pass-1 occupancy asked of the compiler (<= 64 registers)
+constexpr int kChunkBlocksPerSm = 4;                 // pass-1 occupancy asked of the compiler (64 registers)
 constexpr int kMaxGridY = 65535;                     // CUDA limit on gridDim.y (rows per launch)
 static_assert(kMaxK == ops::kMaxTopK, "the list widths cover every k the op accepts");
 static_assert(kChunk % 4 == 0, "chunks start on 16-byte boundaries of a vector-loaded row");
@@ -358,7 +358,8 @@ void top_k_log_softmax(CudaContext& ctx, const Tensor& logits, Tensor& values, T
                   dim3(kThreads), 0, x + r0 * vocab, vocab, static_cast<int>(k), static_cast<int>(chunks), list_len,
                   part_keys, part_lse, out_values + r0 * k, out_indices + r0 * k);
     if (chunks == 1) continue;
-    auto merge = list_len == 16 ? top_k_merge_kernel<16> : (list_len == 32 ? top_k_merge_kernel<32> : top_k_merge_kernel<64>);
+    auto merge = list_len == 16 ? top_k_merge_kernel<16>
+                                : (list_len == 32 ? top_k_merge_kernel<32> : top_k_merge_kernel<64>);
     launch_kernel(ctx, "top_k_log_softmax (merge)", merge, dim3(static_cast<unsigned>(n)), dim3(kThreads), 0,
                   static_cast<const uint64_t*>(part_keys), static_cast<const float2*>(part_lse),
                   static_cast<int>(chunks), width, static_cast<int>(k), out_values + r0 * k, out_indices + r0 * k);
