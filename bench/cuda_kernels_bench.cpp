@@ -5,7 +5,10 @@
 //           Llama-3-8B decode shapes, as GB/s of weights + activations moved and as a share of
 //           the copy bandwidth;
 //  - gemm:  ops::linear at T = 4096 (cuBLASLt, bf16 in, fp32 accumulate, bf16 out) as TFLOP/s
-//           for 4096^3 and the prefill shapes.
+//           for 4096^3 and the prefill shapes;
+//  - top_k: ops::top_k_log_softmax at the EAGLE drafting shapes (about 10 frontier rows of a 32K
+//           or 128K vocabulary, k = 10) and a few wider ones, per call, with the fp32 logits in L2
+//           as they are in drafting (the draft LM head has just written them).
 //
 // Method: CUDA events around the timed region, warm-up first, median of repeats. The GEMV calls
 // are captured in a CUDA graph (as the engine runs them), one call per weight copy over enough
@@ -141,6 +144,41 @@ GemmResult bench_gemm(cuda::CudaContext& ctx, const char* name, int64_t tokens, 
   return {name, tokens, n, k, ms, flops / (ms * 1e-3) / 1e12};
 }
 
+struct TopKShape {
+  int64_t rows, vocab, k;
+};
+const TopKShape kTopKShapes[] = {{10, 32768, 10}, {10, 128256, 10}, {10, 152064, 10}, {10, 128256, 64},
+                                 {64, 32768, 10}, {200, 128256, 10}};
+
+struct TopKResult {
+  int64_t rows, vocab, k;
+  double us, gbps;
+};
+
+// Per-call time of top_k_log_softmax from a graph of kTopKCalls calls on the same logits.
+TopKResult bench_top_k(cuda::CudaContext& ctx, const TopKShape& s, int repeats) {
+  constexpr int kTopKCalls = 20;
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
+  ops::OpContext op;
+  op.cuda = &ctx;
+  OwnedTensor logits = random_tensor(op, DType::F32, {s.rows, s.vocab}, 21, 8.0f);
+  OwnedTensor values = empty_tensor(DType::F32, {s.rows, s.k});
+  OwnedTensor indices = empty_tensor(DType::I32, {s.rows, s.k});
+  ctx.synchronize();
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "begin capture");
+  for (int c = 0; c < kTopKCalls; ++c) ops::top_k_log_softmax(op, logits.tensor, values.tensor, indices.tensor);
+  check(cudaStreamEndCapture(stream, &graph), "end capture");
+  check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+  const double ms = time_ms(stream, repeats, [&] { check(cudaGraphLaunch(exec, stream), "graph launch"); });
+  ctx.check_device_errors();
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  const double us = ms * 1e3 / kTopKCalls;
+  return {s.rows, s.vocab, s.k, us, static_cast<double>(logits.tensor.nbytes()) / (us * 1e-6) / 1e9};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -156,6 +194,14 @@ int main(int argc, char** argv) {
 
     const double copy = cuda_measure_copy_bandwidth(bench::kCopyBytes, repeats);
     std::printf("\ndevice-to-device copy (read + write): %.0f GB/s\n", copy);
+
+    std::vector<TopKResult> top_k;
+    for (const TopKShape& s : kTopKShapes) top_k.push_back(bench_top_k(*ctx, s, repeats));
+    std::printf("\ntop_k_log_softmax (fp32 logits in L2, graph of 20 calls)\n");
+    std::printf("%5s %7s %3s %9s %8s\n", "rows", "vocab", "k", "us/call", "GB/s");
+    for (const TopKResult& r : top_k)
+      std::printf("%5lld %7lld %3lld %9.2f %8.0f\n", static_cast<long long>(r.rows), static_cast<long long>(r.vocab),
+                  static_cast<long long>(r.k), r.us, r.gbps);
 
     std::vector<GemvResult> gemv;
     for (int64_t tokens : {int64_t{1}, int64_t{4}})
@@ -188,6 +234,9 @@ int main(int argc, char** argv) {
       for (const GemmResult& r : gemm)
         j["gemm"].push_back({{"shape", r.name}, {"tokens", r.tokens}, {"n", r.n}, {"k", r.k}, {"ms", r.ms},
                              {"tflops", r.tflops}});
+      for (const TopKResult& r : top_k)
+        j["top_k"].push_back(
+            {{"rows", r.rows}, {"vocab", r.vocab}, {"k", r.k}, {"us", r.us}, {"gbps", r.gbps}});
       std::ofstream(json_path) << j.dump(2) << "\n";
       std::printf("\nwrote %s\n", json_path.c_str());
     }
