@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build with CUDA (ninja -j16), run the GPU tests and the benchmarks,
 # and print a short table last. Logs and JSON go to $OUT (the device tool returns that folder).
-#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench quickbench spec ab lab load torch
+#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench quickbench spec ab lab load torch fixtures
 #   (default: build tests bench torch; quickbench is specula bench alone, for iterating on decode;
 #   load writes a random Llama-3-8B-shaped checkpoint to disk and times loading it, cold then warm)
 # Needs .deps (scripts/fetch-deps.sh and scripts/fetch-device-deps.sh) carried along.
@@ -139,6 +139,16 @@ if has torch; then
   PYTHONUNBUFFERED=1 timeout 420 python3 tools/torch_baseline.py --prefill 4096 --contexts 512,8192 \
     --decode-steps 64 ${TORCH_COMPILE:+--compile} --json "$RESULTS/torch_baseline.json" >"$OUT/torch.log" 2>&1
   note "torch baseline: rc=$? in $((SECONDS - t)) s"; tail -8 "$OUT/torch.log"
+fi
+
+if has fixtures; then
+  # Golden fixtures that need torch (the engine never runs Python): the InfLLM-V2 reference of each
+  # variant's HF path. Returned as fixtures.tgz, to unpack into tests/data/ and commit.
+  t=$SECONDS
+  rm -rf "$OUT/fixtures" && mkdir -p "$OUT/fixtures"
+  timeout 300 python3 tools/make_infllmv2_fixtures.py "$OUT/fixtures/sparse" >"$OUT/fixtures.log" 2>&1
+  note "InfLLM-V2 fixtures: rc=$? in $((SECONDS - t)) s: $(tr '\n' ';' <"$OUT/fixtures.log" | tail -c 400)"
+  tar czf "$RESULTS/fixtures.tgz" -C "$OUT/fixtures" . && rm -rf "$OUT/fixtures"
 fi
 
 printf '%s\n' "${summary[@]}" >"$OUT/summary.txt"
