@@ -44,6 +44,8 @@ struct BenchArgs {
   int threads = 0;
   int repeats = 3;
   bool profile = false;
+  std::string attention = "auto", sparse_variant;
+  int64_t dense_len = -2;
 };
 
 // Bounds of the measurement-size flags: far beyond a useful benchmark, far below overflow.
@@ -70,7 +72,7 @@ void prefill(engine::Engine& e, const std::vector<int32_t>& ids, int64_t start) 
     pos.resize(static_cast<size_t>(len));
     for (int64_t i = 0; i < len; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(start + b + i);
     e.write_inputs(std::span(ids).subspan(static_cast<size_t>(b), static_cast<size_t>(len)), pos, pos);
-    e.forward(len, b + len == n ? 1 : 0);
+    e.forward(len, b + len == n ? 1 : 0, start + n);
   }
   e.synchronize();
 }
@@ -118,8 +120,8 @@ std::string choose_preset(const std::string& asked, Device device) {
     std::fprintf(stderr, "bench: no GPU in use, so measuring the cpu-100m preset (--preset picks another)\n");
     return "cpu-100m";
   }
-  SPECULA_CHECK(!(asked == "llama3-8b" && device == Device::CPU),
-                "--preset llama3-8b is a GPU benchmark (32 GB of fp32 weights, minutes per step on a CPU); use "
+  SPECULA_CHECK(!((asked == "llama3-8b" || asked == "minicpm4-8b") && device == Device::CPU),
+                "--preset ", asked, " is a GPU benchmark (32 GB of fp32 weights, minutes per step on a CPU); use "
                 "--preset cpu-100m on the CPU");
   return asked;
 }
@@ -143,6 +145,9 @@ void run_bench(BenchArgs a) {
                 "cache of ", options.max_context, " tokens, more than the limit of ", engine::kMaxContextTokens);
   options.allow_context_beyond_model = !from_checkpoint;  // presets measure shapes, not a trained range
   options.prefill_chunk = a.prefill_chunk > 0 ? a.prefill_chunk : std::max<int64_t>(a.prefill, 1);
+  options.attention.mode = model::parse_attention_mode(a.attention);
+  if (!a.sparse_variant.empty()) options.attention.variant = model::parse_sparse_variant(a.sparse_variant);
+  if (a.dense_len >= -1) options.attention.dense_len = a.dense_len;
   std::unique_ptr<engine::Engine> engine;
   if (from_checkpoint) {
     options.model_dir = a.model_dir;
@@ -152,9 +157,10 @@ void run_bench(BenchArgs a) {
   }
   const model::ModelWeights& w = engine->transformer().weights();
   const std::string device = engine->device_description();
-  std::fprintf(stderr, "bench: %s, %.2fB parameters, %.2f GB of weights, on %s (%s in %.1f s)\n", label.c_str(),
-               static_cast<double>(w.parameter_count) / 1e9, static_cast<double>(w.bytes) / 1e9, device.c_str(),
-               from_checkpoint ? "loaded" : "built", engine->load_seconds());
+  std::fprintf(stderr, "bench: %s, %.2fB parameters, %.2f GB of weights, on %s (%s in %.1f s); attention %s\n",
+               label.c_str(), static_cast<double>(w.parameter_count) / 1e9, static_cast<double>(w.bytes) / 1e9,
+               device.c_str(), from_checkpoint ? "loaded" : "built", engine->load_seconds(),
+               engine->transformer().attention_plan().describe().c_str());
 
   std::vector<Measurement> results;
   if (from_checkpoint) {
@@ -265,7 +271,7 @@ void add_bench_command(CLI::App& app) {
       "bench", "Measure prefill and decode speed of a model shape with random weights built on the device, or of "
       "a checkpoint (--model)");
   cmd->add_option("--preset", a->preset,
-                  "Model shape: llama3-8b (default with a GPU) or cpu-100m (default without one)");
+                  "Model shape: llama3-8b (default with a GPU), minicpm4-8b (InfLLM-V2 settings) or cpu-100m (default without one)");
   cmd->add_option("--model", a->model_dir,
                   "Measure this checkpoint folder instead of a preset (also reports its load time)");
   cmd->add_option("--device", a->device, "auto, cuda or cpu")->capture_default_str();
@@ -283,6 +289,12 @@ void add_bench_command(CLI::App& app) {
       ->check(int_in_range<int>(0, engine::kMaxThreads));
   cmd->add_option("--json", a->json_path, "Write the measurements as JSON here");
   cmd->add_option("--commit", a->commit, "Commit id recorded with the results")->capture_default_str();
+  cmd->add_option("--attention", a->attention, "dense, sparse or auto (InfLLM-V2; see specula generate --help)")
+      ->capture_default_str()->check(CLI::IsMember({"dense", "sparse", "auto"}));
+  cmd->add_option("--sparse-variant", a->sparse_variant, "minicpm4 or minicpm4.1 (default: the model's rule)")
+      ->check(CLI::IsMember({"minicpm4", "minicpm4.1"}));
+  cmd->add_option("--dense-len", a->dense_len, "Override sparse_config dense_len (-1: always sparse)")
+      ->check(int_in_range<int64_t>(-1, engine::kMaxContextTokens));
   cmd->add_flag("--profile", a->profile, "Also print per-op GPU time of a decode step at each context (CUDA)");
   cmd->callback([a] { run_bench(*a); });
 }
