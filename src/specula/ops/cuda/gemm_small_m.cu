@@ -76,7 +76,7 @@ constexpr int kMaxStages = 6;
 constexpr int kMinComputeMajor = 8;  // cp.async, bf16 mma.sync
 constexpr int kReduceTokens = 8;     // tokens per reduce block (grid.y): enough blocks to fill the GPU
 static_assert(kThreads % kPiecesPerRow == 0 && kTileRows % kRowsPerPass == 0, "whole rows per pass");
-static_assert(kRowsPerPass == 32, "the producer's row offsets assume two m16 tiles per pass");
+static_assert(kRowsPerPass == 32 && kPiecesPerRow == 8, "the producer's mapping: 4 rows x 8 pieces a warp, two m16 tiles a pass");
 
 template <int kNT>
 struct Shape {
@@ -177,11 +177,15 @@ __global__ void __launch_bounds__(kThreads, 1) small_m_gemm_kernel(SmallMArgs a)
   const int count = static_cast<int>(part.begin(block + 1) - first);
   const uint32_t ring_address = shared_address(ring);
 
-  // Producer side. Thread tid copies piece `piece` (0..7) of rows row0 + 32 i of the tile (i <
-  // 8), and of tokens row0 + 32 i for x: consecutive threads take consecutive pieces of a row, so
-  // each warp reads four whole 128-byte row chunks per copy instruction.
-  const int piece = tid % kPiecesPerRow, row0 = tid / kPiecesPerRow;
-  const int piece_t = piece % 4, piece_c = piece / 4;
+  // Producer side. Thread tid copies 16-byte piece `piece` (0..7) of the unit's chunk of rows
+  // row0 + 32 i of the tile (i < 8), and of tokens row0 + 32 i for x. A warp covers rows 4 w .. 4 w
+  // + 3, all eight pieces: four whole 128-byte row chunks per copy instruction. Within it, a quarter
+  // warp takes pieces t = 0..3 of one half c of two neighbouring rows, whose fragment-order places
+  // are 128 contiguous bytes: conflict-free shared-memory writes.
+  const int producer_lane = tid % kWarpSize;
+  const int piece_t = producer_lane % 4, piece_c = (producer_lane / 8) % 2;
+  const int row0 = (tid / kWarpSize) * 4 + (producer_lane / 16) * 2 + (producer_lane / 4) % 2;
+  const int piece = piece_c * 4 + piece_t;
   // Fragment-order offset of (row0, piece); row0 + 32 i lies two m16 tiles (2 * kMTileBytes) further per i.
   const uint32_t weight_dst0 = static_cast<uint32_t>(
       (row0 / 16) * kMTileBytes + (((row0 % 16) / 8) * 2 + piece_c) * kWarpSize * kPieceBytes +
