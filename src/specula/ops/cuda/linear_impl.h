@@ -27,8 +27,8 @@ constexpr int64_t kSmallMMaxTokens = 128;
 
 // out = alpha * x W^T + bias (or out += that, OutputMode::Accumulate) on the CUDA cores, any
 // float dtypes, any token count (beyond kGemvMaxTokens it runs in groups of kGemvMaxTokens tokens,
-// each group re-reading the weights: correct but slow, the fallback when cuBLASLt cannot take the
-// operands).
+// each group re-reading the weights: correct but slow, the fallback when neither GEMM below can
+// take the operands).
 void launch_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
                  float alpha, OutputMode mode);
 
