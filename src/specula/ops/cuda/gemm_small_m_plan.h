@@ -11,7 +11,8 @@
 // its last); its share of such a tile ("segment") goes to workspace slot 0 (first tile) or 1 (last
 // tile) as fp32 partial sums, and tiles it covers whole are written straight to the output. A
 // tile cut by a block boundary is "split"; the reduce kernel adds its segments in block order
-// (deterministic), one reduce block per split tile: the one of the first block boundary inside it.
+// (deterministic); each split tile belongs to the reduce blocks (one per 8 tokens) of the first
+// block boundary inside it.
 #pragma once
 
 #include <cstddef>
