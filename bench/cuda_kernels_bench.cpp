@@ -4,6 +4,13 @@
 //  - gemv:  ops::linear at decode token counts (T = 1, and a 4-token verification batch) on the
 //           Llama-3-8B decode shapes, as GB/s of weights + activations moved and as a share of
 //           the copy bandwidth;
+//  - small-M: ops::linear at verification / draft-head token counts (T = 10, 16, 32, 60, 64, 128:
+//           the small-M GEMM, gemm_small_m.cu) on the same shapes, the down projection also through
+//           ops::linear_swiglu (silu_mul into the workspace, then the GEMM: the engine's path), and
+//           the draft head's shapes at T = 10 (FR-Spec LM heads of 32k/16k/8k rows, the EAGLE fc),
+//           as the weight-read rate (weight bytes / time; GB/s and share of the copy bandwidth:
+//           the question is how close a 60-row product comes to one read of the weights) next to
+//           cuBLASLt on the same call (the path these counts took before), and the speedup;
 //  - gemm:  ops::linear at T = 4096 (cuBLASLt, bf16 in, fp32 accumulate, bf16 out) as TFLOP/s
 //           for 4096^3 and the prefill shapes;
 //  - top_k: ops::top_k_log_softmax at the EAGLE drafting shapes (about 10 frontier rows of a 32K
@@ -21,8 +28,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cmath>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -34,6 +43,7 @@
 #include "specula/core/error.h"
 #include "specula/core/tensor.h"
 #include "specula/ops/cuda/cuda_context.h"
+#include "specula/ops/cuda/linear_impl.h"
 #include "specula/ops/ops.h"
 
 using namespace specula;
@@ -122,6 +132,76 @@ GemvResult bench_gemv(cuda::CudaContext& ctx, const Shape& s, int64_t tokens, do
   const double us = ms * 1e3 / copies;
   const double gbps = static_cast<double>(moved) / (us * 1e-6) / 1e9;
   return {s.name, tokens, s.n, s.k, copies, us, gbps, gbps / copy};
+}
+
+// Median microseconds of one call, from a graph holding `copies` calls (call(c) enqueues the one
+// on weight copy c) replayed `repeats` times; NaN when a call declines (returns false).
+double graph_us_per_call(cuda::CudaContext& ctx, int copies, int repeats, const std::function<bool(int)>& call) {
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  bool all = true;
+  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "begin capture");
+  for (int c = 0; c < copies; ++c) all = call(c) && all;
+  check(cudaStreamEndCapture(stream, &graph), "end capture");
+  check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+  const double ms = time_ms(stream, repeats, [&] { check(cudaGraphLaunch(exec, stream), "graph launch"); });
+  ctx.check_device_errors();
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return all ? ms * 1e3 / copies : std::nan("");
+}
+
+// How a small-M row runs: ops::linear on x, or ops::linear_swiglu on a [T, 2K] gate/up buffer.
+enum class SmallMOp { Linear, Swiglu };
+
+struct SmallMShape {
+  const char* name;
+  int64_t n, k;
+  SmallMOp op;
+  bool logits;  // an LM head: F32 out, as the engine has it
+};
+
+struct SmallMResult {
+  std::string name;
+  int64_t tokens, n, k;
+  int copies;
+  double us, weight_gbps, share_of_copy, cublaslt_us;
+};
+
+SmallMResult bench_small_m(cuda::CudaContext& ctx, const SmallMShape& s, int64_t tokens, double copy, int repeats) {
+  ops::OpContext op;
+  op.cuda = &ctx;
+  const DType out_dtype = s.logits ? DType::F32 : DType::BF16;
+  const size_t weight_bytes = static_cast<size_t>(s.n * s.k) * 2;
+  const size_t want = static_cast<size_t>(kL2Multiple) * std::max<size_t>(ctx.info().l2_cache_bytes, 1);
+  int copies = static_cast<int>(std::max<size_t>(2, (want + weight_bytes - 1) / weight_bytes));
+  copies = static_cast<int>(std::min<size_t>(copies, std::max<size_t>(1, kMaxRotationBytes / weight_bytes)));
+
+  std::vector<OwnedTensor> weights;
+  for (int c = 0; c < copies; ++c)
+    weights.push_back(random_tensor(op, DType::BF16, {s.n, s.k}, 2000u + static_cast<uint64_t>(c), kWeightScale));
+  const bool swiglu = s.op == SmallMOp::Swiglu;
+  OwnedTensor x = random_tensor(op, DType::BF16, {tokens, swiglu ? 2 * s.k : s.k}, 17, 1.0f);
+  OwnedTensor act = empty_tensor(DType::BF16, {tokens, s.k});  // cuBLASLt's SwiGLU input
+  OwnedTensor out = empty_tensor(out_dtype, {tokens, s.n});
+  ctx.synchronize();
+
+  auto weight_of = [&](int c) -> const Tensor& { return weights[static_cast<size_t>(c)].tensor; };
+  const double us = graph_us_per_call(ctx, copies, repeats, [&](int c) {
+    if (swiglu)
+      ops::linear_swiglu(op, x.tensor, weight_of(c), out.tensor);
+    else
+      ops::linear(op, x.tensor, weight_of(c), Tensor{}, out.tensor);
+    return true;
+  });
+  const double lt_us = graph_us_per_call(ctx, copies, repeats, [&](int c) {
+    if (swiglu) ops::silu_mul(op, x.tensor, act.tensor);
+    return ops::cuda_impl::try_gemm_cublaslt(ctx, swiglu ? act.tensor : x.tensor, weight_of(c), Tensor{},
+                                             out.tensor, 1.0f);
+  });
+  const double gbps = static_cast<double>(weight_bytes) / (us * 1e-6) / 1e9;
+  return {s.name, tokens, s.n, s.k, copies, us, gbps, gbps / copy, lt_us};
 }
 
 struct GemmResult {
@@ -213,6 +293,29 @@ int main(int argc, char** argv) {
                   static_cast<long long>(r.n), static_cast<long long>(r.k), r.copies, r.us, r.gbps,
                   100.0 * r.share_of_copy);
 
+    std::vector<SmallMResult> small_m;
+    const SmallMShape kSmallMShapes[] = {{"qkv", 6144, 4096, SmallMOp::Linear, false},
+                                         {"o_proj", 4096, 4096, SmallMOp::Linear, false},
+                                         {"gate_up", 28672, 4096, SmallMOp::Linear, false},
+                                         {"down", 4096, 14336, SmallMOp::Linear, false},
+                                         {"down_swiglu", 4096, 14336, SmallMOp::Swiglu, false},
+                                         {"lm_head", 128256, 4096, SmallMOp::Linear, true}};
+    const SmallMShape kDraftShapes[] = {{"frspec_32k", 32768, 4096, SmallMOp::Linear, true},
+                                        {"frspec_16k", 16384, 4096, SmallMOp::Linear, true},
+                                        {"frspec_8k", 8192, 4096, SmallMOp::Linear, true},
+                                        {"eagle_fc", 4096, 8192, SmallMOp::Linear, false}};
+    for (int64_t tokens : {int64_t{10}, int64_t{16}, int64_t{32}, int64_t{60}, int64_t{64}, int64_t{128}})
+      for (const SmallMShape& s : kSmallMShapes) small_m.push_back(bench_small_m(*ctx, s, tokens, copy, repeats));
+    for (const SmallMShape& s : kDraftShapes) small_m.push_back(bench_small_m(*ctx, s, 10, copy, repeats));
+    std::printf("\nsmall-M (ops::linear at verification / draft token counts, bf16 W and x, fp32 accumulate;\n"
+                "weight GB/s = weight bytes / time, %%copy = that / copy rate; cuBLASLt = the same call there)\n");
+    std::printf("%-12s %3s %7s %6s %6s %9s %8s %7s %11s %7s\n", "shape", "T", "N", "K", "copies", "us/call",
+                "W GB/s", "%copy", "cuBLASLt us", "speedup");
+    for (const SmallMResult& r : small_m)
+      std::printf("%-12s %3lld %7lld %6lld %6d %9.2f %8.0f %6.1f%% %11.2f %6.2fx\n", r.name.c_str(),
+                  static_cast<long long>(r.tokens), static_cast<long long>(r.n), static_cast<long long>(r.k),
+                  r.copies, r.us, r.weight_gbps, 100.0 * r.share_of_copy, r.cublaslt_us, r.cublaslt_us / r.us);
+
     std::vector<GemmResult> gemm;
     gemm.push_back(bench_gemm(*ctx, "square", 4096, 4096, 4096, repeats));
     for (const Shape& s : kShapes) gemm.push_back(bench_gemm(*ctx, s.name, kPrefillTokens, s.n, s.k, repeats));
@@ -231,6 +334,11 @@ int main(int argc, char** argv) {
       for (const GemvResult& r : gemv)
         j["gemv"].push_back({{"shape", r.name}, {"tokens", r.tokens}, {"n", r.n}, {"k", r.k}, {"copies", r.copies},
                              {"us", r.us}, {"gbps", r.gbps}, {"share_of_copy", r.share_of_copy}});
+      for (const SmallMResult& r : small_m)
+        j["small_m"].push_back({{"shape", r.name}, {"tokens", r.tokens}, {"n", r.n}, {"k", r.k},
+                                {"copies", r.copies}, {"us", r.us}, {"weight_gbps", r.weight_gbps},
+                                {"share_of_copy", r.share_of_copy},
+                                {"cublaslt_us", std::isnan(r.cublaslt_us) ? nlohmann::json() : nlohmann::json(r.cublaslt_us)}});
       for (const GemmResult& r : gemm)
         j["gemm"].push_back({{"shape", r.name}, {"tokens", r.tokens}, {"n", r.n}, {"k", r.k}, {"ms", r.ms},
                              {"tflops", r.tflops}});

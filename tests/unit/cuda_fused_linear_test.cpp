@@ -1,8 +1,9 @@
 // The fused forms of the linear ops that the decode step is built from, CUDA against the CPU
 // reference on fresh random inputs:
 //   - ops::linear and ops::linear_swiglu with OutputMode::Accumulate (the residual update folded
-//     into the o and down projections): GEMV at 1-8 tokens, cuBLASLt (beta = 1) above, with F32
-//     and 16-bit outputs that already hold values;
+//     into the o and down projections): GEMV at 1-8 tokens, the small-M GEMM at 9-128, cuBLASLt
+//     (beta = 1) above or where K is not a multiple of 64, with F32 and 16-bit outputs that already
+//     hold values;
 //   - ops::rms_norm_linear: the one-token GEMV that normalises x in every block (vector and
 //     scalar paths), and the unfused path (rms_norm into `normed`, then linear) for more tokens
 //     or rows too long for shared memory.
@@ -54,10 +55,13 @@ TEST_F(CudaFusedLinear, LinearAccumulateMatchesCpu) {
       {8, 96, 768, DType::F32, DType::F32, DType::F32, DType::F32, 1.0f},
       // Scalar path (K not a multiple of the vector width).
       {1, 37, 4095, DType::BF16, DType::F32, DType::F32, kNoBias, 1.0f},
-      // cuBLASLt with beta = 1: bf16 operands into F32 (prefill's residual update) and into bf16.
+      // The small-M GEMM: bf16 operands into F32 (verification's residual update) and into bf16.
       {40, 1000, 512, DType::BF16, DType::BF16, DType::F32, kNoBias, 0.75f},
       {33, 257, 1024, DType::BF16, DType::BF16, DType::BF16, DType::BF16, 1.0f},
       {17, 300, 256, DType::F16, DType::F16, DType::F32, DType::F16, 1.0f},
+      // cuBLASLt with beta = 1: prefill's residual update into F32, and K not a multiple of 64.
+      {140, 1000, 512, DType::BF16, DType::BF16, DType::F32, kNoBias, 0.75f},
+      {33, 257, 1000, DType::BF16, DType::BF16, DType::BF16, DType::BF16, 1.0f},
   };
   for (const AccumulateCase& c : cases) {
     const bool has_bias = c.bias != kNoBias;
@@ -101,7 +105,8 @@ TEST_F(CudaFusedLinear, SwigluAccumulateMatchesCpu) {
       {2, 257, 1024, DType::BF16, DType::BF16, DType::F32, 1.0f},           // fused GEMV, 2 tokens
       {1, 37, 1001, DType::BF16, DType::BF16, DType::F32, 1.0f},            // scalar path
       {4, 300, 1024, DType::F16, DType::F16, DType::F32, 0.5f},             // workspace + GEMV
-      {24, 260, 512, DType::BF16, DType::BF16, DType::F32, 0.75f},          // workspace + cuBLASLt
+      {24, 260, 512, DType::BF16, DType::BF16, DType::F32, 0.75f},          // workspace + small-M GEMM
+      {140, 260, 512, DType::BF16, DType::BF16, DType::F32, 0.75f},         // workspace + cuBLASLt
   };
   for (const Case& c : cases) {
     const std::string label = "T=" + std::to_string(c.tokens) + " N=" + std::to_string(c.n) + " I=" +
@@ -130,8 +135,9 @@ TEST_F(CudaFusedLinear, SwigluAccumulateMatchesCpu) {
 
 TEST_F(CudaFusedLinear, OpsUseAnAdoptedWorkspace) {
   // The engine hands the context a workspace carved from its arena (CudaContext::adopt_workspace);
-  // the ops that use it (linear_swiglu beyond two tokens: the activation chunk, and cuBLASLt's
-  // scratch) must compute the same there. The adopted memory starts as garbage.
+  // the ops that use it (linear_swiglu beyond two tokens: the activation chunk, and the small-M
+  // GEMM's partial sums or cuBLASLt's scratch) must compute the same there. The adopted memory
+  // starts as garbage.
   const int64_t n = 260, inter = 512;
   constexpr size_t kWorkspace = size_t{8} << 20;
   DeviceBuffer workspace(kWorkspace);
@@ -139,7 +145,8 @@ TEST_F(CudaFusedLinear, OpsUseAnAdoptedWorkspace) {
   gpu_.cuda->adopt_workspace(workspace.data(), kWorkspace);
   EXPECT_EQ(gpu_.cuda->workspace(), workspace.data());
   EXPECT_EQ(gpu_.cuda->workspace_bytes(), kWorkspace);
-  for (int64_t tokens : {int64_t{4}, int64_t{24}}) {  // workspace + GEMV, workspace + cuBLASLt
+  // workspace + GEMV, + small-M GEMM (partial sums behind the activations), + cuBLASLt
+  for (int64_t tokens : {int64_t{4}, int64_t{24}, int64_t{140}}) {
     SCOPED_TRACE("T=" + std::to_string(tokens));
     std::vector<float> w = round_to(DType::BF16, random_floats(static_cast<size_t>(n * inter), seed()));
     std::vector<float> gu =

@@ -294,10 +294,15 @@ TEST_F(CudaLinear, GemmMatchesCpu) {
   // Tensor-core accumulation is fp32 but not in the CPU's order; bf16 operands are exact in fp32.
   constexpr double kTolGemmF32 = 1e-4;
   const LinearCase cases[] = {
-      // cuBLASLt, bias through the epilogue (same dtype as out) or the separate kernel.
+      // 9..128 tokens, 16-bit weights with x in their dtype, K a multiple of 64: the small-M GEMM
+      // (cuda_small_m_gemm_test.cpp calls it directly), bias in the output's dtype or another.
       {9, 256, 512, DType::BF16, DType::BF16, DType::BF16, DType::BF16, 1.0f},
       {64, 1000, 1024, DType::BF16, DType::BF16, DType::F32, DType::F32, 0.5f, 0, kTolGemmF32},
       {33, 384, 4096, DType::F16, DType::F16, DType::F16, DType::F32, 1.0f},
+      // cuBLASLt (more tokens, or K not a multiple of 64), bias through the epilogue (same dtype as
+      // out) or the separate kernel.
+      {136, 256, 512, DType::BF16, DType::BF16, DType::BF16, DType::BF16, 1.0f},
+      {150, 1000, 1024, DType::BF16, DType::BF16, DType::F32, DType::F32, 0.5f, 0, kTolGemmF32},
       {17, 130, 264, DType::BF16, DType::BF16, DType::F32, DType::BF16, 1.0f, 0, kTolGemmF32},
       {200, 4096, 4096, DType::BF16, DType::BF16, DType::BF16, kNoBias, 1.0f},
       // F32 x converted to bf16 in the workspace first: bf16-GEMM precision.
@@ -470,8 +475,9 @@ TEST_F(CudaSiluMul, MatchesCpu) {
 
 // ---------------------------------------------------------------------------------------------
 // linear_swiglu: the down projection with SwiGLU computed on load (fused GEMV, T <= 2), or through
-// silu_mul into the workspace and then the GEMV (T <= 8) or cuBLASLt (T > 8, equal dtypes),
-// against silu_mul + linear on the CPU.
+// silu_mul into the workspace and then the GEMV (T <= 8), the small-M GEMM (T <= 128, equal 16-bit
+// dtypes, I a multiple of 64) or cuBLASLt (beyond, or what the small-M GEMM declines), against
+// silu_mul + linear on the CPU.
 
 struct SwigluCase {
   int64_t tokens, n, inter;
@@ -540,7 +546,8 @@ TEST_F(CudaLinearSwiglu, DecodeMatchesCpu) {
 }
 
 TEST_F(CudaLinearSwiglu, LargeTokenCountsMatchCpu) {
-  // Equal dtypes go through silu_mul (16-bit activations) and cuBLASLt: bf16-GEMM precision.
+  // Equal dtypes go through silu_mul (16-bit activations) and a GEMM (the small-M one up to 128
+  // tokens where I is a multiple of 64, else cuBLASLt): bf16-GEMM precision.
   constexpr double kTolGemmF32 = 1e-4;
   const SwigluCase cases[] = {
       {9, 256, 512, DType::BF16, DType::BF16, DType::BF16},
@@ -548,6 +555,7 @@ TEST_F(CudaLinearSwiglu, LargeTokenCountsMatchCpu) {
       {33, 384, 4096, DType::F16, DType::F16, DType::F16},
       {70, 130, 264, DType::BF16, DType::BF16, DType::BF16, 2},  // misaligned gate_up: scalar silu_mul
       {19, 77, 99, DType::F32, DType::F32, DType::F32, 0, kTolGemmF32},  // fp32 cuBLASLt, exact silu
+      {140, 300, 1024, DType::BF16, DType::BF16, DType::F32, 0, kTol16},  // past the small-M range: cuBLASLt
       // cuBLASLt lacks F32 weights -> BF16 out: the chunk falls back to the fused GEMV.
       {12, 64, 300, DType::F32, DType::F32, DType::BF16},
       // Mixed dtypes stay on the fused GEMV in token groups.
@@ -715,6 +723,8 @@ class GraphStep {
         act_(device_tensor(DType::BF16, {1, kInter})),
         logits_(device_tensor(DType::F32, {1, kVocab})),
         batch_out_(device_tensor(DType::BF16, {kBatch, 2 * kInter})),
+        xl_(upload_tensor(random_floats(kLongBatch * kHidden, s0 + 2), DType::BF16, {kLongBatch, kHidden})),
+        long_out_(device_tensor(DType::BF16, {kLongBatch, 2 * kInter})),
         token_(device_tensor(DType::I32, {1})) {}
 
   void enqueue(ops::OpContext& ctx) {
@@ -723,21 +733,22 @@ class GraphStep {
     ops::silu_mul(ctx, gu_.tensor, act_.tensor);
     ops::linear(ctx, act_.tensor, w2_.tensor, Tensor{}, logits_.tensor);    // GEMV, F32 out
     ops::argmax(ctx, logits_.tensor, token_.tensor);                        // two passes via workspace
-    ops::linear(ctx, xs_.tensor, w1_.tensor, Tensor{}, batch_out_.tensor);  // cuBLASLt
+    ops::linear(ctx, xs_.tensor, w1_.tensor, Tensor{}, batch_out_.tensor);  // small-M GEMM (+ reduce)
+    ops::linear(ctx, xl_.tensor, w1_.tensor, Tensor{}, long_out_.tensor);   // cuBLASLt
   }
   void poison_outputs() {
-    for (DeviceTensor* d : {&h_, &gu_, &act_, &logits_, &batch_out_, &token_}) poison(*d);
+    for (DeviceTensor* d : {&h_, &gu_, &act_, &logits_, &batch_out_, &long_out_, &token_}) poison(*d);
   }
   std::vector<std::vector<float>> results() const {
     std::vector<std::vector<float>> r;
-    for (const DeviceTensor* d : {&h_, &gu_, &act_, &logits_, &batch_out_}) r.push_back(download_f32(*d));
+    for (const DeviceTensor* d : {&h_, &gu_, &act_, &logits_, &batch_out_, &long_out_}) r.push_back(download_f32(*d));
     r.push_back({static_cast<float>(download_ints(token_)[0])});
     return r;
   }
 
  private:
-  static constexpr int64_t kHidden = 1024, kInter = 1536, kVocab = 32000, kBatch = 24;
-  DeviceTensor x_, norm_, w1_, w2_, xs_, h_, gu_, act_, logits_, batch_out_, token_;
+  static constexpr int64_t kHidden = 1024, kInter = 1536, kVocab = 32000, kBatch = 24, kLongBatch = 136;
+  DeviceTensor x_, norm_, w1_, w2_, xs_, h_, gu_, act_, logits_, batch_out_, xl_, long_out_, token_;
 };
 
 void run_captured(CudaTestContext& gpu, GraphStep& step) {
@@ -778,7 +789,8 @@ TEST_F(CudaGraph, CapturedStepMatchesEagerAfterWarmUp) {
 }
 
 TEST_F(CudaGraph, FirstUseOfAShapeMayBeCaptured) {
-  // Cold plan cache: cuBLASLt's heuristic query runs during capture.
+  // Cold caches: cuBLASLt's heuristic query and the small-M GEMM's shared-memory opt-in run during
+  // capture.
   GraphStep step(seed(), seed(), seed(), seed());
   step.poison_outputs();
   ASSERT_NO_THROW(run_captured(gpu_, step));

@@ -33,8 +33,9 @@ struct DeviceInfo {
 };
 
 // The workspace a context gets by default, and the engine gives it from its arena: cuBLASLt's
-// scratch and the attention split partials (decode of 32 heads with 33 splits needs 0.55 MB per
-// token; see ops/cuda/attention.cu).
+// scratch, the attention split partials (decode of 32 heads with 33 splits needs 0.55 MB per
+// token; see ops/cuda/attention.cu) and the small-M GEMM's fp32 partial sums (2 KB per token and
+// SM: 34.6 MB at 128 tokens on 132 SMs; see ops/cuda/gemm_small_m.cu).
 constexpr size_t kDefaultWorkspaceBytes = size_t{64} << 20;
 // Cache length (rows a decode step attends to) up to which the engine's decode graph runs the
 // fused one-token attention kernel (ops/cuda/qkv_attention.cu); longer caches run the separate
@@ -112,6 +113,7 @@ class CudaContext {
     GemmPlans,         // ops/cuda/gemm_cublaslt.cu: cuBLASLt descriptors and heuristic results
     DecodeAttention,   // ops/cuda/qkv_attention.cu: the fused kernel's plan per shape
     BulkGemvKernels,   // ops/cuda/gemv_bulk.cu: instantiations whose shared-memory limit is raised
+    SmallMGemmKernels, // ops/cuda/gemm_small_m.cu: the same, for the small-M GEMM
     kCount
   };
   std::shared_ptr<void>& op_cache(OpCache which) { return op_caches_[static_cast<size_t>(which)]; }

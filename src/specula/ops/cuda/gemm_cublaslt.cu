@@ -1,6 +1,7 @@
-// cuBLASLt path of the CUDA linear op, for token counts above the GEMV's (prefill chunks, long
-// verification batches): tensor cores for bf16/f16 weights, fp32 accumulation, output in out's
-// dtype (the weights' 16-bit dtype or F32), bias fused as cuBLASLt's epilogue where it can be.
+// cuBLASLt path of the CUDA linear op, for token counts above the small-M GEMM's (prefill chunks)
+// and for the short batches that one declines (F32 weights, K not a multiple of 64, a workspace
+// too small for its partial sums): tensor cores for bf16/f16 weights, fp32 accumulation, output in
+// out's dtype (the weights' 16-bit dtype or F32), bias fused as cuBLASLt's epilogue where it can be.
 //
 // Row-major to cuBLAS's column-major: out[T, N] row-major is out^T [N, T] column-major, and
 // out^T = W x^T, where W [N, K] row-major is a column-major K x N matrix used transposed and

@@ -10,21 +10,26 @@
 // work.
 //
 // Up to kGemvMaxTokens tokens (decode, short verification batches) run on the hand-written GEMV,
-// which streams the weights once at close to memory bandwidth; larger counts go to cuBLASLt's
-// tensor-core GEMM. When cuBLASLt cannot take the operands (an output dtype it does not pair with
-// the weights', too small a workspace to convert x), the GEMV computes it anyway in groups of
-// tokens: slower, never wrong. An x whose dtype differs from the weights' (F32 activations of the
-// full-precision mode) also stays on the GEMV, which reads x in fp32: converting it for cuBLASLt
-// would round it to 16 bits and defeat the mode's purpose.
+// which streams the weights once at close to memory bandwidth. From there up to kSmallMMaxTokens
+// (verification of a draft tree, the draft head's levels) the small-M tensor-core GEMM
+// (gemm_small_m.cu) runs first: it still streams the weights once, where cuBLASLt at these
+// sizes does not reach the memory rate. It takes 16-bit weights with x in their dtype and K a
+// multiple of 64; what it declines, and larger counts, go to cuBLASLt's tensor-core GEMM. When
+// cuBLASLt cannot take the operands either (an output dtype it does not pair with the weights',
+// too small a workspace to convert x), the GEMV computes it anyway in groups of tokens: slower,
+// never wrong. An x whose dtype differs from the weights' (F32 activations of the full-precision
+// mode) also stays on the GEMV, which reads x in fp32: converting it for a GEMM would round it to
+// 16 bits and defeat the mode's purpose.
 //
 // linear_swiglu: at 1-2 tokens (batch-1 decode) the fused GEMV computes silu(gate) * up on load
 // and never stores it (no silu_mul kernel, no [T, I] round trip: the point of the op). From 3
 // tokens on, the fused kernel's extra live registers would cost occupancy, so silu(gate) * up is
-// materialised, chunk by chunk, in the front half of the context's workspace (the only scratch
-// an op has; it is free between launches, every op running in order on the one stream), and the
-// chunk goes through the same choice as linear: the GEMV up to kGemvMaxTokens, cuBLASLt above
-// (given the back half of the workspace as its own), the GEMV when cuBLASLt cannot take it. A
-// workspace too small for that leaves the call to the fused GEMV, in groups of two tokens.
+// materialised, chunk by chunk, in the front of the context's workspace (the only scratch an op
+// has; it is free between launches, every op running in order on the one stream), and the chunk
+// goes through the same choice as linear: the GEMV up to kGemvMaxTokens, then the small-M GEMM up
+// to kSmallMMaxTokens, then cuBLASLt, the GEMV when neither GEMM can take it. Both GEMMs get only
+// the workspace behind the activation chunk (at least half of it) for their scratch. A workspace
+// too small for that leaves the call to the fused GEMV, in groups of two tokens.
 #include <algorithm>
 
 #include "specula/ops/cuda/cuda_ops.h"
@@ -39,7 +44,7 @@ constexpr int64_t kFusedSwigluMaxTokens = 2;
 // Fewer tokens per workspace chunk than this (when the call has more): not worth the passes over
 // the weights, the fused GEMV takes the whole call instead.
 constexpr int64_t kMinSwigluChunkTokens = 2 * kGemvMaxTokens;
-constexpr size_t kChunkAlignment = 256;  // where cuBLASLt's share of the workspace starts
+constexpr size_t kChunkAlignment = 256;  // where the GEMMs' share of the workspace starts
 
 // silu_mul into the workspace, then linear on it; false (nothing launched) if the workspace
 // cannot hold enough activation rows.
@@ -64,9 +69,13 @@ bool swiglu_through_workspace(CudaContext& ctx, const Tensor& gate_up, const Ten
                      Device::CUDA);
     Tensor act(ctx.workspace(), gate_up.dtype, {count, inter}, Device::CUDA);
     silu_mul(ctx, gu_chunk, act);
-    if (count > kGemvMaxTokens && act.dtype == weight.dtype &&
-        try_gemm_cublaslt(ctx, act, weight, Tensor(), out_chunk, alpha, mode, gemm_workspace, gemm_workspace_bytes))
-      continue;
+    if (count > kGemvMaxTokens && act.dtype == weight.dtype) {
+      if (count <= kSmallMMaxTokens && try_gemm_small_m(ctx, act, weight, Tensor(), out_chunk, alpha, mode,
+                                                        gemm_workspace, gemm_workspace_bytes))
+        continue;
+      if (try_gemm_cublaslt(ctx, act, weight, Tensor(), out_chunk, alpha, mode, gemm_workspace, gemm_workspace_bytes))
+        continue;
+    }
     launch_gemv(ctx, act, weight, Tensor(), out_chunk, alpha, mode);
   }
   return true;
@@ -76,9 +85,11 @@ bool swiglu_through_workspace(CudaContext& ctx, const Tensor& gate_up, const Ten
 
 void linear(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float alpha,
             OutputMode mode) {
-  if (x.rows() > kGemvMaxTokens && x.dtype == weight.dtype &&
-      try_gemm_cublaslt(ctx, x, weight, bias, out, alpha, mode))
-    return;
+  const int64_t tokens = x.rows();
+  if (tokens > kGemvMaxTokens) {
+    if (tokens <= kSmallMMaxTokens && try_gemm_small_m(ctx, x, weight, bias, out, alpha, mode)) return;
+    if (x.dtype == weight.dtype && try_gemm_cublaslt(ctx, x, weight, bias, out, alpha, mode)) return;
+  }
   launch_gemv(ctx, x, weight, bias, out, alpha, mode);
 }
 

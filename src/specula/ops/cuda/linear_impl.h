@@ -1,5 +1,7 @@
-// The two engines behind the CUDA linear op (ops/cuda/linear.cu chooses between them):
-// a hand-written GEMV for decode-sized token counts (gemv.cu) and cuBLASLt for everything larger
+// The engines behind the CUDA linear op (ops/cuda/linear.cu chooses between them): a hand-written
+// GEMV for decode-sized token counts (gemv.cu, and gemv_bulk.cu for one token on sm_90), a
+// weight-streaming tensor-core GEMM for short batches (gemm_small_m.cu: verification of a draft
+// tree, the draft head's levels) and cuBLASLt for everything larger or that the others decline
 // (gemm_cublaslt.cu). Host-only declarations.
 #pragma once
 
@@ -18,10 +20,15 @@ using specula::cuda::CudaContext;
 // at these sizes beats a tensor-core GEMM whose tiles would be mostly padding.
 constexpr int64_t kGemvMaxTokens = 8;
 
+// Token counts above kGemvMaxTokens and up to this try the small-M GEMM first: it streams the
+// weights once at close to the memory rate where cuBLASLt's tiles do not (a 60-row verification
+// batch); larger counts are compute-bound prefill work for cuBLASLt.
+constexpr int64_t kSmallMMaxTokens = 128;
+
 // out = alpha * x W^T + bias (or out += that, OutputMode::Accumulate) on the CUDA cores, any
 // float dtypes, any token count (beyond kGemvMaxTokens it runs in groups of kGemvMaxTokens tokens,
-// each group re-reading the weights: correct but slow, the fallback when cuBLASLt cannot take the
-// operands).
+// each group re-reading the weights: correct but slow, the fallback when neither GEMM below can
+// take the operands).
 void launch_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
                  float alpha, OutputMode mode);
 
@@ -47,6 +54,23 @@ bool try_gemv_rms_norm(CudaContext& ctx, const Tensor& x, const Tensor& norm_wei
 // aligned for 16-byte access.
 bool try_gemv_bulk(CudaContext& ctx, const Tensor& x, const Tensor* norm_weight, float norm_eps, const Tensor& weight,
                    const Tensor& bias, Tensor& out, float alpha, OutputMode mode);
+
+// out = alpha * x W^T + bias (Accumulate: out += ...) for 1..kSmallMMaxTokens tokens on the tensor
+// cores (mma.sync, fp32 accumulation) with the weights streamed once (gemm_small_m.cu); out BF16,
+// F16 or F32, bias any float dtype or empty. Tiles that several blocks share are added up from fp32
+// partial sums in the context's workspace (up to 2 KB per token and SM) by a second kernel, in a
+// fixed order (the result does not depend on timing). Returns false, having launched nothing, when
+// the weights are not BF16/F16, x's dtype differs from theirs, K is not a multiple of 64, the
+// weights or x are not 16-byte aligned, the token count is out of range, the device is older than
+// sm_80 or lacks the shared memory, or the workspace cannot hold the partial sums.
+bool try_gemm_small_m(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
+                      float alpha, OutputMode mode = OutputMode::Overwrite);
+
+// As above with an explicit device scratch region in place of the context's whole workspace (for
+// callers that keep their own data in the rest of it: linear_swiglu's activation chunk); `workspace`
+// may be null when workspace_bytes is 0 (then only shapes whose tiles no two blocks share run).
+bool try_gemm_small_m(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out,
+                      float alpha, OutputMode mode, void* workspace, size_t workspace_bytes);
 
 // Runs the same through cuBLASLt (tensor cores for bf16/f16 weights, fp32 accumulation). An x
 // whose dtype differs from the weights' is converted into the context's workspace first, in
