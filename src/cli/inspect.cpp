@@ -12,6 +12,7 @@
 #include "commands.h"
 #include "specula/core/arena.h"
 #include "specula/core/error.h"
+#include "specula/model/attention_plan.h"
 #include "specula/io/checkpoint.h"
 #include "specula/model/config.h"
 #include "specula/model/weights.h"
@@ -76,6 +77,11 @@ std::string inspect_draft_head(const std::string& dir, const io::Checkpoint& che
 void run_inspect(const std::string& dir, bool all_tensors, const std::string& target_dir) {
   const model::ModelConfig config = model::ModelConfig::from_dir(dir);
   std::printf("model          %s\n%s", dir.c_str(), config.summary().c_str());
+  try {  // what --attention auto (the default) would run, with the variant rule's choice
+    std::printf("attention plan %s\n", model::AttentionPlan::resolve(config, {}, dir).describe().c_str());
+  } catch (const Error& e) {
+    std::printf("attention plan cannot run sparse: %s\n", e.what());
+  }
   const io::Checkpoint checkpoint = io::Checkpoint::open(dir);
   const bool draft_head = is_draft_head(checkpoint);
   std::map<std::string, std::pair<int64_t, int64_t>> by_dtype;  // dtype -> tensors, elements
