@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build with CUDA (ninja -j16), run the GPU tests and the benchmarks,
 # and print a short table last. Logs and JSON go to $OUT (the device tool returns that folder).
-#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench quickbench spec ab lab load torch fixtures
+#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench quickbench spec ab lab load torch fixtures sparse
 #   (default: build tests bench torch; quickbench is specula bench alone, for iterating on decode;
 #   load writes a random Llama-3-8B-shaped checkpoint to disk and times loading it, cold then warm)
 # Needs .deps (scripts/fetch-deps.sh and scripts/fetch-device-deps.sh) carried along.
@@ -139,6 +139,26 @@ if has torch; then
   PYTHONUNBUFFERED=1 timeout 420 python3 tools/torch_baseline.py --prefill 4096 --contexts 512,8192 \
     --decode-steps 64 ${TORCH_COMPILE:+--compile} --json "$RESULTS/torch_baseline.json" >"$OUT/torch.log" 2>&1
   note "torch baseline: rc=$? in $((SECONDS - t)) s"; tail -8 "$OUT/torch.log"
+fi
+
+if has sparse; then
+  # InfLLM-V2 (issue 13's benchmark): attention per layer (ours sparse and dense, PyTorch SDPA flash)
+  # and end to end on the MiniCPM4-8B shape, sparse against dense, in one run.
+  t=$SECONDS
+  if [ -x ./$build/specula_attention_bench ]; then
+    timeout 240 ./$build/specula_attention_bench --json "$RESULTS/attention_bench.json" >"$OUT/attention_bench.log" 2>&1
+    note "attention bench: rc=$?"; tail -40 "$OUT/attention_bench.log"
+  fi
+  PYTHONUNBUFFERED=1 timeout 240 python3 tools/torch_attention_baseline.py --json "$RESULTS/torch_attention.json" \
+    >"$OUT/torch_attention.log" 2>&1
+  note "torch SDPA baseline: rc=$?"; cat "$OUT/torch_attention.log"
+  for mode in ${SPARSE_MODES:-sparse dense}; do
+    timeout 300 ./$build/specula bench --preset minicpm4-8b --device cuda --attention $mode \
+      --contexts ${SPARSE_CONTEXTS:-32768,65536,131072} --prefill ${SPARSE_PREFILL:-131072} --prefill-chunk 2048 \
+      --decode-steps 16 --repeats 1 --commit "$commit" --json "$RESULTS/minicpm4_$mode.json" >"$OUT/minicpm4_$mode.log" 2>&1
+    note "minicpm4-8b $mode: rc=$?"; tail -12 "$OUT/minicpm4_$mode.log"
+  done
+  note "sparse stage: $((SECONDS - t)) s"
 fi
 
 if has fixtures; then
