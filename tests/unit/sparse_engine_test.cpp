@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "specula/core/error.h"
 #include "specula/engine/engine.h"
 #include "specula/engine/generator.h"
@@ -29,9 +30,21 @@ namespace {
 const std::string kEagle = std::string(SPECULA_TEST_DATA) + "/eagle";
 constexpr int64_t kDenseLen = 256;
 
+#ifdef SPECULA_WITH_CUDA
+#define SKIP_WITHOUT_CUDA() SPECULA_SKIP_WITHOUT_CUDA()
+#else
+#define SKIP_WITHOUT_CUDA() GTEST_SKIP() << "no CUDA device: this build has no CUDA backend"
+#endif
+
+// The backend under test: the CPU reference, or CUDA in its full-precision mode (F32 activations
+// and caches, so ties and near-ties resolve as on the CPU).
+Device g_device = Device::CPU;
+
 engine::EngineOptions options(SparseVariant variant, model::AttentionMode mode, int64_t topk, int64_t chunk = 512,
                               int64_t logit_rows = 1) {
   engine::EngineOptions o;
+  o.device = g_device;
+  o.full_precision = g_device == Device::CUDA;
   o.model_dir = kEagle + "/target_minicpm4";
   o.threads = 2;
   o.max_context = 500;
@@ -73,37 +86,55 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 
 const SparseVariant kVariants[] = {SparseVariant::MiniCPM4, SparseVariant::MiniCPM41};
 
-TEST(SparseEngine, TopkCoveringEveryBlockEqualsDense) {
+// Block observers read host memory, so block-set checks run on the CPU backend; CUDA compares
+// logits and tokens (its decode steps replay captured graphs, where no observer may run).
+class SparseEngine : public ::testing::TestWithParam<Device> {
+ protected:
+  void SetUp() override {
+    g_device = GetParam();
+    if (g_device == Device::CUDA) {
+      SKIP_WITHOUT_CUDA();
+    }
+  }
+  void TearDown() override { g_device = Device::CPU; }
+  bool on_cpu() const { return GetParam() == Device::CPU; }
+  // Logit agreement between two runs that take different kernels (CUDA: the sparse and dense
+  // attention kernels sum in other orders).
+  double tolerance() const { return on_cpu() ? 1e-5 : 2e-4; }
+};
+
+TEST_P(SparseEngine, TopkCoveringEveryBlockEqualsDense) {
   const std::vector<int32_t> prompt = prompt_of(450);
   auto dense = engine::Engine::load(options(SparseVariant::MiniCPM41, model::AttentionMode::Dense, 64, 512, 450));
   const std::vector<float> want = prompt_logits(*dense, prompt, 450);
   for (SparseVariant v : kVariants) {
     auto sparse = engine::Engine::load(options(v, model::AttentionMode::Sparse, 64, 512, 450));
     ASSERT_TRUE(sparse->transformer().attention_plan().sparse_enabled());
-    EXPECT_LT(max_abs_diff(prompt_logits(*sparse, prompt, 450), want), 1e-5) << static_cast<int>(v);
+    EXPECT_LT(max_abs_diff(prompt_logits(*sparse, prompt, 450), want), tolerance()) << static_cast<int>(v);
     // And with few blocks the answer changes (the selection is not a no-op).
     auto narrow = engine::Engine::load(options(v, model::AttentionMode::Sparse, 1, 512, 450));
     EXPECT_GT(max_abs_diff(prompt_logits(*narrow, prompt, 450), want), 1e-3) << static_cast<int>(v);
   }
 }
 
-TEST(SparseEngine, SwitchesAtDenseLen) {
+TEST_P(SparseEngine, SwitchesAtDenseLen) {
   for (SparseVariant v : kVariants) {
     auto dense = engine::Engine::load(options(v, model::AttentionMode::Dense, 1));
     auto sparse = engine::Engine::load(options(v, model::AttentionMode::Auto, 1));
     ASSERT_TRUE(sparse->transformer().attention_plan().sparse_enabled());
     int64_t sparse_calls = 0;
-    sparse->transformer().set_block_observer([&](int64_t, const Tensor&, const Tensor& blocks) {
-      if (blocks.as<const int32_t>()[0] != ops::AttentionMask::kDenseQuery) ++sparse_calls;
-    });
+    if (on_cpu())
+      sparse->transformer().set_block_observer([&](int64_t, const Tensor&, const Tensor& blocks) {
+        if (blocks.as<const int32_t>()[0] != ops::AttentionMask::kDenseQuery) ++sparse_calls;
+      });
     // A prompt one token short of dense_len: dense, and equal to the dense engine.
     const std::vector<int32_t> below = prompt_of(kDenseLen - 1, 1);
-    EXPECT_EQ(prompt_logits(*sparse, below, 1), prompt_logits(*dense, below, 1));
+    EXPECT_LT(max_abs_diff(prompt_logits(*sparse, below, 1), prompt_logits(*dense, below, 1)), tolerance());
     EXPECT_EQ(sparse_calls, 0);
     // At dense_len: sparse from the first token (every call's first query is listed).
     const std::vector<int32_t> at = prompt_of(kDenseLen, 1);
-    EXPECT_GT(max_abs_diff(prompt_logits(*sparse, at, 1), prompt_logits(*dense, at, 1)), 1e-4);
-    EXPECT_GT(sparse_calls, 0);
+    EXPECT_GT(max_abs_diff(prompt_logits(*sparse, at, 1), prompt_logits(*dense, at, 1)), 1e-3);
+    if (on_cpu()) EXPECT_GT(sparse_calls, 0);
     // Decode across the switch after a short prompt: the step reaching dense_len is the first
     // sparse one; before it the logits equal the dense engine's.
     const std::vector<int32_t> start = prompt_of(kDenseLen - 4, 2);
@@ -120,9 +151,9 @@ TEST(SparseEngine, SwitchesAtDenseLen) {
       sparse->read_logits(1, a);
       dense->read_logits(1, b);
       if (p + 1 < kDenseLen) {
-        EXPECT_EQ(a, b) << "position " << p;
+        EXPECT_LT(max_abs_diff(a, b), tolerance()) << "position " << p;
         EXPECT_EQ(sparse_calls, 0) << "position " << p;
-      } else {
+      } else if (on_cpu()) {
         EXPECT_GT(sparse_calls, 0) << "position " << p;
       }
       sparse->transformer().kv_cache().append(1);
@@ -131,7 +162,7 @@ TEST(SparseEngine, SwitchesAtDenseLen) {
   }
 }
 
-TEST(SparseEngine, ChunkedPrefillEqualsOneShot) {
+TEST_P(SparseEngine, ChunkedPrefillEqualsOneShot) {
   const std::vector<int32_t> prompt = prompt_of(433, 3);
   for (SparseVariant v : kVariants) {
     auto one = engine::Engine::load(options(v, model::AttentionMode::Auto, 2, 512));
@@ -149,8 +180,10 @@ TEST(SparseEngine, ChunkedPrefillEqualsOneShot) {
           }
       };
     };
-    one->transformer().set_block_observer(recorder(one_sets));
-    chunked->transformer().set_block_observer(recorder(chunk_sets));
+    if (on_cpu()) {
+      one->transformer().set_block_observer(recorder(one_sets));
+      chunked->transformer().set_block_observer(recorder(chunk_sets));
+    }
     // Through the generator, as a user's prompt goes: 8 greedy tokens each.
     engine::GenerationRequest req;
     req.prompt = prompt;
@@ -160,11 +193,11 @@ TEST(SparseEngine, ChunkedPrefillEqualsOneShot) {
     std::sort(one_sets.begin(), one_sets.end());
     std::sort(chunk_sets.begin(), chunk_sets.end());
     EXPECT_EQ(one_sets, chunk_sets) << "the selected blocks of every layer, position and KV head";
-    EXPECT_GT(one_sets.size(), 433u);
+    if (on_cpu()) EXPECT_GT(one_sets.size(), 433u);
   }
 }
 
-TEST(SparseEngine, DecodeAfterPrefillEqualsRecomputation) {
+TEST_P(SparseEngine, DecodeAfterPrefillEqualsRecomputation) {
   const std::vector<int32_t> all = prompt_of(330, 4);
   const int64_t prefix = 300, steps = 30;
   for (SparseVariant v : kVariants) {
@@ -180,12 +213,12 @@ TEST(SparseEngine, DecodeAfterPrefillEqualsRecomputation) {
       std::vector<float> got;
       inc->read_logits(1, got);
       const std::vector<float> row(want.begin() + p * V, want.begin() + (p + 1) * V);
-      EXPECT_LT(max_abs_diff(got, row), 1e-4) << "variant " << static_cast<int>(v) << ", position " << p;
+      EXPECT_LT(max_abs_diff(got, row), on_cpu() ? 1e-4 : 1e-3) << "variant " << static_cast<int>(v) << ", position " << p;
     }
   }
 }
 
-TEST(SparseEngine, SpeculativeGreedyEqualsPlainGreedy) {
+TEST_P(SparseEngine, SpeculativeGreedyEqualsPlainGreedy) {
   for (SparseVariant v : kVariants) {
     engine::EngineOptions with_draft = options(v, model::AttentionMode::Auto, 2);
     with_draft.draft_dir = kEagle + "/head_minicpm4";
@@ -213,7 +246,28 @@ TEST(SparseEngine, SpeculativeGreedyEqualsPlainGreedy) {
   }
 }
 
-TEST(SparseEngine, PlanRulesAndChecks) {
+INSTANTIATE_TEST_SUITE_P(Backends, SparseEngine, ::testing::Values(Device::CPU, Device::CUDA),
+                         [](const auto& info) { return info.param == Device::CPU ? "Cpu" : "Cuda"; });
+
+// CUDA (full precision) against the CPU reference through the whole model: greedy tokens of a
+// sparse run, both variants, prompt past dense_len and decode.
+TEST(SparseEngineCuda, GreedyTokensEqualTheCpuReference) {
+  SKIP_WITHOUT_CUDA();
+  for (SparseVariant v : kVariants) {
+    engine::GenerationRequest req;
+    req.prompt = prompt_of(300, 9);
+    req.max_new_tokens = 80;
+    g_device = Device::CPU;
+    auto cpu = engine::Engine::load(options(v, model::AttentionMode::Auto, 2));
+    g_device = Device::CUDA;
+    auto cuda = engine::Engine::load(options(v, model::AttentionMode::Auto, 2));
+    g_device = Device::CPU;
+    EXPECT_EQ(engine::Generator(*cuda).generate(req).tokens, engine::Generator(*cpu).generate(req).tokens)
+        << "variant " << static_cast<int>(v);
+  }
+}
+
+TEST(SparsePlan, RulesAndChecks) {
   const model::ModelConfig minicpm = model::ModelConfig::from_dir(kEagle + "/target_minicpm4");  // no sparse_config
   const model::ModelConfig llama = model::ModelConfig::from_dir(kEagle + "/target_llama3");
   model::AttentionOptions o;
