@@ -499,6 +499,18 @@ TEST_F(ServerHttp, NonStreamingClientThatHangsUpCancelsItsGeneration) {
   EXPECT_EQ(server.terminate(5.0), 0);
 }
 
+// Each response says what attention it ran: InfLLM-V2 forced on for the (Llama-shaped) test model.
+TEST_F(ServerHttp, ResponsesReportSparseAttention) {
+  ServeProcess server(dir(), {"--attention", "sparse", "--sparse-variant", "minicpm4"});
+  ASSERT_TRUE(server.wait_ready());
+  auto r = server.client().Post("/v1/completions", R"({"prompt":"hello","max_tokens":4,"temperature":0})",
+                                "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["specula"]["attention"], "sparse (InfLLM-V2 minicpm4)") << r->body;
+  EXPECT_EQ(server.terminate(5.0), 0);
+}
+
 // GET / is the chat page, byte for byte the file in the source tree (embedded at build time),
 // without an API key even when /v1 needs one. The "specula" extension object rides on
 // non-streamed bodies and on the streamed chunk with the finish_reason, and nowhere else.
