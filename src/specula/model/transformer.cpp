@@ -125,8 +125,8 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
          gu = gate_up_.slice_outer(0, tokens), fin = final_hidden_.slice_outer(0, tokens);
 
   // InfLLM-V2: the block lists are computed per layer into blocks ([n_kv, tokens, W], packed for
-  // this call's token count). A CPU call whose every token sits below the switch runs dense; the
-  // compressed keys catch up on the first sparse call (compress_keys recomputes what is missing).
+  // this call's token count). A CPU call whose every token sits below the switch runs dense
+  // attention but still compresses its keys.
   const bool sparse = attention_.sparse_enabled() && [&] {
     const ops::SparseSelectParams p = attention_.select_params(c.head_dim, prefill_end);
     if (device() != Device::CPU) return true;
@@ -153,6 +153,12 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
     } else {
       ops::qkv_attention(ctx, qkv, w.q_norm, w.k_norm, eps, rope_, pos, slots, attn_scale, q, k_cache, v_cache, a,
                          mask);
+      // A dense call of a sparse-capable model still keeps the compressed keys current: the rows
+      // it wrote may replace ones an earlier sequence compressed (a new request from row 0).
+      if (attention_.sparse_enabled()) {
+        ops::CompressedKeys compressed = kv_.compressed(l);
+        ops::compress_keys(ctx, k_cache, slots, mask, sparse_params, compressed);
+      }
     }
     ops::linear(ctx, a, w.o_proj, Tensor(), x, residual_scale, ops::OutputMode::Accumulate);
     ops::rms_norm_linear(ctx, x, w.post_attention_norm, eps, w.gate_up, Tensor(), h, gu);
