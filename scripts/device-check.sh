@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build with CUDA (ninja -j16), run the GPU tests and the benchmarks,
 # and print a short table last. Logs and JSON go to $OUT (the device tool returns that folder).
-#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench quickbench spec ab lab load torch fixtures sparse
+#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench kernels quickbench spec ab lab load torch fixtures sparse
 #   (default: build tests bench torch; quickbench is specula bench alone, for iterating on decode;
 #   load writes a random Llama-3-8B-shaped checkpoint to disk and times loading it, cold then warm)
 # Needs .deps (scripts/fetch-deps.sh and scripts/fetch-device-deps.sh) carried along.
@@ -84,6 +84,12 @@ if has bench; then
   note "specula bench without PDL: rc=$? $(grep -E 'decode_vs_bandwidth' "$OUT/specula_bench_no_pdl.log" | tr -s ' ' | tr '\n' ' ')"
 fi
 
+if has kernels; then
+  # The op-level benchmark alone (linear at decode and small-M token counts, top-k, ...).
+  timeout 200 ./$build/specula_kernel_bench --json "$RESULTS/specula_kernel_bench.json" >"$OUT/specula_kernel_bench.log" 2>&1
+  note "specula_kernel_bench: rc=$?"; tail -60 "$OUT/specula_kernel_bench.log"
+fi
+
 if has quickbench; then
   ./$build/specula bench --preset llama3-8b --device cuda --contexts 512,8192 --prefill 4096 --decode-steps 64 --profile \
     --commit "$commit" --json "$RESULTS/specula_bench.json" >"$OUT/specula_bench.log" 2>&1
@@ -95,7 +101,8 @@ if has spec; then
   # real tinygo pair end to end; results into bench/results/spec.json's format.
   t=$SECONDS
   tinygo_arg=(); [ -d .tinygo/eagle ] && tinygo_arg=(--tinygo "$PWD/.tinygo")
-  timeout 540 ./$build/specula bench-spec --preset llama3-8b --device cuda "${tinygo_arg[@]}" --commit "$commit" \
+  [ -n "${SPEC_NO_TINYGO:-}" ] && tinygo_arg=()
+  timeout ${SPEC_TIMEOUT:-540} ./$build/specula bench-spec --preset llama3-8b --device cuda "${tinygo_arg[@]}" --commit "$commit" \
     --json "$RESULTS/spec.json" >"$OUT/spec.log" 2>&1
   note "bench-spec: rc=$? in $((SECONDS - t)) s"; tail -45 "$OUT/spec.log"
 fi
