@@ -20,6 +20,7 @@ enum DeviceErrorBits : uint32_t {
   kErrorTokenOutOfRange = 1u << 0,
   kErrorSlotOutOfRange = 1u << 1,
   kErrorDraftTree = 1u << 2,  // a draft tree op saw an inconsistent tree or a draft id outside the FR-Spec list
+  kErrorSparseSelect = 1u << 3,  // sparse_select: a tree query without a distinct ancestor at some position
 };
 
 struct DeviceInfo {
