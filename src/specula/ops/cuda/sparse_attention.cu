@@ -198,6 +198,7 @@ struct SelectArgs {
   float* lse;                    // [n_kv, chunk, G]
   float* own1;                   // [n_kv, chunk, G, c1.max_own] (tree calls)
   float* own2;                   // [n_kv, chunk, G, c2.max_own] (tree calls, 4.1)
+  bool stage_scores;             // select_kernel copies a query's scores to shared memory first
   int32_t* blocks;               // [n_kv, T, width]
   uint32_t* error_word;
 };
@@ -247,16 +248,22 @@ __device__ __forceinline__ int64_t row_index(const SelectArgs& a, int h, int tc,
   return (static_cast<int64_t>(h) * a.chunk_tokens + tc) * a.group + g;
 }
 
-// The LSE of query row (tc, g) in the pass's domain: pass 1's splits merged with the tree
-// kernels of the LSE tier; +inf when the row has no LSE kernel (its scores are then 0).
+// Pass 1's (max, sum) pairs of row `row` for splits first, first + step, ... merged into (m, l).
 template <bool kLog2>
-__device__ float row_lse(const SelectArgs& a, int h, int tc, int g, int p, int base) {
-  float m = -INFINITY, l = 0.0f;
-  const float2* part = a.partials + row_index(a, h, tc, g) * a.lse_splits;
-  for (int s = 0; s < a.lse_splits; ++s) {
+__device__ __forceinline__ void merge_partials(const SelectArgs& a, int64_t row, int first, int step, float& m,
+                                               float& l) {
+  const float2* part = a.partials + row * a.lse_splits;
+#pragma unroll 4
+  for (int s = first; s < a.lse_splits; s += step) {
     const float2 v = part[s];
     merge_ml<kLog2>(m, l, v.x, v.y);
   }
+}
+
+// The LSE of query row (tc, g) in the pass's domain from its merged pass-1 pair and the tree
+// kernels of the LSE tier; +inf when the row has no LSE kernel (its scores are then 0).
+template <bool kLog2>
+__device__ float finish_lse(const SelectArgs& a, int h, int tc, int g, int p, int base, float m, float l) {
   if (a.tree) {
     const Tier& lt = a.v41 ? a.c2 : a.c1;
     const int own = visible(a, lt, p, base).own;
@@ -475,11 +482,24 @@ __global__ void __launch_bounds__(kThreads) stage1_mma_kernel(SelectArgs a, int 
 
   float lse[2] = {INFINITY, INFINITY};
   if constexpr (kPass2) {
+    // The four lanes that share a row merge a quarter of the splits each.
+    float pm[2] = {-INFINITY, -INFINITY}, pl[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int k = 0; k < 2; ++k)
+      if (row_ok[k]) merge_partials<true>(a, row_index(a, h, tile_t0 + row_tl[k], row_g[k]), lane % 4, 4, pm[k], pl[k]);
+#pragma unroll
+    for (int k = 0; k < 2; ++k)
+#pragma unroll
+      for (int off = 1; off < 4; off <<= 1) {
+        const float om = __shfl_xor_sync(kFullWarpMask, pm[k], off);
+        const float ol = __shfl_xor_sync(kFullWarpMask, pl[k], off);
+        merge_ml<true>(pm[k], pl[k], om, ol);
+      }
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
       if (!row_ok[k]) continue;
       const int tc = tile_t0 + row_tl[k];
-      lse[k] = row_lse<true>(a, h, tc, row_g[k], a.positions[a.chunk0 + tc], base);
+      lse[k] = finish_lse<true>(a, h, tc, row_g[k], a.positions[a.chunk0 + tc], base, pm[k], pl[k]);
       if (split == 0 && wn == 0 && lane % 4 == 0) a.lse[row_index(a, h, tc, row_g[k])] = lse[k];
     }
   }
@@ -633,7 +653,9 @@ __global__ void __launch_bounds__(kThreads) stage1_generic_kernel(SelectArgs a, 
     row_m[g] = -INFINITY;
     row_l[g] = 0.0f;
     if constexpr (kPass2) {
-      lse[g] = row_lse<false>(a, h, tc, g, p, base);
+      float m = -INFINITY, l = 0.0f;
+      merge_partials<false>(a, row_index(a, h, tc, g), 0, 1, m, l);
+      lse[g] = finish_lse<false>(a, h, tc, g, p, base, m, l);
       if (split == 0) a.lse[row_index(a, h, tc, g)] = lse[g];
     }
   }
@@ -731,6 +753,23 @@ __device__ __forceinline__ int block_exclusive_scan(int v, int* scratch, int& to
   return result;
 }
 
+// Shared memory of select_kernel: block keys and flags, the tree kernels' scores and the group's
+// LSEs, and (when it fits) the query's kernel scores staged as floats.
+struct SelectSmem {
+  size_t keys, own, lse, flags, staged, bytes;
+};
+
+__host__ __device__ inline SelectSmem select_smem_layout(int nb_cap, int max_own, int group, int64_t staged_scores) {
+  SelectSmem l{};
+  l.keys = 0;
+  l.own = l.keys + static_cast<size_t>(nb_cap) * sizeof(uint32_t);
+  l.lse = l.own + static_cast<size_t>(max_own) * sizeof(float);
+  l.staged = (l.lse + static_cast<size_t>(group) * sizeof(float) + 15) / 16 * 16;
+  l.flags = l.staged + static_cast<size_t>(staged_scores) * sizeof(float);
+  l.bytes = l.flags + static_cast<size_t>(nb_cap);
+  return l;
+}
+
 template <bool kLog2>
 __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
   extern __shared__ __align__(16) unsigned char sel_smem[];
@@ -749,26 +788,41 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
     for (int c = tid; c < a.width; c += nthreads) list[c] = c == 0 ? AttentionMask::kDenseQuery : -1;
     return;
   }
-  uint32_t* keys = reinterpret_cast<uint32_t*>(sel_smem);                      // [nb_cap]
-  float* own_scores = reinterpret_cast<float*>(keys + a.nb_cap);               // [c1.max_own]
-  float* lse = own_scores + a.c1.max_own;                                      // [G]
-  unsigned char* flags = reinterpret_cast<unsigned char*>(lse + a.group);      // [nb_cap]
+  const SelectSmem layout = select_smem_layout(a.nb_cap, a.c1.max_own, a.group, a.stage_scores ? a.score_stride : 0);
+  uint32_t* keys = reinterpret_cast<uint32_t*>(sel_smem + layout.keys);     // [nb_cap]
+  float* own_scores = reinterpret_cast<float*>(sel_smem + layout.own);      // [c1.max_own]
+  float* lse = reinterpret_cast<float*>(sel_smem + layout.lse);             // [G]
+  float* staged = reinterpret_cast<float*>(sel_smem + layout.staged);       // [score_stride] when staged
+  unsigned char* flags = sel_smem + layout.flags;                           // [nb_cap]
 
   const int base = call_base(a);
   const Visible v = visible(a, a.c1, p, base);
   const int n_cached = v.cached, n1 = v.cached + v.own;
+  const int64_t score_row = (static_cast<int64_t>(h) * a.chunk_tokens + tc) * a.score_stride;
+  if (a.stage_scores) {
+    // 8 scores per load (16 bytes of a 16-bit row): rows start on 64-element boundaries, and the
+    // few values read past n_cached are overwritten or never pooled.
+    for (int i = tid * 8; i < n_cached; i += nthreads * 8) {
+      float x[8];
+      load_f32_dyn<8>(a.scores, a.q_dtype, score_row + i, x);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) staged[i + e] = x[e];
+    }
+  }
   if (v.own > 0) {  // uniform over the block
     for (int g = tid; g < a.group; g += nthreads) lse[g] = a.lse[row_index(a, h, tc, g)];
-    __syncthreads();
+    __syncthreads();  // also orders the staging above before the tree scores land after it
     const float f = kLog2 ? kLog2e : 1.0f;
     for (int j = tid; j < v.own; j += nthreads) {
-      float sum = 0.0f;
+      float sum = 0.0f;  // head order, as the CPU reference sums the group
       for (int g = 0; g < a.group; ++g)
         sum += dom_exp<kLog2>(a.own1[row_index(a, h, tc, g) * a.c1.max_own + j] * f - lse[g]);
-      own_scores[j] = round_through_dyn(a.q_dtype, sum);
+      sum = round_through_dyn(a.q_dtype, sum);
+      own_scores[j] = sum;
+      if (a.stage_scores) staged[n_cached + j] = sum;
     }
-    __syncthreads();
   }
+  __syncthreads();
 
   int q_blk = p / a.block_size;
   if (q_blk >= a.nb_cap) {
@@ -776,13 +830,16 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
     q_blk = a.nb_cap - 1;
   }
   const int nb = q_blk + 1, r = a.pool_stride;
-  const int64_t score_row = (static_cast<int64_t>(h) * a.chunk_tokens + tc) * a.score_stride;
   for (int b = tid; b < nb; b += nthreads) {
     float best = -INFINITY;
     const int hi = min(b * r + r - 1, n1 - 1);
-    for (int i = max(0, b * r - 1); i <= hi; ++i)
-      best = fmaxf(best, i < n_cached ? load_f32_dyn(a.scores, a.q_dtype, score_row + i) : own_scores[i - n_cached]);
-    float val = best == -INFINITY ? 0.0f : best;
+    for (int i = max(0, b * r - 1); i <= hi; ++i) {
+      const float x = a.stage_scores ? staged[i]
+                      : i < n_cached ? load_f32_dyn(a.scores, a.q_dtype, score_row + i)
+                                     : own_scores[i - n_cached];
+      best = fmaxf(best, x);
+    }
+    float val = best == -INFINITY ? 0.0f : best;  // a block without kernels scores 0, as upstream's zeroed scores
     if (a.v41) {
       if (b < a.init_blocks || b >= q_blk - a.local_blocks) val = INFINITY;
     } else {
@@ -794,16 +851,20 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
   __syncthreads();
 
   // The k-th largest key, 8 bits at a time from the top; `remaining` ends as the number of keys
-  // equal to it that belong to the top k (the lowest-index ones).
+  // equal to it that belong to the top k (the lowest-index ones). Lanes of a warp that fall in
+  // one bin add to it once (most keys share their top byte).
   const int k = min(a.topk_slots, nb);
   uint32_t prefix = 0u, prefix_mask = 0u;
   int remaining = k;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = tid; i < 256; i += nthreads) hist[i] = 0u;
     __syncthreads();
-    for (int b = tid; b < nb; b += nthreads) {
-      const uint32_t key = keys[b];
-      if ((key & prefix_mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xFFu], 1u);
+    for (int b0 = warp * kWarpSize; b0 < nb; b0 += nthreads) {  // whole warps per iteration
+      const int b = b0 + lane;
+      const uint32_t key = b < nb ? keys[b] : 0u;
+      const unsigned bin = b < nb && (key & prefix_mask) == prefix ? (key >> shift) & 0xFFu : 256u;
+      const unsigned peers = __match_any_sync(kFullWarpMask, bin);
+      if (bin < 256u && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], static_cast<unsigned>(__popc(peers)));
     }
     __syncthreads();
     if (warp == 0) {
@@ -836,14 +897,14 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
   // The chosen set in index order: keys above the k-th, the first `remaining` equal to it, and
   // (MiniCPM4) the window [q_blk - local + 1, q_blk].
   const int per_thread = (nb + nthreads - 1) / nthreads;
-  const int b0 = min(tid * per_thread, nb), b1 = min(b0 + per_thread, nb);
+  const int b_begin = min(tid * per_thread, nb), b_end = min(b_begin + per_thread, nb);
   int equal = 0;
-  for (int b = b0; b < b1; ++b) equal += keys[b] == kth;
+  for (int b = b_begin; b < b_end; ++b) equal += keys[b] == kth;
   int total = 0;
   int equal_before = block_exclusive_scan(equal, scan_scratch, total);
   const int window_from = a.v41 ? INT_MAX : q_blk - a.local_blocks + 1;
   int chosen = 0;
-  for (int b = b0; b < b1; ++b) {
+  for (int b = b_begin; b < b_end; ++b) {
     const uint32_t key = keys[b];
     bool take = key > kth;
     if (key == kth) take = equal_before++ < remaining;
@@ -853,7 +914,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
   }
   int out = block_exclusive_scan(chosen, scan_scratch, total);
   if (total > a.width && tid == 0) report_device_error(a.error_word, kErrorSparseSelect);
-  for (int b = b0; b < b1; ++b)
+  for (int b = b_begin; b < b_end; ++b)
     if (flags[b]) {
       if (out < a.width) list[out] = b;
       ++out;
@@ -1117,8 +1178,11 @@ void sparse_select(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, con
   a.error_word = ctx.error_word();
 
   const size_t own_smem = (static_cast<size_t>(a.group + 1) * a.head_dim + static_cast<size_t>(a.tokens)) * sizeof(float);
-  const size_t select_smem = static_cast<size_t>(a.nb_cap) * (sizeof(uint32_t) + 1) +
-                             (static_cast<size_t>(plan.max_own1) + static_cast<size_t>(a.group)) * sizeof(float);
+  // Pooling reads each kernel score twice or more: stage the query's scores in shared memory when
+  // they fit next to the keys (up to about 2M rows of cache on an H100).
+  size_t select_smem = select_smem_layout(a.nb_cap, plan.max_own1, a.group, plan.score_stride).bytes;
+  a.stage_scores = select_smem + 4096 <= ctx.info().max_shared_memory_per_block_optin;  // + the static arrays
+  if (!a.stage_scores) select_smem = select_smem_layout(a.nb_cap, plan.max_own1, a.group, 0).bytes;
   if (s.tree) set_smem(reinterpret_cast<const void*>(own_logits_kernel), own_smem, ctx, "sparse_select tree kernels");
   const auto select = plan.mma ? select_kernel<true> : select_kernel<false>;
   set_smem(reinterpret_cast<const void*>(select), select_smem, ctx, "sparse_select top-k");
