@@ -24,9 +24,10 @@
 //                shared-memory tile (cp.async double buffer), S = Q K^T by mma.sync m16n8k16 in
 //                fp32. Pass 1 runs over the LSE tier (C1 for MiniCPM4, C2 for 4.1) and writes each
 //                row's (max, sum) per split; pass 2 merges the splits (and the tree kernels) into
-//                the row's LSE, computes p = exp(s - lse) over C1, sums the group through shared
-//                memory in head order, rounds to the query dtype (as upstream stores bf16) and
-//                writes kernel scores. Splits are counted on the host (about two blocks per SM at
+//                the row's LSE, computes p = exp(s - lse) over C1, sums the group (group 16: a
+//                warp's 16 rows are one token, summed by shuffles as upstream does; otherwise
+//                through shared memory in head order), rounds to the query dtype (as upstream
+//                stores bf16) and writes kernel scores. Splits are counted on the host (about two blocks per SM at
 //                full capacity) but balanced on the device over the actual length. F32 (and
 //                head dims other than 64/128, or unaligned operands) run the same two passes on
 //                CUDA cores (stage1_generic_kernel), natural-log domain, no rounding: that is what
@@ -571,6 +572,23 @@ __global__ void __launch_bounds__(kThreads) stage1_mma_kernel(SelectArgs a, int 
         l_run[k] = l_run[k] * exp2f(m_run[k] - nm) + sum;
         m_run[k] = nm;
       }
+    } else if (G == 16) {
+      // A warp's 16 rows are one token's group (row tiles hold whole tokens): sum the two rows a
+      // thread holds, then across the eight lanes that share its columns (upstream's reduction).
+      const int tl = wm;
+#pragma unroll
+      for (int j = 0; j < C::kNT; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float v = exp2f(acc[j][e] - lse[0]) + exp2f(acc[j][2 + e] - lse[1]);
+          v += __shfl_xor_sync(kFullWarpMask, v, 4);
+          v += __shfl_xor_sync(kFullWarpMask, v, 8);
+          v += __shfl_xor_sync(kFullWarpMask, v, 16);
+          const int i = tile * kTileN + wn * C::kWarpCols + j * 8 + lane * 2 + e;
+          if (lane < 4 && tl < tile_tokens && i < s_vis[tl])
+            reinterpret_cast<Elem*>(a.scores)[(static_cast<int64_t>(h) * a.chunk_tokens + tile_t0 + tl) * a.score_stride + i] =
+                from_f32<Elem>(v);
+        }
     } else {
 #pragma unroll
       for (int j = 0; j < C::kNT; ++j)
@@ -581,7 +599,7 @@ __global__ void __launch_bounds__(kThreads) stage1_mma_kernel(SelectArgs a, int 
           *reinterpret_cast<float2*>(fbuf + row * C::kPStride + col) =
               make_float2(exp2f(acc[j][2 * k] - lse[k]), exp2f(acc[j][2 * k + 1] - lse[k]));
         }
-      __syncthreads();
+      __syncthreads();  // G is uniform over the block
       // Group sum in head order, rounded to the query dtype, for the kernels each token sees.
       for (int item = tid; item < tile_tokens * kTileN; item += kThreads) {
         const int tl = item / kTileN, c = item % kTileN, i = tile * kTileN + c;
