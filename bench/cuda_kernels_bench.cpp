@@ -311,7 +311,8 @@ int main(int argc, char** argv) {
     std::vector<SparseResult> sparse;
     for (const SparseShape& shape : kSparseShapes)
       for (int64_t tokens : {int64_t{1}, int64_t{2048}})
-        for (int64_t context : kSparseContexts) sparse.push_back(bench_sparse_select(*ctx, shape, context, tokens, repeats));
+        for (int64_t context : kSparseContexts)
+          sparse.push_back(bench_sparse_select(*ctx, shape, context, tokens, repeats));
     std::printf("\nsparse_select (InfLLM-V2 selection, bf16, hd 128, init 1 / local 32 / top 64; decode: graph over "
                 "distinct caches)\n");
     std::printf("%-14s %7s %5s %6s %10s %10s %7s %11s  %s\n", "shape", "context", "T", "layers", "us/call", "stage 1",

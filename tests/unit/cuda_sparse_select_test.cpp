@@ -128,7 +128,8 @@ std::vector<int32_t> set_from_pooled(const std::vector<double>& pooled, const Sp
   std::vector<int32_t> out;
   for (int64_t i = 0; i < k; ++i) out.push_back(static_cast<int32_t>(order[static_cast<size_t>(i)]));
   if (s.variant == SparseVariant::MiniCPM4)
-    for (int64_t b = std::max<int64_t>(0, q_blk - s.local_blocks + 1); b <= q_blk; ++b) out.push_back(static_cast<int32_t>(b));
+    for (int64_t b = std::max<int64_t>(0, q_blk - s.local_blocks + 1); b <= q_blk; ++b)
+      out.push_back(static_cast<int32_t>(b));
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;
@@ -137,9 +138,12 @@ std::vector<int32_t> set_from_pooled(const std::vector<double>& pooled, const Sp
 // Tolerance of a tie, relative: what rounding the group-summed scores to `dtype` can merge.
 double tie_tolerance(DType dtype) {
   switch (dtype) {
-    case DType::BF16: return std::ldexp(1.0, -7) * 1.05 + 1e-5;
-    case DType::F16: return std::ldexp(1.0, -10) * 1.05 + 1e-5;
-    default: return 3e-5;
+    case DType::BF16:
+      return std::ldexp(1.0, -7) * 1.05 + 1e-5;
+    case DType::F16:
+      return std::ldexp(1.0, -10) * 1.05 + 1e-5;
+    default:
+      return 3e-5;
   }
 }
 
@@ -190,7 +194,8 @@ Verdict judge(const std::vector<int32_t>& got, const std::vector<int32_t>& want,
   if (hi - lo <= tol * std::fabs(hi)) return Verdict::Tie;
   why = "differing blocks span scores " + std::to_string(lo) + " .. " + std::to_string(hi) + " (tolerance " +
         std::to_string(tol) + " relative):";
-  for (int32_t b : diff) why += " " + std::to_string(b) + (std::binary_search(g.begin(), g.end(), b) ? "(got)" : "(want)");
+  for (int32_t b : diff)
+    why += " " + std::to_string(b) + (std::binary_search(g.begin(), g.end(), b) ? "(got)" : "(want)");
   return Verdict::Bad;
 }
 
@@ -243,11 +248,18 @@ struct CpuLayer {
 
   CpuLayer(int64_t n_kv, int64_t group_size, int64_t head_dim, int64_t cap, const SparseSelectParams& params, DType dt,
            uint64_t seed)
-      : kv(n_kv), group(group_size), heads(n_kv * group_size), hd(head_dim), capacity(cap),
+      : kv(n_kv),
+        group(group_size),
+        heads(n_kv * group_size),
+        hd(head_dim),
+        capacity(cap),
         cap1(std::max<int64_t>(1, ops::complete_kernels(cap, params.kernel_size, params.kernel_stride))),
         cap2(std::max<int64_t>(1, ops::complete_kernels(cap, params.c2_kernel_size(), params.c2_kernel_stride()))),
-        s(params), dtype(dt), k(random_keys(n_kv, cap, head_dim, dt, seed)),
-        c1(static_cast<size_t>(n_kv * cap1 * head_dim)), c2(static_cast<size_t>(n_kv * cap2 * head_dim)) {}
+        s(params),
+        dtype(dt),
+        k(random_keys(n_kv, cap, head_dim, dt, seed)),
+        c1(static_cast<size_t>(n_kv * cap1 * head_dim)),
+        c2(static_cast<size_t>(n_kv * cap2 * head_dim)) {}
 
   Tensor k_tensor() { return cpu_tensor(k, {kv, capacity, hd}); }
   ops::CompressedKeys keys() {
@@ -266,7 +278,7 @@ struct CpuLayer {
 struct Call {
   std::vector<int32_t> positions, slots, bits;  // bits empty: causal
   int64_t width = 0;                            // tree mask width
-  std::vector<float> q;                          // [T, heads, hd], rounded to the dtype
+  std::vector<float> q;                         // [T, heads, hd], rounded to the dtype
   int64_t tokens() const { return static_cast<int64_t>(positions.size()); }
 };
 
@@ -314,7 +326,8 @@ std::vector<double> pooled_for(const CpuLayer& L, const Call& call, const std::v
   const SparseSelectParams& s = L.s;
   const int64_t T = call.tokens(), p = call.positions[static_cast<size_t>(t)];
   const bool tree = !call.bits.empty();
-  const int64_t base = tree ? call.slots[static_cast<size_t>(T - 1)] - call.width + 1 : call.slots[static_cast<size_t>(T - 1)] + 1;
+  const int64_t base =
+      tree ? call.slots[static_cast<size_t>(T - 1)] - call.width + 1 : call.slots[static_cast<size_t>(T - 1)] + 1;
   std::vector<int64_t> path;  // cache row of each position >= base on the query's path
   if (tree) {
     const int64_t words = ops::AttentionMask::tree_words(call.width);
@@ -329,7 +342,8 @@ std::vector<double> pooled_for(const CpuLayer& L, const Call& call, const std::v
   };
   const int64_t cached1 = ops::complete_kernels(base, s.kernel_size, s.kernel_stride);
   const int64_t cached2 = ops::complete_kernels(base, s.c2_kernel_size(), s.c2_kernel_stride());
-  const Kernels k1 = query_kernels(s.kernel_size, s.kernel_stride, p, cached1, c1.data() + h * L.cap1 * L.hd, L.hd, key_row);
+  const Kernels k1 =
+      query_kernels(s.kernel_size, s.kernel_stride, p, cached1, c1.data() + h * L.cap1 * L.hd, L.hd, key_row);
   const Kernels k2 = s.uses_c2() ? query_kernels(s.c2_kernel_size(), s.c2_kernel_stride(), p, cached2,
                                                  c2.data() + h * L.cap2 * L.hd, L.hd, key_row)
                                  : Kernels{};
@@ -379,15 +393,15 @@ void judge_call(const CpuLayer& L, const Call& call, const std::vector<int32_t>&
       const std::vector<int32_t> w(want.begin() + static_cast<std::ptrdiff_t>(at),
                                    want.begin() + static_cast<std::ptrdiff_t>(at + static_cast<size_t>(width)));
       std::string why;
-      const Verdict v = judge(g, w, [&] { return pooled_for(L, call, c1, c2, h, t); }, tol, why);
+      const Verdict v = judge(
+          g, w, [&] { return pooled_for(L, call, c1, c2, h, t); }, tol, why);
       tally.add(v);
       if (v == Verdict::Bad) {
         std::string gs, ws;
         for (int32_t b : g) gs += " " + std::to_string(b);
         for (int32_t b : w) ws += " " + std::to_string(b);
         ADD_FAILURE() << what << ": KV head " << h << ", query " << t << " at position "
-                      << call.positions[static_cast<size_t>(t)] << ": " << why << "\n  got: " << gs
-                      << "\n want:" << ws;
+                      << call.positions[static_cast<size_t>(t)] << ": " << why << "\n  got: " << gs << "\n want:" << ws;
       }
     }
 }
@@ -430,9 +444,13 @@ TEST(SparseSelectComparison, ReferenceScoresRankLikeTheCpuOpAndMovedBlocksAreCau
         std::vector<int32_t> derived = set_from_pooled(pooled, s);
         derived.resize(static_cast<size_t>(width), -1);
         std::string why;
-        EXPECT_NE(judge(derived, row, [&] { return pooled; }, tie_tolerance(DType::F32), why), Verdict::Bad)
+        EXPECT_NE(judge(
+                      derived, row, [&] { return pooled; }, tie_tolerance(DType::F32), why),
+                  Verdict::Bad)
             << variant_name(variant) << " query " << t << ": " << why;
-        EXPECT_EQ(judge(row, row, [&] { return pooled; }, 0.0, why), Verdict::Exact);
+        EXPECT_EQ(judge(
+                      row, row, [&] { return pooled; }, 0.0, why),
+                  Verdict::Exact);
         // A clearly worse block (under half the score) in place of the lowest-scored chosen
         // candidate: the judge must call that wrong, even at the bf16 tolerance.
         int32_t worst = -1, best = -1;
@@ -454,7 +472,9 @@ TEST(SparseSelectComparison, ReferenceScoresRankLikeTheCpuOpAndMovedBlocksAreCau
         std::replace(bad.begin(), bad.end(), worst, far);
         std::sort(bad.begin(), bad.end());
         bad.resize(static_cast<size_t>(width), -1);
-        EXPECT_EQ(judge(bad, row, [&] { return pooled; }, tie_tolerance(DType::BF16), why), Verdict::Bad);
+        EXPECT_EQ(judge(
+                      bad, row, [&] { return pooled; }, tie_tolerance(DType::BF16), why),
+                  Verdict::Bad);
         ++moved;
       }
     EXPECT_GT(moved, 10) << "the data must give clear gaps to test the judge";
@@ -756,8 +776,11 @@ TEST_F(CudaSparseSelect, OddGroupsHeadDimsAndTheDenseSwitch) {
     int64_t kv, group, hd;
     DType dtype;
   };
-  const Case cases[] = {{2, 3, 128, DType::BF16}, {1, 32, 64, DType::F16}, {2, 5, 96, DType::BF16},
-                        {3, 2, 80, DType::F32}, {1, 64, 64, DType::BF16}};
+  const Case cases[] = {{2, 3, 128, DType::BF16},
+                        {1, 32, 64, DType::F16},
+                        {2, 5, 96, DType::BF16},
+                        {3, 2, 80, DType::F32},
+                        {1, 64, 64, DType::BF16}};
   for (const Case& c : cases)
     for (SparseVariant variant : {SparseVariant::MiniCPM4, SparseVariant::MiniCPM41}) {
       SparseSelectParams s = small_params(variant, c.hd);
@@ -769,7 +792,7 @@ TEST_F(CudaSparseSelect, OddGroupsHeadDimsAndTheDenseSwitch) {
       Tally tally;
       Call prompt = causal_call(L, 0, 1400, seed());
       run_call(L, g, prompt, true, tally, what + " prompt");  // all dense
-      Call chunk = causal_call(L, 1400, 200, seed());          // dense up to 1499, then sparse
+      Call chunk = causal_call(L, 1400, 200, seed());         // dense up to 1499, then sparse
       run_call(L, g, chunk, true, tally, what + " chunk");
       for (int64_t step = 0; step < 5; ++step) {
         Call call = causal_call(L, 1600 + step, 1, seed());
@@ -792,7 +815,8 @@ TEST_F(CudaSparseSelect, TreeWithoutAncestorsIsReported) {
   std::vector<int64_t> parent, depth;
   Call tree = tree_call(L, 300, 40, 40, seed(), parent, depth);
   const int64_t words = ops::AttentionMask::tree_words(40);
-  tree.bits[static_cast<size_t>(39 * words + 10 / 32)] &= ~static_cast<int32_t>(1u << (10 % 32));  // node 39 loses node 10
+  tree.bits[static_cast<size_t>(39 * words + 10 / 32)] &=
+      ~static_cast<int32_t>(1u << (10 % 32));  // node 39 loses node 10
   DeviceCall d = upload(L, tree);
   ops::CompressedKeys keys = g.keys(s);
   ops::compress_keys(gpu_.ops, g.k.tensor, d.slots.tensor, d.mask, s, keys);

@@ -174,33 +174,33 @@ struct Tier {
 };
 
 struct SelectArgs {
-  int tokens;                    // T of the call
-  int chunk0, chunk_tokens;      // this launch's tokens [chunk0, chunk0 + chunk_tokens)
+  int tokens;                // T of the call
+  int chunk0, chunk_tokens;  // this launch's tokens [chunk0, chunk0 + chunk_tokens)
   int n_heads, n_kv, group, head_dim;
   int k_capacity;
   const void* q;
   DType q_dtype;
   const void* k_cache;
   DType k_dtype;
-  Tier c1, c2;                   // c2 used by MiniCPM4.1 only
+  Tier c1, c2;  // c2 used by MiniCPM4.1 only
   const int32_t* positions;
   const int32_t* slots;
-  const uint32_t* tree_bits;     // null for a causal call
+  const uint32_t* tree_bits;  // null for a causal call
   int tree_words;
   bool tree;
   bool v41;
   int block_size, pool_stride, init_blocks, local_blocks, topk_slots, width, nb_cap;
   int sparse_from;
   float scale;
-  void* scores;                  // [n_kv, chunk, score_stride] in the query dtype
+  void* scores;  // [n_kv, chunk, score_stride] in the query dtype
   int64_t score_stride;
-  float2* partials;              // [n_kv, chunk, G, lse_splits]
+  float2* partials;  // [n_kv, chunk, G, lse_splits]
   int lse_splits;
-  float* lse;                    // [n_kv, chunk, G]
-  float* own1;                   // [n_kv, chunk, G, c1.max_own] (tree calls)
-  float* own2;                   // [n_kv, chunk, G, c2.max_own] (tree calls, 4.1)
-  bool stage_scores;             // select_kernel copies a query's scores to shared memory first
-  int32_t* blocks;               // [n_kv, T, width]
+  float* lse;         // [n_kv, chunk, G]
+  float* own1;        // [n_kv, chunk, G, c1.max_own] (tree calls)
+  float* own2;        // [n_kv, chunk, G, c2.max_own] (tree calls, 4.1)
+  bool stage_scores;  // select_kernel copies a query's scores to shared memory first
+  int32_t* blocks;    // [n_kv, T, width]
   uint32_t* error_word;
 };
 
@@ -227,13 +227,17 @@ __device__ __forceinline__ Visible visible(const SelectArgs& a, const Tier& t, i
 
 template <bool kLog2>
 __device__ __forceinline__ float dom_exp(float x) {
-  if constexpr (kLog2) return exp2f(x);
-  else return expf(x);
+  if constexpr (kLog2)
+    return exp2f(x);
+  else
+    return expf(x);
 }
 template <bool kLog2>
 __device__ __forceinline__ float dom_log(float x) {
-  if constexpr (kLog2) return log2f(x);
-  else return logf(x);
+  if constexpr (kLog2)
+    return log2f(x);
+  else
+    return logf(x);
 }
 
 // (m, l) <- the log-sum-exp pair of the union (l = sum of exp(x - m)); an empty side is (-inf, 0).
@@ -280,6 +284,12 @@ __device__ __forceinline__ void split_range(int n_tiles, int split, int splits, 
   end = static_cast<int>(static_cast<int64_t>(split + 1) * n_tiles / splits);
 }
 
+// Kernel scores of chunk token tc for KV head h (Elem: the query's storage type).
+template <typename Elem>
+__device__ __forceinline__ Elem* score_row(const SelectArgs& a, int h, int tc) {
+  return static_cast<Elem*>(a.scores) + (static_cast<int64_t>(h) * a.chunk_tokens + tc) * a.score_stride;
+}
+
 __device__ __forceinline__ void store_score(const SelectArgs& a, int h, int tc, int i, float v) {
   store_f32_dyn(a.scores, a.q_dtype, (static_cast<int64_t>(h) * a.chunk_tokens + tc) * a.score_stride + i, v);
 }
@@ -296,10 +306,10 @@ __global__ void __launch_bounds__(kThreads) own_logits_kernel(SelectArgs a) {
   const int p = a.positions[t], base = call_base(a);
   const Visible v1 = visible(a, a.c1, p, base);
   const Visible v2 = a.v41 ? visible(a, a.c2, p, base) : Visible{0, 0};
-  if (v1.own == 0 && v2.own == 0) return;  // uniform over the block
-  float* qs = own_smem;                           // [G][hd]
-  float* key = qs + G * hd;                       // [hd]
-  int* rows = reinterpret_cast<int*>(key + hd);   // [tokens]: row of the ancestor at position base + x
+  if (v1.own == 0 && v2.own == 0) return;        // uniform over the block
+  float* qs = own_smem;                          // [G][hd]
+  float* key = qs + G * hd;                      // [hd]
+  int* rows = reinterpret_cast<int*>(key + hd);  // [tokens]: row of the ancestor at position base + x
   // A kernel past the cached ones ends at or before p, so p >= base and span >= 1.
   const int span = p - base + 1;
   const bool span_ok = span >= 1 && span <= a.tokens;
@@ -404,7 +414,7 @@ struct MmaCfg {
   static constexpr int kWarpCols = kTileN / kWN;
   static constexpr int kNT = kWarpCols / 8;  // n8 tiles per warp (even)
   static constexpr int kKSteps = HD / 16;
-  static constexpr int kStride = HD + 8;     // smem row stride: ldmatrix rows land in distinct banks
+  static constexpr int kStride = HD + 8;  // smem row stride: ldmatrix rows land in distinct banks
   static constexpr int kChunksPerRow = HD / 8;
   static constexpr size_t kKBytes = size_t{2} * kTileN * kStride * sizeof(Elem);
   static constexpr int kPStride = kTileN + 4;
@@ -585,9 +595,7 @@ __global__ void __launch_bounds__(kThreads) stage1_mma_kernel(SelectArgs a, int 
           v += __shfl_xor_sync(kFullWarpMask, v, 8);
           v += __shfl_xor_sync(kFullWarpMask, v, 16);
           const int i = tile * kTileN + wn * C::kWarpCols + j * 8 + lane * 2 + e;
-          if (lane < 4 && tl < tile_tokens && i < s_vis[tl])
-            reinterpret_cast<Elem*>(a.scores)[(static_cast<int64_t>(h) * a.chunk_tokens + tile_t0 + tl) * a.score_stride + i] =
-                from_f32<Elem>(v);
+          if (lane < 4 && tl < tile_tokens && i < s_vis[tl]) score_row<Elem>(a, h, tile_t0 + tl)[i] = from_f32<Elem>(v);
         }
     } else {
 #pragma unroll
@@ -607,8 +615,7 @@ __global__ void __launch_bounds__(kThreads) stage1_mma_kernel(SelectArgs a, int 
         const float* col = fbuf + tl * G * C::kPStride + c;
         float sum = 0.0f;
         for (int g = 0; g < G; ++g) sum += col[g * C::kPStride];
-        reinterpret_cast<Elem*>(a.scores)[(static_cast<int64_t>(h) * a.chunk_tokens + tile_t0 + tl) * a.score_stride + i] =
-            from_f32<Elem>(sum);
+        score_row<Elem>(a, h, tile_t0 + tl)[i] = from_f32<Elem>(sum);
       }
     }
   }
@@ -658,13 +665,13 @@ __global__ void __launch_bounds__(kThreads) stage1_generic_kernel(SelectArgs a, 
   const int t = a.chunk0 + tc, p = a.positions[t], base = call_base(a);
   const Tier& tier = kPass2 ? a.c1 : (a.v41 ? a.c2 : a.c1);
   const int n = visible(a, tier, p, base).cached;
-  const int kstride = hd + 1;  // odd: the 32 kernels of a warp's dot products sit in distinct banks
-  float* qs = gen_smem;                          // [G][hd]
-  float* ks = qs + G * hd;                       // [32][hd + 1]
-  float* xs = ks + kGenericTileN * kstride;      // [G][33]
-  float* row_m = xs + G * (kGenericTileN + 1);   // [G]
-  float* row_l = row_m + G;                      // [G]
-  float* lse = row_l + G;                        // [G]
+  const int kstride = hd + 1;                   // odd: the 32 kernels of a warp's dot products sit in distinct banks
+  float* qs = gen_smem;                         // [G][hd]
+  float* ks = qs + G * hd;                      // [32][hd + 1]
+  float* xs = ks + kGenericTileN * kstride;     // [G][33]
+  float* row_m = xs + G * (kGenericTileN + 1);  // [G]
+  float* row_l = row_m + G;                     // [G]
+  float* lse = row_l + G;                       // [G]
   const int64_t q0 = (static_cast<int64_t>(t) * a.n_heads + static_cast<int64_t>(h) * G) * hd;
   for (int e = tid; e < G * hd; e += kThreads) qs[e] = load_f32_dyn(a.q, a.q_dtype, q0 + e);
   for (int g = tid; g < G; g += kThreads) {
@@ -807,11 +814,11 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
     return;
   }
   const SelectSmem layout = select_smem_layout(a.nb_cap, a.c1.max_own, a.group, a.stage_scores ? a.score_stride : 0);
-  uint32_t* keys = reinterpret_cast<uint32_t*>(sel_smem + layout.keys);     // [nb_cap]
-  float* own_scores = reinterpret_cast<float*>(sel_smem + layout.own);      // [c1.max_own]
-  float* lse = reinterpret_cast<float*>(sel_smem + layout.lse);             // [G]
-  float* staged = reinterpret_cast<float*>(sel_smem + layout.staged);       // [score_stride] when staged
-  unsigned char* flags = sel_smem + layout.flags;                           // [nb_cap]
+  uint32_t* keys = reinterpret_cast<uint32_t*>(sel_smem + layout.keys);  // [nb_cap]
+  float* own_scores = reinterpret_cast<float*>(sel_smem + layout.own);   // [c1.max_own]
+  float* lse = reinterpret_cast<float*>(sel_smem + layout.lse);          // [G]
+  float* staged = reinterpret_cast<float*>(sel_smem + layout.staged);    // [score_stride] when staged
+  unsigned char* flags = sel_smem + layout.flags;                        // [nb_cap]
 
   const int base = call_base(a);
   const Visible v = visible(a, a.c1, p, base);
@@ -945,20 +952,23 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
 
 size_t align_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
 
-int64_t complete_kernels_host(int64_t rows, int64_t size, int64_t stride) { return complete_kernels(rows, size, stride); }
+int64_t complete_kernels_host(int64_t rows, int64_t size, int64_t stride) {
+  return complete_kernels(rows, size, stride);
+}
 
 void set_smem(const void* kernel, size_t bytes, const CudaContext& ctx, const char* what) {
   SPECULA_CHECK(bytes <= ctx.info().max_shared_memory_per_block_optin, what, " needs ", bytes,
                 " bytes of shared memory per block, the device allows ", ctx.info().max_shared_memory_per_block_optin);
   if (bytes > kDefaultSmem)
-    SPECULA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    SPECULA_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 // Launch decisions of one call, all from host-known shapes.
 struct Plan {
   bool mma = false;
   int wm = 4, tokens_per_tile = 1;
-  int chunk = 1;               // tokens per launch group
+  int chunk = 1;  // tokens per launch group
   int splits1 = 1, splits2 = 1;
   int64_t score_stride = 0;
   int max_own1 = 0, max_own2 = 0;
@@ -1020,9 +1030,9 @@ Plan plan_chunk(const CallShape& s, int64_t chunk) {
   const int64_t want = ceil_div<int64_t>(2 * s.multiprocessors, s.n_kv * row_blocks);
   plan.splits1 = static_cast<int>(std::clamp<int64_t>(want, 1, std::max<int64_t>(1, lse_tiles / 2)));
   plan.splits2 = static_cast<int>(std::clamp<int64_t>(want, 1, std::max<int64_t>(1, c1_tiles / 2)));
-  plan.score_stride = static_cast<int64_t>(
-      align_up(static_cast<size_t>(std::max<int64_t>(1, complete_kernels_host(s.capacity, p.kernel_size, p.kernel_stride))),
-               64));
+  plan.score_stride = static_cast<int64_t>(align_up(
+      static_cast<size_t>(std::max<int64_t>(1, complete_kernels_host(s.capacity, p.kernel_size, p.kernel_stride))),
+      64));
   if (s.tree) {
     plan.max_own1 = static_cast<int>(s.tokens / p.kernel_stride + 2);
     plan.max_own2 = s.v41 ? static_cast<int>(s.tokens / p.c2_kernel_stride() + 2) : 0;
@@ -1075,11 +1085,15 @@ template <typename Elem, int HD>
 void launch_mma(CudaContext& ctx, const Plan& plan, const SelectArgs& a, bool pass2) {
   const int splits = pass2 ? plan.splits2 : plan.splits1;
   if (plan.wm == 1) {
-    if (pass2) launch_mma_pass<Elem, HD, 1, true>(ctx, plan, a, splits);
-    else launch_mma_pass<Elem, HD, 1, false>(ctx, plan, a, splits);
+    if (pass2)
+      launch_mma_pass<Elem, HD, 1, true>(ctx, plan, a, splits);
+    else
+      launch_mma_pass<Elem, HD, 1, false>(ctx, plan, a, splits);
   } else {
-    if (pass2) launch_mma_pass<Elem, HD, 4, true>(ctx, plan, a, splits);
-    else launch_mma_pass<Elem, HD, 4, false>(ctx, plan, a, splits);
+    if (pass2)
+      launch_mma_pass<Elem, HD, 4, true>(ctx, plan, a, splits);
+    else
+      launch_mma_pass<Elem, HD, 4, false>(ctx, plan, a, splits);
   }
 }
 
@@ -1087,23 +1101,29 @@ void launch_stage1(CudaContext& ctx, const Plan& plan, const SelectArgs& a, bool
   if (plan.mma) {
     const bool bf16 = a.q_dtype == DType::BF16;
     if (a.head_dim == 128) {
-      if (bf16) launch_mma<__nv_bfloat16, 128>(ctx, plan, a, pass2);
-      else launch_mma<__half, 128>(ctx, plan, a, pass2);
+      if (bf16)
+        launch_mma<__nv_bfloat16, 128>(ctx, plan, a, pass2);
+      else
+        launch_mma<__half, 128>(ctx, plan, a, pass2);
     } else {
-      if (bf16) launch_mma<__nv_bfloat16, 64>(ctx, plan, a, pass2);
-      else launch_mma<__half, 64>(ctx, plan, a, pass2);
+      if (bf16)
+        launch_mma<__nv_bfloat16, 64>(ctx, plan, a, pass2);
+      else
+        launch_mma<__half, 64>(ctx, plan, a, pass2);
     }
     return;
   }
   const int splits = pass2 ? plan.splits2 : plan.splits1;
-  const size_t smem = (static_cast<size_t>(a.group) * a.head_dim + static_cast<size_t>(kGenericTileN) * (a.head_dim + 1) +
-                       static_cast<size_t>(a.group) * (kGenericTileN + 1) + 3 * static_cast<size_t>(a.group)) *
-                      sizeof(float);
+  const size_t smem =
+      (static_cast<size_t>(a.group) * a.head_dim + static_cast<size_t>(kGenericTileN) * (a.head_dim + 1) +
+       static_cast<size_t>(a.group) * (kGenericTileN + 1) + 3 * static_cast<size_t>(a.group)) *
+      sizeof(float);
   const auto kernel = pass2 ? stage1_generic_kernel<true> : stage1_generic_kernel<false>;
   set_smem(reinterpret_cast<const void*>(kernel), smem, ctx, "sparse_select stage 1 (CUDA cores)");
-  launch_kernel(ctx, pass2 ? "sparse_select stage 1 (scores)" : "sparse_select stage 1 (LSE)", kernel,
-                dim3(static_cast<unsigned>(a.chunk_tokens), static_cast<unsigned>(splits), static_cast<unsigned>(a.n_kv)),
-                dim3(kThreads), smem, a, splits);
+  launch_kernel(
+      ctx, pass2 ? "sparse_select stage 1 (scores)" : "sparse_select stage 1 (LSE)", kernel,
+      dim3(static_cast<unsigned>(a.chunk_tokens), static_cast<unsigned>(splits), static_cast<unsigned>(a.n_kv)),
+      dim3(kThreads), smem, a, splits);
 }
 
 }  // namespace
@@ -1145,11 +1165,12 @@ void sparse_select(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, con
                    const Tensor& positions, const Tensor& slots, const AttentionMask& mask,
                    const SparseSelectParams& params, Tensor& blocks, bool stage1_only) {
   const CallShape s = call_shape(ctx, q, k_cache, keys, mask, params);
-  SPECULA_CHECK(s.capacity < INT_MAX / 2 && s.tokens * s.n_heads < INT_MAX / 2, "sparse_select: cache of ",
-                s.capacity, " rows or ", s.tokens, " tokens is too large for the CUDA kernels");
+  SPECULA_CHECK(s.capacity < INT_MAX / 2 && s.tokens * s.n_heads < INT_MAX / 2, "sparse_select: cache of ", s.capacity,
+                " rows or ", s.tokens, " tokens is too large for the CUDA kernels");
   if (s.tree) {
-    SPECULA_CHECK(mask.tree_bits.numel() >= s.tokens * AttentionMask::tree_words(mask.width), "sparse_select: tree bits ",
-                  mask.tree_bits.shape_string(), " do not cover ", s.tokens, " rows of ", mask.width, " columns");
+    SPECULA_CHECK(mask.tree_bits.numel() >= s.tokens * AttentionMask::tree_words(mask.width),
+                  "sparse_select: tree bits ", mask.tree_bits.shape_string(), " do not cover ", s.tokens, " rows of ",
+                  mask.width, " columns");
     SPECULA_CHECK(s.tokens <= 8192, "sparse_select: a tree of ", s.tokens, " nodes is more than the CUDA kernels hold");
   }
   const Plan plan = make_plan(s, ctx.workspace_bytes());
@@ -1195,7 +1216,8 @@ void sparse_select(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, con
   a.blocks = blocks.as<int32_t>();
   a.error_word = ctx.error_word();
 
-  const size_t own_smem = (static_cast<size_t>(a.group + 1) * a.head_dim + static_cast<size_t>(a.tokens)) * sizeof(float);
+  const size_t own_smem =
+      (static_cast<size_t>(a.group + 1) * a.head_dim + static_cast<size_t>(a.tokens)) * sizeof(float);
   // Pooling reads each kernel score twice or more: stage the query's scores in shared memory when
   // they fit next to the keys (up to about 2M rows of cache on an H100).
   size_t select_smem = select_smem_layout(a.nb_cap, plan.max_own1, a.group, plan.score_stride).bytes;
@@ -1210,8 +1232,8 @@ void sparse_select(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, con
     a.chunk_tokens = static_cast<int>(std::min<int64_t>(plan.chunk, s.tokens - c0));
     if (s.tree)
       launch_kernel(ctx, "sparse_select tree kernels", own_logits_kernel,
-                    dim3(static_cast<unsigned>(a.chunk_tokens), static_cast<unsigned>(a.n_kv)), dim3(kThreads), own_smem,
-                    a);
+                    dim3(static_cast<unsigned>(a.chunk_tokens), static_cast<unsigned>(a.n_kv)), dim3(kThreads),
+                    own_smem, a);
     launch_stage1(ctx, plan, a, false);
     launch_stage1(ctx, plan, a, true);
     if (!stage1_only)
@@ -1221,9 +1243,8 @@ void sparse_select(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, con
   }
 }
 
-std::string describe_sparse_select(CudaContext& ctx, const Tensor& q, const Tensor& k_cache,
-                                   const CompressedKeys& keys, const AttentionMask& mask,
-                                   const SparseSelectParams& params) {
+std::string describe_sparse_select(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const CompressedKeys& keys,
+                                   const AttentionMask& mask, const SparseSelectParams& params) {
   const CallShape s = call_shape(ctx, q, k_cache, keys, mask, params);
   const Plan plan = make_plan(s, ctx.workspace_bytes());
   std::string out = plan.mma ? "tensor cores, " + std::to_string(16 * plan.wm) + "-row tiles of " +

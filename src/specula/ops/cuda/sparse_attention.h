@@ -25,7 +25,6 @@ void sparse_select(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, con
 
 // How sparse_select runs with these operands, in words: stage-1 path (tensor cores or the fp32
 // fallback), row tile, splits per pass, token chunks and workspace bytes per chunk.
-std::string describe_sparse_select(CudaContext& ctx, const Tensor& q, const Tensor& k_cache,
-                                   const CompressedKeys& keys, const AttentionMask& mask,
-                                   const SparseSelectParams& params);
+std::string describe_sparse_select(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const CompressedKeys& keys,
+                                   const AttentionMask& mask, const SparseSelectParams& params);
 }  // namespace specula::ops::cuda_impl
