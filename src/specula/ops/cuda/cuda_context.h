@@ -35,7 +35,9 @@ struct DeviceInfo {
 
 // The workspace a context gets by default, and the engine gives it from its arena: cuBLASLt's
 // scratch and the attention split partials (decode of 32 heads with 33 splits needs 0.55 MB per
-// token; see ops/cuda/attention.cu).
+// token; see ops/cuda/attention.cu), and InfLLM-V2 sparse_select's kernel scores (about 32 KB per
+// token at MiniCPM4-8B's shape and a 128K cache; larger calls run in token chunks, see
+// ops/cuda/sparse_attention.cu).
 constexpr size_t kDefaultWorkspaceBytes = size_t{64} << 20;
 // Cache length (rows a decode step attends to) up to which the engine's decode graph runs the
 // fused one-token attention kernel (ops/cuda/qkv_attention.cu); longer caches run the separate

@@ -1,6 +1,6 @@
 // CUDA InfLLM-V2 block selection: ops::compress_keys and ops::sparse_select (ops/sparse_attention.h
-// has the rule; ops/cpu/sparse_attention.cpp is the reference the tests compare with, block lists
-// exactly for F32).
+// has the rule; ops/cpu/sparse_attention.cpp is the reference the tests compare with: F32 block
+// lists equal up to fp32 near-ties, 16-bit ones up to the ties that rounding the scores makes).
 //
 // Everything a call depends on at run time (positions, slots, tree bits, the compressed-rows
 // counter) is read on the device: a decode step or a verification is captured once as a CUDA
@@ -1175,6 +1175,7 @@ void sparse_select(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, con
   }
   const Plan plan = make_plan(s, ctx.workspace_bytes());
   auto* ws = static_cast<unsigned char*>(ctx.workspace());
+  SPECULA_CHECK(is_aligned(ws, 16), "sparse_select: the CUDA workspace is not 16-byte aligned");
 
   SelectArgs a{};
   a.tokens = static_cast<int>(s.tokens);
