@@ -15,7 +15,13 @@
 //           for 4096^3 and the prefill shapes;
 //  - top_k: ops::top_k_log_softmax at the EAGLE drafting shapes (about 10 frontier rows of a 32K
 //           or 128K vocabulary, k = 10) and a few wider ones, per call, with the fp32 logits in L2
-//           as they are in drafting (the draft LM head has just written them).
+//           as they are in drafting (the draft LM head has just written them);
+//  - sparse_select: InfLLM-V2 block selection (ops::sparse_select, bf16, head_dim 128, the
+//           released init 1 / 32 local / top-64 config) at the MiniCPM4-8B shape (32 query heads
+//           over 2 KV heads, both variants) and the Llama-3-8B shape (32 over 8), caches of 16K to
+//           128K rows, for one decode token and a 2048-token prefill chunk: the whole op, stage 1
+//           alone (its share), and compress_keys for the same call. Decode calls are captured in a
+//           graph, one call per layer over distinct compressed caches, like the GEMVs.
 //
 // Method: CUDA events around the timed region, warm-up first, median of repeats. The GEMV calls
 // are captured in a CUDA graph (as the engine runs them), one call per weight copy over enough
@@ -26,6 +32,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cmath>
@@ -44,7 +51,9 @@
 #include "specula/core/tensor.h"
 #include "specula/ops/cuda/cuda_context.h"
 #include "specula/ops/cuda/linear_impl.h"
+#include "specula/ops/cuda/sparse_attention.h"
 #include "specula/ops/ops.h"
+#include "specula/ops/sparse_attention.h"
 
 using namespace specula;
 using namespace specula::bench;
@@ -259,6 +268,102 @@ TopKResult bench_top_k(cuda::CudaContext& ctx, const TopKShape& s, int repeats) 
   return {s.rows, s.vocab, s.k, us, static_cast<double>(logits.tensor.nbytes()) / (us * 1e-6) / 1e9};
 }
 
+struct SparseShape {
+  const char* name;
+  int64_t n_heads, n_kv;
+  ops::SparseVariant variant;
+};
+const SparseShape kSparseShapes[] = {{"MiniCPM4-8B", 32, 2, ops::SparseVariant::MiniCPM4},
+                                     {"MiniCPM4.1-8B", 32, 2, ops::SparseVariant::MiniCPM41},
+                                     {"Llama-3-8B", 32, 8, ops::SparseVariant::MiniCPM41}};
+const int64_t kSparseContexts[] = {16384, 32768, 65536, 131072};
+
+struct SparseResult {
+  std::string shape;
+  int64_t context, tokens;
+  int layers;
+  double us, stage1_us, compress_us;
+  std::string plan;
+};
+
+// ops::sparse_select for `tokens` queries ending at the last row of a `context`-row cache (and,
+// timed apart, stage 1 alone and compress_keys for the same call). Decode (tokens 1): a graph of
+// one call per layer over distinct compressed caches, enough that they exceed L2 several times;
+// prefill: one call per repeat.
+SparseResult bench_sparse_select(cuda::CudaContext& ctx, const SparseShape& shape, int64_t context, int64_t tokens,
+                                 int repeats) {
+  constexpr int64_t kHeadDim = 128;
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
+  ops::OpContext op;
+  op.cuda = &ctx;
+  ops::SparseSelectParams params;
+  params.variant = shape.variant;
+  params.scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  const int64_t n1 = ops::complete_kernels(context, params.kernel_size, params.kernel_stride);
+  const int64_t n2 = ops::complete_kernels(context, params.c2_kernel_size(), params.c2_kernel_stride());
+  const size_t read_bytes = static_cast<size_t>(shape.n_kv * (n1 + (params.uses_c2() ? n2 : 0)) * kHeadDim) * 2;
+  const size_t want = static_cast<size_t>(kL2Multiple) * std::max<size_t>(ctx.info().l2_cache_bytes, 1);
+  const int layers =
+      tokens == 1 ? static_cast<int>(std::clamp<size_t>((want + read_bytes - 1) / read_bytes, 2, 128)) : 1;
+
+  OwnedTensor k = random_tensor(op, DType::BF16, {shape.n_kv, context, kHeadDim}, 31, 1.0f);
+  OwnedTensor q = random_tensor(op, DType::BF16, {tokens, shape.n_heads, kHeadDim}, 32, 3.0f);
+  std::vector<OwnedTensor> c1, c2, rows;
+  for (int l = 0; l < layers; ++l) {
+    c1.push_back(random_tensor(op, DType::BF16, {shape.n_kv, n1, kHeadDim}, 100u + static_cast<uint64_t>(l), 1.0f));
+    if (params.uses_c2())
+      c2.push_back(random_tensor(op, DType::BF16, {shape.n_kv, std::max<int64_t>(n2, 1), kHeadDim},
+                                 500u + static_cast<uint64_t>(l), 1.0f));
+    rows.push_back(empty_tensor(DType::I32, {1}));
+  }
+  std::vector<int32_t> host_pos(static_cast<size_t>(tokens));
+  for (int64_t t = 0; t < tokens; ++t) host_pos[static_cast<size_t>(t)] = static_cast<int32_t>(context - tokens + t);
+  OwnedTensor pos = empty_tensor(DType::I32, {tokens});
+  check(cudaMemcpy(pos.tensor.data, host_pos.data(), host_pos.size() * 4, cudaMemcpyHostToDevice), "positions");
+  for (int l = 0; l < layers; ++l)
+    check(cudaMemcpy(rows[static_cast<size_t>(l)].tensor.data, &host_pos[0], 4, cudaMemcpyHostToDevice), "rows");
+  OwnedTensor blocks = empty_tensor(DType::I32, {shape.n_kv, tokens, params.max_blocks()});
+  ctx.synchronize();
+  auto keys_of = [&](int l) {
+    ops::CompressedKeys keys;
+    keys.c1 = c1[static_cast<size_t>(l)].tensor;
+    if (params.uses_c2()) keys.c2 = c2[static_cast<size_t>(l)].tensor;
+    keys.rows = rows[static_cast<size_t>(l)].tensor;
+    return keys;
+  };
+  const ops::AttentionMask causal = ops::AttentionMask::causal();
+  auto time_layers = [&](auto&& one_layer) {
+    if (layers == 1) return time_ms(stream, repeats, [&] { one_layer(0); }) * 1e3;
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "begin capture");
+    for (int l = 0; l < layers; ++l) one_layer(l);
+    check(cudaStreamEndCapture(stream, &graph), "end capture");
+    check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+    const double ms = time_ms(stream, repeats, [&] { check(cudaGraphLaunch(exec, stream), "graph launch"); });
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    return ms * 1e3 / layers;
+  };
+  const double us = time_layers([&](int l) {
+    ops::CompressedKeys keys = keys_of(l);
+    ops::sparse_select(op, q.tensor, k.tensor, keys, pos.tensor, pos.tensor, causal, params, blocks.tensor);
+  });
+  const double stage1_us = time_layers([&](int l) {
+    ops::CompressedKeys keys = keys_of(l);
+    ops::cuda_impl::sparse_select(ctx, q.tensor, k.tensor, keys, pos.tensor, pos.tensor, causal, params,
+                                  blocks.tensor, true);
+  });
+  const double compress_us = time_layers([&](int l) {
+    ops::CompressedKeys keys = keys_of(l);
+    ops::compress_keys(op, k.tensor, pos.tensor, causal, params, keys);
+  });
+  ctx.check_device_errors();
+  const ops::CompressedKeys keys = keys_of(0);
+  return {shape.name, context, tokens, layers, us, stage1_us, compress_us,
+          ops::cuda_impl::describe_sparse_select(ctx, q.tensor, k.tensor, keys, causal, params)};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -282,6 +387,20 @@ int main(int argc, char** argv) {
     for (const TopKResult& r : top_k)
       std::printf("%5lld %7lld %3lld %9.2f %8.0f\n", static_cast<long long>(r.rows), static_cast<long long>(r.vocab),
                   static_cast<long long>(r.k), r.us, r.gbps);
+
+    std::vector<SparseResult> sparse;
+    for (const SparseShape& shape : kSparseShapes)
+      for (int64_t tokens : {int64_t{1}, int64_t{2048}})
+        for (int64_t context : kSparseContexts)
+          sparse.push_back(bench_sparse_select(*ctx, shape, context, tokens, repeats));
+    std::printf("\nsparse_select (InfLLM-V2 selection, bf16, hd 128, init 1 / local 32 / top 64; decode: graph over "
+                "distinct caches)\n");
+    std::printf("%-14s %7s %5s %6s %10s %10s %7s %11s  %s\n", "shape", "context", "T", "layers", "us/call", "stage 1",
+                "share", "compress", "plan");
+    for (const SparseResult& r : sparse)
+      std::printf("%-14s %7lld %5lld %6d %10.2f %10.2f %6.0f%% %11.2f  %s\n", r.shape.c_str(),
+                  static_cast<long long>(r.context), static_cast<long long>(r.tokens), r.layers, r.us, r.stage1_us,
+                  100.0 * r.stage1_us / r.us, r.compress_us, r.plan.c_str());
 
     std::vector<GemvResult> gemv;
     for (int64_t tokens : {int64_t{1}, int64_t{4}})
@@ -345,6 +464,10 @@ int main(int argc, char** argv) {
       for (const TopKResult& r : top_k)
         j["top_k"].push_back(
             {{"rows", r.rows}, {"vocab", r.vocab}, {"k", r.k}, {"us", r.us}, {"gbps", r.gbps}});
+      for (const SparseResult& r : sparse)
+        j["sparse_select"].push_back({{"shape", r.shape}, {"context", r.context}, {"tokens", r.tokens},
+                                      {"layers", r.layers}, {"us", r.us}, {"stage1_us", r.stage1_us},
+                                      {"compress_us", r.compress_us}, {"plan", r.plan}});
       std::ofstream(json_path) << j.dump(2) << "\n";
       std::printf("\nwrote %s\n", json_path.c_str());
     }

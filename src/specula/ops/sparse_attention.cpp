@@ -1,7 +1,6 @@
 // Dispatch of the InfLLM-V2 selection ops (ops/sparse_attention.h): checks parameters, shapes and
 // devices from tensor metadata (host side, safe during graph capture), then runs the CPU
-// reference. The CUDA kernels are not written yet: a CUDA call fails with that message rather
-// than falling back to something that would give other blocks.
+// reference or the CUDA kernels (ops/cuda/sparse_attention.cu).
 #include "specula/ops/sparse_attention.h"
 
 #include <string_view>
@@ -9,6 +8,9 @@
 #include "specula/core/thread_pool.h"
 #include "specula/ops/cpu/sparse_attention.h"
 #include "specula/ops/op_checks.h"
+#ifdef SPECULA_WITH_CUDA
+#include "specula/ops/cuda/sparse_attention.h"
+#endif
 
 namespace specula::ops {
 
@@ -51,13 +53,20 @@ void check_slots(std::string_view op, const Tensor& slots, const AttentionMask& 
                   " rows (got ", tokens, " queries)");
 }
 
-template <typename CpuFn>
-void run(std::string_view op, OpContext& ctx, Device device, CpuFn&& on_cpu) {
+template <typename CpuFn, typename CudaFn>
+void run(std::string_view op, OpContext& ctx, Device device, CpuFn&& on_cpu, [[maybe_unused]] CudaFn&& on_cuda) {
   if (ctx.profiler) ctx.profiler->begin(op);
-  SPECULA_CHECK(device == Device::CPU, op,
-                ": InfLLM-V2 sparse attention has no CUDA kernels yet; run with --attention dense or on the CPU");
-  SPECULA_CHECK(ctx.pool != nullptr, op, ": CPU tensors but no thread pool in the op context");
-  on_cpu(*ctx.pool);
+  if (device == Device::CPU) {
+    SPECULA_CHECK(ctx.pool != nullptr, op, ": CPU tensors but no thread pool in the op context");
+    on_cpu(*ctx.pool);
+  } else {
+#ifdef SPECULA_WITH_CUDA
+    SPECULA_CHECK(ctx.cuda != nullptr, op, ": CUDA tensors but no CUDA context in the op context");
+    on_cuda(*ctx.cuda);
+#else
+    fail(op, ": CUDA tensors but this build has no CUDA backend");
+#endif
+  }
   if (ctx.profiler) ctx.profiler->end(op);
 }
 
@@ -70,7 +79,12 @@ void compress_keys(OpContext& ctx, const Tensor& k_cache, const Tensor& slots, c
   check_slots(op, slots, mask, slots.numel());
   const Device device = check_compressed(op, k_cache, keys, params);
   SPECULA_CHECK(common_device(op, {&k_cache, &slots}) == device, op, ": operands on different devices");
-  run(op, ctx, device, [&](ThreadPool& p) { cpu::compress_keys(p, k_cache, slots, mask, params, keys); });
+  run(op, ctx, device, [&](ThreadPool& p) { cpu::compress_keys(p, k_cache, slots, mask, params, keys); },
+      [&]([[maybe_unused]] auto& c) {
+#ifdef SPECULA_WITH_CUDA
+        cuda_impl::compress_keys(c, k_cache, slots, mask, params, keys);
+#endif
+      });
 }
 
 void sparse_select(OpContext& ctx, const Tensor& q, const Tensor& k_cache, const CompressedKeys& keys,
@@ -97,7 +111,12 @@ void sparse_select(OpContext& ctx, const Tensor& q, const Tensor& k_cache, const
                 ": operands on different devices");
   if (device == Device::CPU) SPECULA_CHECK(q.dtype == DType::F32, op, ": the CPU backend needs F32 queries");
   run(op, ctx, device,
-      [&](ThreadPool& p) { cpu::sparse_select(p, q, k_cache, keys, positions, slots, mask, params, blocks); });
+      [&](ThreadPool& p) { cpu::sparse_select(p, q, k_cache, keys, positions, slots, mask, params, blocks); },
+      [&]([[maybe_unused]] auto& c) {
+#ifdef SPECULA_WITH_CUDA
+        cuda_impl::sparse_select(c, q, k_cache, keys, positions, slots, mask, params, blocks);
+#endif
+      });
 }
 
 }  // namespace specula::ops

@@ -138,6 +138,8 @@ void CudaContext::check_device_errors() {
   if (word & kErrorSlotOutOfRange)
     what += " KV-cache slot or row outside the cache (attention slots, tree-mask window, kv_gather rows or count);";
   if (word & kErrorDraftTree) what += " draft tree: a draft id outside the FR-Spec list or a chosen node without its parent;";
+  if (word & kErrorSparseSelect)
+    what += " sparse_select: a tree query without exactly one ancestor at each position past the committed prefix;";
   fail("CUDA kernels reported invalid input:", what);
 }
 

@@ -20,6 +20,7 @@ enum DeviceErrorBits : uint32_t {
   kErrorTokenOutOfRange = 1u << 0,
   kErrorSlotOutOfRange = 1u << 1,
   kErrorDraftTree = 1u << 2,  // a draft tree op saw an inconsistent tree or a draft id outside the FR-Spec list
+  kErrorSparseSelect = 1u << 3,  // sparse_select: a tree query without a distinct ancestor at some position
 };
 
 struct DeviceInfo {
@@ -34,8 +35,10 @@ struct DeviceInfo {
 
 // The workspace a context gets by default, and the engine gives it from its arena: cuBLASLt's
 // scratch, the attention split partials (decode of 32 heads with 33 splits needs 0.55 MB per
-// token; see ops/cuda/attention.cu) and the small-M GEMM's fp32 partial sums (2 KB per token and
-// SM: 34.6 MB at 128 tokens on 132 SMs; see ops/cuda/gemm_small_m.cu).
+// token; see ops/cuda/attention.cu), the small-M GEMM's fp32 partial sums (2 KB per token and
+// SM: 34.6 MB at 128 tokens on 132 SMs; see ops/cuda/gemm_small_m.cu) and InfLLM-V2
+// sparse_select's kernel scores (about 32 KB per token at MiniCPM4-8B's shape and a 128K cache;
+// larger calls run in token chunks, see ops/cuda/sparse_attention.cu).
 constexpr size_t kDefaultWorkspaceBytes = size_t{64} << 20;
 // Cache length (rows a decode step attends to) up to which the engine's decode graph runs the
 // fused one-token attention kernel (ops/cuda/qkv_attention.cu); longer caches run the separate
