@@ -13,6 +13,17 @@
 // a 32768-row cache (the engine's case: the grid is sized from the capacity, the work from the
 // slot in device memory).
 //
+// Block-sparse (InfLLM-V2) attention against dense attention in the same run, per layer, bf16,
+// head_dim 128, at contexts 16k/32k/64k/128k in a 131072-row cache, for the MiniCPM4-8B shape
+// (32 query heads over 2 KV heads) and the Llama-3-8B shape (32 over 8): decode (one token; a
+// graph of one call per layer over distinct caches and lists, sized so that the SPARSE reads are
+// several times L2) and a 2048-token prefill chunk ending at the context. Every list has 96
+// blocks of 64 rows (the MiniCPM4.1 setting: init block 0, the 32 local blocks ending at the
+// query's own block, 63 others drawn at random). Prefill is run with two list patterns that
+// bracket real selections: "shared" (the tokens of one 64-token block share their drawn blocks,
+// so a tile's tokens list the same 96 blocks) and "independent" (each token draws its own, so a
+// tile walks a union of up to 64 x 63 + 33 blocks); real lists of adjacent tokens overlap heavily.
+//
 // Usage: specula_attention_bench [--json PATH] [--repeats N]
 #include <cuda_runtime.h>
 
@@ -24,6 +35,7 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -170,6 +182,147 @@ PrefillResult bench_prefill(cuda::CudaContext& ctx, int tokens, int n_heads, int
   return {tokens, n_heads, n_kv, head_dim, ms, flops / (ms * 1e-3) / 1e12};
 }
 
+// ---- block-sparse (InfLLM-V2) against dense ------------------------------------------------
+
+constexpr int kSparseBlock = 64;      // rows per block
+constexpr int kSparseWidth = 96;      // blocks per list: 1 init + 32 local + 63 drawn
+constexpr int kSparseLocal = 32;
+constexpr int kSparseCapacity = 131072;
+constexpr int kSparseHeadDim = 128;
+
+// Lists [n_kv, tokens, 96] for queries at positions first .. first + tokens - 1 (see the header).
+std::vector<int32_t> sparse_lists(int n_kv, int tokens, int first, bool shared, std::mt19937& rng) {
+  std::vector<int32_t> all(static_cast<size_t>(n_kv) * tokens * kSparseWidth);
+  for (int h = 0; h < n_kv; ++h) {
+    std::vector<int32_t> drawn;
+    int drawn_for = -1;
+    for (int t = 0; t < tokens; ++t) {
+      const int own = (first + t) / kSparseBlock;
+      const int local0 = own - kSparseLocal + 1;  // first local block; the drawn ones lie in [1, local0)
+      SPECULA_CHECK(local0 > kSparseWidth, "sparse bench: context too short for 96 distinct blocks");
+      if (!shared || own != drawn_for) {
+        drawn.clear();
+        std::uniform_int_distribution<int32_t> pick(1, local0 - 1);
+        while (static_cast<int>(drawn.size()) < kSparseWidth - 1 - kSparseLocal) {
+          const int32_t b = pick(rng);
+          if (std::find(drawn.begin(), drawn.end(), b) == drawn.end()) drawn.push_back(b);
+        }
+        drawn_for = own;
+      }
+      int32_t* list = all.data() + (static_cast<size_t>(h) * tokens + t) * kSparseWidth;
+      list[0] = 0;
+      std::copy(drawn.begin(), drawn.end(), list + 1);
+      for (int i = 0; i < kSparseLocal; ++i) list[1 + drawn.size() + i] = local0 + i;
+      std::sort(list, list + kSparseWidth);
+    }
+  }
+  return all;
+}
+
+struct SparseDecodeResult {
+  double dense_us, sparse_us;
+  int layers;
+};
+
+SparseDecodeResult bench_sparse_decode(cuda::CudaContext& ctx, int context, int n_heads, int n_kv, int repeats) {
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
+  constexpr int hd = kSparseHeadDim, cap = kSparseCapacity;
+  const size_t cache_elems = static_cast<size_t>(n_kv) * cap * hd;
+  const size_t layer_bytes = 2 * cache_elems * 2;
+  const size_t sparse_read = 2 * static_cast<size_t>(n_kv) * kSparseWidth * kSparseBlock * hd * 2;
+  const size_t want = static_cast<size_t>(kL2Multiple) * std::max<size_t>(ctx.info().l2_cache_bytes, 1);
+  int layers = static_cast<int>(std::min<size_t>(32, (want + sparse_read - 1) / sparse_read));
+  layers = static_cast<int>(std::max<size_t>(1, std::min<size_t>(layers, kMaxRotationBytes / layer_bytes)));
+
+  ops::OpContext op;
+  op.cuda = &ctx;
+  std::mt19937 rng(static_cast<uint32_t>(context + n_kv));
+  std::vector<std::unique_ptr<DeviceMemory>> caches, lists;
+  for (int l = 0; l < layers; ++l) {
+    caches.push_back(std::make_unique<DeviceMemory>(layer_bytes));
+    Tensor all(caches.back()->get(), DType::BF16, {2 * static_cast<int64_t>(cache_elems)}, Device::CUDA);
+    ops::fill_random(op, all, 1000u + static_cast<uint64_t>(l), 1.0f);
+    const std::vector<int32_t> host = sparse_lists(n_kv, 1, context - 1, true, rng);
+    lists.push_back(std::make_unique<DeviceMemory>(host.size() * 4));
+    check(cudaMemcpy(lists.back()->get(), host.data(), host.size() * 4, cudaMemcpyHostToDevice), "lists");
+  }
+  const size_t q_elems = static_cast<size_t>(n_heads) * hd;
+  DeviceMemory q(q_elems * 2), out(q_elems * 2 * layers), slots(sizeof(int32_t));
+  fill_random_bf16(q.get(), q_elems, 7);
+  const int32_t slot = context - 1;
+  check(cudaMemcpy(slots.get(), &slot, sizeof slot, cudaMemcpyHostToDevice), "slots");
+  Tensor tq(q.get(), DType::BF16, {1, n_heads, hd}, Device::CUDA);
+  Tensor ts(slots.get(), DType::I32, {1}, Device::CUDA);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+
+  auto time_graph = [&](bool sparse) {
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "begin capture");
+    for (int l = 0; l < layers; ++l) {
+      auto* k = static_cast<uint16_t*>(caches[static_cast<size_t>(l)]->get());
+      Tensor tk(k, DType::BF16, {n_kv, cap, hd}, Device::CUDA);
+      Tensor tv(k + cache_elems, DType::BF16, {n_kv, cap, hd}, Device::CUDA);
+      Tensor to(static_cast<uint16_t*>(out.get()) + l * q_elems, DType::BF16, {1, n_heads * hd}, Device::CUDA);
+      Tensor tb(lists[static_cast<size_t>(l)]->get(), DType::I32, {n_kv, 1, kSparseWidth}, Device::CUDA);
+      const ops::AttentionMask mask =
+          sparse ? ops::AttentionMask::causal().with_blocks(tb, kSparseBlock) : ops::AttentionMask::causal();
+      ops::attention(op, tq, tk, tv, ts, scale, to, mask);
+    }
+    check(cudaStreamEndCapture(stream, &graph), "end capture");
+    check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+    const double ms = time_ms(stream, repeats, [&] { check(cudaGraphLaunch(exec, stream), "graph launch"); });
+    ctx.check_device_errors();
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    return ms * 1e3 / layers;
+  };
+  const double dense = time_graph(false);
+  const double sparse = time_graph(true);
+  return {dense, sparse, layers};
+}
+
+struct SparsePrefillResult {
+  double dense_ms, shared_ms, independent_ms;
+};
+
+SparsePrefillResult bench_sparse_prefill(cuda::CudaContext& ctx, int context, int tokens, int n_heads, int n_kv,
+                                         int repeats) {
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
+  constexpr int hd = kSparseHeadDim, cap = kSparseCapacity;
+  const size_t cache_elems = static_cast<size_t>(n_kv) * cap * hd;
+  const size_t q_elems = static_cast<size_t>(tokens) * n_heads * hd;
+  DeviceMemory kv(2 * cache_elems * 2), q(q_elems * 2), out(q_elems * 2), slots(static_cast<size_t>(tokens) * 4),
+      lists(static_cast<size_t>(n_kv) * tokens * kSparseWidth * 4);
+  ops::OpContext op;
+  op.cuda = &ctx;
+  Tensor all(kv.get(), DType::BF16, {2 * static_cast<int64_t>(cache_elems)}, Device::CUDA);
+  ops::fill_random(op, all, 77, 1.0f);
+  fill_random_bf16(q.get(), q_elems, 8);
+  std::vector<int32_t> host_slots(static_cast<size_t>(tokens));
+  for (int t = 0; t < tokens; ++t) host_slots[static_cast<size_t>(t)] = context - tokens + t;
+  check(cudaMemcpy(slots.get(), host_slots.data(), host_slots.size() * 4, cudaMemcpyHostToDevice), "slots");
+  auto* k = static_cast<uint16_t*>(kv.get());
+  Tensor tk(k, DType::BF16, {n_kv, cap, hd}, Device::CUDA);
+  Tensor tv(k + cache_elems, DType::BF16, {n_kv, cap, hd}, Device::CUDA);
+  Tensor tq(q.get(), DType::BF16, {tokens, n_heads, hd}, Device::CUDA);
+  Tensor ts(slots.get(), DType::I32, {tokens}, Device::CUDA);
+  Tensor to(out.get(), DType::BF16, {tokens, n_heads * hd}, Device::CUDA);
+  Tensor tb(lists.get(), DType::I32, {n_kv, tokens, kSparseWidth}, Device::CUDA);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const double dense = time_ms(stream, repeats, [&] { ops::attention(op, tq, tk, tv, ts, scale, to); });
+  std::mt19937 rng(static_cast<uint32_t>(context));
+  double sparse[2];
+  for (int shared = 1; shared >= 0; --shared) {
+    const std::vector<int32_t> host = sparse_lists(n_kv, tokens, context - tokens, shared == 1, rng);
+    check(cudaMemcpy(lists.get(), host.data(), host.size() * 4, cudaMemcpyHostToDevice), "lists");
+    const ops::AttentionMask mask = ops::AttentionMask::causal().with_blocks(tb, kSparseBlock);
+    sparse[shared] = time_ms(stream, repeats, [&] { ops::attention(op, tq, tk, tv, ts, scale, to, mask); });
+  }
+  ctx.check_device_errors();
+  return {dense, sparse[1], sparse[0]};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -218,6 +371,42 @@ int main(int argc, char** argv) {
       std::printf("%6d %6d %5d %5d %10.3f %9.1f\n", r.tokens, r.n_heads, r.n_kv, r.head_dim, r.ms, r.tflops);
       report["prefill"].push_back({{"tokens", r.tokens}, {"n_heads", r.n_heads}, {"n_kv", r.n_kv},
                                    {"head_dim", r.head_dim}, {"ms", r.ms}, {"tflops", r.tflops}});
+    }
+    struct SparseShape {
+      const char* name;
+      int n_heads, n_kv;
+    };
+    const SparseShape sparse_shapes[] = {{"MiniCPM4-8B", 32, 2}, {"Llama-3-8B", 32, 8}};
+    const int sparse_contexts[] = {16384, 32768, 65536, 131072};
+    std::printf("\nblock-sparse (InfLLM-V2, 96 blocks of 64 rows per query) vs dense attention, bf16, hd 128, "
+                "capacity %d, per layer\n%-12s %4s %8s %8s %7s %12s %12s %9s\n",
+                kSparseCapacity, "shape", "kv", "context", "phase", "layers", "dense us", "sparse us", "speed-up");
+    for (const SparseShape& sh : sparse_shapes) {
+      for (int context : sparse_contexts) {
+        const SparseDecodeResult r = bench_sparse_decode(*ctx, context, sh.n_heads, sh.n_kv, repeats);
+        std::printf("%-12s %4d %8d %8s %7d %12.2f %12.2f %8.2fx\n", sh.name, sh.n_kv, context, "decode", r.layers,
+                    r.dense_us, r.sparse_us, r.dense_us / r.sparse_us);
+        report["sparse_decode"].push_back({{"shape", sh.name}, {"n_heads", sh.n_heads}, {"n_kv", sh.n_kv},
+                                           {"context", context}, {"capacity", kSparseCapacity},
+                                           {"layers", r.layers}, {"dense_us", r.dense_us},
+                                           {"sparse_us", r.sparse_us}, {"speedup", r.dense_us / r.sparse_us}});
+      }
+    }
+    std::printf("\n%-12s %4s %8s %8s %12s %12s %9s %15s %9s\n", "shape", "kv", "context", "chunk", "dense ms",
+                "shared ms", "speed-up", "independent ms", "speed-up");
+    for (const SparseShape& sh : sparse_shapes) {
+      for (int context : sparse_contexts) {
+        constexpr int kChunk = 2048;
+        const SparsePrefillResult r = bench_sparse_prefill(*ctx, context, kChunk, sh.n_heads, sh.n_kv, repeats);
+        std::printf("%-12s %4d %8d %8d %12.3f %12.3f %8.2fx %15.3f %8.2fx\n", sh.name, sh.n_kv, context, kChunk,
+                    r.dense_ms, r.shared_ms, r.dense_ms / r.shared_ms, r.independent_ms,
+                    r.dense_ms / r.independent_ms);
+        report["sparse_prefill"].push_back(
+            {{"shape", sh.name}, {"n_heads", sh.n_heads}, {"n_kv", sh.n_kv}, {"context", context},
+             {"chunk", kChunk}, {"dense_ms", r.dense_ms}, {"sparse_shared_ms", r.shared_ms},
+             {"sparse_independent_ms", r.independent_ms}, {"speedup_shared", r.dense_ms / r.shared_ms},
+             {"speedup_independent", r.dense_ms / r.independent_ms}});
+      }
     }
     if (!json_path.empty()) {
       std::ofstream f(json_path);

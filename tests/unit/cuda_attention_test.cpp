@@ -13,6 +13,17 @@
 // own bit, no bit, the whole window), random padding bits past the width, one captured graph
 // replayed at several prefix lengths, and a window reaching before row 0 (reported, zeros).
 //
+// Block-sparse masks (InfLLM-V2 block lists, AttentionMask::with_blocks) go through the same
+// checks: random ascending lists that always hold the query's own block (as the selection's forced
+// local blocks do), some short with -1 padding, some full, some kDenseQuery (so thread blocks mix
+// dense and sparse tokens), over causal and tree masks, T in {1, 3, 17, 64, 300}, caches up to
+// ~20k rows, GQA groups 1, 4 and 16, head_dim 64 and 128, BF16/F16 (tensor cores) and F32
+// (generic) caches, block sizes 64 and others (16, 48, 128: pieces of and across tiles), a graph
+// replayed at several lengths with new lists, lists in non-canonical order, and unions too large
+// for the tensor-core kernel's shared memory (the generic fallback). Where no query is dense, the
+// rows of blocks that no query lists are NaN: a kernel that loads an unlisted block (rather than
+// walking the lists) then fails with non-finite outputs, so the speed property is tested too.
+//
 // Tolerances, per element: |gpu - ref| <= rtol * |ref| + atol * rms(ref), plus a relative L2 bound.
 // Scaling the absolute term by rms(ref) keeps it meaningful at long contexts, where outputs are
 // averages of thousands of values and shrink like 1/sqrt(length).
@@ -60,6 +71,10 @@ struct Case {
   // Tree mask (ops::AttentionMask::tree) when tree_width > 0: bit rows [T, words(tree_width)].
   std::vector<uint32_t> tree_bits;
   int tree_width = 0;
+  // Block lists (AttentionMask::with_blocks) when block_size > 0: [n_kv, T, block_width].
+  std::vector<int32_t> blocks;
+  int block_width = 0, block_size = 0;
+  bool poison_unlisted = false;  // NaN in the rows of blocks no query lists (see make_inputs)
 
   int tokens() const { return static_cast<int>(slots.size()); }
   int max_slot() const { return *std::max_element(slots.begin(), slots.end()); }
@@ -74,6 +89,7 @@ struct Case {
     if (slots.size() > 8) s << ",...";
     s << "}";
     if (tree_width > 0) s << " tree width=" << tree_width << " base=" << slots.back() - tree_width + 1;
+    if (block_size > 0) s << " sparse block=" << block_size << " width=" << block_width;
     return s.str();
   }
 };
@@ -95,12 +111,28 @@ Inputs make_inputs(const Case& c) {
   in.k.resize(static_cast<size_t>(c.n_kv) * cap * hd);
   in.v.resize(in.k.size());
   const size_t used = static_cast<size_t>(c.max_slot()) + 1;
+  // With poison_unlisted: rows of the linear sequence (below the tree base) whose block no query
+  // lists for the KV head are never visible and must never be loaded.
+  const int64_t linear_end = c.tree_width > 0 ? c.slots.back() - c.tree_width + 1 : static_cast<int64_t>(used);
+  std::vector<std::vector<bool>> listed(static_cast<size_t>(c.n_kv));
+  if (c.poison_unlisted) {
+    const int64_t n_blocks = (static_cast<int64_t>(cap) + c.block_size - 1) / c.block_size;
+    for (int h = 0; h < c.n_kv; ++h) {
+      listed[static_cast<size_t>(h)].assign(static_cast<size_t>(n_blocks), false);
+      for (int t = 0; t < c.tokens(); ++t) {
+        const int32_t* list = c.blocks.data() + (static_cast<size_t>(h) * c.tokens() + t) * c.block_width;
+        for (int j = 0; j < c.block_width && list[j] >= 0; ++j)
+          if (list[j] < n_blocks) listed[static_cast<size_t>(h)][static_cast<size_t>(list[j])] = true;
+      }
+    }
+  }
   for (size_t h = 0; h < static_cast<size_t>(c.n_kv); ++h) {
     for (size_t row = 0; row < cap; ++row) {
       const bool spike = std::find(c.spike_rows.begin(), c.spike_rows.end(), static_cast<int>(row)) != c.spike_rows.end();
       for (size_t d = 0; d < hd; ++d) {
         const size_t i = (h * cap + row) * hd + d;
-        if (row >= used) {
+        if (row >= used || (c.poison_unlisted && static_cast<int64_t>(row) < linear_end &&
+                            !listed[h][row / static_cast<size_t>(c.block_size)])) {
           in.k[i] = in.v[i] = NAN;  // never visible: must never be read into the arithmetic
           continue;
         }
@@ -124,21 +156,26 @@ std::vector<float> cpu_reference(const Case& c, const Inputs& in) {
   Tensor ts(slots.data(), DType::I32, {tokens});
   Tensor to(out.data(), DType::F32, {tokens, c.n_heads * hd});
   std::vector<uint32_t> bits = c.tree_bits;
-  const ops::AttentionMask mask =
+  std::vector<int32_t> blocks = c.blocks;
+  ops::AttentionMask mask =
       c.tree_width > 0 ? ops::AttentionMask::tree(Tensor(bits.data(), DType::I32,
                                                          {tokens, ops::AttentionMask::tree_words(c.tree_width)}),
                                                   c.tree_width)
                        : ops::AttentionMask::causal();
+  if (c.block_size > 0)
+    mask = mask.with_blocks(Tensor(blocks.data(), DType::I32, {c.n_kv, tokens, c.block_width}), c.block_size);
   ops::attention(cpu.ops, tq, tk, tv, ts, c.softmax_scale(), to, mask);
   return out;
 }
 
 // Device copies of one case's operands.
 struct DeviceCase {
-  DeviceTensor q, k, v, slots, out, tree_bits;
-  int tree_width = 0;
+  DeviceTensor q, k, v, slots, out, tree_bits, blocks;
+  int tree_width = 0, block_size = 0;
   ops::AttentionMask mask() const {
-    return tree_width > 0 ? ops::AttentionMask::tree(tree_bits.tensor, tree_width) : ops::AttentionMask::causal();
+    const ops::AttentionMask base =
+        tree_width > 0 ? ops::AttentionMask::tree(tree_bits.tensor, tree_width) : ops::AttentionMask::causal();
+    return block_size > 0 ? base.with_blocks(blocks.tensor, block_size) : base;
   }
 };
 
@@ -154,6 +191,10 @@ std::unique_ptr<DeviceCase> upload(const Case& c, const Inputs& in) {
     const int64_t words = ops::AttentionMask::tree_words(c.tree_width);
     d->tree_bits = test::upload_ints(std::vector<int32_t>(c.tree_bits.begin(), c.tree_bits.end()), {tokens, words});
     d->tree_width = c.tree_width;
+  }
+  if (c.block_size > 0) {
+    d->blocks = test::upload_ints(c.blocks, {c.n_kv, tokens, c.block_width});
+    d->block_size = c.block_size;
   }
   return d;
 }
@@ -736,6 +777,381 @@ TEST_F(CudaAttention, TreeMaskWindowBeforeRowZeroIsReported) {
     ctx().synchronize();
     EXPECT_THROW(ctx().check_device_errors(), Error) << dtype_name(dt);
     for (float x : test::download_f32(d->out)) ASSERT_EQ(x, 0.0f) << dtype_name(dt);
+  }
+}
+
+// ---- block-sparse masks (AttentionMask::with_blocks, InfLLM-V2) -------------------------------
+
+namespace {
+
+struct ListSpec {
+  int width = 96;             // entries per list (the MiniCPM4.1 setting: 1 init + 32 local + 63 chosen)
+  int block_size = 64;
+  double dense_share = 0.0;   // lists that are kDenseQuery
+  double short_share = 0.5;   // sparse lists with fewer entries than the width (-1 padding)
+  bool beyond = false;        // also list blocks past the query's linear rows (they hold no visible row)
+};
+
+// Random lists for c's tokens and KV heads. A sparse list holds the query's own block (the one with
+// its last linear row: its slot for causal calls, the row below the tree base for tree calls), a
+// run of the blocks before it (the local window), often block 0 (the init block) and random others,
+// ascending and distinct, -1 padded; a dense list is kDenseQuery followed by garbage (only the
+// first entry counts). Rows of unlisted blocks are poisoned when no list is dense.
+void random_lists(Case& c, const ListSpec& spec, std::mt19937& rng) {
+  const int tokens = c.tokens(), width = spec.width, bs = spec.block_size;
+  c.block_size = bs;
+  c.block_width = width;
+  c.blocks.assign(static_cast<size_t>(c.n_kv) * tokens * width, -1);
+  std::uniform_real_distribution<double> uni(0.0, 1.0);
+  const bool tree = c.tree_width > 0;
+  const int base = tree ? c.slots.back() - c.tree_width + 1 : 0;
+  bool any_dense = false;
+  for (int h = 0; h < c.n_kv; ++h) {
+    for (int t = 0; t < tokens; ++t) {
+      int32_t* list = c.blocks.data() + (static_cast<size_t>(h) * tokens + t) * width;
+      if (uni(rng) < spec.dense_share) {
+        list[0] = ops::AttentionMask::kDenseQuery;
+        for (int j = 1; j < width; ++j) list[j] = rng() % 3 == 0 ? static_cast<int32_t>(rng() % 50) : -1;
+        any_dense = true;
+        continue;
+      }
+      const int linear = tree ? base : c.slots[static_cast<size_t>(t)] + 1;  // linear rows it may see
+      const int avail = (linear + bs - 1) / bs;                               // blocks holding them
+      const int own_pos_block = c.slots[static_cast<size_t>(t)] / bs;         // its position's block
+      const int target = uni(rng) < spec.short_share ? 1 + static_cast<int>(rng() % width) : width;
+      std::vector<int> chosen;
+      auto add = [&](int b) {
+        if (static_cast<int>(chosen.size()) < target && std::find(chosen.begin(), chosen.end(), b) == chosen.end())
+          chosen.push_back(b);
+      };
+      if (avail > 0) {
+        add(avail - 1);
+        const int local = static_cast<int>(rng() % (width / 3 + 1));
+        for (int b = avail - 2; b >= 0 && b >= avail - 1 - local; --b) add(b);
+        if (rng() % 2 == 0) add(0);
+      }
+      if (spec.beyond)
+        for (int k = 0; k < 3; ++k) add(avail + static_cast<int>(rng() % static_cast<unsigned>(std::max(1, own_pos_block - avail + 2))));
+      for (int tries = 0; tries < 4 * width && avail > 0; ++tries) add(static_cast<int>(rng() % static_cast<unsigned>(avail)));
+      std::sort(chosen.begin(), chosen.end());
+      std::copy(chosen.begin(), chosen.end(), list);
+    }
+  }
+  c.poison_unlisted = !any_dense;
+}
+
+// Spikes at tile edges, around the slots (and the tree base), and at the edges of some listed
+// blocks of the first token (where an off-by-one block or row shows).
+std::vector<int> sparse_spikes(const Case& c) {
+  std::vector<int> rows = c.tree_width > 0 ? tree_spikes(c) : boundary_spikes(c.slots);
+  for (int j = 0; j < std::min(c.block_width, 8); ++j) {
+    const int b = c.blocks[static_cast<size_t>(j)];
+    if (b < 0) break;
+    for (int r : {b * c.block_size - 1, b * c.block_size, (b + 1) * c.block_size - 1, (b + 1) * c.block_size})
+      if (r >= 0) rows.push_back(r);
+  }
+  return rows;
+}
+
+}  // namespace
+
+TEST_F(CudaAttention, SparseDecode) {
+  // One token over caches up to ~20k rows: the decode layout (the token's 1, 4 or 16 rows of a KV
+  // head in one thread block), split over the listed blocks. F32 caches run the generic kernel.
+  std::mt19937 rng(31);
+  uint32_t seed = 5000;
+  for (int32_t slot : {100, 4096, 19998}) {
+    for (int group : {1, 4, 16}) {
+      for (int hd : {128, 64}) {
+        for (DType dt : {DType::BF16, DType::F32}) {
+          Case c;
+          set_shape(c, group, hd, dt);
+          c.slots = {slot};
+          c.capacity = 20011;
+          random_lists(c, ListSpec{}, rng);
+          c.spike_rows = sparse_spikes(c);
+          c.seed = seed++;
+          check(c, "sparse decode");
+        }
+      }
+    }
+  }
+  // F16 and a list of the full width at the longest context.
+  Case c;
+  set_shape(c, 16, 128, DType::F16);
+  c.slots = {19998};
+  c.capacity = 20011;
+  ListSpec full;
+  full.short_share = 0.0;
+  random_lists(c, full, rng);
+  c.spike_rows = sparse_spikes(c);
+  c.seed = seed++;
+  check(c, "sparse decode, f16, full lists");
+}
+
+TEST_F(CudaAttention, SparseDenseMarker) {
+  // Every list kDenseQuery: the dense walk, equal to causal attention. Then half of them: thread
+  // blocks mixing dense and sparse tokens (T = 3 with group 4 shares one decode-layout block;
+  // prefill tiles hold 4 to 64 tokens).
+  std::mt19937 rng(32);
+  uint32_t seed = 5100;
+  for (double share : {1.0, 0.5}) {
+    for (int tokens : {1, 3, 17, 64}) {
+      for (int group : {1, 4, 16}) {
+        Case c;
+        set_shape(c, group, (tokens + group) % 2 == 0 ? 128 : 64, group == 4 ? DType::F32 : DType::BF16);
+        c.slots = tokens == 1 ? std::vector<int32_t>{3000} : contiguous_slots(tokens, 2900);
+        c.capacity = 3100;
+        ListSpec spec;
+        spec.dense_share = share;
+        random_lists(c, spec, rng);
+        c.spike_rows = sparse_spikes(c);
+        c.seed = seed++;
+        check(c, share == 1.0 ? "sparse mask, all dense" : "sparse mask, mixed dense and sparse");
+      }
+    }
+  }
+}
+
+TEST_F(CudaAttention, SparsePrefill) {
+  // Prefill chunks after a history: each token its own list; thread blocks walk the union of
+  // their tokens' lists. Odd T, groups 1/4/16, both head dims, bf16/f16/f32.
+  struct Shape {
+    int tokens, history;
+  };
+  const Shape shapes[] = {{3, 0}, {3, 9000}, {17, 63}, {17, 12000}, {64, 65}, {64, 4000}, {300, 0}, {300, 1700}};
+  const DType dtypes[] = {DType::BF16, DType::F16, DType::F32};
+  std::mt19937 rng(33);
+  uint32_t seed = 5200;
+  int n = 0;
+  for (const Shape& sh : shapes) {
+    for (int group : {1, 4, 16}) {
+      Case c;
+      set_shape(c, group, n % 2 == 0 ? 128 : 64, dtypes[n % 3]);
+      ++n;
+      c.slots = contiguous_slots(sh.tokens, sh.history);
+      c.capacity = sh.history + sh.tokens + 41;
+      ListSpec spec;
+      spec.dense_share = n % 4 == 0 ? 0.2 : 0.0;
+      random_lists(c, spec, rng);
+      c.spike_rows = sparse_spikes(c);
+      c.seed = seed++;
+      check(c, "sparse prefill");
+    }
+  }
+}
+
+TEST_F(CudaAttention, SparseRandomSlots) {
+  // Unordered, repeated slots up to 20k rows (lists differ wildly between a block's tokens).
+  std::mt19937 rng(34);
+  std::uniform_int_distribution<int32_t> slot(0, 19990);
+  uint32_t seed = 5300;
+  for (int tokens : {3, 17}) {
+    for (int group : {1, 4, 16}) {
+      for (DType dt : {DType::BF16, DType::F32}) {
+        Case c;
+        set_shape(c, group, group == 4 ? 64 : 128, dt);
+        c.slots.resize(static_cast<size_t>(tokens));
+        for (auto& s : c.slots) s = slot(rng);
+        c.slots[1] = c.slots[0];
+        c.capacity = 20000;
+        random_lists(c, ListSpec{}, rng);
+        c.spike_rows = sparse_spikes(c);
+        c.seed = seed++;
+        check(c, "sparse random slots");
+      }
+    }
+  }
+}
+
+TEST_F(CudaAttention, SparseTreeMask) {
+  // Verification trees and draft levels over a sparse prefix: rows below the tree base follow
+  // the lists, the window follows the tree bits alone. Lists also name blocks at or past the base
+  // (a node's own position block), which must change nothing.
+  struct Shape {
+    int tokens, prefix;
+  };
+  const Shape shapes[] = {{1, 0}, {3, 64}, {17, 4000}, {64, 19000}, {100, 6000}, {9, 1}};
+  std::mt19937 rng(35);
+  uint32_t seed = 5400;
+  int n = 0;
+  for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
+    for (const Shape& sh : shapes) {
+      for (int group : {1, 4, 16}) {
+        if (dt == DType::F32 && sh.tokens * group > 400) continue;  // the generic kernel is slow
+        Case c;
+        set_shape(c, group, n++ % 2 == 0 ? 128 : 64, dt);
+        random_tree(c, sh.tokens, sh.prefix, rng);
+        ListSpec spec;
+        spec.beyond = true;
+        spec.dense_share = n % 5 == 0 ? 0.3 : 0.0;
+        random_lists(c, spec, rng);
+        c.spike_rows = sparse_spikes(c);
+        c.seed = seed++;
+        check(c, "sparse tree");
+      }
+    }
+  }
+  for (DType dt : {DType::BF16, DType::F32}) {
+    Case c;
+    set_shape(c, 4, 128, dt);
+    draft_level(c, 16, 8, 7000, rng);  // window of 128 rows, 16 queries
+    ListSpec spec;
+    spec.beyond = true;
+    random_lists(c, spec, rng);
+    c.spike_rows = sparse_spikes(c);
+    c.seed = seed++;
+    check(c, "sparse draft level");
+  }
+}
+
+TEST_F(CudaAttention, SparseBlockSizes) {
+  // Blocks smaller than, not dividing, and larger than the 64-row tile (pieces per block).
+  std::mt19937 rng(36);
+  uint32_t seed = 5500;
+  for (int bs : {16, 48, 128}) {
+    for (int tokens : {1, 17}) {
+      for (bool tree : {false, true}) {
+        Case c;
+        set_shape(c, tokens == 1 ? 16 : 4, 128, bs == 48 ? DType::F32 : DType::BF16);
+        if (tree) {
+          random_tree(c, tokens, 5000, rng);
+        } else {
+          c.slots = tokens == 1 ? std::vector<int32_t>{5000} : contiguous_slots(tokens, 5000);
+        }
+        c.capacity = 5200;
+        ListSpec spec;
+        spec.block_size = bs;
+        spec.width = bs == 16 ? 200 : 40;
+        spec.beyond = tree;
+        random_lists(c, spec, rng);
+        c.spike_rows = sparse_spikes(c);
+        c.seed = seed++;
+        check(c, "sparse block size " + std::to_string(bs));
+      }
+    }
+  }
+}
+
+TEST_F(CudaAttention, SparseNonCanonicalLists) {
+  // ops::block_listed's reading, whatever the order: entries up to the first negative one
+  // (blocks after a -1 or a later -2 do not count; their rows are poisoned), repeats, descending
+  // order, blocks far past the cache. Two tokens in one thread block (group 1: the decode layout,
+  // group 16: the prefill layout), tensor-core and generic kernels.
+  for (DType dt : {DType::BF16, DType::F32}) {
+    for (int group : {16, 1}) {
+      Case c;
+      set_shape(c, group, 128, dt);
+      c.slots = {1000, 3000};
+      c.capacity = 3100;
+      c.block_size = 64;
+      c.block_width = 8;
+      const std::vector<int32_t> lists[2] = {{15, 3, 3, 0, 15, -1, 7, 9}, {46, 1 << 30, 2, 46, -2, 30, 31, 32}};
+      for (int h = 0; h < c.n_kv; ++h)
+        for (int t = 0; t < 2; ++t) c.blocks.insert(c.blocks.end(), lists[t].begin(), lists[t].end());
+      c.poison_unlisted = true;
+      c.seed = 5600;
+      c.spike_rows = {959, 960, 1000, 1001, 2943, 2944, 2999, 3000};
+      check(c, "non-canonical lists");
+    }
+  }
+}
+
+TEST_F(CudaAttention, SparseHugeUnionFallsBackToGeneric) {
+  // Single-row blocks and 400-entry lists for 64 tokens: the tensor-core kernel's union for a
+  // 20000-row cache would need ~240 KB of shared memory, so the call runs the generic kernel.
+  std::mt19937 rng(37);
+  Case c;
+  set_shape(c, 1, 128, DType::BF16);
+  c.slots = contiguous_slots(64, 19000);
+  c.capacity = 20000;
+  ListSpec spec;
+  spec.block_size = 1;
+  spec.width = 400;
+  random_lists(c, spec, rng);
+  c.seed = 5700;
+  check(c, "huge union");
+}
+
+TEST_F(CudaAttention, SparseInvalidSlotIsReportedAndZeroed) {
+  std::mt19937 rng(38);
+  for (DType dt : {DType::BF16, DType::F32}) {
+    Case c;
+    set_shape(c, 4, 128, dt);
+    c.slots = {100, 50};
+    c.capacity = 200;
+    random_lists(c, ListSpec{}, rng);
+    c.poison_unlisted = false;
+    c.seed = 5800;
+    const Inputs in = make_inputs(c);
+    const std::vector<float> ref = cpu_reference(c, in);
+    Case broken = c;
+    broken.slots = {100, 200};
+    const auto d = upload(broken, in);
+    test::poison(d->out);
+    run(ctx(), *d, c.softmax_scale());
+    ctx().synchronize();
+    EXPECT_THROW(ctx().check_device_errors(), Error) << dtype_name(dt);
+    const std::vector<float> got = test::download_f32(d->out);
+    expect_matches(c, got, ref, "valid token next to an invalid one", {1});
+    const size_t row = static_cast<size_t>(c.n_heads) * c.head_dim;
+    for (size_t i = row; i < 2 * row; ++i) ASSERT_EQ(got[i], 0.0f) << dtype_name(dt) << " element " << i - row;
+  }
+}
+
+TEST_F(CudaAttention, SparseGraphReplayFollowsDeviceListsAndSlots) {
+  // One captured graph per shape, replayed with new slots and new lists written to device
+  // memory: launch shapes depend only on T, the heads, the list width and the capacity.
+  struct Shape {
+    int tokens, group;
+    DType dtype;
+    bool tree;
+  };
+  const Shape shapes[] = {{1, 16, DType::BF16, false}, {3, 4, DType::BF16, false}, {1, 4, DType::F32, false},
+                          {17, 16, DType::BF16, true}};
+  std::mt19937 rng(39);
+  for (const Shape& sh : shapes) {
+    Case c;
+    set_shape(c, sh.group, 128, sh.dtype);
+    c.capacity = 20000;
+    if (sh.tree)
+      random_tree(c, sh.tokens, 100, rng);
+    else
+      c.slots.assign(static_cast<size_t>(sh.tokens), 100);
+    random_lists(c, ListSpec{}, rng);
+    c.poison_unlisted = false;
+    c.seed = 5900;
+    Case longest = c;  // inputs finite up to row 19999 for every replay
+    longest.slots.back() = 19999;
+    const Inputs in = make_inputs(longest);
+    const auto d = upload(c, in);
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    SPECULA_TEST_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeGlobal));
+    run(ctx(), *d, c.softmax_scale());
+    SPECULA_TEST_CUDA_CHECK(cudaStreamEndCapture(stream(), &graph));
+    SPECULA_TEST_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int last : {100, 0 + sh.tokens, 63 + sh.tokens, 4097, 19999, 12345}) {
+      Case now = longest;
+      now.slots = c.slots;
+      for (int t = 0; t < sh.tokens; ++t) {
+        // Causal: slots ending at `last`, descending; tree: the same tree shifted to end at `last`.
+        now.slots[static_cast<size_t>(t)] = sh.tree ? last - (sh.tokens - 1 - t) : last - 2 * t;
+        now.slots[static_cast<size_t>(t)] = std::max(now.slots[static_cast<size_t>(t)], 0);
+      }
+      random_lists(now, ListSpec{}, rng);
+      now.poison_unlisted = false;
+      d->slots.buffer.upload(now.slots, d->slots.offset);
+      d->blocks.buffer.upload(now.blocks, d->blocks.offset);
+      test::poison(d->out);
+      SPECULA_TEST_CUDA_CHECK(cudaGraphLaunch(exec, stream()));
+      ctx().synchronize();
+      ctx().check_device_errors();
+      expect_matches(now, test::download_f32(d->out), cpu_reference(now, in),
+                     "sparse graph replay ending at row " + std::to_string(last));
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
   }
 }
 

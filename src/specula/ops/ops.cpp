@@ -135,8 +135,6 @@ Device check_attention(std::string_view op, const Tensor& q, const Tensor& k_cac
     SPECULA_CHECK(mask.blocks.dim(2) >= 1 && mask.block_size >= 1, op, ": block lists need a block size and width");
   }
   const Device device = common_device(op, {&q, &k_cache, &v_cache, &slots, &out, &mask.tree_bits, &mask.blocks});
-  SPECULA_CHECK(device == Device::CPU || !mask.is_sparse(), op,
-                ": block-sparse (InfLLM-V2) attention has no CUDA kernel yet; run with --attention dense or on the CPU");
   check_cpu_f32(op, device, {&q, &k_cache, &v_cache, &out});
   return device;
 }

@@ -4,8 +4,11 @@
 // caches, q in another dtype than the cache, other head dims up to 256, misaligned pointers)
 // runs the generic kernel here, which is written for clarity and exactness rather than speed.
 //
-// Visibility: prefix-causal, or a tree mask (attention_common.cuh): both kernels are instantiated
-// per mask kind, so the causal instantiations carry no mask code at all.
+// Visibility: prefix-causal, or a tree mask (attention_common.cuh), either optionally with
+// InfLLM-V2 block lists (attention_sparse.cuh): both kernels are instantiated per mask kind, so
+// the causal instantiations carry no mask code at all. With block lists the generic kernel walks
+// its query's listed blocks (one query head per thread block: it is the exact path, not the fast
+// one); the tensor-core kernel walks the union of its tokens' lists, shared by the GQA group.
 //
 // Graph safety: launch shapes depend only on host-known shapes (T, heads, head_dim, capacity)
 // and the device properties, never on slot values, which the kernels read from device memory;
@@ -20,9 +23,11 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "specula/core/error.h"
 #include "specula/ops/cuda/attention_common.cuh"
+#include "specula/ops/cuda/attention_sparse.cuh"
 #include "specula/ops/cuda/cuda_check.cuh"
 #include "specula/ops/cuda/cuda_context.h"
 #include "specula/ops/cuda/cuda_ops.h"
@@ -38,7 +43,8 @@ constexpr float kLog2e = 1.4426950408889634f;
 // Generic kernel: one block per (split, query head, token); each warp walks every kFallbackWarps-th
 // cache row of the split with its own online softmax, lanes own head dimensions lane + 32 i.
 // With a tree mask (kTree) a warp skips the window rows whose bit the query lacks (the test is
-// warp-uniform: a whole warp works on one row).
+// warp-uniform: a whole warp works on one row). With block lists (kSparse) the split's range is
+// over the query's walk items (attention_sparse.cuh) and the warps stride through each item's rows.
 constexpr int kFallbackWarps = 4;
 constexpr int kFallbackThreads = 32 * kFallbackWarps;
 constexpr int kFallbackMaxHeadDim = 256;
@@ -47,10 +53,14 @@ constexpr int kFallbackTileRows = 64;  // split-partition granularity, in cache 
 
 constexpr int kCombineThreads = 256;
 
-template <typename CacheT, bool kTree>
-__global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(const AttnParams p) {
+template <bool kSparse>
+using GenericParams = std::conditional_t<kSparse, SparseAttnParams, AttnParams>;
+
+template <typename CacheT, bool kTree, bool kSparse>
+__global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(const GenericParams<kSparse> p) {
   __shared__ float s_acc[kFallbackWarps][kFallbackMaxHeadDim];
   __shared__ float s_m[kFallbackWarps], s_l[kFallbackWarps];
+  extern __shared__ __align__(16) unsigned char generic_sparse_smem[];  // kSparse: the walk's union
   pdl_launch_dependents();
   pdl_wait();  // q, the caches, the slots and the partials' workspace belong to earlier kernels
   const int split = blockIdx.x, head = blockIdx.y, t = blockIdx.z;
@@ -60,11 +70,26 @@ __global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(con
   const bool direct = p.num_splits == 1;
 
   const int len = attn_query_length<kTree>(p, t, split == 0 && head == 0);
-  const TileRange range =
-      attn_split_range(ceil_div_int(len, kFallbackTileRows), p.num_splits, p.min_split_tiles, split);
-  const int row_begin = range.begin * kFallbackTileRows;
-  const int row_end = min(range.end * kFallbackTileRows, len);
-  if (row_begin >= row_end) {  // nothing visible here (a split past the length, or an invalid slot)
+  int row_begin = 0, row_end = 0;  // dense: this split's rows; sparse: its items are `items`
+  bool empty;
+  [[maybe_unused]] TileRange items{0, 0};
+  [[maybe_unused]] SparseWalk walk;
+  if constexpr (kSparse) {
+    const SparseSmem s = sparse_smem_carve(generic_sparse_smem, 1, p.sparse_words, p.sparse_union_cap);
+    if (tid == 0) sparse_store_token(p, s, kvh, t, 0, len);
+    __syncthreads();
+    const int base = kTree && len > 0 ? attn_tree_base(p) : 0;
+    const int n_items = sparse_setup<kFallbackThreads, kTree>(p, s, kvh, t, 1, len, base, walk);
+    items = attn_split_range(n_items, p.num_splits, p.min_split_tiles, split);
+    empty = items.begin >= items.end;
+  } else {
+    const TileRange range =
+        attn_split_range(ceil_div_int(len, kFallbackTileRows), p.num_splits, p.min_split_tiles, split);
+    row_begin = range.begin * kFallbackTileRows;
+    row_end = min(range.end * kFallbackTileRows, len);
+    empty = row_begin >= row_end;
+  }
+  if (empty) {  // nothing visible here (a split past the length, or an invalid slot)
     if (direct) {
       for (int d = tid; d < hd; d += kFallbackThreads) store_elem(p.out, p.out_kind, orow * hd + d, 0.0f);
     } else if (tid == 0) {
@@ -89,33 +114,72 @@ __global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(con
     tree_base = attn_tree_base(p);
     tree_row = p.tree_bits + static_cast<int64_t>(t) * p.tree_words;
   }
-  for (int j = row_begin + warp; j < row_end; j += kFallbackWarps) {
-    if constexpr (kTree) {
-      if (j >= tree_base) {  // j <= slots[T-1], so the bit index is below the width
-        const int b = j - tree_base;
-        if (((__ldg(tree_row + (b >> 5)) >> (b & 31)) & 1u) == 0u) continue;
+  if constexpr (kSparse) {
+    // One row, unless the tree hides it, into this warp's online softmax. (The dense walk keeps its
+    // own copy of this body below, so its instantiations compile exactly as before the sparse one.)
+    auto consume = [&](int j) {
+      if constexpr (kTree) {
+        if (j >= tree_base) {  // j <= slots[T-1], so the bit index is below the width
+          const int b = j - tree_base;
+          if (((__ldg(tree_row + (b >> 5)) >> (b & 31)) & 1u) == 0u) return;
+        }
       }
-    }
-    const CacheT* k_row = k_base + static_cast<int64_t>(j) * hd;
-    const CacheT* v_row = v_base + static_cast<int64_t>(j) * hd;
-    float dot = 0.0f;
+      const CacheT* k_row = k_base + static_cast<int64_t>(j) * hd;
+      const CacheT* v_row = v_base + static_cast<int64_t>(j) * hd;
+      float dot = 0.0f;
 #pragma unroll
-    for (int i = 0; i < kFallbackDimsPerLane; ++i) {
-      const int d = lane + 32 * i;
-      if (d < hd) dot += qv[i] * to_float(k_row[d]);
-    }
+      for (int i = 0; i < kFallbackDimsPerLane; ++i) {
+        const int d = lane + 32 * i;
+        if (d < hd) dot += qv[i] * to_float(k_row[d]);
+      }
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-    const float m_new = fmaxf(m, dot);
-    const float corr = exp2f(m - m_new);  // 0 on the first row (m = -inf)
-    const float weight = exp2f(dot - m_new);
-    l = l * corr + weight;
+      for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+      const float m_new = fmaxf(m, dot);
+      const float corr = exp2f(m - m_new);  // 0 on the first row (m = -inf)
+      const float weight = exp2f(dot - m_new);
+      l = l * corr + weight;
 #pragma unroll
-    for (int i = 0; i < kFallbackDimsPerLane; ++i) {
-      const int d = lane + 32 * i;
-      if (d < hd) acc[i] = acc[i] * corr + weight * to_float(v_row[d]);
+      for (int i = 0; i < kFallbackDimsPerLane; ++i) {
+        const int d = lane + 32 * i;
+        if (d < hd) acc[i] = acc[i] * corr + weight * to_float(v_row[d]);
+      }
+      m = m_new;
+    };
+    // Listed items end below the linear limit (all their rows visible to this query); walk tiles
+    // end at its length and window items at slots[T-1], whose rows the tree bits decide.
+    for (int u = items.begin; u < items.end; ++u) {
+      const SparseItem item = walk.item(u);
+      for (int j = item.col0 + warp; j < item.end; j += kFallbackWarps) consume(j);
     }
-    m = m_new;
+  } else {
+    for (int j = row_begin + warp; j < row_end; j += kFallbackWarps) {
+      if constexpr (kTree) {
+        if (j >= tree_base) {  // j <= slots[T-1], so the bit index is below the width
+          const int b = j - tree_base;
+          if (((__ldg(tree_row + (b >> 5)) >> (b & 31)) & 1u) == 0u) continue;
+        }
+      }
+      const CacheT* k_row = k_base + static_cast<int64_t>(j) * hd;
+      const CacheT* v_row = v_base + static_cast<int64_t>(j) * hd;
+      float dot = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kFallbackDimsPerLane; ++i) {
+        const int d = lane + 32 * i;
+        if (d < hd) dot += qv[i] * to_float(k_row[d]);
+      }
+#pragma unroll
+      for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+      const float m_new = fmaxf(m, dot);
+      const float corr = exp2f(m - m_new);  // 0 on the first row (m = -inf)
+      const float weight = exp2f(dot - m_new);
+      l = l * corr + weight;
+#pragma unroll
+      for (int i = 0; i < kFallbackDimsPerLane; ++i) {
+        const int d = lane + 32 * i;
+        if (d < hd) acc[i] = acc[i] * corr + weight * to_float(v_row[d]);
+      }
+      m = m_new;
+    }
   }
 
 #pragma unroll
@@ -129,12 +193,13 @@ __global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(con
   }
   __syncthreads();
   // Causal: warp 0 saw row_begin, so the merged max is finite; warps that saw no row weigh
-  // exp2(-inf) = 0. A tree mask may hide every row of the split from this query: then the split
-  // is empty (the same value in every thread, so the early return is uniform).
+  // exp2(-inf) = 0. A tree mask may hide every row of the split from this query, and a sparse
+  // walk's items may hold no row: then the split is empty (the same value in every thread, so the
+  // early return is uniform).
   float mx = -INFINITY;
 #pragma unroll
   for (int w = 0; w < kFallbackWarps; ++w) mx = fmaxf(mx, s_m[w]);
-  if constexpr (kTree) {
+  if constexpr (kTree || kSparse) {
     if (mx == -INFINITY) {
       if (direct) {
         for (int d = tid; d < hd; d += kFallbackThreads) store_elem(p.out, p.out_kind, orow * hd + d, 0.0f);
@@ -235,21 +300,53 @@ __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(cons
   }
 }
 
-template <typename CacheT>
-void launch_generic(AttnParams p, int multiprocessors, void* workspace, size_t workspace_bytes, cudaStream_t stream,
-                    bool programmatic) {
-  const auto kernel =
-      p.tree_bits != nullptr ? attention_generic_kernel<CacheT, true> : attention_generic_kernel<CacheT, false>;
+template <typename CacheT, bool kTree, bool kSparse>
+void launch_generic_kernel(GenericParams<kSparse> p, int multiprocessors, size_t smem_optin, void* workspace,
+                           size_t workspace_bytes, cudaStream_t stream, bool programmatic) {
+  const auto kernel = attention_generic_kernel<CacheT, kTree, kSparse>;
+  size_t smem = 0;
+  if constexpr (kSparse) {  // one token per block: its list bounds the union
+    p.sparse_union_cap =
+        static_cast<int>(std::min<int64_t>(p.block_width, static_cast<int64_t>(p.sparse_words) * 32));
+    smem = sparse_smem_bytes(1, p.sparse_words, p.sparse_union_cap);
+    cudaFuncAttributes attributes{};
+    SPECULA_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+    SPECULA_CHECK(smem + attributes.sharedSizeBytes <= smem_optin, "attention: the block lists of a ", p.capacity,
+                  "-row cache need ", smem, " bytes of shared memory, more than the device allows");
+    SPECULA_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
   int blocks_per_sm = 0;
-  SPECULA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kFallbackThreads, 0));
+  SPECULA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kFallbackThreads, smem));
   SPECULA_CHECK(p.tokens <= 65535 && p.n_heads <= 65535, "attention: ", p.tokens, " tokens x ", p.n_heads,
                 " heads exceed the generic kernel's grid");
   const KernelShape shape{1, kFallbackTileRows, blocks_per_sm, 1};
   plan_splits(p, shape, p.tokens * p.n_heads, multiprocessors, workspace, workspace_bytes);
   const dim3 grid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(p.n_heads),
                   static_cast<unsigned>(p.tokens));
-  launch_kernel(stream, programmatic, "attention (generic kernel)", kernel, grid, dim3(kFallbackThreads), 0, p);
+  launch_kernel(stream, programmatic, kSparse ? "attention (generic kernel, block-sparse)" : "attention (generic kernel)",
+                kernel, grid, dim3(kFallbackThreads), smem, p);
   if (p.num_splits > 1) launch_combine(p, stream, programmatic);
+}
+
+template <typename CacheT>
+void launch_generic(const SparseAttnParams& p, int multiprocessors, size_t smem_optin, void* workspace,
+                    size_t workspace_bytes, cudaStream_t stream, bool programmatic) {
+  const bool tree = p.tree_bits != nullptr;
+  if (p.blocks != nullptr) {
+    if (tree)
+      launch_generic_kernel<CacheT, true, true>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream,
+                                                programmatic);
+    else
+      launch_generic_kernel<CacheT, false, true>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream,
+                                                 programmatic);
+  } else if (tree) {
+    launch_generic_kernel<CacheT, true, false>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream,
+                                               programmatic);
+  } else {
+    launch_generic_kernel<CacheT, false, false>(p, multiprocessors, smem_optin, workspace, workspace_bytes, stream,
+                                                programmatic);
+  }
 }
 
 ElemKind elem_kind(DType dtype) {
@@ -308,7 +405,7 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const T
   if (tokens == 0) return;
   SPECULA_CHECK(tokens * n_heads <= INT_MAX && capacity <= INT_MAX && hd <= INT_MAX, "attention: shapes ",
                 q.shape_string(), " / ", k_cache.shape_string(), " are too large for the CUDA kernels");
-  AttnParams p;
+  SparseAttnParams p;
   p.q = q.data;
   p.k = k_cache.data;
   p.v = v_cache.data;
@@ -329,6 +426,18 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const T
     p.tree_words = static_cast<int>(AttentionMask::tree_words(mask.width));
     p.tree_width = static_cast<int>(mask.width);
   }
+  if (mask.is_sparse()) {  // shapes checked by the dispatcher: [n_kv, tokens, width >= 1], block_size >= 1
+    static_assert(AttentionMask::kDenseQuery == kSparseDenseMarker, "the kernels' dense-query marker");
+    const int64_t width = mask.blocks.dim(2), block = mask.block_size;
+    // Row arithmetic (block * block_size + block_size) and the union's entry count
+    // (tokens per block x width, at most 64 x width) stay in int.
+    SPECULA_CHECK(block <= INT_MAX - capacity && width <= (INT_MAX / 64), "attention: block lists of width ", width,
+                  " over blocks of ", block, " rows are too large for the CUDA kernels");
+    p.blocks = mask.blocks.as<const int32_t>();
+    p.block_width = static_cast<int>(width);
+    p.block_size = static_cast<int>(block);
+    p.sparse_words = static_cast<int>(((capacity + block - 1) / block + 31) / 32);
+  }
 
   const cuda::DeviceInfo& info = ctx.info();
   const auto stream = static_cast<cudaStream_t>(ctx.stream());
@@ -338,24 +447,27 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const T
   const bool tensor_cores = (cache == DType::BF16 || cache == DType::F16) && q.dtype == cache &&
                             (hd == 64 || hd == 128) && aligned16(q.data) && aligned16(k_cache.data) &&
                             aligned16(v_cache.data);
-  if (tensor_cores) {
-    run_attention_mma(p, cache, info.multiprocessors, info.max_shared_memory_per_block_optin, ctx.workspace(),
-                      ctx.workspace_bytes(), stream, ctx.programmatic_launch());
+  // A sparse call whose union does not fit the tensor-core kernel's shared memory (lists far
+  // wider than InfLLM-V2's) runs the generic kernel, whose union covers one query.
+  if (tensor_cores && run_attention_mma(p, cache, info.multiprocessors, info.max_shared_memory_per_block_optin,
+                                        ctx.workspace(), ctx.workspace_bytes(), stream, ctx.programmatic_launch()))
     return;
-  }
   SPECULA_CHECK(hd <= kFallbackMaxHeadDim, "attention: head_dim ", hd, " is larger than the CUDA kernels support (",
                 kFallbackMaxHeadDim, ")");
   const bool programmatic = ctx.programmatic_launch();
+  const size_t optin = info.max_shared_memory_per_block_optin;
   switch (cache) {
     case DType::BF16:
-      launch_generic<__nv_bfloat16>(p, info.multiprocessors, ctx.workspace(), ctx.workspace_bytes(), stream,
+      launch_generic<__nv_bfloat16>(p, info.multiprocessors, optin, ctx.workspace(), ctx.workspace_bytes(), stream,
                                     programmatic);
       break;
     case DType::F16:
-      launch_generic<__half>(p, info.multiprocessors, ctx.workspace(), ctx.workspace_bytes(), stream, programmatic);
+      launch_generic<__half>(p, info.multiprocessors, optin, ctx.workspace(), ctx.workspace_bytes(), stream,
+                             programmatic);
       break;
     case DType::F32:
-      launch_generic<float>(p, info.multiprocessors, ctx.workspace(), ctx.workspace_bytes(), stream, programmatic);
+      launch_generic<float>(p, info.multiprocessors, optin, ctx.workspace(), ctx.workspace_bytes(), stream,
+                            programmatic);
       break;
     default:
       fail("attention: unsupported KV-cache dtype ", dtype_name(cache));

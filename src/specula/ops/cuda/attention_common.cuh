@@ -20,6 +20,12 @@
 // The bits are read from global memory (a few words per tile that reaches the window), so the
 // width has no cap beyond the cache capacity and needs no shared memory.
 //
+// Block-sparse masks (InfLLM-V2, ops::AttentionMask::with_blocks; attention_sparse.cuh): the
+// rows of the linear sequence a query sees are further restricted to the blocks in its list for
+// the KV head. Those kernels iterate over "items" (a listed block's rows, 64 at a time, then the
+// tree window's rows) instead of over all tiles, so an unlisted block is never loaded; the split
+// partition above is then over items instead of tiles, with the same device-side derivation.
+//
 // Every attention kernel (generic, tensor-core, combine) follows the programmatic-dependent-launch
 // contract of pdl.cuh: it waits for the previous kernel before reading q, the caches or the slots
 // (or writing anything), and its launches set the attribute when `programmatic` is true.
@@ -73,6 +79,18 @@ struct AttnParams {
   int min_split_tiles = 1;  // see attn_split_range
   float scale_log2 = 0.0f;  // softmax scale times log2(e): the kernels use exp2
   ElemKind q_kind = ElemKind::F32, out_kind = ElemKind::F32;
+};
+
+// The block-sparse kernels' parameters. A separate type (the sparse instantiations take it, the
+// dense ones keep AttnParams) because a kernel parameter struct past 128 bytes changes how nvcc
+// compiles every parameter access, and the dense kernels are to stay exactly as they were.
+struct SparseAttnParams : AttnParams {
+  // Block lists [n_kv, tokens, block_width] I32 (ops.h: ascending block indices padded with -1,
+  // or kDenseQuery first); null for dense attention. sparse_words: 32-bit words of a bitmap over
+  // all ceil(capacity / block_size) blocks; sparse_union_cap: the most distinct blocks one thread
+  // block's queries can list (these two size the kernels' shared-memory union; host-set).
+  const int32_t* blocks = nullptr;
+  int block_width = 0, block_size = 0, sparse_words = 0, sparse_union_cap = 0;
 };
 
 __host__ __device__ inline int ceil_div_int(int a, int b) { return (a + b - 1) / b; }
@@ -176,7 +194,12 @@ void plan_splits(AttnParams& p, const KernelShape& shape, int base_blocks, int m
 void launch_combine(const AttnParams& p, cudaStream_t stream, bool programmatic);
 // Host side, defined in attention_mma.cu: tensor-core attention; the caller has checked that
 // q and caches share a 16-bit dtype, head_dim is 64 or 128 and the pointers are 16-byte aligned.
-void run_attention_mma(AttnParams p, DType cache_dtype, int multiprocessors, size_t smem_optin, void* workspace,
+// Returns false, launching nothing, only for a block-sparse call whose shared-memory union does
+// not fit the device (the caller then runs the generic kernel).
+bool run_attention_mma(const SparseAttnParams& p, DType cache_dtype, int multiprocessors, size_t smem_optin, void* workspace,
                        size_t workspace_bytes, cudaStream_t stream, bool programmatic);
+// Host side, defined in attention_mma_sparse.cu: the block-sparse instantiations of the same.
+bool run_attention_mma_sparse(SparseAttnParams p, DType cache_dtype, int multiprocessors, size_t smem_optin,
+                              void* workspace, size_t workspace_bytes, cudaStream_t stream, bool programmatic);
 
 }  // namespace specula::ops::cuda_impl::attn

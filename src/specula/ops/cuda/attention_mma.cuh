@@ -13,12 +13,14 @@
 // Split-KV (attention_common.cuh) is orthogonal: any configuration can write partials.
 //
 // Masking goes through a policy type (FlashInfer-style) so the tree-mask variant for speculative
-// decoding (TreeMask below) and a block-sparse variant for InfLLM-V2 reuse the pipeline: the policy
-// says how far the tile's columns reach, whether a whole KV tile is visible to every row (no
-// per-element test), what a row needs to test the columns of one warp's tile slice (computed
-// once per tile, only when the tile is not wholly visible), and whether one (row, column) pair is
-// visible. A block-sparse policy would also pick which tiles to visit; the loop below is written
-// over a contiguous tile range, which is where such a policy would plug in its iterator.
+// decoding (TreeMask below) and the block-sparse variant for InfLLM-V2 (SparseMask) reuse the
+// pipeline: the policy says how far the tile's columns reach, whether a whole KV tile is visible
+// to every row (no per-element test), what a row needs to test the columns of one warp's tile
+// slice (computed once per tile, only when the tile is not wholly visible), and whether one (row,
+// column) pair is visible. The block-sparse policy also picks which tiles to visit: the loop runs
+// over "items" (attention_sparse.cuh), each at most one tile of cache rows, instead of over
+// consecutive tiles; the dense policies' instantiations keep the contiguous tile loop as it was
+// (every sparse difference sits behind `if constexpr (Mask::kSparse)`).
 //
 // Data path per KV tile: cp.async 16-byte copies into a kStages-deep ring of padded shared-memory
 // tiles (row stride head_dim + 8 elements, which makes the ldmatrix row addresses of a phase fall
@@ -35,6 +37,7 @@
 #include <cstdint>
 
 #include "specula/ops/cuda/attention_common.cuh"
+#include "specula/ops/cuda/attention_sparse.cuh"
 
 namespace specula::ops::cuda_impl::attn {
 
@@ -108,6 +111,8 @@ struct MmaElem<__half> {
 // invalid slot). `min_len`/`max_len` are over the block's real rows.
 struct CausalBySlotMask {
   static constexpr bool kTree = false;
+  static constexpr bool kSparse = false;
+  using Params = AttnParams;  // the kernel's parameter type
   using RowState = int;   // the row's visible length, held in a register
   using TileState = int;  // the same: nothing more is needed per tile
   int min_len = INT_MAX;
@@ -128,6 +133,8 @@ struct CausalBySlotMask {
 // once, then tests a column with a shift.
 struct TreeMask {
   static constexpr bool kTree = true;
+  static constexpr bool kSparse = false;
+  using Params = AttnParams;
   struct RowState {
     int len;
     const uint32_t* bits;  // the query token's bit row
@@ -155,6 +162,95 @@ struct TreeMask {
   }
   __device__ __forceinline__ bool visible(const TileState& s, int col) const {
     return col < s.len && ((s.bits >> (col - s.col0)) & 1ull) != 0ull;
+  }
+};
+
+// Block-sparse lists (InfLLM-V2) over a causal (kTreeT false) or tree base mask; the walk over
+// items and its three modes are attention_sparse.cuh's. Every visibility test goes through 64
+// column bits per (row, warp slice), built once per tile: the row's length bound, its token's
+// listing of the item's block (union walk), its list per block (mixed walk) and the tree bits for
+// rows at or past the tree base (a row of a dense token sees the whole linear part).
+template <bool kTreeT>
+struct SparseMask {
+  static constexpr bool kTree = kTreeT;
+  static constexpr bool kSparse = true;
+  using Params = SparseAttnParams;
+  struct RowState {
+    int len;
+    int tok;                // the token's index among the block's tokens (bit of SparseItem::tokens)
+    bool dense;             // its list is kDenseQuery
+    const int32_t* list;    // its block list (mixed walk)
+    const uint32_t* bits;   // its tree bit row (kTree)
+  };
+  struct TileState {
+    uint64_t bits;  // bit k: column col0 + k
+    int col0;
+  };
+  int min_len = INT_MAX;
+  int max_len = 0;
+  int base = 0, words = 0;      // tree
+  int width = 0, block_size = 1;
+  int kvh = 0, tok0 = 0, n_tok = 1;
+  unsigned long long all_tokens = 1ull;
+  const int* tok_class = nullptr;
+  SparseWalk walk;
+
+  __device__ __forceinline__ void init(const SparseAttnParams& p) {
+    if constexpr (kTree) {
+      base = attn_tree_base(p);
+      words = p.tree_words;
+    }
+    width = p.block_width;
+    block_size = p.block_size;
+  }
+  // After init and the min/max lengths: all threads; returns the block's item count.
+  template <int kThreads>
+  __device__ int setup(const SparseAttnParams& p, const SparseSmem& s, int kv_head, int m0, int rows_here, int group) {
+    kvh = kv_head;
+    tok0 = m0 / group;
+    n_tok = (m0 + rows_here - 1) / group - tok0 + 1;
+    all_tokens = n_tok >= 64 ? ~0ull : (1ull << n_tok) - 1ull;
+    tok_class = s.tok_class;
+    return sparse_setup<kThreads, kTree>(p, s, kvh, tok0, n_tok, max_len, base, walk);
+  }
+  // Columns at or past this are visible to no row of the block (items never reach past it).
+  __device__ __forceinline__ int column_end() const { return max_len; }
+  __device__ __forceinline__ SparseItem item(int u) const { return walk.item(u); }
+  __device__ __forceinline__ RowState row_state(const SparseAttnParams& p, int token, int len) const {
+    const int local = min(max(token - tok0, 0), n_tok - 1);  // padding rows (len 0) clamp
+    const int t = min(token, p.tokens - 1);
+    RowState r;
+    r.len = len;
+    r.tok = local;
+    r.dense = tok_class[local] == kTokDense;
+    r.list = sparse_list(p, kvh, t);
+    r.bits = kTree ? p.tree_bits + static_cast<int64_t>(t) * words : nullptr;
+    return r;
+  }
+  __device__ __forceinline__ bool all_visible(const SparseItem& it, int /*col_begin*/, int col_end) const {
+    if (walk.mode == kSparseDenseWalk) return col_end <= min_len && (!kTree || col_end <= base);
+    if (it.kind == kItemListed) return it.tokens == all_tokens && col_end <= it.end && col_end <= min_len;
+    return false;
+  }
+  __device__ __forceinline__ TileState tile_state(const RowState& r, const SparseItem& it, int col0) const {
+    uint64_t vis = sparse_ones_below(min(r.len, it.end) - col0);
+    if (it.kind == kItemListed) {
+      if (((it.tokens >> r.tok) & 1ull) == 0ull) vis = 0ull;
+    } else if (vis != 0ull) {
+      uint64_t lin = ~0ull;
+      if (walk.mode == kSparseMixed && !r.dense)
+        lin = sparse_listed_bits(r.list, width, block_size, col0, kTree ? min(base, r.len) : r.len);
+      if constexpr (kTree) {
+        const uint64_t below = sparse_ones_below(base - col0);
+        vis &= attn_tree_window64(r.bits, words, col0 - base) & (lin | ~below);
+      } else {
+        vis &= lin;
+      }
+    }
+    return {vis, col0};
+  }
+  __device__ __forceinline__ bool visible(const TileState& s, int col) const {
+    return ((s.bits >> (col - s.col0)) & 1ull) != 0ull;
   }
 };
 
@@ -208,9 +304,11 @@ struct MmaConfig {
 
 // ---- the kernel -----------------------------------------------------------------------------
 
-// grid: (num_splits, query tiles, n_kv); block: Cfg::kThreads; dynamic smem: Cfg::kSmemBytes.
+// grid: (num_splits, query tiles, n_kv); block: Cfg::kThreads; dynamic smem: Cfg::kSmemBytes
+// (block-sparse masks: then, from sparse_align16(Cfg::kSmemBytes), the union's shared memory,
+// sparse_smem_bytes(Cfg::kBlockM, p.sparse_words, p.sparse_union_cap)).
 template <class Cfg, class Mask>
-__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_kernel(const typename Mask::Params p) {
   using Elem = typename Cfg::Elem;
   using Ops = MmaElem<Elem>;
   constexpr int kHeadDim = Cfg::kHeadDim, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
@@ -221,6 +319,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
   int* s_len = reinterpret_cast<int*>(smem);
   Elem* s_q = reinterpret_cast<Elem*>(smem + Cfg::kLenBytes);
   unsigned char* s_ring = smem + Cfg::kLenBytes + Cfg::kQBytes;
+  [[maybe_unused]] SparseSmem s_sparse{};
+  if constexpr (Mask::kSparse) {
+    static_assert(kBlockM <= 64, "a union entry's token bits fit 64 tokens");
+    s_sparse = sparse_smem_carve(smem + sparse_align16(Cfg::kSmemBytes), kBlockM, p.sparse_words, p.sparse_union_cap);
+  }
 
   pdl_launch_dependents();
   pdl_wait();  // q, the caches, the slots and the partials' workspace belong to earlier kernels
@@ -240,6 +343,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
     int len = 0;
     if (tid < rows_here) len = attn_query_length<Mask::kTree>(p, (m0 + tid) / group, split == 0 && kvh == 0);
     s_len[tid] = len;
+    if constexpr (Mask::kSparse) {
+      // The thread of a token's first row in this block records the token (class, length).
+      const int r = m0 + tid, t = r / group;
+      if (tid < rows_here && (tid == 0 || r - t * group == 0)) sparse_store_token(p, s_sparse, kvh, t, t - m0 / group, len);
+    }
   }
   __syncthreads();
   Mask mask;
@@ -249,7 +357,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
     mask.max_len = max(mask.max_len, s_len[i]);
   }
   const int col_end = mask.column_end();
-  const TileRange range = attn_split_range(ceil_div_int(col_end, kBlockN), p.num_splits, p.min_split_tiles, split);
+  int n_items;  // tiles (dense masks) or sparse walk items, each at most kBlockN cache rows
+  if constexpr (Mask::kSparse) {
+    static_assert(kBlockN == kSparseItemRows, "one sparse item per KV tile");
+    n_items = mask.template setup<kThreads>(p, s_sparse, kvh, m0, rows_here, group);
+  } else {
+    n_items = ceil_div_int(col_end, kBlockN);
+  }
+  const TileRange range = attn_split_range(n_items, p.num_splits, p.min_split_tiles, split);
   const int n_tiles = range.end - range.begin;
 
   // Fragment coordinates: this thread holds query rows g and g + 8 of its warp's 16, and within
@@ -258,7 +373,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
   const int row_a = wm * 16 + g, row_b = row_a + 8;  // block-local query rows
   const typename Mask::RowState state_a = mask.row_state(p, (m0 + row_a) / group, s_len[row_a]);
   const typename Mask::RowState state_b = mask.row_state(p, (m0 + row_b) / group, s_len[row_b]);
-  static_assert(!Mask::kTree || kWarpCols <= 64, "a tree mask's tile state holds 64 columns");
+  static_assert((!Mask::kTree && !Mask::kSparse) || kWarpCols <= 64, "a tile state holds 64 columns");
   // Warps whose 16 rows are all padding skip the arithmetic but still help copy tiles.
   const bool warp_active = wm * 16 < rows_here;
 
@@ -292,13 +407,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
     auto load_tile = [&](int tile, int stage) {
       Elem* s_k = reinterpret_cast<Elem*>(s_ring + stage * Cfg::kStageBytes);
       Elem* s_v = s_k + kBlockN * kRowStride;
-      const int col0 = tile * kBlockN;
+      int col0 = tile * kBlockN, live_end = col_end;
+      if constexpr (Mask::kSparse) {  // the item's rows; its end <= col_end <= capacity
+        const SparseItem item = mask.item(tile);
+        col0 = item.col0;
+        live_end = item.end;
+      }
 #pragma unroll
       for (int i = 0; i < kBlockN * kChunksPerRow / kThreads; ++i) {
         const int c = tid + i * kThreads;
         const int row = c / kChunksPerRow, ch = c % kChunksPerRow;
         const int col = col0 + row;
-        const bool live = col < col_end;  // col_end <= capacity, so live rows are in bounds
+        const bool live = col < live_end;  // live_end <= capacity, so live rows are in bounds
         const int64_t off = static_cast<int64_t>(live ? col : 0) * kHeadDim + ch * kChunkElems;
         cp_async_16(s_k + row * kRowStride + ch * kChunkElems, k_base + off, live ? 16 : 0);
         cp_async_16(s_v + row * kRowStride + ch * kChunkElems, v_base + off, live ? 16 : 0);
@@ -335,7 +455,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
       const int stage = it % kStages;
       const Elem* s_k = reinterpret_cast<const Elem*>(s_ring + stage * Cfg::kStageBytes);
       const Elem* s_v = s_k + kBlockN * kRowStride;
-      const int tile_col0 = (range.begin + it) * kBlockN;
+      int tile_col0 = (range.begin + it) * kBlockN;
+      [[maybe_unused]] SparseItem item{};
+      if constexpr (Mask::kSparse) {
+        item = mask.item(range.begin + it);
+        tile_col0 = item.col0;
+      }
       const int warp_col0 = wn * kWarpCols;  // tile-local first cache row of this warp
 
       // S = Q K^T over this warp's cache rows. One ldmatrix.x4 of K gives the B fragments of two
@@ -359,11 +484,20 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
 
       // Scale into the log2 domain and hide what the mask hides (select, not add, so a garbage
       // score of a hidden column cannot leak through as NaN).
-      const bool whole = mask.all_visible(tile_col0 + warp_col0, tile_col0 + warp_col0 + kWarpCols);
+      bool whole;
+      if constexpr (Mask::kSparse)
+        whole = mask.all_visible(item, tile_col0 + warp_col0, tile_col0 + warp_col0 + kWarpCols);
+      else
+        whole = mask.all_visible(tile_col0 + warp_col0, tile_col0 + warp_col0 + kWarpCols);
       typename Mask::TileState tile_a{}, tile_b{};
       if (!whole) {
-        tile_a = mask.tile_state(state_a, tile_col0 + warp_col0);
-        tile_b = mask.tile_state(state_b, tile_col0 + warp_col0);
+        if constexpr (Mask::kSparse) {
+          tile_a = mask.tile_state(state_a, item, tile_col0 + warp_col0);
+          tile_b = mask.tile_state(state_b, item, tile_col0 + warp_col0);
+        } else {
+          tile_a = mask.tile_state(state_a, tile_col0 + warp_col0);
+          tile_b = mask.tile_state(state_b, tile_col0 + warp_col0);
+        }
       }
       float tile_max_a = -INFINITY, tile_max_b = -INFINITY;
 #pragma unroll

@@ -1,8 +1,8 @@
 // CUDA ops::qkv_attention: everything from the fused QKV projection's output to the attention
 // output. For one token (batch-1 decode) on sm_90 with a 16-bit cache and head_dim 64 or 128 it
 // runs one fused kernel; anything else runs qkv_rope_store then attention (qkv_rope_store.cu,
-// attention.cu), which is also what the fused kernel must agree with. A tree mask always takes
-// the two-op path (the fused kernel knows only the causal mask).
+// attention.cu), which is also what the fused kernel must agree with. A tree mask or block lists
+// always take the two-op path (the fused kernel knows only the causal mask).
 //
 // Why a fused decode kernel: at short context the decode attention is a chain of dependent round
 // trips, not a bandwidth problem (2 MB of cache per layer at context 512). Three kernels (RoPE and
@@ -504,7 +504,9 @@ std::string describe_qkv_attention(CudaContext& ctx, const Tensor& qkv, const Te
 void qkv_attention(CudaContext& ctx, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, float norm_eps,
                    const RopeParams& rope, const Tensor& positions, const Tensor& slots, float scale, Tensor& q_out,
                    Tensor& k_cache, Tensor& v_cache, Tensor& out, const AttentionMask& mask) {
-  const FusedPlan plan = mask.is_tree() ? FusedPlan{} : fused_plan_for(ctx, qkv, q_out, k_cache, v_cache);
+  // The fused kernel knows only the causal mask: tree and block-sparse masks take the two ops.
+  const FusedPlan plan =
+      mask.is_tree() || mask.is_sparse() ? FusedPlan{} : fused_plan_for(ctx, qkv, q_out, k_cache, v_cache);
   if (plan.kernel == nullptr) {
     qkv_rope_store(ctx, qkv, q_norm, k_norm, norm_eps, rope, positions, slots, q_out, k_cache, v_cache);
     attention(ctx, q_out, k_cache, v_cache, slots, scale, out, mask);
