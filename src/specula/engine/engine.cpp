@@ -147,9 +147,6 @@ std::unique_ptr<Engine> Engine::build(const model::ModelConfig& config, const En
     attention.config_source = "the context of " + std::to_string(context) + " tokens stays below dense_len " +
                               std::to_string(attention.config.dense_len);
   }
-  SPECULA_CHECK(!attention.sparse_enabled() || options.device == Device::CPU, "InfLLM-V2 sparse attention (",
-                attention.describe(), ") has no CUDA kernels yet: run with --attention dense, a --max-context below ",
-                "dense_len, or on the CPU");
   shape.kv_capacity = context + tree_rows;
   ArenaPlan plan;
   plan_weights(plan);
