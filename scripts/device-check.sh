@@ -44,7 +44,7 @@ fi
 if has tests; then
   t=$SECONDS
   nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader >"$OUT/gpu.txt" 2>&1
-  ./$build/tests/specula_tests --gtest_filter='Cuda*:*Cuda*' --gtest_brief=1 >"$OUT/gpu-tests.log" 2>&1
+  ./$build/tests/specula_tests --gtest_filter="${GPU_FILTER:-Cuda*:*Cuda*}" --gtest_brief=1 >"$OUT/gpu-tests.log" 2>&1
   rc=$?
   # --gtest_brief prints failures only: the counts come from the closing summary.
   pass=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$OUT/gpu-tests.log" | head -1)
