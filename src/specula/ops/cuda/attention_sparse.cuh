@@ -189,7 +189,10 @@ struct SparseWalk {
   const unsigned long long* tokens = nullptr;
 
   __device__ __forceinline__ SparseItem item(int u) const {
-    if (mode != kSparseUnion) return {u * kSparseItemRows, col_end, kItemWalk, 0ull};
+    if (mode != kSparseUnion) {
+      const int col0 = u * kSparseItemRows;
+      return {col0, min(col0 + kSparseItemRows, col_end), kItemWalk, 0ull};
+    }
     if (u < n_listed) {
       const int e = pieces == 1 ? u : u / pieces;
       const int block0 = blocks[e] * block_size;
