@@ -93,6 +93,10 @@ class CudaContext {
   // fused_attention_max_rows()).
   bool fused_decode_attention() const { return fused_decode_attention_; }
   void set_fused_decode_attention(bool enable) { fused_decode_attention_ = enable; }
+  // Whether ops::linear tries the small-M tensor-core GEMM for 9..128 tokens before cuBLASLt
+  // (ops/cuda/linear.cu says why it is off by default). Only between steps, like the above.
+  bool small_m_gemm() const { return small_m_gemm_; }
+  void set_small_m_gemm(bool enable) { small_m_gemm_ = enable; }
   // Query heads per block of the fused decode kernel, 0 for its own choice; a tuning override
   // (SPECULA_FUSED_ATTENTION_HEADS=1|2|4) for A/B measurements of the split between blocks.
   int fused_attention_heads() const { return fused_attention_heads_; }
@@ -140,6 +144,7 @@ class CudaContext {
   bool programmatic_launch_ = false;
   bool bulk_gemv_ = true;
   bool fused_decode_attention_ = true;
+  bool small_m_gemm_ = false;
   int fused_attention_heads_ = 0;
   int64_t fused_attention_max_rows_ = kDefaultFusedAttentionMaxRows;
   std::shared_ptr<void> op_caches_[static_cast<size_t>(OpCache::kCount)];

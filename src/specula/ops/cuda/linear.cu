@@ -10,11 +10,11 @@
 // work.
 //
 // Up to kGemvMaxTokens tokens (decode, short verification batches) run on the hand-written GEMV,
-// which streams the weights once at close to memory bandwidth. From there up to kSmallMMaxTokens
-// (verification of a draft tree, the draft head's levels) the small-M tensor-core GEMM
-// (gemm_small_m.cu) runs first: it still streams the weights once, where cuBLASLt at these
-// sizes does not reach the memory rate. It takes 16-bit weights with x in their dtype and K a
-// multiple of 64; what it declines, and larger counts, go to cuBLASLt's tensor-core GEMM. When
+// which streams the weights once at close to memory bandwidth; larger counts go to cuBLASLt's
+// tensor-core GEMM. The small-M tensor-core GEMM (gemm_small_m.cu, meant for verification and
+// draft levels) is not on this path: on the H200 it ran at 0.26-0.86x cuBLASLt's speed on every
+// 8B shape from 10 to 128 tokens (bench/results/spec.md, commit 79f117c), so it stays a tested
+// op for further tuning, off by default (CudaContext::set_small_m_gemm turns it on). When
 // cuBLASLt cannot take the operands either (an output dtype it does not pair with the weights',
 // too small a workspace to convert x), the GEMV computes it anyway in groups of tokens: slower,
 // never wrong. An x whose dtype differs from the weights' (F32 activations of the full-precision
@@ -26,8 +26,8 @@
 // tokens on, the fused kernel's extra live registers would cost occupancy, so silu(gate) * up is
 // materialised, chunk by chunk, in the front of the context's workspace (the only scratch an op
 // has; it is free between launches, every op running in order on the one stream), and the chunk
-// goes through the same choice as linear: the GEMV up to kGemvMaxTokens, then the small-M GEMM up
-// to kSmallMMaxTokens, then cuBLASLt, the GEMV when neither GEMM can take it. Both GEMMs get only
+// goes through the same choice as linear: the GEMV up to kGemvMaxTokens, then (when turned on) the
+// small-M GEMM up to kSmallMMaxTokens, then cuBLASLt, the GEMV when neither GEMM can take it. Both GEMMs get only
 // the workspace behind the activation chunk (at least half of it) for their scratch. A workspace
 // too small for that leaves the call to the fused GEMV, in groups of two tokens.
 #include <algorithm>
@@ -70,7 +70,8 @@ bool swiglu_through_workspace(CudaContext& ctx, const Tensor& gate_up, const Ten
     Tensor act(ctx.workspace(), gate_up.dtype, {count, inter}, Device::CUDA);
     silu_mul(ctx, gu_chunk, act);
     if (count > kGemvMaxTokens && act.dtype == weight.dtype) {
-      if (count <= kSmallMMaxTokens && try_gemm_small_m(ctx, act, weight, Tensor(), out_chunk, alpha, mode,
+      if (ctx.small_m_gemm() && count <= kSmallMMaxTokens &&
+          try_gemm_small_m(ctx, act, weight, Tensor(), out_chunk, alpha, mode,
                                                         gemm_workspace, gemm_workspace_bytes))
         continue;
       if (try_gemm_cublaslt(ctx, act, weight, Tensor(), out_chunk, alpha, mode, gemm_workspace, gemm_workspace_bytes))
@@ -87,7 +88,8 @@ void linear(CudaContext& ctx, const Tensor& x, const Tensor& weight, const Tenso
             OutputMode mode) {
   const int64_t tokens = x.rows();
   if (tokens > kGemvMaxTokens) {
-    if (tokens <= kSmallMMaxTokens && try_gemm_small_m(ctx, x, weight, bias, out, alpha, mode)) return;
+    if (ctx.small_m_gemm() && tokens <= kSmallMMaxTokens && try_gemm_small_m(ctx, x, weight, bias, out, alpha, mode))
+      return;
     if (x.dtype == weight.dtype && try_gemm_cublaslt(ctx, x, weight, bias, out, alpha, mode)) return;
   }
   launch_gemv(ctx, x, weight, bias, out, alpha, mode);
