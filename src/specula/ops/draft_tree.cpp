@@ -7,6 +7,7 @@
 
 #include "specula/ops/cpu/draft_tree.h"
 #include "specula/ops/op_checks.h"
+#include "specula/ops/op_dispatch.h"
 #include "specula/ops/ops.h"
 #ifdef SPECULA_WITH_CUDA
 #include "specula/ops/cuda/draft_tree.h"
@@ -69,21 +70,6 @@ void check_level_inputs(std::string_view op, const DraftTreeState& t, int level,
                 ": operands on different devices");
 }
 
-template <typename CpuFn, typename CudaFn>
-void run(std::string_view op, OpContext& ctx, Device device, CpuFn&& on_cpu, [[maybe_unused]] CudaFn&& on_cuda) {
-  if (ctx.profiler) ctx.profiler->begin(op);
-  if (device == Device::CPU) {
-    on_cpu();
-  } else {
-#ifdef SPECULA_WITH_CUDA
-    SPECULA_CHECK(ctx.cuda != nullptr, op, ": CUDA tensors but no CUDA context in the op context");
-    on_cuda(*ctx.cuda);
-#else
-    fail(op, ": CUDA tensors but this build has no CUDA backend");
-#endif
-  }
-  if (ctx.profiler) ctx.profiler->end(op);
-}
 
 }  // namespace
 
@@ -93,7 +79,8 @@ void draft_tree_begin(OpContext& ctx, DraftTreeState& tree, const Tensor& values
   const Device device = check_state(op, tree);
   check_top_k(op, tree, 1, values, indices, vocab_map, device);
   check_level_inputs(op, tree, 1, level_inputs, device);
-  run(op, ctx, device, [&] { cpu::draft_tree_begin(tree, values, indices, vocab_map, level_inputs); },
+  run_on_device(
+      op, ctx, device, [&](ThreadPool&) { cpu::draft_tree_begin(tree, values, indices, vocab_map, level_inputs); },
       [&]([[maybe_unused]] auto& c) {
 #ifdef SPECULA_WITH_CUDA
         cuda_impl::draft_tree_begin(c, tree, values, indices, vocab_map, level_inputs);
@@ -108,7 +95,9 @@ void draft_tree_expand(OpContext& ctx, DraftTreeState& tree, int level, const Te
   SPECULA_CHECK(level >= 1 && level < tree.depth, op, ": level ", level, " is outside [1, ", tree.depth, ")");
   check_top_k(op, tree, tree.top_k, values, indices, vocab_map, device);
   if (level + 1 < tree.depth) check_level_inputs(op, tree, level + 1, level_inputs, device);
-  run(op, ctx, device, [&] { cpu::draft_tree_expand(tree, level, values, indices, vocab_map, level_inputs); },
+  run_on_device(
+      op, ctx, device,
+      [&](ThreadPool&) { cpu::draft_tree_expand(tree, level, values, indices, vocab_map, level_inputs); },
       [&]([[maybe_unused]] auto& c) {
 #ifdef SPECULA_WITH_CUDA
         cuda_impl::draft_tree_expand(c, tree, level, values, indices, vocab_map, level_inputs);
@@ -125,7 +114,7 @@ void draft_tree_select(OpContext& ctx, DraftTreeState& tree, VerifyInputs& verif
   check_i32(op, "mask", verify.mask, tree.size * AttentionMask::tree_words(tree.size));
   SPECULA_CHECK(common_device(op, {&verify.tokens, &verify.positions, &verify.slots, &verify.mask}) == device, op,
                 ": operands on different devices");
-  run(op, ctx, device, [&] { cpu::draft_tree_select(tree, verify); },
+  run_on_device(op, ctx, device, [&](ThreadPool&) { cpu::draft_tree_select(tree, verify); },
       [&]([[maybe_unused]] auto& c) {
 #ifdef SPECULA_WITH_CUDA
         cuda_impl::draft_tree_select(c, tree, verify);
@@ -148,7 +137,7 @@ void draft_tree_accept(OpContext& ctx, DraftTreeState& tree, const Tensor& targe
   SPECULA_CHECK(common_device(op, {&target_tokens, &catch_up.tokens, &catch_up.positions, &catch_up.slots,
                                    &catch_up.gather, &catch_up.kv_src, &catch_up.kv_dst, &catch_up.kv_count}) == device,
                 op, ": operands on different devices");
-  run(op, ctx, device, [&] { cpu::draft_tree_accept(tree, target_tokens, catch_up); },
+  run_on_device(op, ctx, device, [&](ThreadPool&) { cpu::draft_tree_accept(tree, target_tokens, catch_up); },
       [&]([[maybe_unused]] auto& c) {
 #ifdef SPECULA_WITH_CUDA
         cuda_impl::draft_tree_accept(c, tree, target_tokens, catch_up);
@@ -161,7 +150,7 @@ void draft_tree_walk_begin(OpContext& ctx, DraftTreeState& tree) {
   const Device device = check_state(op, tree);
   check_i32(op, "walk", tree.walk, kWalkWords);
   SPECULA_CHECK(tree.walk.device == device, op, ": operands on different devices");
-  run(op, ctx, device, [&] { cpu::draft_tree_walk_begin(tree); },
+  run_on_device(op, ctx, device, [&](ThreadPool&) { cpu::draft_tree_walk_begin(tree); },
       [&]([[maybe_unused]] auto& c) {
 #ifdef SPECULA_WITH_CUDA
         cuda_impl::draft_tree_walk_begin(c, tree);
@@ -177,7 +166,7 @@ void draft_tree_walk_step(OpContext& ctx, DraftTreeState& tree, const Tensor& dr
   check_i32(op, "target_tokens", target_tokens, tree.size);
   SPECULA_CHECK(common_device(op, {&tree.walk, &drawn, &target_tokens}) == device, op,
                 ": operands on different devices");
-  run(op, ctx, device, [&] { cpu::draft_tree_walk_step(tree, drawn, target_tokens); },
+  run_on_device(op, ctx, device, [&](ThreadPool&) { cpu::draft_tree_walk_step(tree, drawn, target_tokens); },
       [&]([[maybe_unused]] auto& c) {
 #ifdef SPECULA_WITH_CUDA
         cuda_impl::draft_tree_walk_step(c, tree, drawn, target_tokens);

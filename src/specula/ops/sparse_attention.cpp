@@ -8,6 +8,7 @@
 #include "specula/core/thread_pool.h"
 #include "specula/ops/cpu/sparse_attention.h"
 #include "specula/ops/op_checks.h"
+#include "specula/ops/op_dispatch.h"
 #ifdef SPECULA_WITH_CUDA
 #include "specula/ops/cuda/sparse_attention.h"
 #endif
@@ -53,22 +54,6 @@ void check_slots(std::string_view op, const Tensor& slots, const AttentionMask& 
                   " rows (got ", tokens, " queries)");
 }
 
-template <typename CpuFn, typename CudaFn>
-void run(std::string_view op, OpContext& ctx, Device device, CpuFn&& on_cpu, [[maybe_unused]] CudaFn&& on_cuda) {
-  if (ctx.profiler) ctx.profiler->begin(op);
-  if (device == Device::CPU) {
-    SPECULA_CHECK(ctx.pool != nullptr, op, ": CPU tensors but no thread pool in the op context");
-    on_cpu(*ctx.pool);
-  } else {
-#ifdef SPECULA_WITH_CUDA
-    SPECULA_CHECK(ctx.cuda != nullptr, op, ": CUDA tensors but no CUDA context in the op context");
-    on_cuda(*ctx.cuda);
-#else
-    fail(op, ": CUDA tensors but this build has no CUDA backend");
-#endif
-  }
-  if (ctx.profiler) ctx.profiler->end(op);
-}
 
 }  // namespace
 
@@ -79,7 +64,7 @@ void compress_keys(OpContext& ctx, const Tensor& k_cache, const Tensor& slots, c
   check_slots(op, slots, mask, slots.numel());
   const Device device = check_compressed(op, k_cache, keys, params);
   SPECULA_CHECK(common_device(op, {&k_cache, &slots}) == device, op, ": operands on different devices");
-  run(op, ctx, device, [&](ThreadPool& p) { cpu::compress_keys(p, k_cache, slots, mask, params, keys); },
+  run_on_device(op, ctx, device, [&](ThreadPool& p) { cpu::compress_keys(p, k_cache, slots, mask, params, keys); },
       [&]([[maybe_unused]] auto& c) {
 #ifdef SPECULA_WITH_CUDA
         cuda_impl::compress_keys(c, k_cache, slots, mask, params, keys);
@@ -110,7 +95,7 @@ void sparse_select(OpContext& ctx, const Tensor& q, const Tensor& k_cache, const
   SPECULA_CHECK(common_device(op, {&q, &k_cache, &positions, &slots, &blocks, &mask.tree_bits}) == device, op,
                 ": operands on different devices");
   if (device == Device::CPU) SPECULA_CHECK(q.dtype == DType::F32, op, ": the CPU backend needs F32 queries");
-  run(op, ctx, device,
+  run_on_device(op, ctx, device,
       [&](ThreadPool& p) { cpu::sparse_select(p, q, k_cache, keys, positions, slots, mask, params, blocks); },
       [&]([[maybe_unused]] auto& c) {
 #ifdef SPECULA_WITH_CUDA
