@@ -76,10 +76,11 @@ __global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(con
   [[maybe_unused]] SparseWalk walk;
   if constexpr (kSparse) {
     const SparseSmem s = sparse_smem_carve(generic_sparse_smem, 1, p.sparse_words, p.sparse_union_cap);
+    const int first_entry = sparse_prefetch_entry(p, kvh, t, 1);
     if (tid == 0) sparse_store_token(p, s, kvh, t, 0, len);
     __syncthreads();
     const int base = kTree && len > 0 ? attn_tree_base(p) : 0;
-    const int n_items = sparse_setup<kFallbackThreads, kTree>(p, s, kvh, t, 1, len, base, walk);
+    const int n_items = sparse_setup<kFallbackThreads, kTree>(p, s, kvh, t, 1, len, base, first_entry, walk);
     items = attn_split_range(n_items, p.num_splits, p.min_split_tiles, split);
     empty = items.begin >= items.end;
   } else {

@@ -203,15 +203,20 @@ struct SparseMask {
     width = p.block_width;
     block_size = p.block_size;
   }
-  // After init and the min/max lengths: all threads; returns the block's item count.
-  template <int kThreads>
-  __device__ int setup(const SparseAttnParams& p, const SparseSmem& s, int kv_head, int m0, int rows_here, int group) {
+  // Before the barrier that follows the tokens' records: the block's tokens and this thread's
+  // first list entry (sparse_prefetch_entry).
+  __device__ __forceinline__ int prefetch(const SparseAttnParams& p, int kv_head, int m0, int rows_here, int group) {
     kvh = kv_head;
     tok0 = m0 / group;
     n_tok = (m0 + rows_here - 1) / group - tok0 + 1;
     all_tokens = n_tok >= 64 ? ~0ull : (1ull << n_tok) - 1ull;
+    return sparse_prefetch_entry(p, kvh, tok0, n_tok);
+  }
+  // After init and the min/max lengths: all threads; returns the block's item count.
+  template <int kThreads>
+  __device__ int setup(const SparseAttnParams& p, const SparseSmem& s, int first_entry) {
     tok_class = s.tok_class;
-    return sparse_setup<kThreads, kTree>(p, s, kvh, tok0, n_tok, max_len, base, walk);
+    return sparse_setup<kThreads, kTree>(p, s, kvh, tok0, n_tok, max_len, base, first_entry, walk);
   }
   // Columns at or past this are visible to no row of the block (items never reach past it).
   __device__ __forceinline__ int column_end() const { return max_len; }
@@ -338,6 +343,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
   const int m0 = q_tile * kBlockM;
   const int rows_here = min(kBlockM, total_rows - m0);
 
+  Mask mask;
+  [[maybe_unused]] int first_entry = -1;
+  if constexpr (Mask::kSparse) first_entry = mask.prefetch(p, kvh, m0, rows_here, group);
   // Visible length of every query row of the tile (0 for padding rows past the last token).
   if (tid < kBlockM) {
     int len = 0;
@@ -350,7 +358,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
     }
   }
   __syncthreads();
-  Mask mask;
   mask.init(p);
   for (int i = 0; i < rows_here; ++i) {
     mask.min_len = min(mask.min_len, s_len[i]);
@@ -360,7 +367,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
   int n_items;  // tiles (dense masks) or sparse walk items, each at most kBlockN cache rows
   if constexpr (Mask::kSparse) {
     static_assert(kBlockN == kSparseItemRows, "one sparse item per KV tile");
-    n_items = mask.template setup<kThreads>(p, s_sparse, kvh, m0, rows_here, group);
+    n_items = mask.template setup<kThreads>(p, s_sparse, first_entry);
   } else {
     n_items = ceil_div_int(col_end, kBlockN);
   }

@@ -205,13 +205,22 @@ struct SparseWalk {
   }
 };
 
+// Entry threadIdx.x of the lists of tokens tok0 .. tok0 + n_tok - 1 (consecutive in memory), or
+// -1 past them: loaded before the barrier that precedes sparse_setup, so that the first round of
+// list reads overlaps the slot reads instead of following them (decode is latency-bound).
+__device__ __forceinline__ int sparse_prefetch_entry(const SparseAttnParams& p, int kvh, int tok0, int n_tok) {
+  const int k = threadIdx.x;
+  return k < n_tok * p.block_width ? __ldg(sparse_list(p, kvh, tok0) + k) : -1;
+}
+
 // Chooses the block's walk and, for the union walk, builds the union; returns the item count.
 // tok0 .. tok0 + n_tok - 1 are the block's tokens (their SparseSmem entries written and behind a
-// barrier); max_len their longest visible length; base the tree base (kTree). Every thread of the
-// block calls it with the same arguments (the barriers inside are reached uniformly).
+// barrier); max_len their longest visible length; base the tree base (kTree); first_entry this
+// thread's sparse_prefetch_entry(). Every thread of the block calls it with the same arguments
+// (the barriers inside are reached uniformly).
 template <int kThreads, bool kTree>
 __device__ int sparse_setup(const SparseAttnParams& p, const SparseSmem& s, int kvh, int tok0, int n_tok, int max_len,
-                            int base, SparseWalk& walk) {
+                            int base, int first_entry, SparseWalk& walk) {
   walk.col_end = max_len;
   walk.base = base;
   walk.block_size = p.block_size;
@@ -243,7 +252,8 @@ __device__ int sparse_setup(const SparseAttnParams& p, const SparseSmem& s, int 
   for (int w = tid; w < n_words; w += kThreads) s.words[w] = 0u;
   for (int k = tid; k < entries; k += kThreads) {
     const int i = k / width;
-    if (s.tok_class[i] == kTokSparse && __ldg(lists + k) < 0) atomicMin(&s.tok_first_neg[i], k - i * width);
+    const int v = k == tid ? first_entry : __ldg(lists + k);
+    if (s.tok_class[i] == kTokSparse && v < 0) atomicMin(&s.tok_first_neg[i], k - i * width);
   }
   __syncthreads();
   // 2. Mark every listed block with a visible row.
