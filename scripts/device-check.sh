@@ -165,6 +165,11 @@ if has sparse; then
       --decode-steps 16 --repeats 1 --commit "$commit" --json "$RESULTS/minicpm4_$mode.json" >"$OUT/minicpm4_$mode.log" 2>&1
     note "minicpm4-8b $mode: rc=$?"; tail -12 "$OUT/minicpm4_$mode.log"
   done
+  # Speculation and sparse attention together at 128k: the MiniCPM4-8B shape with a one-layer
+  # MiniCPM4-layout head, auto attention (sparse past dense_len 8192).
+  timeout 240 ./$build/specula bench-spec --preset minicpm4-8b --device cuda --context ${SPARSE_SPEC_CONTEXT:-131072} \
+    --vocabs 0,32768 --tree-sizes 60 --commit "$commit" --json "$RESULTS/spec_sparse.json" >"$OUT/spec_sparse.log" 2>&1
+  note "bench-spec minicpm4-8b sparse: rc=$?"; tail -20 "$OUT/spec_sparse.log"
   note "sparse stage: $((SECONDS - t)) s"
 fi
 

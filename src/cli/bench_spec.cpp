@@ -188,6 +188,9 @@ void run_tinygo(const SpecBenchArgs& a, Device device, std::vector<Row>& rows) {
 
 void run(const SpecBenchArgs& a) {
   const Device device = parse_device(a.device);
+  SPECULA_CHECK(device != Device::CPU || a.preset == "cpu-100m", "--preset ", a.preset,
+                " is a GPU benchmark (an 8B model in fp32 takes 32 GB and minutes per step on a CPU); use --preset "
+                "cpu-100m on the CPU");
   const model::ModelConfig config = model::ModelConfig::from_json(preset_config(a.preset), "preset " + a.preset);
   nlohmann::json head_json = nlohmann::json::parse(preset_config(a.preset));
   head_json["num_hidden_layers"] = 1;
@@ -255,7 +258,7 @@ void add_bench_spec_command(CLI::App& app) {
   auto a = std::make_shared<SpecBenchArgs>();
   CLI::App* cmd = app.add_subcommand(
       "bench-spec", "Time speculative decoding's parts (draft, verify, FR-Spec LM head) on a random model shape");
-  cmd->add_option("--preset", a->preset, "Model shape (llama3-8b, cpu-100m); the head is one layer of it")
+  cmd->add_option("--preset", a->preset, "Model shape (llama3-8b, minicpm4-8b, cpu-100m); the head is one layer of it")
       ->capture_default_str();
   cmd->add_option("--device", a->device, "auto, cuda or cpu")->capture_default_str();
   cmd->add_option("--context", a->context, "Prompt length before the measured cycles")
