@@ -34,6 +34,14 @@
 //   F16 anywhere: 4x tighter mantissa, so rtol 5e-3, atol 5e-3 * rms, rel-L2 3e-3.
 //   F32 only (generic kernel, fp32 throughout): rtol 1e-4, atol 1e-4 * rms, rel-L2 1e-5 (only
 //     summation order and exp2 vs exp differ from the reference).
+// Plus, for 16-bit caches (the tensor-core path), 2^-8 (BF16) or 2^-10 (F16) times sum_j p_j |v_j|
+// (the reference run on |V|): rounding each softmax weight to the cache type before P V errs by up
+// to 2^-9 (2^-11) of each term, and when a query sees few rows (a block-sparse list of one or two
+// blocks) and spiked V rows, the output is a cancellation of terms ~30x larger than itself and
+// than rms(ref), so the bounds above alone fail on a correct kernel. (Seen on the H200: the
+// SparsePrefill/RandomSlots/TreeMask/DenseMarker failures of 79f117c reproduce bit for bit on the
+// host with exact visibility and bf16-rounded weights.) A wrongly included or excluded row still
+// shows: its term p_j |v_j| is far above 2^-8 of the sum unless the row is negligible anyway.
 #ifdef SPECULA_WITH_CUDA
 
 #include <cuda_runtime.h>
@@ -212,7 +220,8 @@ Tolerance tolerance_for(const Case& c) {
 
 // `skip_tokens`: tokens whose rows are not compared (for the invalid-slot test).
 void expect_matches(const Case& c, const std::vector<float>& got, const std::vector<float>& ref,
-                    const std::string& label, const std::vector<int>& skip_tokens = {}) {
+                    const std::string& label, const std::vector<int>& skip_tokens = {},
+                    const std::vector<float>* magnitude = nullptr) {
   ASSERT_EQ(got.size(), ref.size());
   const size_t row = static_cast<size_t>(c.n_heads) * c.head_dim;
   auto skipped = [&](size_t i) {
@@ -227,6 +236,8 @@ void expect_matches(const Case& c, const std::vector<float>& got, const std::vec
   }
   const double rms = std::sqrt(ref2 / std::max<size_t>(n, 1));
   const Tolerance tol = tolerance_for(c);
+  // Weight rounding of the tensor-core path (see the tolerances above); magnitude = sum_j p_j |v_j|.
+  const double weight_round = c.cache_dtype == DType::BF16 ? 1.0 / 256 : c.cache_dtype == DType::F16 ? 1.0 / 1024 : 0.0;
   size_t nonfinite = 0, bad = 0, first_bad = SIZE_MAX;
   double max_err = 0.0;
   for (size_t i = 0; i < ref.size(); ++i) {
@@ -238,7 +249,8 @@ void expect_matches(const Case& c, const std::vector<float>& got, const std::vec
     const double err = std::fabs(static_cast<double>(got[i]) - ref[i]);
     err2 += err * err;
     max_err = std::max(max_err, err);
-    if (err > tol.rtol * std::fabs(ref[i]) + tol.atol_rms * rms && bad++ == 0 && first_bad == SIZE_MAX) first_bad = i;
+    const double rounding = magnitude != nullptr ? weight_round * std::fabs(static_cast<double>((*magnitude)[i])) : 0.0;
+    if (err > tol.rtol * std::fabs(ref[i]) + tol.atol_rms * rms + rounding && bad++ == 0 && first_bad == SIZE_MAX) first_bad = i;
   }
   std::string where;
   if (first_bad != SIZE_MAX) {
@@ -280,7 +292,10 @@ class CudaAttention : public ::testing::Test {
     run(cx, *d, c.softmax_scale());
     cx.synchronize();
     cx.check_device_errors();
-    expect_matches(c, test::download_f32(d->out), cpu_reference(c, in), label);
+    Inputs abs_in = in;  // the reference on |V|: sum_j p_j |v_j|, the scale of weight rounding
+    for (float& x : abs_in.v) x = std::fabs(x);
+    const std::vector<float> magnitude = cpu_reference(c, abs_in);
+    expect_matches(c, test::download_f32(d->out), cpu_reference(c, in), label, {}, &magnitude);
   }
 
   static std::unique_ptr<cuda::CudaContext> ctx_;
