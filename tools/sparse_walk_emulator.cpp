@@ -281,7 +281,7 @@ int main(int argc, char** argv) {
         int32_t* l = &c.lists[((size_t)h * c.T + t) * c.W];
         if (std::uniform_real_distribution<double>(0, 1)(rng) < dense_share) { l[0] = -2; for (int j = 1; j < c.W; ++j) l[j] = rng() % 5; any_dense = true; continue; }
         const int nb = (c.cap + c.bs - 1) / c.bs;
-        const int n = rng() % (c.W + 1);
+        const int n = std::min<int>(rng() % (c.W + 1), nb + 2);  // distinct blocks in [0, nb + 2)
         std::set<int> st;
         const int own = std::max(0, std::min(c.slots[t], c.cap - 1)) / c.bs;
         st.insert(own);
