@@ -277,12 +277,12 @@ class ChatProcess {
 TEST_F(CliChat, CtrlCStopsTheAnswerNotTheProgram) {
   ChatProcess p({"chat", "-m", chat_model(), "--device", "cpu", "--threads", "1", "-n", "2000", "--ignore-eos"});
   p.send("tell me a long story\n");
-  // The answer has begun once output follows the "loaded ..." line.
+  // The answer has begun once output follows the load summary's last line ("attention: ...").
   ASSERT_TRUE(p.read_until(
       [](const std::string& o) {
-        const size_t loaded = o.find("loaded ");
-        return loaded != std::string::npos && o.find('\n', loaded) != std::string::npos &&
-               o.size() > o.find('\n', loaded) + 8;
+        const size_t summary_end = o.find("attention: ");
+        return summary_end != std::string::npos && o.find('\n', summary_end) != std::string::npos &&
+               o.size() > o.find('\n', summary_end) + 8;
       },
       60.0))
       << p.output();
