@@ -127,13 +127,12 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
   // InfLLM-V2: the block lists are computed per layer into blocks ([n_kv, tokens, W], packed for
   // this call's token count). A CPU call whose every token sits below the switch runs dense
   // attention but still compresses its keys.
+  const ops::SparseSelectParams sparse_params = attention_.select_params(c.head_dim, prefill_end);
   const bool sparse = attention_.sparse_enabled() && [&] {
-    const ops::SparseSelectParams p = attention_.select_params(c.head_dim, prefill_end);
     if (device() != Device::CPU) return true;
     const int32_t* p_host = pos.as<const int32_t>();
-    return *std::max_element(p_host, p_host + tokens) >= p.sparse_from;
+    return *std::max_element(p_host, p_host + tokens) >= sparse_params.sparse_from;
   }();
-  const ops::SparseSelectParams sparse_params = attention_.select_params(c.head_dim, prefill_end);
   Tensor blocks = block_lists(tokens);
   const ops::AttentionMask sparse_mask = sparse ? mask.with_blocks(blocks, sparse_params.block_size) : mask;
 

@@ -115,37 +115,36 @@ __global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(con
     tree_base = attn_tree_base(p);
     tree_row = p.tree_bits + static_cast<int64_t>(t) * p.tree_words;
   }
+  // One row, unless the tree hides it, into this warp's online softmax.
+  auto consume = [&](int j) {
+    if constexpr (kTree) {
+      if (j >= tree_base) {  // j <= slots[T-1], so the bit index is below the width
+        const int b = j - tree_base;
+        if (((__ldg(tree_row + (b >> 5)) >> (b & 31)) & 1u) == 0u) return;
+      }
+    }
+    const CacheT* k_row = k_base + static_cast<int64_t>(j) * hd;
+    const CacheT* v_row = v_base + static_cast<int64_t>(j) * hd;
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kFallbackDimsPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < hd) dot += qv[i] * to_float(k_row[d]);
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+    const float m_new = fmaxf(m, dot);
+    const float corr = exp2f(m - m_new);  // 0 on the first row (m = -inf)
+    const float weight = exp2f(dot - m_new);
+    l = l * corr + weight;
+#pragma unroll
+    for (int i = 0; i < kFallbackDimsPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < hd) acc[i] = acc[i] * corr + weight * to_float(v_row[d]);
+    }
+    m = m_new;
+  };
   if constexpr (kSparse) {
-    // One row, unless the tree hides it, into this warp's online softmax. (The dense walk keeps its
-    // own copy of this body below, so its instantiations compile exactly as before the sparse one.)
-    auto consume = [&](int j) {
-      if constexpr (kTree) {
-        if (j >= tree_base) {  // j <= slots[T-1], so the bit index is below the width
-          const int b = j - tree_base;
-          if (((__ldg(tree_row + (b >> 5)) >> (b & 31)) & 1u) == 0u) return;
-        }
-      }
-      const CacheT* k_row = k_base + static_cast<int64_t>(j) * hd;
-      const CacheT* v_row = v_base + static_cast<int64_t>(j) * hd;
-      float dot = 0.0f;
-#pragma unroll
-      for (int i = 0; i < kFallbackDimsPerLane; ++i) {
-        const int d = lane + 32 * i;
-        if (d < hd) dot += qv[i] * to_float(k_row[d]);
-      }
-#pragma unroll
-      for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-      const float m_new = fmaxf(m, dot);
-      const float corr = exp2f(m - m_new);  // 0 on the first row (m = -inf)
-      const float weight = exp2f(dot - m_new);
-      l = l * corr + weight;
-#pragma unroll
-      for (int i = 0; i < kFallbackDimsPerLane; ++i) {
-        const int d = lane + 32 * i;
-        if (d < hd) acc[i] = acc[i] * corr + weight * to_float(v_row[d]);
-      }
-      m = m_new;
-    };
     // Listed items end below the linear limit (all their rows visible to this query); walk tiles
     // end at its length and window items at slots[T-1], whose rows the tree bits decide.
     for (int u = items.begin; u < items.end; ++u) {
@@ -153,34 +152,7 @@ __global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(con
       for (int j = item.col0 + warp; j < item.end; j += kFallbackWarps) consume(j);
     }
   } else {
-    for (int j = row_begin + warp; j < row_end; j += kFallbackWarps) {
-      if constexpr (kTree) {
-        if (j >= tree_base) {  // j <= slots[T-1], so the bit index is below the width
-          const int b = j - tree_base;
-          if (((__ldg(tree_row + (b >> 5)) >> (b & 31)) & 1u) == 0u) continue;
-        }
-      }
-      const CacheT* k_row = k_base + static_cast<int64_t>(j) * hd;
-      const CacheT* v_row = v_base + static_cast<int64_t>(j) * hd;
-      float dot = 0.0f;
-#pragma unroll
-      for (int i = 0; i < kFallbackDimsPerLane; ++i) {
-        const int d = lane + 32 * i;
-        if (d < hd) dot += qv[i] * to_float(k_row[d]);
-      }
-#pragma unroll
-      for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-      const float m_new = fmaxf(m, dot);
-      const float corr = exp2f(m - m_new);  // 0 on the first row (m = -inf)
-      const float weight = exp2f(dot - m_new);
-      l = l * corr + weight;
-#pragma unroll
-      for (int i = 0; i < kFallbackDimsPerLane; ++i) {
-        const int d = lane + 32 * i;
-        if (d < hd) acc[i] = acc[i] * corr + weight * to_float(v_row[d]);
-      }
-      m = m_new;
-    }
+    for (int j = row_begin + warp; j < row_end; j += kFallbackWarps) consume(j);
   }
 
 #pragma unroll

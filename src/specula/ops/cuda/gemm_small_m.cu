@@ -50,6 +50,7 @@
 #include "specula/ops/cuda/kernel_utils.cuh"
 #include "specula/ops/cuda/linear_impl.h"
 #include "specula/ops/cuda/pdl.cuh"
+#include "specula/ops/cuda/ptx.cuh"
 
 namespace specula::ops::cuda_impl {
 
@@ -104,9 +105,6 @@ struct SmallMArgs {
   bool accumulate;
 };
 
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 // Weights are read once: 16 bytes into shared memory past L1, with the L2 fetching the row's next
 // 128 bytes too (the block's next unit reads them).
@@ -119,12 +117,6 @@ __device__ __forceinline__ void copy_x_piece(uint32_t dst, const void* src, int 
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
 
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
 
 __device__ __forceinline__ uint32_t word(const uint4& v, int j) {
   return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
@@ -175,7 +167,7 @@ __global__ void __launch_bounds__(kThreads, 1) small_m_gemm_kernel(SmallMArgs a)
   const int64_t block = blockIdx.x;
   const int64_t first = part.begin(block);
   const int count = static_cast<int>(part.begin(block + 1) - first);
-  const uint32_t ring_address = shared_address(ring);
+  const uint32_t ring_address = smem_addr(ring);
 
   // Producer side. Thread tid copies 16-byte piece `piece` (0..7) of the unit's chunk of rows
   // row0 + 32 i of the tile (i < 8), and of tokens row0 + 32 i for x. A warp covers rows 4 w .. 4 w
@@ -343,22 +335,6 @@ __global__ void __launch_bounds__(static_cast<int>(kTileRows)) small_m_reduce_ke
   }
 }
 
-// The instantiations whose dynamic shared-memory limit this context has raised (an attribute per
-// device, so per context): the host call once, not on every eager call.
-class RaisedKernels {
- public:
-  template <typename Raise>
-  void once(const void* kernel, Raise&& raise) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (kernels_.count(kernel) != 0) return;
-    raise();
-    kernels_.insert(kernel);
-  }
-
- private:
-  std::mutex mutex_;
-  std::set<const void*> kernels_;
-};
 
 template <typename TW, int kNT>
 void launch(CudaContext& ctx, const SmallMArgs& args, bool reduce) {

@@ -214,23 +214,6 @@ int bulk_tile_rows(int64_t k, size_t weight_size) {
   return rows;
 }
 
-// The instantiations whose dynamic shared-memory limit a context has raised (the attribute is set
-// per device, so per context), so eager one-token calls skip the host call after the first.
-class RaisedKernels {
- public:
-  // Runs raise() the first time `kernel` is seen.
-  template <typename Raise>
-  void once(const void* kernel, Raise&& raise) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (kernels_.count(kernel) != 0) return;
-    raise();
-    kernels_.insert(kernel);
-  }
-
- private:
-  std::mutex mutex_;
-  std::set<const void*> kernels_;
-};
 
 template <typename TW, typename TX, bool kNorm>
 void launch_bulk(CudaContext& ctx, const BulkArgs& args, size_t smem) {

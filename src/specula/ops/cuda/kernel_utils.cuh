@@ -18,6 +18,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
+#include <set>
 
 #include "specula/core/dtype.h"
 #include "specula/core/error.h"
@@ -388,5 +390,25 @@ __device__ inline void block_sort_descending(uint64_t* keys, int n_pow2) {
 
 // Reports invalid input found on the device (see CudaContext::error_word).
 __device__ __forceinline__ void report_device_error(uint32_t* error_word, uint32_t bit) { atomicOr(error_word, bit); }
+
+
+// The kernel instantiations whose dynamic shared-memory limit a context has raised (the
+// attribute is per device, so per context; kept in one of the context's op-cache slots), so eager
+// calls skip the host call after the first.
+class RaisedKernels {
+ public:
+  // Runs raise() the first time `kernel` is seen.
+  template <typename Raise>
+  void once(const void* kernel, Raise&& raise) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (kernels_.count(kernel) != 0) return;
+    raise();
+    kernels_.insert(kernel);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::set<const void*> kernels_;
+};
 
 }  // namespace specula::ops::cuda_impl

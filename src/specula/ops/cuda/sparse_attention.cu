@@ -65,6 +65,7 @@
 #include "specula/ops/cuda/cuda_check.cuh"
 #include "specula/ops/cuda/cuda_context.h"
 #include "specula/ops/cuda/kernel_utils.cuh"
+#include "specula/ops/cuda/ptx.cuh"
 
 namespace specula::ops::cuda_impl {
 
@@ -367,22 +368,7 @@ __global__ void __launch_bounds__(kThreads) own_logits_kernel(SelectArgs a) {
 // ---------------------------------------------------------------------------------------------
 // Stage 1 on tensor cores
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// 16-byte async copy; src_bytes 0 zero-fills the destination without reading `src`.
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-
+// PTX wrappers: ops/cuda/ptx.cuh.
 template <typename Elem>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
 template <>
@@ -538,7 +524,7 @@ __global__ void __launch_bounds__(kThreads) stage1_mma_kernel(SelectArgs a, int 
   }
   for (int tile = tb; tile < te; ++tile) {
     const int stage = (tile - tb) & 1;
-    cp_async_wait_all();
+    cp_async_wait<0>();
     __syncthreads();  // the tile landed for every thread; everyone is done with the other stage and P
     if (tile + 1 < te) {
       load_tile(tile + 1, stage ^ 1);
