@@ -24,7 +24,8 @@
 // so a tile's tokens list the same 96 blocks) and "independent" (each token draws its own, so a
 // tile walks a union of up to 64 x 63 + 33 blocks); real lists of adjacent tokens overlap heavily.
 //
-// Usage: specula_attention_bench [--json PATH] [--repeats N]
+// Usage: specula_attention_bench [--json PATH] [--repeats N] [--only SECTION,...]
+//   sections: dense-decode, dense-prefill, sparse-decode, sparse-prefill
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -352,6 +353,7 @@ int main(int argc, char** argv) {
         {8192, 32768, 32, 8},  {32768, 32768, 32, 8}, {32768, 32768, 32, 2},  // last: group 16 (MiniCPM4)
     };
     for (const DecodeShape& s : decode_shapes) {
+      if (!args->wants("dense-decode")) break;
       for (bool fused : {true, false}) {
         const DecodeResult r = bench_decode(*ctx, s.context, s.capacity, s.n_heads, s.n_kv, 128, fused, repeats);
         std::printf("%8d %9d %6d %5d %7d %8s %10.2f %9.0f %7.1f%%  (%s)\n", r.context, r.capacity, r.n_heads,
@@ -367,6 +369,7 @@ int main(int argc, char** argv) {
 
     std::printf("\nprefill, bf16, causal\n%6s %6s %5s %5s %10s %9s\n", "T", "heads", "kv", "hd", "ms", "TFLOP/s");
     for (int hd : {128, 64}) {
+      if (!args->wants("dense-prefill")) break;
       const PrefillResult r = bench_prefill(*ctx, 4096, 32, 8, hd, repeats);
       std::printf("%6d %6d %5d %5d %10.3f %9.1f\n", r.tokens, r.n_heads, r.n_kv, r.head_dim, r.ms, r.tflops);
       report["prefill"].push_back({{"tokens", r.tokens}, {"n_heads", r.n_heads}, {"n_kv", r.n_kv},
@@ -383,6 +386,7 @@ int main(int argc, char** argv) {
                 kSparseCapacity, "shape", "kv", "context", "phase", "layers", "dense us", "sparse us", "speed-up");
     for (const SparseShape& sh : sparse_shapes) {
       for (int context : sparse_contexts) {
+        if (!args->wants("sparse-decode")) break;
         const SparseDecodeResult r = bench_sparse_decode(*ctx, context, sh.n_heads, sh.n_kv, repeats);
         std::printf("%-12s %4d %8d %8s %7d %12.2f %12.2f %8.2fx\n", sh.name, sh.n_kv, context, "decode", r.layers,
                     r.dense_us, r.sparse_us, r.dense_us / r.sparse_us);
@@ -396,6 +400,7 @@ int main(int argc, char** argv) {
                 "shared ms", "speed-up", "independent ms", "speed-up");
     for (const SparseShape& sh : sparse_shapes) {
       for (int context : sparse_contexts) {
+        if (!args->wants("sparse-prefill")) break;
         constexpr int kChunk = 2048;
         const SparsePrefillResult r = bench_sparse_prefill(*ctx, context, kChunk, sh.n_heads, sh.n_kv, repeats);
         std::printf("%-12s %4d %8d %8d %12.3f %12.3f %8.2fx %15.3f %8.2fx\n", sh.name, sh.n_kv, context, kChunk,

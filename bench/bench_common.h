@@ -64,10 +64,19 @@ double time_ms(cudaStream_t stream, int repeats, Body&& body) {
   return median(times);
 }
 
-// The command line both micro-benchmarks take: [--json PATH] [--repeats N].
+// The command line both micro-benchmarks take: [--json PATH] [--repeats N] [--only SECTION,...]
+// (sections by substring: each benchmark's usage line names its sections).
 struct BenchArgs {
   std::string json_path;  // empty: no JSON report
   int repeats = 0;
+  std::vector<std::string> only;  // --only a,b: run the sections whose names contain one of these
+
+  bool wants(const std::string& section) const {
+    if (only.empty()) return true;
+    for (const std::string& o : only)
+      if (section.find(o) != std::string::npos) return true;
+    return false;
+  }
 };
 
 // Parses argv; on anything else (or a --repeats that is not a positive integer) prints why to
@@ -87,8 +96,15 @@ inline std::optional<BenchArgs> parse_bench_args(int argc, char** argv, int defa
         return std::nullopt;
       }
       args.repeats = static_cast<int>(n);
+    } else if (arg == "--only" && i + 1 < argc) {
+      std::string list = argv[++i];
+      for (size_t at = 0; at <= list.size();) {
+        const size_t comma = std::min(list.find(',', at), list.size());
+        if (comma > at) args.only.push_back(list.substr(at, comma - at));
+        at = comma + 1;
+      }
     } else {
-      std::fprintf(stderr, "usage: %s [--json PATH] [--repeats N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--json PATH] [--repeats N] [--only SECTION,...]\n", argv[0]);
       return std::nullopt;
     }
   }

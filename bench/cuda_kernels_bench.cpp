@@ -28,7 +28,8 @@
 // copies that the bytes read per replay are several times the L2 cache, so weights come from
 // DRAM and not L2. Inputs are random (ops::fill_random), never zeros.
 //
-// Usage: specula_kernel_bench [--json PATH] [--repeats N]
+// Usage: specula_kernel_bench [--json PATH] [--repeats N] [--only SECTION,...]
+//   sections: topk, sparse-decode, sparse-prefill, gemv, small-m, gemm
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -381,7 +382,8 @@ int main(int argc, char** argv) {
     std::printf("\ndevice-to-device copy (read + write): %.0f GB/s\n", copy);
 
     std::vector<TopKResult> top_k;
-    for (const TopKShape& s : kTopKShapes) top_k.push_back(bench_top_k(*ctx, s, repeats));
+    if (args->wants("topk"))
+      for (const TopKShape& s : kTopKShapes) top_k.push_back(bench_top_k(*ctx, s, repeats));
     std::printf("\ntop_k_log_softmax (fp32 logits in L2, graph of 20 calls)\n");
     std::printf("%5s %7s %3s %9s %8s\n", "rows", "vocab", "k", "us/call", "GB/s");
     for (const TopKResult& r : top_k)
@@ -392,7 +394,8 @@ int main(int argc, char** argv) {
     for (const SparseShape& shape : kSparseShapes)
       for (int64_t tokens : {int64_t{1}, int64_t{2048}})
         for (int64_t context : kSparseContexts)
-          sparse.push_back(bench_sparse_select(*ctx, shape, context, tokens, repeats));
+          if (args->wants(tokens == 1 ? "sparse-decode" : "sparse-prefill"))
+            sparse.push_back(bench_sparse_select(*ctx, shape, context, tokens, repeats));
     std::printf("\nsparse_select (InfLLM-V2 selection, bf16, hd 128, init 1 / local 32 / top 64; decode: graph over "
                 "distinct caches)\n");
     std::printf("%-14s %7s %5s %6s %10s %10s %7s %11s  %s\n", "shape", "context", "T", "layers", "us/call", "stage 1",
@@ -404,7 +407,8 @@ int main(int argc, char** argv) {
 
     std::vector<GemvResult> gemv;
     for (int64_t tokens : {int64_t{1}, int64_t{4}})
-      for (const Shape& s : kShapes) gemv.push_back(bench_gemv(*ctx, s, tokens, copy, repeats));
+      for (const Shape& s : kShapes)
+        if (args->wants("gemv")) gemv.push_back(bench_gemv(*ctx, s, tokens, copy, repeats));
     std::printf("\nGEMV (ops::linear, bf16 W and x, fp32 accumulate)\n");
     std::printf("%-8s %3s %7s %6s %6s %9s %8s %7s\n", "shape", "T", "N", "K", "copies", "us/call", "GB/s", "%copy");
     for (const GemvResult& r : gemv)
@@ -424,8 +428,10 @@ int main(int argc, char** argv) {
                                         {"frspec_8k", 8192, 4096, SmallMOp::Linear, true},
                                         {"eagle_fc", 4096, 8192, SmallMOp::Linear, false}};
     for (int64_t tokens : {int64_t{10}, int64_t{16}, int64_t{32}, int64_t{60}, int64_t{64}, int64_t{128}})
-      for (const SmallMShape& s : kSmallMShapes) small_m.push_back(bench_small_m(*ctx, s, tokens, copy, repeats));
-    for (const SmallMShape& s : kDraftShapes) small_m.push_back(bench_small_m(*ctx, s, 10, copy, repeats));
+      for (const SmallMShape& s : kSmallMShapes)
+        if (args->wants("small-m")) small_m.push_back(bench_small_m(*ctx, s, tokens, copy, repeats));
+    for (const SmallMShape& s : kDraftShapes)
+      if (args->wants("small-m")) small_m.push_back(bench_small_m(*ctx, s, 10, copy, repeats));
     std::printf("\nsmall-M (ops::linear at verification / draft token counts, bf16 W and x, fp32 accumulate;\n"
                 "weight GB/s = weight bytes / time, %%copy = that / copy rate; cuBLASLt = the same call there)\n");
     std::printf("%-12s %3s %7s %6s %6s %9s %8s %7s %11s %7s\n", "shape", "T", "N", "K", "copies", "us/call",
@@ -437,7 +443,8 @@ int main(int argc, char** argv) {
 
     std::vector<GemmResult> gemm;
     gemm.push_back(bench_gemm(*ctx, "square", 4096, 4096, 4096, repeats));
-    for (const Shape& s : kShapes) gemm.push_back(bench_gemm(*ctx, s.name, kPrefillTokens, s.n, s.k, repeats));
+    for (const Shape& s : kShapes)
+      if (args->wants("gemm")) gemm.push_back(bench_gemm(*ctx, s.name, kPrefillTokens, s.n, s.k, repeats));
     std::printf("\nGEMM (ops::linear via cuBLASLt, bf16 in/out, fp32 accumulate)\n");
     std::printf("%-8s %5s %7s %6s %9s %8s\n", "shape", "T", "N", "K", "ms", "TFLOP/s");
     for (const GemmResult& r : gemm)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build with CUDA (ninja -j16), run the GPU tests and the benchmarks,
 # and print a short table last. Logs and JSON go to $OUT (the device tool returns that folder).
-#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench kernels quickbench spec ab lab load torch fixtures sparse
+#   scripts/device-check.sh [stages...]   stages: build tests sanitizer bench kernels quickbench spec ab lab load torch fixtures sparse sparsequick
 #   (default: build tests bench torch; quickbench is specula bench alone, for iterating on decode;
 #   load writes a random Llama-3-8B-shaped checkpoint to disk and times loading it, cold then warm)
 # Needs .deps (scripts/fetch-deps.sh and scripts/fetch-device-deps.sh) carried along.
@@ -171,6 +171,33 @@ if has sparse; then
     --vocabs 0,32768 --tree-sizes 60 --commit "$commit" --json "$RESULTS/spec_sparse.json" >"$OUT/spec_sparse.log" 2>&1
   note "bench-spec minicpm4-8b sparse: rc=$?"; tail -20 "$OUT/spec_sparse.log"
   note "sparse stage: $((SECONDS - t)) s"
+fi
+
+if has sparsequick; then
+  # The sparse kernels alone, for iterating: attention per layer and the selection op, decode and
+  # one prefill chunk (SPARSE_ONLY narrows the sections), then a per-kernel profile of one decode
+  # selection + attention with ncu when NCU=1 (the hardware counters exist on Firecracker hosts).
+  t=$SECONDS
+  only=${SPARSE_ONLY:-sparse-decode,sparse-prefill}
+  timeout 240 ./$build/specula_attention_bench --only "$only" --json "$RESULTS/attention_bench_sparse.json" \
+    >"$OUT/attention_bench_sparse.log" 2>&1
+  note "attention bench ($only): rc=$?"; tail -14 "$OUT/attention_bench_sparse.log"
+  timeout 240 ./$build/specula_kernel_bench --only "$only" --json "$RESULTS/kernel_bench_sparse.json" \
+    >"$OUT/kernel_bench_sparse.log" 2>&1
+  note "kernel bench ($only): rc=$?"; grep -A20 '^sparse_select' "$OUT/kernel_bench_sparse.log"
+  if [ -n "${NCU:-}" ] && command -v ncu >/dev/null; then
+    # Per-kernel durations (median over the profiled launches) of the decode selection and attention.
+    timeout 150 ncu --clock-control none --csv --metrics gpu__time_duration.sum -k regex:'compress|stage1|select' \
+      --launch-count ${NCU_COUNT:-60} ./$build/specula_kernel_bench --only sparse-decode --repeats 2 \
+      >"$OUT/ncu_select.csv" 2>"$OUT/ncu_select.err"
+    note "ncu selection: rc=$?"
+    timeout 150 ncu --clock-control none --csv --metrics gpu__time_duration.sum -k regex:'attention' \
+      --launch-count ${NCU_COUNT:-60} ./$build/specula_attention_bench --only sparse-decode --repeats 2 \
+      >"$OUT/ncu_attention.csv" 2>"$OUT/ncu_attention.err"
+    note "ncu attention: rc=$?"
+    python3 tools/ncu_summary.py "$OUT/ncu_select.csv" "$OUT/ncu_attention.csv"
+  fi
+  note "sparsequick stage: $((SECONDS - t)) s"
 fi
 
 if has fixtures; then

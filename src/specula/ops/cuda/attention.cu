@@ -52,6 +52,8 @@ constexpr int kFallbackDimsPerLane = kFallbackMaxHeadDim / 32;
 constexpr int kFallbackTileRows = 64;  // split-partition granularity, in cache rows
 
 constexpr int kCombineThreads = 256;
+constexpr int kCombineWarps = kCombineThreads / 32;
+constexpr int kCombineDims = 32;  // output dimensions per combine block: one per lane
 
 template <bool kSparse>
 using GenericParams = std::conditional_t<kSparse, SparseAttnParams, AttnParams>;
@@ -202,73 +204,58 @@ __global__ void __launch_bounds__(kFallbackThreads) attention_generic_kernel(con
   if (!direct && tid == 0) p.partial_lse[orow * p.num_splits + split] = mx + log2f(total);
 }
 
-// One block per (token, head): weights exp2(lse_s - max) of the splits, then the weighted mean of
-// their outputs. The block reads all its splits' rows at once (kCombineThreads / (head_dim / 4)
-// splits side by side, 16-byte loads) because at decode there are only T * n_heads blocks and the
-// kernel is bound by load latency, not bandwidth. Splits that saw nothing (lse = -inf) never
-// wrote their output: their (stale) values are loaded but selected away, never multiplied.
+// One block per (token, head) and 32 of its dimensions: weights exp2(lse_s - max) of the splits,
+// then the weighted mean of their outputs. At decode there are few rows and the kernel is bound
+// by load latency, not bandwidth, so everything is loaded in as few dependent rounds as
+// possible: every split's LSE at once (one per thread: kMaxSplits <= kCombineThreads), then each
+// warp's splits (lanes over the 32 dimensions, 128-byte rows) with the loads of a warp's splits
+// independent of each other. Splits that saw nothing (lse = -inf) never wrote their output:
+// their weight is 0 and their (stale) values are never loaded.
 __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(const AttnParams p) {
+  static_assert(kMaxSplits <= kCombineThreads, "one split's LSE per thread");
   __shared__ float s_weight[kMaxSplits];
-  __shared__ float s_inv_total;
-  __shared__ __align__(16) float s_sum[kCombineThreads * 4];
+  __shared__ float s_max[kCombineWarps], s_total[kCombineWarps];
+  __shared__ float s_acc[kCombineWarps][kCombineDims];
   pdl_launch_dependents();
   pdl_wait();  // the partials are the attention kernel's
   const int64_t row = blockIdx.x;  // token * n_heads + head
-  const int splits = p.num_splits, hd = p.head_dim, tid = threadIdx.x;
-  const float* lse = p.partial_lse + row * splits;
-  if (tid < 32) {
-    float mx = -INFINITY;
-    for (int s = tid; s < splits; s += 32) mx = fmaxf(mx, lse[s]);
+  const int splits = p.num_splits, hd = p.head_dim, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const float v = tid < splits ? p.partial_lse[row * splits + tid] : -INFINITY;
+  float mx = v;
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, offset));
-    float total = 0.0f;
-    for (int s = tid; s < splits; s += 32) {
-      const float v = lse[s];
-      const float w = v == -INFINITY ? 0.0f : exp2f(v - mx);
-      s_weight[s] = w;
-      total += w;
-    }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
-    if (tid == 0) s_inv_total = total > 0.0f ? 1.0f / total : 0.0f;  // 0: invalid slot, zeros out
-  }
+  for (int offset = 16; offset > 0; offset >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, offset));
+  if (lane == 0) s_max[warp] = mx;
   __syncthreads();
-  const float inv_total = s_inv_total;
-  const float* po = p.partial_o + row * splits * hd;
+#pragma unroll
+  for (int w = 0; w < kCombineWarps; ++w) mx = fmaxf(mx, s_max[w]);
+  const float weight = v == -INFINITY ? 0.0f : exp2f(v - mx);
+  if (tid < splits) s_weight[tid] = weight;
+  float total = weight;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
+  if (lane == 0) s_total[warp] = total;
+  __syncthreads();
+  total = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kCombineWarps; ++w) total += s_total[w];
+  const float inv_total = total > 0.0f ? 1.0f / total : 0.0f;  // 0: invalid slot, zeros out
 
-  if (hd % 4 != 0) {  // no 16-byte path (no real model has such a head_dim): one column per thread
-    for (int d = tid; d < hd; d += kCombineThreads) {
-      float acc = 0.0f;
-      for (int s = 0; s < splits; ++s) {
-        const float w = s_weight[s];
-        if (w > 0.0f) acc += w * po[static_cast<int64_t>(s) * hd + d];
-      }
-      store_elem(p.out, p.out_kind, row * hd + d, acc * inv_total);
-    }
-    return;
-  }
-  // head_dim <= 256, so a split row is at most 64 float4 and at least two splits run side by side.
-  const int vecs = hd / 4, lanes_per_split = vecs, side_by_side = kCombineThreads / lanes_per_split;
-  const int group = tid / lanes_per_split, v = tid - group * lanes_per_split;
-  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  if (group < side_by_side) {
-#pragma unroll 4
-    for (int s = group; s < splits; s += side_by_side) {
+  const int d = static_cast<int>(blockIdx.y) * kCombineDims + lane;
+  const float* po = p.partial_o + row * splits * hd + d;
+  float acc = 0.0f;
+  if (d < hd) {
+#pragma unroll 8
+    for (int s = warp; s < splits; s += kCombineWarps) {
       const float w = s_weight[s];
-      const float4 x = reinterpret_cast<const float4*>(po + static_cast<int64_t>(s) * hd)[v];
-      if (w > 0.0f) {
-        acc.x += w * x.x;
-        acc.y += w * x.y;
-        acc.z += w * x.z;
-        acc.w += w * x.w;
-      }
+      if (w > 0.0f) acc += w * po[static_cast<int64_t>(s) * hd];
     }
   }
-  reinterpret_cast<float4*>(s_sum)[tid] = acc;
+  s_acc[warp][lane] = acc;
   __syncthreads();
-  for (int d = tid; d < hd; d += kCombineThreads) {
+  if (warp == 0 && d < hd) {
     float sum = 0.0f;
-    for (int g = 0; g < side_by_side; ++g) sum += s_sum[g * hd + d];
+#pragma unroll
+    for (int w = 0; w < kCombineWarps; ++w) sum += s_acc[w][lane];
     store_elem(p.out, p.out_kind, row * hd + d, sum * inv_total);
   }
 }
@@ -293,7 +280,8 @@ void launch_generic_kernel(GenericParams<kSparse> p, int multiprocessors, size_t
   SPECULA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kFallbackThreads, smem));
   SPECULA_CHECK(p.tokens <= 65535 && p.n_heads <= 65535, "attention: ", p.tokens, " tokens x ", p.n_heads,
                 " heads exceed the generic kernel's grid");
-  const KernelShape shape{1, kFallbackTileRows, blocks_per_sm, 1};
+  KernelShape shape{1, kFallbackTileRows, blocks_per_sm, 1};
+  if constexpr (kSparse) shape.max_tiles = sparse_max_items(p, p.sparse_union_cap, kFallbackTileRows);
   plan_splits(p, shape, p.tokens * p.n_heads, multiprocessors, workspace, workspace_bytes);
   const dim3 grid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(p.n_heads),
                   static_cast<unsigned>(p.tokens));
@@ -340,7 +328,8 @@ void plan_splits(AttnParams& p, const KernelShape& shape, int base_blocks, int m
   // Enough blocks for one full wave; more splits than that only add partial traffic.
   const int target = std::max(1, multiprocessors) * std::max(1, shape.blocks_per_sm);
   int splits = base_blocks >= target ? 1 : ceil_div_int(target, base_blocks);
-  const int capacity_tiles = ceil_div_int(p.capacity, shape.tile_cols);
+  int capacity_tiles = ceil_div_int(p.capacity, shape.tile_cols);
+  if (shape.max_tiles > 0) capacity_tiles = std::min(capacity_tiles, shape.max_tiles);
   const int min_tiles = std::max(1, ceil_div_int(kPartialOverhead * shape.real_rows, shape.tile_cols));
   splits = std::min({splits, ceil_div_int(capacity_tiles, min_tiles), kMaxSplits});
   const size_t rows = static_cast<size_t>(p.tokens) * static_cast<size_t>(p.n_heads);
@@ -365,7 +354,8 @@ void plan_splits(AttnParams& p, const KernelShape& shape, int base_blocks, int m
 void launch_combine(const AttnParams& p, cudaStream_t stream, bool programmatic) {
   const size_t rows = static_cast<size_t>(p.tokens) * static_cast<size_t>(p.n_heads);
   launch_kernel(stream, programmatic, "attention (split combine)", attention_combine_kernel,
-                dim3(static_cast<unsigned>(rows)), dim3(kCombineThreads), 0, p);
+                dim3(static_cast<unsigned>(rows), static_cast<unsigned>(ceil_div_int(p.head_dim, kCombineDims))),
+                dim3(kCombineThreads), 0, p);
 }
 
 }  // namespace attn

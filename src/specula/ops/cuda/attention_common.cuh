@@ -184,6 +184,10 @@ struct KernelShape {
   int tile_cols;        // cache rows per split-partition tile
   int blocks_per_sm;    // occupancy of the attention kernel
   int real_rows;        // query rows a block actually holds (<= block_rows), for the partial budget
+  // The most tiles one block walks, when that is known to be below the capacity's (block-sparse
+  // walks of a causal call: their lists bound it); 0: the capacity's. Only the split count
+  // follows it: a block with a longer walk (a dense query in a sparse call) still covers it all.
+  int max_tiles = 0;
 };
 
 // Host side, defined in attention.cu. Chooses num_splits and min_split_tiles for a grid of

@@ -52,7 +52,8 @@ bool launch_mma(typename Mask::Params p, int multiprocessors, size_t smem_optin,
   const int q_tiles = ceil_div_int(total_rows, Cfg::kBlockM);
   SPECULA_CHECK(q_tiles <= 65535 && p.n_kv <= 65535, "attention: ", p.tokens, " tokens x ", p.n_heads,
                 " heads exceed the kernel's grid");
-  const KernelShape shape{Cfg::kBlockM, Cfg::kBlockN, blocks_per_sm, std::min(total_rows, Cfg::kBlockM)};
+  KernelShape shape{Cfg::kBlockM, Cfg::kBlockN, blocks_per_sm, std::min(total_rows, Cfg::kBlockM)};
+  if constexpr (Mask::kSparse) shape.max_tiles = sparse_max_items(p, p.sparse_union_cap, Cfg::kBlockN);
   plan_splits(p, shape, q_tiles * p.n_kv, multiprocessors, workspace, workspace_bytes);
   const dim3 grid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(q_tiles), static_cast<unsigned>(p.n_kv));
   launch_kernel(stream, programmatic, Mask::kSparse ? "attention (tensor-core kernel, block-sparse)"

@@ -92,6 +92,16 @@ __device__ __forceinline__ const int32_t* sparse_list(const SparseAttnParams& p,
   return p.blocks + (static_cast<int64_t>(kvh) * p.tokens + t) * p.block_width;
 }
 
+// Host side: the most walk items a block of a causal call with at most `union_cap` distinct
+// listed blocks visits (kSparseItemRows-row items, `tile_cols` the kernel's split tile, equal to
+// it), or 0 for a tree call (its window follows the tree) and for walks no shorter than the
+// capacity's: the split planner's bound (KernelShape::max_tiles).
+inline int sparse_max_items(const SparseAttnParams& p, int union_cap, int tile_cols) {
+  if (p.tree_bits != nullptr || tile_cols != kSparseItemRows) return 0;
+  const int64_t items = static_cast<int64_t>(union_cap) * ceil_div_int(p.block_size, kSparseItemRows);
+  return items < p.capacity / kSparseItemRows ? static_cast<int>(items) : 0;
+}
+
 // Records token `local` of the block (called once per token, before the barrier that precedes
 // sparse_setup): its class from its length and the list's first entry.
 __device__ __forceinline__ void sparse_store_token(const SparseAttnParams& p, const SparseSmem& s, int kvh, int token,

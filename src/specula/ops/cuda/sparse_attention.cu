@@ -76,6 +76,9 @@ using specula::cuda::kErrorSparseSelect;
 
 constexpr int kThreads = 128;          // stage-1, own-logits and compress blocks
 constexpr int kSelectThreads = 256;    // select blocks
+// Select blocks when the call has fewer (token, KV head) pairs than SMs (decode, small trees):
+// the kernel is then latency-bound, one block per pair, so a pair gets the most threads.
+constexpr int kSelectThreadsFew = 1024;
 constexpr int kTileN = 64;             // kernels per tensor-core stage-1 tile
 constexpr int kGenericTileN = 32;      // kernels per CUDA-core stage-1 tile
 constexpr int kMaxTokensPerTile = 64;  // tokens in one stage-1 row tile (group 1, 64 rows)
@@ -122,6 +125,25 @@ __device__ __forceinline__ void linear_rows(const CompressArgs& a, int& end, int
   first_new = min(max(first_new, 0), end);
 }
 
+// Sum of `rows` values of one key column (stride `pitch` elements), added in row order as the CPU
+// reference does. The loads of a batch are independent, so a 128-row C2 window costs four memory
+// round trips instead of one per row (a decode step compresses one kernel per tier: latency).
+constexpr int kCompressBatch = 32;
+template <typename T>
+__device__ __forceinline__ float column_sum(const T* col, int rows, int pitch) {
+  float acc = 0.0f;
+  for (int r0 = 0; r0 < rows; r0 += kCompressBatch) {
+    float x[kCompressBatch];
+#pragma unroll
+    for (int j = 0; j < kCompressBatch; ++j)
+      x[j] = r0 + j < rows ? to_f32(col[static_cast<int64_t>(r0 + j) * pitch]) : 0.0f;
+#pragma unroll
+    for (int j = 0; j < kCompressBatch; ++j)
+      if (r0 + j < rows) acc += x[j];
+  }
+  return acc;
+}
+
 __global__ void __launch_bounds__(kThreads) compress_kernel(CompressArgs a) {
   pdl_launch_dependents();
   pdl_wait();
@@ -146,9 +168,12 @@ __global__ void __launch_bounds__(kThreads) compress_kernel(CompressArgs a) {
     const float inv = 1.0f / static_cast<float>(size);
     for (int d = static_cast<int>(threadIdx.x); d < a.head_dim; d += static_cast<int>(blockDim.x)) {
       const int64_t first = (static_cast<int64_t>(h) * a.capacity + static_cast<int64_t>(i) * stride) * a.head_dim + d;
-      float acc = 0.0f;  // row order, as the CPU reference sums
-#pragma unroll 8
-      for (int r = 0; r < size; ++r) acc += load_f32_dyn(a.k, a.dtype, first + static_cast<int64_t>(r) * a.head_dim);
+      float acc;
+      switch (a.dtype) {
+        case DType::BF16: acc = column_sum(static_cast<const __nv_bfloat16*>(a.k) + first, size, a.head_dim); break;
+        case DType::F16: acc = column_sum(static_cast<const __half*>(a.k) + first, size, a.head_dim); break;
+        default: acc = column_sum(static_cast<const float*>(a.k) + first, size, a.head_dim); break;
+      }
       store_f32_dyn(out, a.dtype, (static_cast<int64_t>(h) * cap + i) * a.head_dim + d, acc * inv);
     }
   }
@@ -445,6 +470,32 @@ __global__ void __launch_bounds__(kThreads) stage1_mma_kernel(SelectArgs a, int 
   __syncthreads();
   const int nmax = s_nmax;
 
+  const int n_tiles = (nmax + kTileN - 1) / kTileN;
+  int tb, te;
+  split_range(n_tiles, split, splits, tb, te);
+  const Elem* src_head = static_cast<const Elem*>(tier.keys) + static_cast<int64_t>(h) * tier.capacity * HD;
+  auto load_tile = [&](int tile, int stage) {
+    Elem* dst = ktile + stage * kTileN * C::kStride;
+    for (int c = tid; c < kTileN * C::kChunksPerRow; c += kThreads) {
+      const int row = c / C::kChunksPerRow, ch = c % C::kChunksPerRow;
+      const int i = tile * kTileN + row;
+      const bool ok = i < nmax;  // kernels past every row's visible count are zero-filled, not read
+      const Elem* src = ok ? src_head + static_cast<int64_t>(i) * HD + ch * 8 : src_head;
+      cp_async_16(dst + row * C::kStride + ch * 8, src, ok ? 16 : 0);
+    }
+  };
+
+  // Both stages' tiles are requested before anything else is loaded (the query, pass 1's
+  // partials): at decode a split has one or two tiles, so this is most of the kernel's latency.
+  if (tb < te) {
+    load_tile(tb, 0);
+    cp_async_commit();
+  }
+  if (tb + 1 < te) {
+    load_tile(tb + 1, 1);
+    cp_async_commit();
+  }
+
   // This thread's two rows of the warp's 16 (mma fragment rows lane/4 and lane/4 + 8).
   int row_tl[2], row_g[2], row_vis[2];
   bool row_ok[2];
@@ -501,35 +552,15 @@ __global__ void __launch_bounds__(kThreads) stage1_mma_kernel(SelectArgs a, int 
     }
   }
 
-  const int n_tiles = (nmax + kTileN - 1) / kTileN;
-  int tb, te;
-  split_range(n_tiles, split, splits, tb, te);
-  const Elem* src_head = static_cast<const Elem*>(tier.keys) + static_cast<int64_t>(h) * tier.capacity * HD;
-  auto load_tile = [&](int tile, int stage) {
-    Elem* dst = ktile + stage * kTileN * C::kStride;
-    for (int c = tid; c < kTileN * C::kChunksPerRow; c += kThreads) {
-      const int row = c / C::kChunksPerRow, ch = c % C::kChunksPerRow;
-      const int i = tile * kTileN + row;
-      const bool ok = i < nmax;  // kernels past every row's visible count are zero-filled, not read
-      const Elem* src = ok ? src_head + static_cast<int64_t>(i) * HD + ch * 8 : src_head;
-      cp_async_16(dst + row * C::kStride + ch * 8, src, ok ? 16 : 0);
-    }
-  };
-
   const float f = a.scale * kLog2e;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-  if (tb < te) {
-    load_tile(tb, 0);
-    cp_async_commit();
-  }
   for (int tile = tb; tile < te; ++tile) {
     const int stage = (tile - tb) & 1;
-    cp_async_wait<0>();
-    __syncthreads();  // the tile landed for every thread; everyone is done with the other stage and P
-    if (tile + 1 < te) {
-      load_tile(tile + 1, stage ^ 1);
-      cp_async_commit();
-    }
+    if (tile + 1 < te)
+      cp_async_wait<1>();
+    else
+      cp_async_wait<0>();
+    __syncthreads();  // the tile landed for every thread
     const Elem* kt = ktile + stage * kTileN * C::kStride;
     float acc[C::kNT][4];
 #pragma unroll
@@ -603,6 +634,11 @@ __global__ void __launch_bounds__(kThreads) stage1_mma_kernel(SelectArgs a, int 
         for (int g = 0; g < G; ++g) sum += col[g * C::kPStride];
         score_row<Elem>(a, h, tile_t0 + tl)[i] = from_f32<Elem>(sum);
       }
+    }
+    if (tile + 2 < te) {
+      __syncthreads();  // everyone is done with this stage (and P) before it is refilled
+      load_tile(tile + 2, stage);
+      cp_async_commit();
     }
   }
 
@@ -782,7 +818,7 @@ __host__ __device__ inline SelectSmem select_smem_layout(int nb_cap, int max_own
 }
 
 template <bool kLog2>
-__global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
+__global__ void __launch_bounds__(kSelectThreadsFew) select_kernel(SelectArgs a) {
   extern __shared__ __align__(16) unsigned char sel_smem[];
   __shared__ unsigned hist[256];
   __shared__ int scan_scratch[kWarpSize + 1];
@@ -1223,10 +1259,11 @@ void sparse_select(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, con
                     own_smem, a);
     launch_stage1(ctx, plan, a, false);
     launch_stage1(ctx, plan, a, true);
+    const bool few = static_cast<int64_t>(a.chunk_tokens) * a.n_kv < s.multiprocessors;
     if (!stage1_only)
       launch_kernel(ctx, "sparse_select top-k", select,
-                    dim3(static_cast<unsigned>(a.chunk_tokens), static_cast<unsigned>(a.n_kv)), dim3(kSelectThreads),
-                    select_smem, a);
+                    dim3(static_cast<unsigned>(a.chunk_tokens), static_cast<unsigned>(a.n_kv)),
+                    dim3(few ? kSelectThreadsFew : kSelectThreads), select_smem, a);
   }
 }
 
