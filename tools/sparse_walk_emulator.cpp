@@ -37,6 +37,17 @@ static std::barrier<>* g_warp[32];
 static int g_shfl[1024];
 static std::mutex g_mu;
 void __syncthreads() { g_block->arrive_and_wait(); }
+static int g_pred[1024];
+static int g_block_threads = 0;  // threads of the running block (set where g_block is)
+int __syncthreads_count(int pred) {
+  g_pred[threadIdx.x] = pred != 0;
+  __syncthreads();
+  int c = 0;
+  for (int i = 0; i < g_block_threads; ++i) c += g_pred[i];
+  __syncthreads();
+  return c;
+}
+int __syncthreads_and(int pred) { return __syncthreads_count(pred) == g_block_threads; }
 int atomicMin(int* a, int v) { std::lock_guard l(g_mu); int o = *a; if (v < o) *a = v; return o; }
 unsigned atomicOr(unsigned* a, unsigned v) { std::lock_guard l(g_mu); unsigned o = *a; *a |= v; return o; }
 unsigned long long atomicOr(unsigned long long* a, unsigned long long v) { std::lock_guard l(g_mu); auto o = *a; *a |= v; return o; }
@@ -91,6 +102,7 @@ struct Pool {
   Pool() {
     for (int w = 0; w < kThreads / 32; ++w) { warps.push_back(std::make_unique<std::barrier<>>(32)); g_warp[w] = warps.back().get(); }
     g_block = &block;
+    g_block_threads = kThreads;
     for (int t = 0; t < kThreads; ++t) th.emplace_back([this, t] {
       threadIdx.x = t;
       for (;;) { start.arrive_and_wait(); if (stop) return; fn(t); done.arrive_and_wait(); }
