@@ -196,6 +196,13 @@ if has sparsequick; then
       >"$OUT/ncu_attention.csv" 2>"$OUT/ncu_attention.err"
     note "ncu attention: rc=$?"
     python3 tools/ncu_summary.py "$OUT/ncu_select.csv" "$OUT/ncu_attention.csv"
+    # Where the prefill stage-1 kernels stall (one 2048-token chunk at 16k: passes 1 and 2, both variants).
+    timeout 120 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section Occupancy \
+      -k regex:'stage1' --launch-count 4 ./$build/specula_kernel_bench --only sparse-prefill --repeats 1 \
+      >"$OUT/ncu_stage1_prefill.log" 2>&1
+    note "ncu stage-1 prefill: rc=$?"
+    grep -E 'stage1_mma|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Stall|Warp Cycles Per Issued' \
+      "$OUT/ncu_stage1_prefill.log" | head -60
   fi
   note "sparsequick stage: $((SECONDS - t)) s"
 fi

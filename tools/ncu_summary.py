@@ -23,7 +23,7 @@ def summarise(path):
         key = (short, rec.get("Grid Size", "?"), rec.get("Block Size", "?"))
         value = float(rec["Metric Value"].replace(",", ""))
         unit = rec.get("Metric Unit", "ns")
-        us = value / 1000.0 if unit in ("ns", "nsecond") else value * 1e6 if unit in ("s", "second") else value
+        us = value / 1000.0 if unit in ("ns", "nsecond") else value * 1e3 if unit in ("ms", "msecond") else value * 1e6 if unit in ("s", "second") else value
         rows.setdefault(key, []).append(us)
     print(f"\n{path}")
     print(f"{'kernel':72s} {'grid':>14s} {'block':>10s} {'n':>4s} {'median us':>10s}")

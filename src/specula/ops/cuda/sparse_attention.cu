@@ -601,19 +601,57 @@ __global__ void __launch_bounds__(kThreads) stage1_mma_kernel(SelectArgs a, int 
       }
     } else if (G == 16) {
       // A warp's 16 rows are one token's group (row tiles hold whole tokens): sum the two rows a
-      // thread holds, then across the eight lanes that share its columns (upstream's reduction).
-      const int tl = wm;
+      // thread holds, then across the eight lanes that share its columns (lane bits 2-4), by the
+      // pairwise tree of upstream's reduction (xor 4, then 8, then 16). Done as a reduce-scatter
+      // (each step keeps half the columns and sends the other half), which adds exactly the same
+      // pairs as an all-reduce but takes 2V - 2 shuffles for V values instead of 3V, and leaves
+      // every lane with whole column pairs to store (one 4-byte store, the warp's row contiguous).
+      constexpr int V = 2 * C::kNT;  // this thread's columns: index j * 2 + e
+      static_assert(V == 16 || V == 4, "the 64-column tile over 1 or 4 warps");
+      float vals[V];
 #pragma unroll
       for (int j = 0; j < C::kNT; ++j)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float v = exp2f(acc[j][e] - lse[0]) + exp2f(acc[j][2 + e] - lse[1]);
-          v += __shfl_xor_sync(kFullWarpMask, v, 4);
-          v += __shfl_xor_sync(kFullWarpMask, v, 8);
-          v += __shfl_xor_sync(kFullWarpMask, v, 16);
-          const int i = tile * kTileN + wn * C::kWarpCols + j * 8 + lane * 2 + e;
-          if (lane < 4 && tl < tile_tokens && i < s_vis[tl]) score_row<Elem>(a, h, tile_t0 + tl)[i] = from_f32<Elem>(v);
+        for (int e = 0; e < 2; ++e) vals[j * 2 + e] = exp2f(acc[j][e] - lse[0]) + exp2f(acc[j][2 + e] - lse[1]);
+      // Reduce-scatter over lane bits 2, 3 (and 4 when V is 16): keep the lower or upper half.
+      int c0 = 0;  // the first original index this lane keeps
+      constexpr int kScatterSteps = V == 16 ? 3 : 2;
+#pragma unroll
+      for (int step = 0; step < kScatterSteps; ++step) {
+        const int bit = 4 << step, half = V >> (step + 1);
+        const bool upper = (lane & bit) != 0;
+#pragma unroll
+        for (int i = 0; i < V / 2; ++i) {
+          if (i < half) {
+            const float send = upper ? vals[i] : vals[i + half];
+            const float keep = upper ? vals[i + half] : vals[i];
+            vals[i] = keep + __shfl_xor_sync(kFullWarpMask, send, bit);
+          }
         }
+        if (upper) c0 += half;
+      }
+      constexpr int kKept = V >> kScatterSteps;  // 2, or 1 (then the xor-16 step is an all-reduce)
+      bool owner = true;
+      if constexpr (V == 4) {
+        vals[0] += __shfl_xor_sync(kFullWarpMask, vals[0], 16);
+        owner = (lane & 16) == 0;  // lanes 16-31 hold the same sums as lanes 0-15
+      }
+      const int tl = wm;
+      const int i0 = tile * kTileN + wn * C::kWarpCols + (c0 / 2) * 8 + (lane % 4) * 2 + c0 % 2;
+      if (owner && tl < tile_tokens) {
+        Elem* out = score_row<Elem>(a, h, tile_t0 + tl) + i0;
+        const int vis = s_vis[tl];
+        if constexpr (kKept == 2) {
+          if (i0 + 1 < vis) {  // i0 is even: a 4-byte store
+            const float pair[2] = {vals[0], vals[1]};
+            store_f32<Elem, 2>(out, pair);
+          } else if (i0 < vis) {
+            out[0] = from_f32<Elem>(vals[0]);
+          }
+        } else {
+          if (i0 < vis) out[0] = from_f32<Elem>(vals[0]);
+        }
+      }
     } else {
 #pragma unroll
       for (int j = 0; j < C::kNT; ++j)
