@@ -359,13 +359,16 @@ int32_t Engine::decode_step(int32_t token, int32_t position, StepOutput output) 
   plan.kind = StepKind::Decode;
   plan.output = static_cast<int>(output);
   plan.fused_attention = cuda_->fused_attention_for_rows(int64_t{position} + 1);
+  // Below the sparse switch a sparse-capable model decodes with plain dense attention.
+  plan.sparse_attention = transformer_->sparse_path(position);
   run_step(plan, [&] {
     // The setting is read while the ops are captured; the context's own setting comes back after.
     const cuda::ScopedFusedDecodeAttention attention_path(*cuda_, plan.fused_attention);
     cuda_copy_async_on(stream, transformer_->token_ids().data, io + 0, sizeof(int32_t));
     cuda_copy_async_on(stream, transformer_->positions().data, io + 1, sizeof(int32_t));
     cuda_copy_async_on(stream, transformer_->slots().data, io + 2, sizeof(int32_t));
-    transformer_->forward(op_context_, 1, 1);
+    transformer_->forward(op_context_, 1, 1, ops::AttentionMask::causal(), 0,
+                          plan.sparse_attention ? -1 : int64_t{position});
     Tensor next = transformer_->next_tokens(1);
     if (output == StepOutput::Greedy) ops::argmax(op_context_, transformer_->logits(1), next);
     if (output == StepOutput::Sampled) gpu_sampler_->sample(transformer_->logits(1), next);

@@ -23,6 +23,7 @@ struct StepPlan {
   int64_t mask_width = 0;  // tree-mask columns; 0 = prefix-causal
   int output = 0;          // Decode: what follows the logits (Engine::StepOutput); Speculative: phase bits
   bool fused_attention = false;  // Decode: the one-kernel decode attention (short caches)
+  bool sparse_attention = false;  // Decode: the InfLLM-V2 path (a sparse-capable model past its switch)
   auto operator<=>(const StepPlan&) const = default;
 };
 

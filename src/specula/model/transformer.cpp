@@ -107,8 +107,16 @@ Tensor Transformer::block_lists(int64_t tokens) const {
   return Tensor(blocks_.data, DType::I32, {blocks_.dim(0), tokens, blocks_.dim(2)}, blocks_.device);
 }
 
+bool Transformer::sparse_path(int64_t max_position, int64_t prefill_end) const {
+  if (!attention_.sparse_enabled()) return false;
+  // A prompt's tokens sit below its prefill_end; a prompt that does not reach the switch keeps
+  // sparse_from at the per-token switch, which all of them are below.
+  const int64_t reach = max_position >= 0 ? max_position : prefill_end > 0 ? prefill_end - 1 : -1;
+  return reach < 0 || reach >= attention_.select_params(config_.head_dim, prefill_end).sparse_from;
+}
+
 void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_rows, const ops::AttentionMask& mask,
-                          int64_t prefill_end) {
+                          int64_t prefill_end, int64_t max_position) {
   SPECULA_CHECK(tokens >= 1 && tokens <= shape_.max_tokens, "forward: ", tokens, " tokens, but buffers hold ",
                 shape_.max_tokens);
   SPECULA_CHECK(logit_rows >= 0 && logit_rows <= std::min(tokens, shape_.max_logit_rows), "forward: ", logit_rows,
@@ -129,7 +137,7 @@ void Transformer::forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_row
   // attention but still compresses its keys.
   const ops::SparseSelectParams sparse_params = attention_.select_params(c.head_dim, prefill_end);
   const bool sparse = attention_.sparse_enabled() && [&] {
-    if (device() != Device::CPU) return true;
+    if (device() != Device::CPU) return sparse_path(max_position, prefill_end);
     const int32_t* p_host = pos.as<const int32_t>();
     return *std::max_element(p_host, p_host + tokens) >= sparse_params.sparse_from;
   }();

@@ -60,8 +60,18 @@ class Transformer {
   // verifying draft trees). Logits of the last `logit_rows` inputs land in logits(logit_rows).
   // `prefill_end`: for a prompt chunk, the sequence length the whole prompt reaches (the sparse
   // switch decides per prompt, see attention_plan.h); 0 for decode and verification.
+  // `max_position`: the call's highest position when the caller knows it on the host, else -1.
+  // On CUDA positions live in device memory, so a sparse-capable model runs the sparse path
+  // (whose lists mark queries below the switch dense) unless this, or a prompt's prefill_end,
+  // shows every query below the switch: then it runs plain dense attention (the fused decode
+  // kernel included) and only keeps the compressed keys current. A captured step must be keyed
+  // by that choice (engine::StepPlan::sparse_attention).
   void forward(ops::OpContext& ctx, int64_t tokens, int64_t logit_rows,
-               const ops::AttentionMask& mask = ops::AttentionMask::causal(), int64_t prefill_end = 0);
+               const ops::AttentionMask& mask = ops::AttentionMask::causal(), int64_t prefill_end = 0,
+               int64_t max_position = -1);
+  // Whether a call whose highest position is `max_position` (-1: not known on the host) with
+  // this prefill_end runs the sparse path on a device backend.
+  bool sparse_path(int64_t max_position, int64_t prefill_end = 0) const;
 
   Tensor logits(int64_t rows) const { return logits_.slice_outer(0, rows); }  // [rows, V] F32
   // [max_logit_rows] I32 on the device: where greedy/sampled next tokens are written.
