@@ -956,6 +956,39 @@ TEST_F(CudaAttention, SparsePrefill) {
   }
 }
 
+TEST_F(CudaAttention, SparsePrefillTokenTiles) {
+  // The same walk in the 16-row layout (CudaContext::sparse_token_tiles): one token of a 16-head
+  // group per block, several tokens of smaller groups; odd T, both head dims, with dense markers.
+  struct Shape {
+    int tokens, history;
+  };
+  const Shape shapes[] = {{3, 9000}, {17, 63}, {64, 4000}, {300, 1700}};
+  struct Restore {  // the suite shares one context
+    cuda::CudaContext& ctx;
+    bool saved;
+    ~Restore() { ctx.set_sparse_token_tiles(saved); }
+  } restore{ctx(), ctx().sparse_token_tiles()};
+  ctx().set_sparse_token_tiles(true);
+  std::mt19937 rng(35);
+  uint32_t seed = 5250;
+  int n = 0;
+  for (const Shape& sh : shapes) {
+    for (int group : {1, 4, 16}) {
+      Case c;
+      set_shape(c, group, n % 2 == 0 ? 128 : 64, n % 3 == 1 ? DType::F16 : DType::BF16);
+      ++n;
+      c.slots = contiguous_slots(sh.tokens, sh.history);
+      c.capacity = sh.history + sh.tokens + 41;
+      ListSpec spec;
+      spec.dense_share = n % 4 == 0 ? 0.2 : 0.0;
+      random_lists(c, spec, rng);
+      c.spike_rows = sparse_spikes(c);
+      c.seed = seed++;
+      check(c, "sparse prefill, one-token tiles");
+    }
+  }
+}
+
 TEST_F(CudaAttention, SparseRandomSlots) {
   // Unordered, repeated slots up to 20k rows (lists differ wildly between a block's tokens).
   std::mt19937 rng(34);

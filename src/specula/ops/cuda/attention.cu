@@ -400,6 +400,7 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, const T
     p.block_width = static_cast<int>(width);
     p.block_size = static_cast<int>(block);
     p.sparse_words = static_cast<int>(((capacity + block - 1) / block + 31) / 32);
+    p.token_tiles = ctx.sparse_token_tiles();
   }
 
   const cuda::DeviceInfo& info = ctx.info();

@@ -91,6 +91,9 @@ struct SparseAttnParams : AttnParams {
   // block's queries can list (these two size the kernels' shared-memory union; host-set).
   const int32_t* blocks = nullptr;
   int block_width = 0, block_size = 0, sparse_words = 0, sparse_union_cap = 0;
+  // Host-only: run multi-token calls in the 16-row layout, so that a block holds one token of a
+  // 16-head group (its union is its own list) instead of several (CudaContext::sparse_token_tiles).
+  bool token_tiles = false;
 };
 
 __host__ __device__ inline int ceil_div_int(int a, int b) { return (a + b - 1) / b; }

@@ -36,8 +36,8 @@ bool pdl_supported(const cudaDeviceProp& prop) {
 }
 
 // True when the environment variable `name` is set to anything but "" or "0" (the A/B switches
-// SPECULA_NO_PDL, SPECULA_NO_BULK_GEMV and SPECULA_NO_FUSED_ATTENTION).
-bool disabled_by_environment(const char* name) {
+// SPECULA_NO_PDL, SPECULA_NO_BULK_GEMV, SPECULA_NO_FUSED_ATTENTION and SPECULA_SPARSE_TOKEN_TILES).
+bool set_in_environment(const char* name) {
   const char* value = std::getenv(name);
   return value != nullptr && value[0] != '\0' && std::strcmp(value, "0") != 0;
 }
@@ -85,9 +85,10 @@ std::unique_ptr<CudaContext> CudaContext::create(int ordinal, size_t workspace_b
   SPECULA_CHECK(prop.major >= 8, "CUDA device ", prop.name, " has compute capability ", prop.major, ".", prop.minor,
                 "; specula needs 8.0 (Ampere) or newer");
   ctx->programmatic_launch_supported_ = pdl_supported(prop);
-  ctx->programmatic_launch_ = ctx->programmatic_launch_supported_ && !disabled_by_environment("SPECULA_NO_PDL");
-  ctx->bulk_gemv_ = !disabled_by_environment("SPECULA_NO_BULK_GEMV");
-  ctx->fused_decode_attention_ = !disabled_by_environment("SPECULA_NO_FUSED_ATTENTION");
+  ctx->programmatic_launch_ = ctx->programmatic_launch_supported_ && !set_in_environment("SPECULA_NO_PDL");
+  ctx->bulk_gemv_ = !set_in_environment("SPECULA_NO_BULK_GEMV");
+  ctx->fused_decode_attention_ = !set_in_environment("SPECULA_NO_FUSED_ATTENTION");
+  ctx->sparse_token_tiles_ = set_in_environment("SPECULA_SPARSE_TOKEN_TILES");
   ctx->fused_attention_max_rows_ = parse_fused_attention_max_rows(std::getenv("SPECULA_FUSED_ATTENTION_MAX_ROWS"));
   ctx->fused_attention_heads_ = parse_fused_attention_heads(std::getenv("SPECULA_FUSED_ATTENTION_HEADS"));
 

@@ -97,6 +97,13 @@ class CudaContext {
   // (ops/cuda/linear.cu says why it is off by default). Only between steps, like the above.
   bool small_m_gemm() const { return small_m_gemm_; }
   void set_small_m_gemm(bool enable) { small_m_gemm_ = enable; }
+  // Whether block-sparse attention over several tokens (prefill, verification) runs the 16-row
+  // tensor-core layout, one token of a 16-head group per block (its walk is its own list), rather
+  // than the 64-row layout, whose blocks walk the union of four tokens' lists. Which is faster
+  // depends on how much adjacent tokens' lists overlap; off by default, an A/B setting for the
+  // benchmark (SPECULA_SPARSE_TOKEN_TILES=1). Only between steps, like the above.
+  bool sparse_token_tiles() const { return sparse_token_tiles_; }
+  void set_sparse_token_tiles(bool enable) { sparse_token_tiles_ = enable; }
   // Query heads per block of the fused decode kernel, 0 for its own choice; a tuning override
   // (SPECULA_FUSED_ATTENTION_HEADS=1|2|4) for A/B measurements of the split between blocks.
   int fused_attention_heads() const { return fused_attention_heads_; }
@@ -144,6 +151,7 @@ class CudaContext {
   bool programmatic_launch_ = false;
   bool bulk_gemv_ = true;
   bool fused_decode_attention_ = true;
+  bool sparse_token_tiles_ = false;
   bool small_m_gemm_ = false;
   int fused_attention_heads_ = 0;
   int64_t fused_attention_max_rows_ = kDefaultFusedAttentionMaxRows;
