@@ -159,9 +159,10 @@ if has sparse; then
   PYTHONUNBUFFERED=1 timeout 240 python3 tools/torch_attention_baseline.py --json "$RESULTS/torch_attention.json" \
     >"$OUT/torch_attention.log" 2>&1
   note "torch SDPA baseline: rc=$?"; cat "$OUT/torch_attention.log"
-  for mode in ${SPARSE_MODES:-sparse dense}; do
+  # auto: dense below dense_len (the 4096 context shows what a sparse-capable model costs there).
+  for mode in ${SPARSE_MODES:-auto dense}; do
     timeout 300 ./$build/specula bench --preset minicpm4-8b --device cuda --attention $mode \
-      --contexts ${SPARSE_CONTEXTS:-32768,65536,131072} --prefill ${SPARSE_PREFILL:-131072} --prefill-chunk 2048 \
+      --contexts ${SPARSE_CONTEXTS:-4096,32768,65536,131072} --prefill ${SPARSE_PREFILL:-131072} --prefill-chunk 2048 \
       --decode-steps 16 --repeats 1 --commit "$commit" --json "$RESULTS/minicpm4_$mode.json" >"$OUT/minicpm4_$mode.log" 2>&1
     note "minicpm4-8b $mode: rc=$?"; tail -12 "$OUT/minicpm4_$mode.log"
   done

@@ -126,19 +126,32 @@ __device__ __forceinline__ void linear_rows(const CompressArgs& a, int& end, int
 }
 
 // Sum of `rows` values of one key column (stride `pitch` elements), added in row order as the CPU
-// reference does. The loads of a batch are independent, so a 128-row C2 window costs four memory
-// round trips instead of one per row (a decode step compresses one kernel per tier: latency).
-constexpr int kCompressBatch = 32;
+// reference does. A decode step compresses one kernel per tier, so this is latency: every load of
+// a window is issued before the first add (unconditional loads, the published sizes 32 and 128
+// unrolled whole), one memory round trip instead of one per row.
+template <int kRows, typename T>
+__device__ __forceinline__ float column_sum_fixed(const T* col, int pitch) {
+  float x[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) x[r] = to_f32(col[static_cast<int64_t>(r) * pitch]);
+  float acc = 0.0f;
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) acc += x[r];
+  return acc;
+}
+
 template <typename T>
 __device__ __forceinline__ float column_sum(const T* col, int rows, int pitch) {
+  if (rows == 32) return column_sum_fixed<32>(col, pitch);
+  if (rows == 128) return column_sum_fixed<128>(col, pitch);
+  constexpr int kBatch = 32;  // other kernel sizes: batches whose loads stay in bounds
   float acc = 0.0f;
-  for (int r0 = 0; r0 < rows; r0 += kCompressBatch) {
-    float x[kCompressBatch];
+  for (int r0 = 0; r0 < rows; r0 += kBatch) {
+    float x[kBatch];
 #pragma unroll
-    for (int j = 0; j < kCompressBatch; ++j)
-      x[j] = r0 + j < rows ? to_f32(col[static_cast<int64_t>(r0 + j) * pitch]) : 0.0f;
+    for (int j = 0; j < kBatch; ++j) x[j] = to_f32(col[static_cast<int64_t>(min(r0 + j, rows - 1)) * pitch]);
 #pragma unroll
-    for (int j = 0; j < kCompressBatch; ++j)
+    for (int j = 0; j < kBatch; ++j)
       if (r0 + j < rows) acc += x[j];
   }
   return acc;
