@@ -66,7 +66,9 @@ bool launch_mma(typename Mask::Params p, int multiprocessors, size_t smem_optin,
 template <typename Elem, int kHeadDim, class Mask>
 bool launch_mma_for_mask(const typename Mask::Params& p, int multiprocessors, size_t smem_optin, void* workspace,
                          size_t workspace_bytes, cudaStream_t stream, bool programmatic) {
-  if (p.tokens * p.group <= kMmaDecodeMaxRows || (Mask::kSparse && p.token_tiles))
+  bool token_tiles = false;  // block-sparse calls only (CudaContext::sparse_token_tiles)
+  if constexpr (Mask::kSparse) token_tiles = p.token_tiles;
+  if (p.tokens * p.group <= kMmaDecodeMaxRows || token_tiles)
     return launch_mma<DecodeConfig<Elem, kHeadDim>, Mask>(p, multiprocessors, smem_optin, workspace,
                                                           workspace_bytes, stream, programmatic);
   return launch_mma<PrefillConfig<Elem, kHeadDim>, Mask>(p, multiprocessors, smem_optin, workspace, workspace_bytes,
