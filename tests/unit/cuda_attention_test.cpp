@@ -298,6 +298,9 @@ class CudaAttention : public ::testing::Test {
     expect_matches(c, test::download_f32(d->out), cpu_reference(c, in), label, {}, &magnitude);
   }
 
+  // The block-sparse prefill cases (defined with the sparse tests), checked as `what`.
+  void check_sparse_prefill(const char* what, uint32_t rng_seed, uint32_t seed);
+
   static std::unique_ptr<cuda::CudaContext> ctx_;
 };
 std::unique_ptr<cuda::CudaContext> CudaAttention::ctx_;
@@ -928,16 +931,15 @@ TEST_F(CudaAttention, SparseDenseMarker) {
   }
 }
 
-TEST_F(CudaAttention, SparsePrefill) {
-  // Prefill chunks after a history: each token its own list; thread blocks walk the union of
-  // their tokens' lists. Odd T, groups 1/4/16, both head dims, bf16/f16/f32.
+// Prefill chunks after a history: each token its own list; thread blocks walk the union of their
+// tokens' lists. Odd T, groups 1/4/16, both head dims, bf16/f16/f32.
+void CudaAttention::check_sparse_prefill(const char* what, uint32_t rng_seed, uint32_t seed) {
   struct Shape {
     int tokens, history;
   };
   const Shape shapes[] = {{3, 0}, {3, 9000}, {17, 63}, {17, 12000}, {64, 65}, {64, 4000}, {300, 0}, {300, 1700}};
   const DType dtypes[] = {DType::BF16, DType::F16, DType::F32};
-  std::mt19937 rng(33);
-  uint32_t seed = 5200;
+  std::mt19937 rng(rng_seed);
   int n = 0;
   for (const Shape& sh : shapes) {
     for (int group : {1, 4, 16}) {
@@ -951,42 +953,23 @@ TEST_F(CudaAttention, SparsePrefill) {
       random_lists(c, spec, rng);
       c.spike_rows = sparse_spikes(c);
       c.seed = seed++;
-      check(c, "sparse prefill");
+      check(c, what);
     }
   }
 }
 
+TEST_F(CudaAttention, SparsePrefill) { check_sparse_prefill("sparse prefill", 33, 5200); }
+
 TEST_F(CudaAttention, SparsePrefillTokenTiles) {
   // The same walk in the 16-row layout (CudaContext::sparse_token_tiles): one token of a 16-head
-  // group per block, several tokens of smaller groups; odd T, both head dims, with dense markers.
-  struct Shape {
-    int tokens, history;
-  };
-  const Shape shapes[] = {{3, 9000}, {17, 63}, {64, 4000}, {300, 1700}};
+  // group per block, several tokens of smaller groups.
   struct Restore {  // the suite shares one context
     cuda::CudaContext& ctx;
     bool saved;
     ~Restore() { ctx.set_sparse_token_tiles(saved); }
   } restore{ctx(), ctx().sparse_token_tiles()};
   ctx().set_sparse_token_tiles(true);
-  std::mt19937 rng(35);
-  uint32_t seed = 5250;
-  int n = 0;
-  for (const Shape& sh : shapes) {
-    for (int group : {1, 4, 16}) {
-      Case c;
-      set_shape(c, group, n % 2 == 0 ? 128 : 64, n % 3 == 1 ? DType::F16 : DType::BF16);
-      ++n;
-      c.slots = contiguous_slots(sh.tokens, sh.history);
-      c.capacity = sh.history + sh.tokens + 41;
-      ListSpec spec;
-      spec.dense_share = n % 4 == 0 ? 0.2 : 0.0;
-      random_lists(c, spec, rng);
-      c.spike_rows = sparse_spikes(c);
-      c.seed = seed++;
-      check(c, "sparse prefill, one-token tiles");
-    }
-  }
+  check_sparse_prefill("sparse prefill, one-token tiles", 35, 5250);
 }
 
 TEST_F(CudaAttention, SparseRandomSlots) {
