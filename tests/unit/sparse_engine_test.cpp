@@ -122,6 +122,14 @@ TEST_P(SparseEngine, SwitchesAtDenseLen) {
     auto dense = engine::Engine::load(options(v, model::AttentionMode::Dense, 1));
     auto sparse = engine::Engine::load(options(v, model::AttentionMode::Auto, 1));
     ASSERT_TRUE(sparse->transformer().attention_plan().sparse_enabled());
+    // The device backends' choice of path from what the host knows (model/transformer.h).
+    model::Transformer& st = sparse->transformer();
+    EXPECT_FALSE(st.sparse_path(kDenseLen - 2));      // a decode step below the switch
+    EXPECT_TRUE(st.sparse_path(kDenseLen - 1));       // the step that reaches dense_len
+    EXPECT_TRUE(st.sparse_path(-1));                  // positions unknown on the host
+    EXPECT_FALSE(st.sparse_path(-1, kDenseLen - 1));  // a prompt shorter than dense_len
+    EXPECT_TRUE(st.sparse_path(-1, kDenseLen));       // a prompt reaching it: sparse from token 0
+    EXPECT_FALSE(dense->transformer().sparse_path(-1));
     int64_t sparse_calls = 0;
     if (on_cpu())
       sparse->transformer().set_block_observer([&](int64_t, const Tensor&, const Tensor& blocks) {
