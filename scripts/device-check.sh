@@ -162,13 +162,13 @@ if has sparse; then
   # auto: dense below dense_len (the 4096 context shows what a sparse-capable model costs there).
   for mode in ${SPARSE_MODES:-auto dense}; do
     timeout 300 ./$build/specula bench --preset minicpm4-8b --device cuda --attention $mode \
-      --contexts ${SPARSE_CONTEXTS:-4096,32768,65536,131072} --prefill ${SPARSE_PREFILL:-32768} --prefill-chunk 2048 \
+      --contexts ${SPARSE_CONTEXTS:-4096,32768,65536,131072} --prefill ${SPARSE_PREFILL:-131072} --prefill-chunk 2048 \
       --decode-steps 16 --repeats 1 --commit "$commit" --json "$RESULTS/minicpm4_$mode.json" >"$OUT/minicpm4_$mode.log" 2>&1
     note "minicpm4-8b $mode: rc=$?"; tail -12 "$OUT/minicpm4_$mode.log"
   done
   # Speculation and sparse attention together at 128k: the MiniCPM4-8B shape with a one-layer
   # MiniCPM4-layout head, auto attention (sparse past dense_len 8192); 129024 leaves room for the
-  # tree under the preset's 131072-token limit (bench --prefill takes at most 65536).
+  # tree under the preset's 131072-token limit.
   timeout 240 ./$build/specula bench-spec --preset minicpm4-8b --device cuda --context ${SPARSE_SPEC_CONTEXT:-129024} \
     --vocabs 0,32768 --tree-sizes 60 --commit "$commit" --json "$RESULTS/spec_sparse.json" >"$OUT/spec_sparse.log" 2>&1
   note "bench-spec minicpm4-8b sparse: rc=$?"; tail -20 "$OUT/spec_sparse.log"
