@@ -9,7 +9,9 @@
 // shared memory: a bitmap over the blocks, an exclusive popcount scan, then the compacted block
 // indices and, per union entry, which of the block's tokens list it). A listed block is therefore
 // loaded once per thread block, i.e. once per (token, KV head) when the block holds one token
-// (decode) and once for several adjacent tokens in prefill, whose lists mostly coincide.
+// (decode) and once for several adjacent tokens in prefill, whose lists mostly coincide. A
+// one-token block whose list is already in sparse_select's form (strictly ascending, -1 padded)
+// takes it as its union without the bitmap: every decode step.
 //
 // The walk is a sequence of "items", each at most 64 cache rows [col0, end):
 //   - union walk (every token of the block sparse): per union block, its rows below the linear
