@@ -124,30 +124,24 @@ DecodeResult bench_decode(cuda::CudaContext& ctx, int context, int capacity, int
   Tensor ts(slots.get(), DType::I32, {1}, Device::CUDA);
   Tensor tp(positions.get(), DType::I32, {1}, Device::CUDA);
   const ops::RopeParams rope{Tensor(inv_freq.get(), DType::F32, {head_dim / 2}, Device::CUDA), 1.0f};
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
   {
     auto* k = static_cast<uint16_t*>(caches[0]->get());
     Tensor tk(k, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA);
     Tensor tv(k + cache_elems, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA);
     path = ops::cuda_impl::describe_qkv_attention(ctx, tqkv, tq, tk, tv);
   }
-  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "begin capture");
-  for (int l = 0; l < layers; ++l) {
-    auto* k = static_cast<uint16_t*>(caches[static_cast<size_t>(l)]->get());
-    Tensor tk(k, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA);
-    Tensor tv(k + cache_elems, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA);
-    Tensor to(static_cast<uint16_t*>(out.get()) + l * q_elems, DType::BF16, {1, n_heads * head_dim}, Device::CUDA);
-    ops::qkv_attention(op, tqkv, Tensor(), Tensor(), 1e-6f, rope, tp, ts, 1.0f / std::sqrt(static_cast<float>(head_dim)),
-                       tq, tk, tv, to);
-  }
-  check(cudaStreamEndCapture(stream, &graph), "end capture");
+  const double ms = time_graph_ms(stream, repeats, [&] {
+    for (int l = 0; l < layers; ++l) {
+      auto* k = static_cast<uint16_t*>(caches[static_cast<size_t>(l)]->get());
+      Tensor tk(k, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA);
+      Tensor tv(k + cache_elems, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA);
+      Tensor to(static_cast<uint16_t*>(out.get()) + l * q_elems, DType::BF16, {1, n_heads * head_dim}, Device::CUDA);
+      ops::qkv_attention(op, tqkv, Tensor(), Tensor(), 1e-6f, rope, tp, ts,
+                         1.0f / std::sqrt(static_cast<float>(head_dim)), tq, tk, tv, to);
+    }
+  });
   ctx.set_fused_decode_attention(true);
-  check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
-  const double ms = time_ms(stream, repeats, [&] { check(cudaGraphLaunch(exec, stream), "graph launch"); });
   ctx.check_device_errors();
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   const double us = ms * 1e3 / layers;
   return {context, capacity, n_heads, n_kv, head_dim, layers, fused, us,
           static_cast<double>(read_bytes) / (us * 1e-6) / 1e9, path};
@@ -257,25 +251,19 @@ SparseDecodeResult bench_sparse_decode(cuda::CudaContext& ctx, int context, int 
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 
   auto time_graph = [&](bool sparse) {
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "begin capture");
-    for (int l = 0; l < layers; ++l) {
-      auto* k = static_cast<uint16_t*>(caches[static_cast<size_t>(l)]->get());
-      Tensor tk(k, DType::BF16, {n_kv, cap, hd}, Device::CUDA);
-      Tensor tv(k + cache_elems, DType::BF16, {n_kv, cap, hd}, Device::CUDA);
-      Tensor to(static_cast<uint16_t*>(out.get()) + l * q_elems, DType::BF16, {1, n_heads * hd}, Device::CUDA);
-      Tensor tb(lists[static_cast<size_t>(l)]->get(), DType::I32, {n_kv, 1, kSparseWidth}, Device::CUDA);
-      const ops::AttentionMask mask =
-          sparse ? ops::AttentionMask::causal().with_blocks(tb, kSparseBlock) : ops::AttentionMask::causal();
-      ops::attention(op, tq, tk, tv, ts, scale, to, mask);
-    }
-    check(cudaStreamEndCapture(stream, &graph), "end capture");
-    check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
-    const double ms = time_ms(stream, repeats, [&] { check(cudaGraphLaunch(exec, stream), "graph launch"); });
+    const double ms = time_graph_ms(stream, repeats, [&] {
+      for (int l = 0; l < layers; ++l) {
+        auto* k = static_cast<uint16_t*>(caches[static_cast<size_t>(l)]->get());
+        Tensor tk(k, DType::BF16, {n_kv, cap, hd}, Device::CUDA);
+        Tensor tv(k + cache_elems, DType::BF16, {n_kv, cap, hd}, Device::CUDA);
+        Tensor to(static_cast<uint16_t*>(out.get()) + l * q_elems, DType::BF16, {1, n_heads * hd}, Device::CUDA);
+        Tensor tb(lists[static_cast<size_t>(l)]->get(), DType::I32, {n_kv, 1, kSparseWidth}, Device::CUDA);
+        const ops::AttentionMask mask =
+            sparse ? ops::AttentionMask::causal().with_blocks(tb, kSparseBlock) : ops::AttentionMask::causal();
+        ops::attention(op, tq, tk, tv, ts, scale, to, mask);
+      }
+    });
     ctx.check_device_errors();
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
     return ms * 1e3 / layers;
   };
   const double dense = time_graph(false);
@@ -340,7 +328,6 @@ int main(int argc, char** argv) {
   const int repeats = args->repeats;
   try {
     auto ctx = cuda::CudaContext::create();
-    const auto stream = static_cast<cudaStream_t>(ctx->stream());
     nlohmann::json report;
     report["device"] = ctx->info().name;
     report["repeats"] = repeats;

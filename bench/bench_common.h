@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "specula/core/cuda_graph.h"
 #include "specula/core/error.h"
 
 namespace specula::bench {
@@ -62,6 +63,31 @@ double time_ms(cudaStream_t stream, int repeats, Body&& body) {
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   return median(times);
+}
+
+// Captures `calls` (the work of one replay, issued on `stream`) into a CUDA graph, replays it
+// `repeats` times as time_ms does and returns the median milliseconds per replay. The decode
+// benchmarks run this way because the engine replays its steps as graphs.
+template <typename Calls>
+double time_graph_ms(cudaStream_t stream, int repeats, Calls&& calls) {
+  CudaGraph graph;
+  graph.begin_capture(stream);
+  try {
+    calls();
+  } catch (...) {
+    graph.abort_capture(stream);
+    throw;
+  }
+  graph.end_capture(stream);
+  return time_ms(stream, repeats, [&] { graph.launch(stream); });
+}
+
+// How many distinct copies of an operand of `bytes` one replay should rotate through so that it
+// reads `l2_multiple` times the L2 cache (at least `at_least`), within `max_bytes` in all.
+inline int rotation_copies(size_t bytes, size_t l2_bytes, int l2_multiple, size_t max_bytes, int at_least) {
+  const size_t want = static_cast<size_t>(l2_multiple) * std::max<size_t>(l2_bytes, 1);
+  const size_t copies = std::max<size_t>(static_cast<size_t>(at_least), (want + bytes - 1) / bytes);
+  return static_cast<int>(std::min(copies, std::max<size_t>(1, max_bytes / bytes)));
 }
 
 // The command line both micro-benchmarks take: [--json PATH] [--repeats N] [--only SECTION,...]

@@ -118,9 +118,7 @@ GemvResult bench_gemv(cuda::CudaContext& ctx, const Shape& s, int64_t tokens, do
   const size_t weight_bytes = static_cast<size_t>(s.n * s.k) * 2;
   const size_t moved = weight_bytes + static_cast<size_t>(tokens * s.k) * 2 +
                        static_cast<size_t>(tokens * s.n) * dtype_size(out_dtype);
-  const size_t want = static_cast<size_t>(kL2Multiple) * std::max<size_t>(ctx.info().l2_cache_bytes, 1);
-  int copies = static_cast<int>(std::max<size_t>(2, (want + weight_bytes - 1) / weight_bytes));
-  copies = static_cast<int>(std::min<size_t>(copies, std::max<size_t>(1, kMaxRotationBytes / weight_bytes)));
+  const int copies = rotation_copies(weight_bytes, ctx.info().l2_cache_bytes, kL2Multiple, kMaxRotationBytes, 2);
 
   std::vector<OwnedTensor> weights;
   for (int c = 0; c < copies; ++c)
@@ -129,16 +127,11 @@ GemvResult bench_gemv(cuda::CudaContext& ctx, const Shape& s, int64_t tokens, do
   OwnedTensor out = empty_tensor(out_dtype, {tokens, s.n});
   ctx.synchronize();
 
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "begin capture");
-  for (int c = 0; c < copies; ++c) ops::linear(op, x.tensor, weights[static_cast<size_t>(c)].tensor, Tensor{}, out.tensor);
-  check(cudaStreamEndCapture(stream, &graph), "end capture");
-  check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
-  const double ms = time_ms(stream, repeats, [&] { check(cudaGraphLaunch(exec, stream), "graph launch"); });
+  const double ms = time_graph_ms(stream, repeats, [&] {
+    for (int c = 0; c < copies; ++c)
+      ops::linear(op, x.tensor, weights[static_cast<size_t>(c)].tensor, Tensor{}, out.tensor);
+  });
   ctx.check_device_errors();
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   const double us = ms * 1e3 / copies;
   const double gbps = static_cast<double>(moved) / (us * 1e-6) / 1e9;
   return {s.name, tokens, s.n, s.k, copies, us, gbps, gbps / copy};
@@ -148,17 +141,11 @@ GemvResult bench_gemv(cuda::CudaContext& ctx, const Shape& s, int64_t tokens, do
 // on weight copy c) replayed `repeats` times; NaN when a call declines (returns false).
 double graph_us_per_call(cuda::CudaContext& ctx, int copies, int repeats, const std::function<bool(int)>& call) {
   const auto stream = static_cast<cudaStream_t>(ctx.stream());
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
   bool all = true;
-  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "begin capture");
-  for (int c = 0; c < copies; ++c) all = call(c) && all;
-  check(cudaStreamEndCapture(stream, &graph), "end capture");
-  check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
-  const double ms = time_ms(stream, repeats, [&] { check(cudaGraphLaunch(exec, stream), "graph launch"); });
+  const double ms = time_graph_ms(stream, repeats, [&] {
+    for (int c = 0; c < copies; ++c) all = call(c) && all;
+  });
   ctx.check_device_errors();
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   return all ? ms * 1e3 / copies : std::nan("");
 }
 
@@ -184,9 +171,7 @@ SmallMResult bench_small_m(cuda::CudaContext& ctx, const SmallMShape& s, int64_t
   op.cuda = &ctx;
   const DType out_dtype = s.logits ? DType::F32 : DType::BF16;
   const size_t weight_bytes = static_cast<size_t>(s.n * s.k) * 2;
-  const size_t want = static_cast<size_t>(kL2Multiple) * std::max<size_t>(ctx.info().l2_cache_bytes, 1);
-  int copies = static_cast<int>(std::max<size_t>(2, (want + weight_bytes - 1) / weight_bytes));
-  copies = static_cast<int>(std::min<size_t>(copies, std::max<size_t>(1, kMaxRotationBytes / weight_bytes)));
+  const int copies = rotation_copies(weight_bytes, ctx.info().l2_cache_bytes, kL2Multiple, kMaxRotationBytes, 2);
 
   std::vector<OwnedTensor> weights;
   for (int c = 0; c < copies; ++c)
@@ -255,16 +240,10 @@ TopKResult bench_top_k(cuda::CudaContext& ctx, const TopKShape& s, int repeats) 
   OwnedTensor values = empty_tensor(DType::F32, {s.rows, s.k});
   OwnedTensor indices = empty_tensor(DType::I32, {s.rows, s.k});
   ctx.synchronize();
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "begin capture");
-  for (int c = 0; c < kTopKCalls; ++c) ops::top_k_log_softmax(op, logits.tensor, values.tensor, indices.tensor);
-  check(cudaStreamEndCapture(stream, &graph), "end capture");
-  check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
-  const double ms = time_ms(stream, repeats, [&] { check(cudaGraphLaunch(exec, stream), "graph launch"); });
+  const double ms = time_graph_ms(stream, repeats, [&] {
+    for (int c = 0; c < kTopKCalls; ++c) ops::top_k_log_softmax(op, logits.tensor, values.tensor, indices.tensor);
+  });
   ctx.check_device_errors();
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   const double us = ms * 1e3 / kTopKCalls;
   return {s.rows, s.vocab, s.k, us, static_cast<double>(logits.tensor.nbytes()) / (us * 1e-6) / 1e9};
 }
@@ -335,16 +314,9 @@ SparseResult bench_sparse_select(cuda::CudaContext& ctx, const SparseShape& shap
   const ops::AttentionMask causal = ops::AttentionMask::causal();
   auto time_layers = [&](auto&& one_layer) {
     if (layers == 1) return time_ms(stream, repeats, [&] { one_layer(0); }) * 1e3;
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "begin capture");
-    for (int l = 0; l < layers; ++l) one_layer(l);
-    check(cudaStreamEndCapture(stream, &graph), "end capture");
-    check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
-    const double ms = time_ms(stream, repeats, [&] { check(cudaGraphLaunch(exec, stream), "graph launch"); });
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
-    return ms * 1e3 / layers;
+    return time_graph_ms(stream, repeats, [&] {
+             for (int l = 0; l < layers; ++l) one_layer(l);
+           }) * 1e3 / layers;
   };
   const double us = time_layers([&](int l) {
     ops::CompressedKeys keys = keys_of(l);
@@ -374,7 +346,6 @@ int main(int argc, char** argv) {
   const int repeats = args->repeats;
   try {
     auto ctx = cuda::CudaContext::create();
-    const auto stream = static_cast<cudaStream_t>(ctx->stream());
     std::printf("device: %s, %d SMs, L2 %.0f MiB\n", ctx->info().name.c_str(), ctx->info().multiprocessors,
                 static_cast<double>(ctx->info().l2_cache_bytes) / (1 << 20));
 

@@ -35,6 +35,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 
+from minicpm_layout import minicpm_weight_shapes  # tools/, the script's folder
+
 OUT = sys.argv[1] if len(sys.argv) > 1 else "tests/data/sparse"
 VOCAB = 512
 SPARSE = {"kernel_size": 32, "kernel_stride": 16, "init_blocks": 1, "block_size": 64, "window_size": 128,
@@ -228,14 +230,7 @@ def make_fixture(name, variant, H, nh, nkv, seed):
         "sparse_config": SPARSE,
     }
     g = torch.Generator().manual_seed(seed)
-    shapes = {"model.embed_tokens.weight": (VOCAB, H), "model.norm.weight": (H,), "lm_head.weight": (VOCAB, H)}
-    for i in range(L):
-        p = f"model.layers.{i}."
-        shapes.update({p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
-                       p + "self_attn.q_proj.weight": (nh * hd, H), p + "self_attn.k_proj.weight": (nkv * hd, H),
-                       p + "self_attn.v_proj.weight": (nkv * hd, H), p + "self_attn.o_proj.weight": (H, nh * hd),
-                       p + "mlp.gate_proj.weight": (I, H), p + "mlp.up_proj.weight": (I, H),
-                       p + "mlp.down_proj.weight": (H, I)})
+    shapes = minicpm_weight_shapes(VOCAB, H, nh, nkv, hd, I, L)
     w = {}
     for k, shp in shapes.items():
         if len(shp) == 1:

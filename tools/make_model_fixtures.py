@@ -28,6 +28,8 @@ import torch
 import transformers
 from safetensors.torch import save_file, load_file
 
+from minicpm_layout import minicpm_weight_shapes  # tools/, the script's folder
+
 OUT = sys.argv[1] if len(sys.argv) > 1 else "tests/data/models"
 PROMPT = [1, 17, 300, 42, 99, 7, 250, 511, 3, 64, 128, 200]
 NEW_TOKENS = 32
@@ -221,14 +223,7 @@ def minicpm4(name="minicpm4_longrope"):
                           "window_size": 2048, "topk": 64, "use_nope": False, "dense_len": 8192},
     }
     g = torch.Generator().manual_seed(7)
-    shapes = {"model.embed_tokens.weight": (VOCAB, H), "model.norm.weight": (H,), "lm_head.weight": (VOCAB, H)}
-    for i in range(L):
-        p = f"model.layers.{i}."
-        shapes.update({p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
-                       p + "self_attn.q_proj.weight": (nh * hd, H), p + "self_attn.k_proj.weight": (nkv * hd, H),
-                       p + "self_attn.v_proj.weight": (nkv * hd, H), p + "self_attn.o_proj.weight": (H, nh * hd),
-                       p + "mlp.gate_proj.weight": (I, H), p + "mlp.up_proj.weight": (I, H),
-                       p + "mlp.down_proj.weight": (H, I)})
+    shapes = minicpm_weight_shapes(VOCAB, H, nh, nkv, hd, I, L)
     w = {}
     for k, shp in shapes.items():
         if len(shp) == 1:

@@ -57,6 +57,7 @@
 #include <vector>
 
 #include "cuda_test_util.h"
+#include "specula/core/cuda_graph.h"
 #include "specula/core/dtype.h"
 #include "specula/core/error.h"
 #include "specula/core/tensor.h"
@@ -266,6 +267,8 @@ void expect_matches(const Case& c, const std::vector<float>& got, const std::vec
   EXPECT_LE(rel_l2, tol.rel_l2) << label << " " << c.describe() << ": relative L2 error";
 }
 
+struct ListSpec;  // block lists of the sparse cases (defined with them)
+
 class CudaAttention : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -298,6 +301,9 @@ class CudaAttention : public ::testing::Test {
     expect_matches(c, test::download_f32(d->out), cpu_reference(c, in), label, {}, &magnitude);
   }
 
+  // Draws c's block lists by `spec`, spikes the V rows they list, gives the case the next seed
+  // and checks it (defined with the sparse tests).
+  void check_sparse(Case& c, const ListSpec& spec, std::mt19937& rng, uint32_t& seed, const std::string& label);
   // The block-sparse prefill cases (defined with the sparse tests), checked as `what`.
   void check_sparse_prefill(const char* what, uint32_t rng_seed, uint32_t seed);
 
@@ -549,12 +555,10 @@ TEST_F(CudaAttention, GraphReplayFollowsDeviceSlots) {
     const Inputs in = make_inputs(longest);
     const auto d = upload(c, in);
     // upload() sized the tensors from `c`; the cache contents come from `longest`.
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    SPECULA_TEST_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeGlobal));
+    CudaGraph graph;
+    graph.begin_capture(stream());
     run(ctx(), *d, c.softmax_scale());
-    SPECULA_TEST_CUDA_CHECK(cudaStreamEndCapture(stream(), &graph));
-    SPECULA_TEST_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    graph.end_capture(stream());
     const std::vector<std::vector<int32_t>> replays =
         tokens == 1 ? std::vector<std::vector<int32_t>>{{0}, {16}, {63}, {64}, {1000}, {4096}, {100}}
                     : std::vector<std::vector<int32_t>>{{0, 5, 2}, {4096, 64, 63}, {1000, 1000, 3000}, {100, 100, 100}};
@@ -563,13 +567,11 @@ TEST_F(CudaAttention, GraphReplayFollowsDeviceSlots) {
       now.slots = slots;
       d->slots.buffer.upload(slots, d->slots.offset);  // synchronous: ordered before the launch
       test::poison(d->out);
-      SPECULA_TEST_CUDA_CHECK(cudaGraphLaunch(exec, stream()));
+      graph.launch(stream());
       ctx().synchronize();
       ctx().check_device_errors();
       expect_matches(now, test::download_f32(d->out), cpu_reference(now, in), "graph replay");
     }
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
   }
 }
 
@@ -755,26 +757,22 @@ TEST_F(CudaAttention, TreeMaskGraphReplayAtSeveralPrefixes) {
     longest.tree_bits = c.tree_bits;
     const Inputs in = make_inputs(longest);
     const auto d = upload(c, in);
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    SPECULA_TEST_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeGlobal));
+    CudaGraph graph;
+    graph.begin_capture(stream());
     run(ctx(), *d, c.softmax_scale());
-    SPECULA_TEST_CUDA_CHECK(cudaStreamEndCapture(stream(), &graph));
-    SPECULA_TEST_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    graph.end_capture(stream());
     for (int prefix : {100, 0, 1, 63, 64, 65, 1000, 5000, 4095}) {
       Case now = longest;
       now.slots = c.slots;
       for (int t = 0; t < now.tokens(); ++t) now.slots[static_cast<size_t>(t)] = prefix + t;
       d->slots.buffer.upload(now.slots, d->slots.offset);
       test::poison(d->out);
-      SPECULA_TEST_CUDA_CHECK(cudaGraphLaunch(exec, stream()));
+      graph.launch(stream());
       ctx().synchronize();
       ctx().check_device_errors();
       expect_matches(now, test::download_f32(d->out), cpu_reference(now, in),
                      "tree graph replay at prefix " + std::to_string(prefix));
     }
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
   }
 }
 
@@ -871,6 +869,14 @@ std::vector<int> sparse_spikes(const Case& c) {
   return rows;
 }
 
+void CudaAttention::check_sparse(Case& c, const ListSpec& spec, std::mt19937& rng, uint32_t& seed,
+                                 const std::string& label) {
+  random_lists(c, spec, rng);
+  c.spike_rows = sparse_spikes(c);
+  c.seed = seed++;
+  check(c, label);
+}
+
 }  // namespace
 
 TEST_F(CudaAttention, SparseDecode) {
@@ -886,10 +892,7 @@ TEST_F(CudaAttention, SparseDecode) {
           set_shape(c, group, hd, dt);
           c.slots = {slot};
           c.capacity = 20011;
-          random_lists(c, ListSpec{}, rng);
-          c.spike_rows = sparse_spikes(c);
-          c.seed = seed++;
-          check(c, "sparse decode");
+          check_sparse(c, ListSpec{}, rng, seed, "sparse decode");
         }
       }
     }
@@ -901,10 +904,7 @@ TEST_F(CudaAttention, SparseDecode) {
   c.capacity = 20011;
   ListSpec full;
   full.short_share = 0.0;
-  random_lists(c, full, rng);
-  c.spike_rows = sparse_spikes(c);
-  c.seed = seed++;
-  check(c, "sparse decode, f16, full lists");
+  check_sparse(c, full, rng, seed, "sparse decode, f16, full lists");
 }
 
 TEST_F(CudaAttention, SparseDenseMarker) {
@@ -922,10 +922,8 @@ TEST_F(CudaAttention, SparseDenseMarker) {
         c.capacity = 3100;
         ListSpec spec;
         spec.dense_share = share;
-        random_lists(c, spec, rng);
-        c.spike_rows = sparse_spikes(c);
-        c.seed = seed++;
-        check(c, share == 1.0 ? "sparse mask, all dense" : "sparse mask, mixed dense and sparse");
+        check_sparse(c, spec, rng, seed,
+                     share == 1.0 ? "sparse mask, all dense" : "sparse mask, mixed dense and sparse");
       }
     }
   }
@@ -950,10 +948,7 @@ void CudaAttention::check_sparse_prefill(const char* what, uint32_t rng_seed, ui
       c.capacity = sh.history + sh.tokens + 41;
       ListSpec spec;
       spec.dense_share = n % 4 == 0 ? 0.2 : 0.0;
-      random_lists(c, spec, rng);
-      c.spike_rows = sparse_spikes(c);
-      c.seed = seed++;
-      check(c, what);
+      check_sparse(c, spec, rng, seed, what);
     }
   }
 }
@@ -986,10 +981,7 @@ TEST_F(CudaAttention, SparseRandomSlots) {
         for (auto& s : c.slots) s = slot(rng);
         c.slots[1] = c.slots[0];
         c.capacity = 20000;
-        random_lists(c, ListSpec{}, rng);
-        c.spike_rows = sparse_spikes(c);
-        c.seed = seed++;
-        check(c, "sparse random slots");
+        check_sparse(c, ListSpec{}, rng, seed, "sparse random slots");
       }
     }
   }
@@ -1016,10 +1008,7 @@ TEST_F(CudaAttention, SparseTreeMask) {
         ListSpec spec;
         spec.beyond = true;
         spec.dense_share = n % 5 == 0 ? 0.3 : 0.0;
-        random_lists(c, spec, rng);
-        c.spike_rows = sparse_spikes(c);
-        c.seed = seed++;
-        check(c, "sparse tree");
+        check_sparse(c, spec, rng, seed, "sparse tree");
       }
     }
   }
@@ -1029,10 +1018,7 @@ TEST_F(CudaAttention, SparseTreeMask) {
     draft_level(c, 16, 8, 7000, rng);  // window of 128 rows, 16 queries
     ListSpec spec;
     spec.beyond = true;
-    random_lists(c, spec, rng);
-    c.spike_rows = sparse_spikes(c);
-    c.seed = seed++;
-    check(c, "sparse draft level");
+    check_sparse(c, spec, rng, seed, "sparse draft level");
   }
 }
 
@@ -1055,10 +1041,7 @@ TEST_F(CudaAttention, SparseBlockSizes) {
         spec.block_size = bs;
         spec.width = bs == 16 ? 200 : 40;
         spec.beyond = tree;
-        random_lists(c, spec, rng);
-        c.spike_rows = sparse_spikes(c);
-        c.seed = seed++;
-        check(c, "sparse block size " + std::to_string(bs));
+        check_sparse(c, spec, rng, seed, "sparse block size " + std::to_string(bs));
       }
     }
   }
@@ -1156,12 +1139,10 @@ TEST_F(CudaAttention, SparseGraphReplayFollowsDeviceListsAndSlots) {
     longest.slots.back() = 19999;
     const Inputs in = make_inputs(longest);
     const auto d = upload(c, in);
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    SPECULA_TEST_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeGlobal));
+    CudaGraph graph;
+    graph.begin_capture(stream());
     run(ctx(), *d, c.softmax_scale());
-    SPECULA_TEST_CUDA_CHECK(cudaStreamEndCapture(stream(), &graph));
-    SPECULA_TEST_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    graph.end_capture(stream());
     for (int last : {100, 0 + sh.tokens, 63 + sh.tokens, 4097, 19999, 12345}) {
       Case now = longest;
       now.slots = c.slots;
@@ -1175,14 +1156,12 @@ TEST_F(CudaAttention, SparseGraphReplayFollowsDeviceListsAndSlots) {
       d->slots.buffer.upload(now.slots, d->slots.offset);
       d->blocks.buffer.upload(now.blocks, d->blocks.offset);
       test::poison(d->out);
-      SPECULA_TEST_CUDA_CHECK(cudaGraphLaunch(exec, stream()));
+      graph.launch(stream());
       ctx().synchronize();
       ctx().check_device_errors();
       expect_matches(now, test::download_f32(d->out), cpu_reference(now, in),
                      "sparse graph replay ending at row " + std::to_string(last));
     }
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
   }
 }
 

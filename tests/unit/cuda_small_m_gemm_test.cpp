@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "cuda_test_util.h"
+#include "specula/core/cuda_graph.h"
 #include "specula/ops/cuda/gemm_small_m_plan.h"
 #include "specula/ops/cuda/linear_impl.h"
 #include "specula/ops/ops.h"
@@ -289,18 +290,15 @@ TEST_F(CudaSmallMGemm, CapturedGraphReplaysOnNewInputs) {
   DeviceTensor d_bias = upload_tensor(first.bias, c.bias, {c.n});
   DeviceTensor d_out = device_tensor(c.out, {c.tokens, c.n});
   auto stream = static_cast<cudaStream_t>(gpu_.cuda->stream());
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  SPECULA_TEST_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  CudaGraph graph;
+  graph.begin_capture(stream);
   try {
     ops::linear(gpu_.ops, d_x.tensor, d_w.tensor, d_bias.tensor, d_out.tensor, c.alpha, c.mode);
   } catch (...) {
-    cudaStreamEndCapture(stream, &graph);
-    if (graph) cudaGraphDestroy(graph);
+    graph.abort_capture(stream);
     throw;
   }
-  SPECULA_TEST_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  SPECULA_TEST_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  graph.end_capture(stream);
   for (int replay = 0; replay < 2; ++replay) {
     SCOPED_TRACE("replay " + std::to_string(replay));
     Reference r = first;
@@ -314,12 +312,10 @@ TEST_F(CudaSmallMGemm, CapturedGraphReplaysOnNewInputs) {
       d_x.buffer.upload(encode(r.x, c.weight));
     }
     poison(d_out);
-    SPECULA_TEST_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    graph.launch(stream);
     gpu_.sync();
     expect_close(label_of(c), download_f32(d_out), r.want, tolerance_of(c.out));
   }
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   expect_no_device_errors();
 }
 

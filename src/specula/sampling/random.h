@@ -7,13 +7,7 @@
 
 #include <cstdint>
 
-#ifndef SPECULA_HOST_DEVICE
-#if defined(__CUDACC__)
-#define SPECULA_HOST_DEVICE __host__ __device__
-#else
-#define SPECULA_HOST_DEVICE
-#endif
-#endif
+#include "specula/core/host_device.h"
 
 namespace specula::sampling {
 

@@ -42,7 +42,7 @@
 
 namespace specula::ops::cuda_impl::attn {
 
-// PTX wrappers (smem_addr, cp_async_16/commit/wait, ldmatrix_x4[_trans]): ops/cuda/ptx.cuh.
+// PTX wrappers (smem_addr, cp_async_16/commit/wait, ldmatrix_x4[_trans], mma_m16n8k16): ops/cuda/ptx.cuh.
 
 // Per-element-type pieces: the mma instruction and packing two fp32 values into one operand
 // register (lower column in the lower half, as the mma fragment layout expects).
@@ -55,13 +55,8 @@ struct MmaElem<__nv_bfloat16> {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
   }
-  // d = a * b + d, m16n8k16, A row-major 16x16, B "col" (k-contiguous) 16x8, fp32 accumulators.
   __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    mma_m16n8k16<__nv_bfloat16>(d, a, b0, b1);  // ops/cuda/ptx.cuh
   }
 };
 
@@ -72,11 +67,7 @@ struct MmaElem<__half> {
     return *reinterpret_cast<uint32_t*>(&v);
   }
   __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    mma_m16n8k16<__half>(d, a, b0, b1);  // ops/cuda/ptx.cuh
   }
 };
 

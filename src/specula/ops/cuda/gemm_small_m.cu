@@ -122,32 +122,6 @@ __device__ __forceinline__ uint32_t word(const uint4& v, int j) {
   return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
 }
 
-// d += A B for one m16n8k16 step (fp32 accumulators); a = the four A registers in PTX order.
-template <typename TW>
-struct Mma;
-
-template <>
-struct Mma<__nv_bfloat16> {
-  __device__ __forceinline__ static void run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                             uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
-};
-
-template <>
-struct Mma<__half> {
-  __device__ __forceinline__ static void run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                             uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
-};
-
 // One finished output element (the epilogue of a whole tile). Out of line: inlined 2 * 4 * kNT
 // times (with its dtype switches) it kept the epilogue loop from unrolling, which put the
 // accumulators in local memory.
@@ -235,9 +209,10 @@ __global__ void __launch_bounds__(kThreads, 1) small_m_gemm_kernel(SmallMArgs a)
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
-        for (int r = 0; r < kMTilesPerWarp; ++r)
-          Mma<TW>::run(acc[r][nt], word(w[r][0], j), word(w[r][2], j), word(w[r][1], j), word(w[r][3], j),
-                       word(lo, j), word(hi, j));
+        for (int r = 0; r < kMTilesPerWarp; ++r) {
+          const uint32_t a[4] = {word(w[r][0], j), word(w[r][2], j), word(w[r][1], j), word(w[r][3], j)};
+          mma_m16n8k16<TW>(acc[r][nt], a, word(lo, j), word(hi, j));
+        }
     }
   };
 

@@ -18,13 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#ifndef SPECULA_HOST_DEVICE
-#if defined(__CUDACC__)
-#define SPECULA_HOST_DEVICE __host__ __device__
-#else
-#define SPECULA_HOST_DEVICE
-#endif
-#endif
+#include "specula/core/host_device.h"
 
 namespace specula::ops::cuda_impl::small_m {
 

@@ -406,26 +406,7 @@ __global__ void __launch_bounds__(kThreads) own_logits_kernel(SelectArgs a) {
 // ---------------------------------------------------------------------------------------------
 // Stage 1 on tensor cores
 
-// PTX wrappers: ops/cuda/ptx.cuh.
-template <typename Elem>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <>
-__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                         uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// PTX wrappers (cp.async, ldmatrix, mma_m16n8k16): ops/cuda/ptx.cuh.
 
 // Geometry of the tensor-core stage-1 block: WM warps along the rows (16 rows each), 4 / WM
 // along the 64 kernels of a tile. WM = 1 is for decode (16 rows: one token of group 16, or a few
@@ -586,8 +567,8 @@ __global__ void __launch_bounds__(kThreads) stage1_mma_kernel(SelectArgs a, int 
         const int n = wn * C::kWarpCols + jp * 16 + (mi >> 1) * 8 + (lane & 7);
         uint32_t b[4];
         ldmatrix_x4(b, kt + n * C::kStride + kk * 16 + (mi & 1) * 8);
-        mma_16816<Elem>(acc[2 * jp], qf[kk], b[0], b[1]);
-        mma_16816<Elem>(acc[2 * jp + 1], qf[kk], b[2], b[3]);
+        mma_m16n8k16<Elem>(acc[2 * jp], qf[kk], b[0], b[1]);
+        mma_m16n8k16<Elem>(acc[2 * jp + 1], qf[kk], b[2], b[3]);
       }
     }
     // Scale into base 2 and mask kernels a row does not see.
