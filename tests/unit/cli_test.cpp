@@ -106,6 +106,10 @@ TEST_F(Cli, SizeFlagsHaveReadableBounds) {
   expect_flag_error("create-demo-model " + dir() + "_x --layers 10000000", "--layers: must be an integer from 1 to 64");
   expect_flag_error("bench --contexts 512,0", "--contexts: must be an integer from 1 to 16777216, got '0'");
   expect_flag_error("bench --repeats 0", "--repeats: must be an integer from 1 to 1000");
+  expect_flag_error("bench --prefill 99999999", "--prefill: must be an integer from 0 to 16777216");
+  // Past one forward's 65536 tokens, a prompt needs chunks.
+  expect_error("bench --prefill 70000 --device cpu",
+               "--prefill 70000 is longer than one prefill forward can be (65536 tokens); give --prefill-chunk");
   // The demo model's own limit is 2048 positions: more is refused unless asked for.
   expect_error(g + "-n 1 --max-context 4096", "exceeds the model's own limit of 2048 tokens");
   EXPECT_EQ(run(g + "-n 1 --max-context 4096 --allow-long-context").status, 0);
