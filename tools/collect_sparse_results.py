@@ -8,7 +8,7 @@ engine never runs Python.
 Usage: collect_sparse_results.py RUN_DIR... [--out OUT_JSON]   (default bench/results/sparse.json)
 Each RUN_DIR holds commit.txt (the commit it measured), date.txt if its files carry no date, and
 any of attention_bench.json (or attention_bench_sparse.json),
-kernel_bench_sparse.json, kernel_bench_sparse_fused.json, torch_attention.json,
+kernel_bench_sparse.json, kernel_bench_sparse_fused[_N].json, torch_attention.json,
 minicpm4_<mode>.json and spec_sparse.json; a missing one is reported. Several run dirs (for
 example one lease's calls at two commits) go into one file, each record with its own commit."""
 import argparse
@@ -61,10 +61,11 @@ def collect_run(run_dir):
     if kern:
         for r in kern.get("sparse_select", []):
             records.append({**base("specula_kernel_bench sparse_select"), **r})
-    fused = load("kernel_bench_sparse_fused.json")
-    if fused:
-        for r in fused.get("sparse_select", []):
-            records.append({**base("specula_kernel_bench sparse_select (SPECULA_FUSED_SPARSE_SELECT=1)"), **r})
+    # The fused decode selection (branch wip-fused-select): clusters of 8, and of N when _N.
+    for path in sorted(glob.glob(os.path.join(run, "kernel_bench_sparse_fused*.json"))):
+        cluster = os.path.basename(path)[len("kernel_bench_sparse_fused"):-len(".json")].lstrip("_") or "8"
+        for r in json.load(open(path)).get("sparse_select", []):
+            records.append({**base(f"specula_kernel_bench sparse_select (SPECULA_FUSED_SPARSE_SELECT={cluster})"), **r})
 
     torch_attn = load("torch_attention.json")
     sdpa = {}
