@@ -33,6 +33,14 @@ def load(name):
     return json.load(open(path))
 
 
+def table(columns, rows):
+    """Prints a markdown table after a blank line."""
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(str(v) for v in row) + " |")
+
+
 def collect_run(run_dir):
     """Appends run_dir's records and prints its tables."""
     global run, commit
@@ -92,29 +100,24 @@ def collect_run(run_dir):
         r.setdefault("date", date)
 
     if attn:
-        print("| shape | N | our dense us | SDPA flash us | our sparse attention us |")
-        print("|---|---|---|---|---|")
-        for r in attn.get("sparse_decode", []):
-            key = f"sdpa_flash_decode_ms_{'minicpm4-8b' if r['n_kv'] == 2 else 'llama3-8b'}_{r['context']}"
-            s = sdpa.get(key)
-            print(f"| {r['shape']} | {r['context']} | {r['dense_us']:.1f} | {s * 1e3 if s else float('nan'):.0f} | "
-                  f"{r['sparse_us']:.1f} |")
-        print("\n| shape | N | dense ms | shared ms | independent ms | independent, 1-token tiles ms |")
-        print("|---|---|---|---|---|---|")
-        for r in attn.get("sparse_prefill", []):
-            print(f"| {r['shape']} | {r['context']} | {r['dense_ms']:.2f} | {r['sparse_shared_ms']:.2f} | "
-                  f"{r['sparse_independent_ms']:.2f} | {r.get('sparse_independent_token_tiles_ms', float('nan')):.2f} |")
+        def sdpa_us(r):
+            s = sdpa.get(f"sdpa_flash_decode_ms_{'minicpm4-8b' if r['n_kv'] == 2 else 'llama3-8b'}_{r['context']}")
+            return f"{s * 1e3:.0f}" if s else "nan"
+        table(["shape", "N", "our dense us", "SDPA flash us", "our sparse attention us"],
+              [[r["shape"], r["context"], f"{r['dense_us']:.1f}", sdpa_us(r), f"{r['sparse_us']:.1f}"]
+               for r in attn.get("sparse_decode", [])])
+        table(["shape", "N", "dense ms", "shared ms", "independent ms", "independent, 1-token tiles ms"],
+              [[r["shape"], r["context"], f"{r['dense_ms']:.2f}", f"{r['sparse_shared_ms']:.2f}",
+                f"{r['sparse_independent_ms']:.2f}", f"{r.get('sparse_independent_token_tiles_ms', float('nan')):.2f}"]
+               for r in attn.get("sparse_prefill", [])])
     if kern:
-        print("\n| shape | N | T | selection us | stage 1 us | compress us |")
-        print("|---|---|---|---|---|---|")
-        for r in kern.get("sparse_select", []):
-            print(f"| {r['shape']} | {r['context']} | {r['tokens']} | {r['us']:.1f} | {r['stage1_us']:.1f} | "
-                  f"{r['compress_us']:.1f} |")
+        table(["shape", "N", "T", "selection us", "stage 1 us", "compress us"],
+              [[r["shape"], r["context"], r["tokens"], f"{r['us']:.1f}", f"{r['stage1_us']:.1f}",
+                f"{r['compress_us']:.1f}"] for r in kern.get("sparse_select", [])])
     if e2e:
-        print("\n| metric | " + " | ".join(sorted({m for m, _ in e2e})) + " |")
-        for metric in sorted({k for _, k in e2e}):
-            print(f"| {metric} | " + " | ".join(f"{e2e.get((m, metric), float('nan')):.4g}"
-                                               for m in sorted({m for m, _ in e2e})) + " |")
+        modes = sorted({m for m, _ in e2e})
+        table(["metric"] + modes, [[metric] + [f"{e2e.get((m, metric), float('nan')):.4g}" for m in modes]
+                                   for metric in sorted({k for _, k in e2e})])
 
 
 for run_dir in args.runs:
