@@ -126,6 +126,46 @@ double metric(const std::string& text, const std::string& name) {
   return at == std::string::npos ? -1.0 : std::stod(text.substr(at + name.size() + 2));
 }
 
+// Posts `body` to /v1/completions through a raw socket and hangs up, reading nothing, once the
+// metrics show its generation running. (A client library that hangs up on the first bytes can be
+// descheduled on a loaded machine until the demo model, about 1.3 ms a token, has finished.)
+void post_and_hang_up_once_running(ServeProcess& server, const std::string& body) {
+  const int fd = connect_to(server.port());
+  ASSERT_GE(fd, 0);
+  const std::string request = post_head("/v1/completions", body.size()) + body;
+  ASSERT_EQ(send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
+  bool running = false;
+  for (int i = 0; i < 500 && !running; ++i) {
+    auto r = server.client().Get("/metrics");
+    ASSERT_TRUE(r);
+    running = metric(r->body, "specula_requests_running") == 1;
+    if (!running) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(running);
+  close(fd);
+}
+
+// Polls /metrics until the scheduler has counted one cancelled request or `limit` has passed:
+// whether it did, the last metrics text and how long it waited.
+struct CancelSeen {
+  bool cancelled = false;
+  std::string metrics;
+  double seconds = 0.0;
+};
+
+void wait_for_one_cancel(ServeProcess& server, std::chrono::milliseconds limit, CancelSeen& seen) {
+  const auto start = std::chrono::steady_clock::now();
+  while (!seen.cancelled && std::chrono::steady_clock::now() - start < limit) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    auto r = server.client().Get("/metrics");
+    ASSERT_TRUE(r);
+    seen.metrics = r->body;
+    seen.cancelled =
+        seen.metrics.find("specula_scheduler_requests_total{outcome=\"cancelled\"} 1") != std::string::npos;
+  }
+  seen.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 class ServerHttp : public ::testing::Test {
  protected:
   static std::string dir() {
@@ -436,33 +476,13 @@ TEST_F(ServerHttp, FullQueueAndClientDisconnect) {
   EXPECT_GE(ok, 1);
   EXPECT_EQ(ok + busy, 3);
 
-  // A streaming client hangs up while its generation runs. A raw socket closed once the metrics
-  // show the generation running: a client library that hangs up on the first bytes could be
-  // descheduled on a loaded machine until the demo model (about 1.3 ms a token) has finished.
-  const std::string stream_body = R"({"prompt":"hello","max_tokens":2000,"stream":true})";
-  const int fd = connect_to(server.port());
-  ASSERT_GE(fd, 0);
-  const std::string request = post_head("/v1/completions", stream_body.size()) + stream_body;
-  ASSERT_EQ(send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
-  bool running = false;
-  for (int i = 0; i < 500 && !running; ++i) {
-    auto r = server.client().Get("/metrics");
-    ASSERT_TRUE(r);
-    running = metric(r->body, "specula_requests_running") == 1;
-    if (!running) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_TRUE(running);
-  close(fd);
-  std::string metrics;
-  bool cancelled = false;
-  for (int i = 0; i < 200 && !cancelled; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    auto r = server.client().Get("/metrics");
-    ASSERT_TRUE(r);
-    metrics = r->body;
-    cancelled = metrics.find("specula_scheduler_requests_total{outcome=\"cancelled\"} 1") != std::string::npos;
-  }
-  EXPECT_TRUE(cancelled) << metrics;
+  // A streaming client hangs up while its generation runs.
+  ASSERT_NO_FATAL_FAILURE(
+      post_and_hang_up_once_running(server, R"({"prompt":"hello","max_tokens":2000,"stream":true})"));
+  CancelSeen seen;
+  ASSERT_NO_FATAL_FAILURE(wait_for_one_cancel(server, std::chrono::seconds(10), seen));
+  const std::string& metrics = seen.metrics;
+  EXPECT_TRUE(seen.cancelled) << metrics;
   // The completed requests' 1500 tokens each, and less than the stream's 2000.
   EXPECT_LT(metric(metrics, "specula_generation_tokens_total"), 1500.0 * ok + 2000) << metrics;
   EXPECT_EQ(server.terminate(5.0), 0);
@@ -474,33 +494,13 @@ TEST_F(ServerHttp, FullQueueAndClientDisconnect) {
 TEST_F(ServerHttp, NonStreamingClientThatHangsUpCancelsItsGeneration) {
   ServeProcess server(dir(), {});
   ASSERT_TRUE(server.wait_ready());
-  const std::string body = R"({"prompt":"hello","max_tokens":2000,"temperature":0})";
-  const int fd = connect_to(server.port());
-  ASSERT_GE(fd, 0);
-  const std::string request = post_head("/v1/completions", body.size()) + body;
-  ASSERT_EQ(send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
-  // Hang up once the generation runs.
-  bool running = false;
-  for (int i = 0; i < 200 && !running; ++i) {
-    auto r = server.client().Get("/metrics");
-    ASSERT_TRUE(r);
-    running = metric(r->body, "specula_requests_running") == 1;
-    if (!running) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_TRUE(running);
-  close(fd);
-  const auto closed_at = std::chrono::steady_clock::now();
-  std::string metrics;
-  bool cancelled = false;
-  while (!cancelled && std::chrono::steady_clock::now() - closed_at < std::chrono::seconds(5)) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    auto r = server.client().Get("/metrics");
-    ASSERT_TRUE(r);
-    metrics = r->body;
-    cancelled = metrics.find("specula_scheduler_requests_total{outcome=\"cancelled\"} 1") != std::string::npos;
-  }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - closed_at).count();
-  ASSERT_TRUE(cancelled) << metrics;
+  ASSERT_NO_FATAL_FAILURE(
+      post_and_hang_up_once_running(server, R"({"prompt":"hello","max_tokens":2000,"temperature":0})"));
+  CancelSeen seen;
+  ASSERT_NO_FATAL_FAILURE(wait_for_one_cancel(server, std::chrono::seconds(5), seen));
+  const std::string& metrics = seen.metrics;
+  const double seconds = seen.seconds;
+  ASSERT_TRUE(seen.cancelled) << metrics;
   EXPECT_NE(metrics.find("specula_scheduler_requests_total{outcome=\"completed\"} 0"), std::string::npos) << metrics;
   EXPECT_LT(seconds, 1.0) << "the cancel took " << seconds << " s";
   EXPECT_LT(metric(metrics, "specula_generation_tokens_total"), 2000) << metrics;
