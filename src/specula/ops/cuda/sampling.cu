@@ -172,6 +172,28 @@ __device__ __forceinline__ float key_value(u32 k) {
   return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
+// body(id) for this thread's entries of its block's chunk of the vocabulary, in order: every
+// pass over the logits reads them in this one layout.
+template <class Body>
+__device__ __forceinline__ void for_each_chunk_id(int64_t vocab, Body&& body) {
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * kChunk;
+#pragma unroll
+  for (int it = 0; it < kItems; ++it) {
+    const int64_t id = base + it * kThreads + static_cast<int>(threadIdx.x);
+    if (id >= vocab) break;
+    body(id);
+  }
+}
+
+// body(id, x, order_key(x)) for this thread's finite processed logits (the passes after the first).
+template <class Body>
+__device__ __forceinline__ void for_each_finite_logit(const float* logits, int64_t vocab, Body&& body) {
+  for_each_chunk_id(vocab, [&](int64_t id) {
+    const float x = logits[id];
+    if (is_finite(x)) body(id, x, order_key(x));
+  });
+}
+
 // The CPU's processors in its order and with its float operations: the _rn intrinsics keep the
 // compiler from fusing a multiply and a subtract into an FMA the CPU does not do.
 __device__ __forceinline__ float process(float raw, int32_t state, const StepArgs& a, bool greedy) {
@@ -395,11 +417,7 @@ __global__ void __launch_bounds__(kThreads) prepare_kernel(const StepArgs a) {
   const bool uses_state = a.use_repetition || a.use_additive;
   u32 flags = 0, max_key = 0;
   u64 best = 0;
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * kChunk;
-#pragma unroll
-  for (int it = 0; it < kItems; ++it) {
-    const int64_t id = base + it * kThreads + tid;
-    if (id >= a.vocab) break;
+  for_each_chunk_id(a.vocab, [&](int64_t id) {
     const float raw = a.logits[id];
     if (isnan(raw)) {
       flags |= kErrorNanLogit;
@@ -421,7 +439,7 @@ __global__ void __launch_bounds__(kThreads) prepare_kernel(const StepArgs a) {
         flags |= kErrorOverflow;
       }
     }
-  }
+  });
   if (flags != 0) atomicOr(&c->step_flags, flags);
   if constexpr (kGreedy) {
     best = block_reduce(best, MaxOp());
@@ -478,16 +496,9 @@ __global__ void __launch_bounds__(kThreads) topk_level_kernel(const StepArgs a) 
   const u32 prefix = c->topk_prefix;
   for (int i = tid; i < kBins; i += kThreads) s_count[i] = 0;
   __syncthreads();
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * kChunk;
-#pragma unroll
-  for (int it = 0; it < kItems; ++it) {
-    const int64_t id = base + it * kThreads + tid;
-    if (id >= a.vocab) break;
-    const float x = a.logits[id];
-    if (!is_finite(x)) continue;
-    const u32 k = order_key(x);
+  for_each_finite_logit(a.logits, a.vocab, [&](int64_t, float, u32 k) {
     if (same_prefix<L>(k, prefix)) atomicAdd(&s_count[digit_of<L>(k)], 1u);
-  }
+  });
   flush_counts<kBins>(s_count, a.hist_count);
   if (!arrive_last(c)) return;
   topk_select<L>(a);
@@ -613,15 +624,8 @@ __global__ void __launch_bounds__(kThreads) topp_level_kernel(const StepArgs a) 
     __syncthreads();
   }
   u128 sum = 0;
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * kChunk;
-#pragma unroll
-  for (int it = 0; it < kItems; ++it) {
-    const int64_t id = base + it * kThreads + tid;
-    if (id >= a.vocab) break;
-    const float x = a.logits[id];
-    if (!is_finite(x)) continue;
-    const u32 k = order_key(x);
-    if (k < kth_key || !same_prefix<L>(k, prefix)) continue;
+  for_each_finite_logit(a.logits, a.vocab, [&](int64_t, float x, u32 k) {
+    if (k < kth_key || !same_prefix<L>(k, prefix)) return;
     const u64 f = fixed_of(weight_of(x, max_value));
     if constexpr (kTotal) sum += f;
     if constexpr (kHist) {
@@ -631,7 +635,7 @@ __global__ void __launch_bounds__(kThreads) topp_level_kernel(const StepArgs a) 
       atomicAdd(&s_mass[1][d], static_cast<u32>((f >> kPieceBits) & kPieceMask));
       atomicAdd(&s_mass[2][d], static_cast<u32>(f & kPieceMask));
     }
-  }
+  });
   if constexpr (kTotal) {
     sum = block_reduce(sum, SumOp());
     if (tid == 0 && sum != 0) {
@@ -837,16 +841,12 @@ __global__ void __launch_bounds__(kThreads) final_kernel(const StepArgs a) {
   const Filter f = load_filter(a);
   u128 sum = 0;
   u32 ties = 0;
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * kChunk;
-#pragma unroll
-  for (int it = 0; it < kItems; ++it) {
-    const int64_t id = base + it * kThreads + tid;
-    if (id >= a.vocab) break;
+  for_each_chunk_id(a.vocab, [&](int64_t id) {
     u64 fx = 0;
     const int cls = classify(a.logits[id], f, fx);
     if (cls == kKept) sum += fx;
     if (cls == kTie) ++ties;
-  }
+  });
   sum = block_reduce(sum, SumOp());
   ties = block_reduce(ties, SumOp());
   if (tid == 0) {
