@@ -58,6 +58,18 @@ constexpr int kDefaultRepeats = 30;
 constexpr size_t kMaxRotationBytes = size_t{24} << 30;  // cap on memory spent on decode caches
 constexpr int kL2Multiple = 4;                          // bytes read per replay vs L2 size
 
+// The K and V views of one cache allocation holding K then V, each [n_kv, capacity, head_dim] bf16
+// (the decode benches keep one such allocation per layer).
+struct KvViews {
+  Tensor k, v;
+};
+
+KvViews kv_views(void* base, int64_t n_kv, int64_t capacity, int64_t head_dim) {
+  auto* k = static_cast<uint16_t*>(base);
+  return {Tensor(k, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA),
+          Tensor(k + n_kv * capacity * head_dim, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA)};
+}
+
 // Random bf16 values in [-1, 1) (never zeros: zeros can run faster than real data).
 void fill_random_bf16(void* device, size_t count, uint64_t seed) {
   constexpr size_t kChunk = size_t{1} << 24;
@@ -125,19 +137,15 @@ DecodeResult bench_decode(cuda::CudaContext& ctx, int context, int capacity, int
   Tensor tp(positions.get(), DType::I32, {1}, Device::CUDA);
   const ops::RopeParams rope{Tensor(inv_freq.get(), DType::F32, {head_dim / 2}, Device::CUDA), 1.0f};
   {
-    auto* k = static_cast<uint16_t*>(caches[0]->get());
-    Tensor tk(k, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA);
-    Tensor tv(k + cache_elems, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA);
-    path = ops::cuda_impl::describe_qkv_attention(ctx, tqkv, tq, tk, tv);
+    KvViews kv = kv_views(caches[0]->get(), n_kv, capacity, head_dim);
+    path = ops::cuda_impl::describe_qkv_attention(ctx, tqkv, tq, kv.k, kv.v);
   }
   const double ms = time_graph_ms(stream, repeats, [&] {
     for (int l = 0; l < layers; ++l) {
-      auto* k = static_cast<uint16_t*>(caches[static_cast<size_t>(l)]->get());
-      Tensor tk(k, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA);
-      Tensor tv(k + cache_elems, DType::BF16, {n_kv, capacity, head_dim}, Device::CUDA);
+      KvViews kv = kv_views(caches[static_cast<size_t>(l)]->get(), n_kv, capacity, head_dim);
       Tensor to(static_cast<uint16_t*>(out.get()) + l * q_elems, DType::BF16, {1, n_heads * head_dim}, Device::CUDA);
       ops::qkv_attention(op, tqkv, Tensor(), Tensor(), 1e-6f, rope, tp, ts,
-                         1.0f / std::sqrt(static_cast<float>(head_dim)), tq, tk, tv, to);
+                         1.0f / std::sqrt(static_cast<float>(head_dim)), tq, kv.k, kv.v, to);
     }
   });
   ctx.set_fused_decode_attention(true);
@@ -253,14 +261,12 @@ SparseDecodeResult bench_sparse_decode(cuda::CudaContext& ctx, int context, int 
   auto time_graph = [&](bool sparse) {
     const double ms = time_graph_ms(stream, repeats, [&] {
       for (int l = 0; l < layers; ++l) {
-        auto* k = static_cast<uint16_t*>(caches[static_cast<size_t>(l)]->get());
-        Tensor tk(k, DType::BF16, {n_kv, cap, hd}, Device::CUDA);
-        Tensor tv(k + cache_elems, DType::BF16, {n_kv, cap, hd}, Device::CUDA);
+        KvViews kv = kv_views(caches[static_cast<size_t>(l)]->get(), n_kv, cap, hd);
         Tensor to(static_cast<uint16_t*>(out.get()) + l * q_elems, DType::BF16, {1, n_heads * hd}, Device::CUDA);
         Tensor tb(lists[static_cast<size_t>(l)]->get(), DType::I32, {n_kv, 1, kSparseWidth}, Device::CUDA);
         const ops::AttentionMask mask =
             sparse ? ops::AttentionMask::causal().with_blocks(tb, kSparseBlock) : ops::AttentionMask::causal();
-        ops::attention(op, tq, tk, tv, ts, scale, to, mask);
+        ops::attention(op, tq, kv.k, kv.v, ts, scale, to, mask);
       }
     });
     ctx.check_device_errors();
@@ -292,9 +298,9 @@ SparsePrefillResult bench_sparse_prefill(cuda::CudaContext& ctx, int context, in
   std::vector<int32_t> host_slots(static_cast<size_t>(tokens));
   for (int t = 0; t < tokens; ++t) host_slots[static_cast<size_t>(t)] = context - tokens + t;
   check(cudaMemcpy(slots.get(), host_slots.data(), host_slots.size() * 4, cudaMemcpyHostToDevice), "slots");
-  auto* k = static_cast<uint16_t*>(kv.get());
-  Tensor tk(k, DType::BF16, {n_kv, cap, hd}, Device::CUDA);
-  Tensor tv(k + cache_elems, DType::BF16, {n_kv, cap, hd}, Device::CUDA);
+  KvViews views = kv_views(kv.get(), n_kv, cap, hd);
+  const Tensor& tk = views.k;
+  const Tensor& tv = views.v;
   Tensor tq(q.get(), DType::BF16, {tokens, n_heads, hd}, Device::CUDA);
   Tensor ts(slots.get(), DType::I32, {tokens}, Device::CUDA);
   Tensor to(out.get(), DType::BF16, {tokens, n_heads * hd}, Device::CUDA);

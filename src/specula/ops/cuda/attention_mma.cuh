@@ -44,8 +44,8 @@ namespace specula::ops::cuda_impl::attn {
 
 // PTX wrappers (smem_addr, cp_async_16/commit/wait, ldmatrix_x4[_trans], mma_m16n8k16): ops/cuda/ptx.cuh.
 
-// Per-element-type pieces: the mma instruction and packing two fp32 values into one operand
-// register (lower column in the lower half, as the mma fragment layout expects).
+// Per-element-type packing of two fp32 values into one mma operand register (lower column in the
+// lower half, as the mma fragment layout expects); the mma itself is ptx.cuh's mma_m16n8k16.
 template <typename Elem>
 struct MmaElem;
 
@@ -55,9 +55,6 @@ struct MmaElem<__nv_bfloat16> {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
   }
-  __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    mma_m16n8k16<__nv_bfloat16>(d, a, b0, b1);  // ops/cuda/ptx.cuh
-  }
 };
 
 template <>
@@ -65,9 +62,6 @@ struct MmaElem<__half> {
   __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
     __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
-  }
-  __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    mma_m16n8k16<__half>(d, a, b0, b1);  // ops/cuda/ptx.cuh
   }
 };
 
@@ -450,8 +444,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
           const int krow = warp_col0 + np * 16 + (lane & 7) + ((lane >> 4) << 3);
           const int kcol = kk * 16 + ((lane >> 3) & 1) * 8;
           ldmatrix_x4(b, s_k + krow * kRowStride + kcol);
-          Ops::mma(s_acc[2 * np], q_frag[kk], b[0], b[1]);
-          Ops::mma(s_acc[2 * np + 1], q_frag[kk], b[2], b[3]);
+          mma_m16n8k16<Elem>(s_acc[2 * np], q_frag[kk], b[0], b[1]);
+          mma_m16n8k16<Elem>(s_acc[2 * np + 1], q_frag[kk], b[2], b[3]);
         }
       }
 
@@ -536,8 +530,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) attention_mma_
         for (int np = 0; np < Cfg::kOutTiles / 2; ++np) {
           uint32_t b[4];
           ldmatrix_x4_trans(b, s_v + vrow * kRowStride + np * 16 + (lane >> 4) * 8);
-          Ops::mma(o_acc[2 * np], a, b[0], b[1]);
-          Ops::mma(o_acc[2 * np + 1], a, b[2], b[3]);
+          mma_m16n8k16<Elem>(o_acc[2 * np], a, b[0], b[1]);
+          mma_m16n8k16<Elem>(o_acc[2 * np + 1], a, b[2], b[3]);
         }
       }
     }

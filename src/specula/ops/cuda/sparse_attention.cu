@@ -229,9 +229,6 @@ struct SelectArgs {
   bool tree;
   bool v41;
   int block_size, pool_stride, init_blocks, local_blocks, topk_slots, width, nb_cap;
-  // High bits of a block key that can differ (key_bits_of): every score is a value of the query
-  // dtype, so the top-k needs only as many 8-bit radix passes as those bits take.
-  int key_bits;
   int sparse_from;
   float scale;
   void* scores;  // [n_kv, chunk, score_stride] in the query dtype
@@ -798,8 +795,9 @@ __global__ void __launch_bounds__(kThreads) stage1_generic_kernel(SelectArgs a, 
 // Pooling, forced blocks, top-k and the attended set: one block per (token, KV head).
 
 // Bits of a float that a value of `dtype` can set: sign, 8 exponent bits and the dtype's mantissa
-// (bf16: 7, f16: 10, whose subnormals are normal floats; else the whole float).
-inline int key_bits_of(DType dtype) {
+// (bf16: 7, f16: 10, whose subnormals are normal floats; else the whole float). Every pooled score
+// is a value of the query dtype, so the top-k needs only as many 8-bit radix passes as these take.
+__host__ __device__ inline int key_bits_of(DType dtype) {
   switch (dtype) {
     case DType::BF16: return 16;
     case DType::F16: return 19;
@@ -924,7 +922,7 @@ __global__ void __launch_bounds__(kSelectThreadsFew) select_kernel(SelectArgs a)
     if (tid == 0) report_device_error(a.error_word, kErrorSlotOutOfRange);
     q_blk = a.nb_cap - 1;
   }
-  const int nb = q_blk + 1, r = a.pool_stride;
+  const int nb = q_blk + 1, r = a.pool_stride, key_bits = key_bits_of(a.q_dtype);
   for (int b = tid; b < nb; b += nthreads) {
     float best = -INFINITY;
     const int hi = min(b * r + r - 1, n1 - 1);
@@ -941,7 +939,7 @@ __global__ void __launch_bounds__(kSelectThreadsFew) select_kernel(SelectArgs a)
       if (b > q_blk - a.local_blocks) val = -INFINITY;
       if (b < a.init_blocks) val = INFINITY;
     }
-    keys[b] = order_key(val) >> (32 - a.key_bits);
+    keys[b] = order_key(val) >> (32 - key_bits);
   }
   __syncthreads();
 
@@ -951,7 +949,7 @@ __global__ void __launch_bounds__(kSelectThreadsFew) select_kernel(SelectArgs a)
   const int k = min(a.topk_slots, nb);
   uint32_t prefix = 0u, prefix_mask = 0u;
   int remaining = k;
-  for (int shift = (a.key_bits - 1) / 8 * 8; shift >= 0; shift -= 8) {
+  for (int shift = (key_bits - 1) / 8 * 8; shift >= 0; shift -= 8) {
     for (int i = tid; i < 256; i += nthreads) hist[i] = 0u;
     __syncthreads();
     for (int b0 = warp * kWarpSize; b0 < nb; b0 += nthreads) {  // whole warps per iteration
@@ -1268,7 +1266,6 @@ void sparse_select(CudaContext& ctx, const Tensor& q, const Tensor& k_cache, con
   a.tree_bits = s.tree ? mask.tree_bits.as<const uint32_t>() : nullptr;
   a.tree_words = static_cast<int>(AttentionMask::tree_words(mask.width));
   a.v41 = s.v41;
-  a.key_bits = key_bits_of(s.q_dtype);
   a.block_size = static_cast<int>(params.block_size);
   a.pool_stride = static_cast<int>(params.block_size / params.kernel_stride);
   a.init_blocks = static_cast<int>(std::min<int64_t>(params.init_blocks, INT_MAX / 2));
